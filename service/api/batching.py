@@ -1,0 +1,202 @@
+"""Dynamic micro-batching of pose-model calls across concurrent requests.
+
+:class:`MicroBatcher` wraps a :class:`~service.core.types.PoseModel` and is itself one, so the
+pipeline does not know it exists.  Each ``infer(batch)`` call (made from a request's worker
+thread) enqueues its crops and blocks on a future; one batcher thread gathers queued crops
+until ``max_batch`` crops are collected or ``max_wait_ms`` has passed since the oldest waiting
+call arrived, runs **one** model call on the concatenation and scatters the heatmaps back.
+
+The queue is bounded by ``queue_size`` crops: a call that would overflow it raises
+:class:`~service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call larger
+than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.errors import InvalidParameter, NotReady, Overloaded
+from service.core.types import F32, PoseModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    crops: F32  # (n, 3, H, W)
+    future: Future[F32]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """A :class:`PoseModel` that batches ``infer`` calls from many threads into few calls.
+
+    pose_model: the wrapped model (its ``spec`` is exposed unchanged).
+    max_batch: most crops per model call (> 0).
+    max_wait_ms: longest time the oldest waiting crop is held back to fill a batch (≥ 0).
+    queue_size: most crops waiting at once; beyond it ``infer`` raises ``Overloaded``.
+    retry_after: seconds suggested to an overloaded caller.
+    on_batch(size): called after each model call with its crop count (metrics).
+    on_wait(seconds): called per queued piece with its queue wait (metrics).
+    """
+
+    def __init__(
+        self,
+        pose_model: PoseModel,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        queue_size: int = 512,
+        *,
+        retry_after: float = 1.0,
+        on_batch: Callable[[int], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        name: str = "pose-batcher",
+    ) -> None:
+        if max_batch < 1:
+            raise InvalidParameter(f"max_batch: expected an integer >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise InvalidParameter(f"max_wait_ms: expected a value >= 0, got {max_wait_ms}")
+        if queue_size < 1:
+            raise InvalidParameter(f"queue_size: expected an integer >= 1, got {queue_size}")
+        self.model = pose_model
+        self.spec = pose_model.spec
+        self.max_batch = int(max_batch)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.queue_size = int(queue_size)
+        self.retry_after = float(retry_after)
+        self.on_batch = on_batch
+        self.on_wait = on_wait
+        self._queue: deque[_Item] = deque()
+        self._pending = 0  # crops in the queue
+        self._cond = threading.Condition()
+        self._closed = False
+        self.calls = 0  # model calls made (for tests / introspection)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # --- PoseModel ---------------------------------------------------------------------------
+    def infer(self, batch: F32) -> F32:
+        """Heatmaps for ``batch`` (N, 3, H, W) float32 → (N, K, h, w) float32.
+
+        Blocks the calling thread until the batcher thread has run the crops.  Raises
+        ``Overloaded`` when the queue cannot take them and ``NotReady`` after :meth:`close`.
+        """
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            got = getattr(batch, "shape", type(batch).__name__)
+            raise InvalidParameter(f"batch: expected an (N, 3, H, W) array, got {got}")
+        n = int(batch.shape[0])
+        if n == 0:
+            return self.model.infer(batch)
+        pieces = [batch[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
+        items = [_Item(np.ascontiguousarray(p, dtype=np.float32), Future()) for p in pieces]
+        with self._cond:
+            if self._closed:
+                raise NotReady("the pose batcher is shut down")
+            # A call larger than the whole queue is still admitted when the queue is empty.
+            if self._pending > 0 and self._pending + n > self.queue_size:
+                raise Overloaded(
+                    f"pose queue full: expected at most {self.queue_size} waiting crops, got "
+                    f"{self._pending} waiting + {n} new",
+                    retry_after=self.retry_after,
+                )
+            now = time.perf_counter()
+            for it in items:
+                it.enqueued = now
+                self._queue.append(it)
+            self._pending += n
+            self._cond.notify_all()
+        outs = [it.future.result() for it in items]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Crops waiting in the queue now."""
+        with self._cond:
+            return self._pending
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop taking work, finish what is queued, join the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> MicroBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- batcher thread -----------------------------------------------------------------------
+    def _take(self) -> list[_Item] | None:
+        """Wait for work; return the items of the next model call (None when closed & empty)."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + self.max_wait_s
+            while self._pending < self.max_batch and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken: list[_Item] = []
+            count = 0
+            while self._queue and count + self._queue[0].crops.shape[0] <= self.max_batch:
+                it = self._queue.popleft()
+                taken.append(it)
+                count += it.crops.shape[0]
+            self._pending -= count
+            return taken
+
+    @staticmethod
+    def _hook(fn: Callable[[float], None] | Callable[[int], None] | None, values: list) -> None:
+        if fn is None:
+            return
+        try:
+            for v in values:
+                fn(v)
+        except Exception:  # metrics must never stop the batcher thread
+            logger.exception("micro-batcher metrics hook failed")
+
+    def _loop(self) -> None:
+        while True:
+            items = self._take()
+            if items is None:
+                return
+            if not items:  # cannot happen (pieces are <= max_batch); keep the loop safe
+                continue
+            start = time.perf_counter()
+            self._hook(self.on_wait, [start - it.enqueued for it in items])
+            sizes = [it.crops.shape[0] for it in items]
+            try:
+                batch = (
+                    items[0].crops
+                    if len(items) == 1
+                    else np.concatenate([it.crops for it in items], axis=0)
+                )
+                out = self.model.infer(batch)
+                if out.shape[0] != batch.shape[0]:
+                    raise RuntimeError(
+                        f"pose model returned {out.shape[0]} results for {batch.shape[0]} crops"
+                    )
+            except Exception as exc:  # scatter the failure to every waiting caller
+                for it in items:
+                    it.future.set_exception(exc)
+                continue
+            self.calls += 1
+            self._hook(self.on_batch, [int(batch.shape[0])])
+            offset = 0
+            for it, n in zip(items, sizes, strict=True):
+                it.future.set_result(out[offset : offset + n])
+                offset += n

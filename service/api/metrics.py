@@ -1,0 +1,107 @@
+"""Prometheus metrics of one app instance (its own ``CollectorRegistry``).
+
+The names are fixed in docs/contracts.md; dashboards and alert rules rely on them:
+
+- ``darkpose_requests_total{route,status}`` counter
+- ``darkpose_stage_seconds{stage}`` histogram, stage ∈ detect, crop, pose, decode, postprocess
+- ``darkpose_request_seconds{route}`` histogram (whole request, server side)
+- ``darkpose_queue_wait_seconds`` histogram (crop batch waiting in the micro-batcher)
+- ``darkpose_batch_size`` histogram (crops per pose-model call)
+- ``darkpose_inflight_requests`` gauge
+- ``darkpose_persons_per_image`` histogram
+- ``darkpose_model_info{pose_model,detector,providers,decode}`` gauge (= 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+_PERSON_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 20, 30, 50, 100)
+
+
+class Metrics:
+    """All service metrics, registered in a private registry (one per app)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "darkpose_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "darkpose_stage_seconds",
+            "Pipeline stage time per request",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "darkpose_request_seconds",
+            "Whole request time on the server",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "darkpose_queue_wait_seconds",
+            "Time crops wait in the micro-batcher before their pose-model call",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "darkpose_batch_size", "Crops per pose-model call", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inflight = Gauge(
+            "darkpose_inflight_requests", "POST /pose requests being served", registry=r
+        )
+        self.persons = Histogram(
+            "darkpose_persons_per_image",
+            "Persons returned per image",
+            buckets=_PERSON_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "darkpose_model_info",
+            "Loaded models (value 1)",
+            ["pose_model", "detector", "providers", "decode"],
+            registry=r,
+        )
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.request_seconds.labels(route=route).observe(seconds)
+
+    def observe_timings(self, timings: Mapping[str, float]) -> None:
+        """Record the pipeline's per-stage seconds (unknown stage names are ignored)."""
+        for stage in STAGES:
+            if stage in timings:
+                self.stage_seconds.labels(stage=stage).observe(float(timings[stage]))
+
+    def set_model_info(self, pose_model: str, detector: str, providers: str, decode: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(
+            pose_model=pose_model, detector=detector, providers=providers, decode=decode
+        ).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        """(exposition text, content type) for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
