@@ -1,0 +1,242 @@
+"""Untrusted image bytes → BGR uint8 array, with limits checked before decoding.
+
+Order of checks in :func:`decode_image` (cheap first, nothing is decoded before the size is
+known to be acceptable):
+
+1. empty body → :class:`InvalidImage`; more than ``max_bytes`` → :class:`PayloadTooLarge`;
+2. the format is sniffed from the magic bytes: JPEG (``FF D8 FF``), PNG (``89 50 4E 47``),
+   WebP (``RIFF....WEBP``) and BMP (``BM``) are accepted; a recognised other format (GIF,
+   TIFF, HEIC/AVIF, …) → :class:`UnsupportedMediaType`; bytes that are no known image →
+   :class:`InvalidImage`;
+3. PIL opens the header lazily (no pixel decoding) with only the sniffed format's plugin;
+   ``w * h > max_pixels`` or a side ``> max_side`` → :class:`PayloadTooLarge` (PIL's own
+   decompression-bomb error, raised by ``Image.open`` for images over
+   ``2 * Image.MAX_IMAGE_PIXELS``, is mapped to the same error); a side ``< min_side`` →
+   :class:`InvalidImage`; an animated PNG/WebP → :class:`UnsupportedMediaType` (multi-picture
+   JPEGs, MPO, from cameras decode their first picture);
+4. ``Image.load()`` decodes; any decoder failure → :class:`InvalidImage`.  Truncated files are
+   errors, not half-grey images: this relies on PIL's default
+   ``ImageFile.LOAD_TRUNCATED_IMAGES = False`` (never switch it on in this process).
+
+Conversions to BGR uint8 ``(H, W, 3)`` C-contiguous:
+
+* **EXIF orientation is not applied** — pixels are used as stored, which is the COCO
+  convention (annotations and the model's training data refer to the stored pixel grid);
+* grayscale (``L``, ``1``) → replicated to 3 channels; 16-bit (``I;16*``, ``I``) → ``>> 8``;
+* alpha (``RGBA``, ``LA``, ``PA``, palette with transparency) is **dropped**: the colour values
+  are kept as stored, not composited (what ``cv2.imread(IMREAD_COLOR)`` does);
+* palette, CMYK, YCbCr, … → converted to RGB by PIL, then to BGR.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+U8 = npt.NDArray[np.uint8]
+
+#: Formats accepted (PIL format names), in the order they are named in messages.
+ACCEPTED = ("JPEG", "PNG", "WebP", "BMP")
+ACCEPTED_TEXT = "a JPEG/PNG/WebP/BMP image"
+
+# Defaults equal to service.settings.Settings (core does not import the settings module).
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_SIDE = 16384
+DEFAULT_MIN_SIDE = 8
+
+__all__ = ["ACCEPTED", "decode_image", "read_image_file", "sniff_format"]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name of the image format from magic bytes: ``JPEG``, ``PNG``, ``WEBP``, ``BMP`` for the
+    accepted ones, another descriptive name for recognised unsupported ones, ``None`` when the
+    bytes look like no known image format."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith(b"BM"):
+        return "BMP"
+    # Recognised but not accepted.
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis"):
+            return "HEIC"
+        return "ISO-BMFF (video/HEIF)"
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG 2000"
+    if head.startswith(b"\x00\x00\x01\x00"):
+        return "ICO"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if head.startswith(b"8BPS"):
+        return "PSD"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
+        return "JPEG XL"
+    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3] in (b"\n", b" ", b"\r"):
+        return "PNM"
+    stripped = head.lstrip()
+    if stripped.startswith(b"<?xml") or stripped.lower().startswith(b"<svg"):
+        return "SVG/XML"
+    return None
+
+
+def _cvt(src: npt.NDArray[np.uint8], code: int) -> U8:
+    """``cv2.cvtColor`` typed for mypy (uint8 in, uint8 out)."""
+    return np.asarray(cv2.cvtColor(src, code), dtype=np.uint8)
+
+
+def _to_bgr(im: Image.Image) -> U8:
+    """Decoded PIL image of any mode → BGR uint8 (H, W, 3) C-contiguous."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        wide = np.asarray(im).astype(np.int64)  # astype handles big-endian I;16B too
+        gray = np.clip(wide >> 8, 0, 255).astype(np.uint8)
+        return _cvt(np.ascontiguousarray(gray), cv2.COLOR_GRAY2BGR)
+    if mode == "1":
+        im = im.convert("L")
+        mode = "L"
+    if mode == "L":
+        return _cvt(np.ascontiguousarray(np.asarray(im)), cv2.COLOR_GRAY2BGR)
+    if mode == "LA":
+        gray = np.ascontiguousarray(np.asarray(im)[..., 0])
+        return _cvt(gray, cv2.COLOR_GRAY2BGR)
+    if mode in ("RGBA", "RGBX", "RGBa"):
+        rgba = np.asarray(im)
+        return _cvt(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2BGR)
+    if mode != "RGB":
+        # P, PA, CMYK, YCbCr, LAB, HSV, F, …: let PIL convert (palette alpha is ignored).
+        im = im.convert("RGB")
+    rgb = np.asarray(im)
+    return _cvt(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> U8:
+    """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring).
+
+    Raises :class:`InvalidImage` (empty, unreadable, corrupt, truncated, too small),
+    :class:`PayloadTooLarge` (bytes, pixels or a side over the limit — checked before
+    decoding) or :class:`UnsupportedMediaType` (GIF, TIFF, animations, …).
+    """
+    if not data:
+        raise InvalidImage(f"empty body; expected {ACCEPTED_TEXT}")
+    n_bytes = len(data)
+    if n_bytes > max_bytes:
+        raise PayloadTooLarge(f"image is {n_bytes} bytes; expected at most {max_bytes} bytes")
+    fmt = sniff_format(bytes(data[:32]))
+    if fmt is None:
+        raise InvalidImage(
+            f"body is not a recognised image (starts with {bytes(data[:8])!r}); "
+            f"expected {ACCEPTED_TEXT}"
+        )
+    if fmt not in ("JPEG", "PNG", "WEBP", "BMP"):
+        raise UnsupportedMediaType(f"image format {fmt} is not supported; expected {ACCEPTED_TEXT}")
+    try:
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(
+            f"image has too many pixels ({exc}); expected at most {max_pixels} pixels"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(
+            f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
+        ) from exc
+    try:
+        return _check_and_load(im, fmt, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
+    finally:
+        im.close()
+
+
+def _check_and_load(
+    im: Image.Image, fmt: str, *, max_pixels: int, max_side: int, min_side: int
+) -> U8:
+    w, h = im.size
+    if w * h > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {w}x{h} = {w * h} pixels; expected at most {max_pixels} pixels"
+        )
+    if max(w, h) > max_side:
+        raise PayloadTooLarge(f"image is {w}x{h}; expected at most {max_side} px per side")
+    if min(w, h) < min_side:
+        raise InvalidImage(f"image is {w}x{h}; expected at least {min_side} px per side")
+    try:
+        n_frames = int(getattr(im, "n_frames", 1))
+    except Exception as exc:  # noqa: BLE001 - any parser failure means a broken file
+        raise InvalidImage(
+            f"cannot read the {fmt} frames ({exc}); expected {ACCEPTED_TEXT}"
+        ) from exc
+    if n_frames > 1 and im.format != "MPO":
+        raise UnsupportedMediaType(
+            f"animated {fmt} with {n_frames} frames is not supported; expected a still "
+            f"{ACCEPTED_TEXT[2:]}"
+        )
+    try:
+        im.load()
+        out = _to_bgr(im)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, …
+        raise InvalidImage(
+            f"cannot decode the {fmt} image ({type(exc).__name__}: {exc}); "
+            f"expected a complete, valid {ACCEPTED_TEXT[2:]}"
+        ) from exc
+    if out.shape != (h, w, 3) or out.dtype != np.uint8:  # pragma: no cover - defensive
+        raise InvalidImage(
+            f"decoded {fmt} has shape {out.shape} {out.dtype}; expected ({h}, {w}, 3) uint8"
+        )
+    return out
+
+
+def read_image_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> U8:
+    """Read and decode an image file for the CLI (same limits and errors as
+    :func:`decode_image`; a missing or unreadable file → :class:`InvalidImage`)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if not p.is_file():
+            raise InvalidImage(f"{p} is not a regular file; expected an image file")
+        if size > max_bytes:
+            raise PayloadTooLarge(f"{p} is {size} bytes; expected at most {max_bytes} bytes")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InvalidImage(
+            f"cannot read {p} ({exc.strerror or exc}); expected a readable image file"
+        ) from exc
+    return decode_image(
+        data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side, min_side=min_side
+    )
