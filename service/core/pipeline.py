@@ -1,0 +1,482 @@
+"""Top-down pipeline: image (BGR uint8) → detected persons with 17 keypoints each.
+
+Stages (each timed, seconds, in :attr:`PoseResult.timings`):
+
+* ``detect``  — :class:`~service.core.types.Detector` (skipped when the caller passes boxes,
+  e.g. GT-box evaluation), score threshold, at most ``max_persons`` boxes by score;
+* ``crop``    — :func:`~service.core.transforms.boxes_to_center_scale` (``box_padding``) and
+  :func:`~service.core.transforms.warp_crops` into each model's normalised input;
+* ``pose``    — **one** ``PoseModel.infer`` call per model and image with every crop (and, with
+  the flip test, their mirror images concatenated into the same call); several models = an
+  ensemble whose heatmaps are averaged before decoding;
+* ``decode``  — flip fusion, :func:`~service.core.codec.decode_heatmaps` (argmax / standard /
+  dark), back-projection to image pixels (skipped for ``spec.decoded_output`` models, whose
+  graph already outputs keypoints);
+* ``postprocess`` — rescoring (box score × mean confident keypoint score) and OKS-NMS (area from
+  the box).
+
+The work is split in :meth:`Pipeline.run_models` (detect, crop, pose → :class:`PoseStage`) and
+:meth:`Pipeline.finish` (decode, postprocess) so that an evaluation decodes the same heatmaps
+with several methods and with/without the flip test without rerunning the network.
+The pipeline holds no mutable state: it may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.core.codec import decode_heatmaps
+from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
+from service.core.nms import oks_nms, rescore
+from service.core.transforms import (
+    boxes_to_center_scale,
+    heatmap_to_image,
+    warp_crops,
+    xyxy_to_xywh,
+)
+from service.core.types import COCO_SIGMAS, F32, DecodeMethod, Detector, ModelSpec, PoseModel
+
+logger = logging.getLogger(__name__)
+
+DECODE_METHODS: tuple[str, ...] = ("argmax", "standard", "dark")
+STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Per-call knobs of :class:`Pipeline` (defaults mirror :class:`service.settings.Settings`).
+
+    ``max_persons`` bounds the boxes sent to the pose model (highest box scores first);
+    ``oks_nms_threshold`` ≥ 1 disables OKS-NMS; ``box_padding`` enlarges each box around its
+    centre before cropping (1.25 as in HRNet/mmpose).
+    """
+
+    decode: DecodeMethod = "dark"
+    blur_kernel: int = 11
+    flip: bool = False
+    flip_shift: bool = True
+    det_score_threshold: float = 0.3
+    max_persons: int = 30
+    oks_nms_threshold: float = 0.9
+    keypoint_score_threshold: float = 0.2
+    box_padding: float = 1.25
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidParameter` ("expected X, got Y") on an out-of-range value."""
+        if self.decode not in DECODE_METHODS:
+            raise InvalidParameter(
+                f"decode: expected one of {', '.join(DECODE_METHODS)}, got {self.decode!r}"
+            )
+        if not (isinstance(self.blur_kernel, int) and self.blur_kernel >= 1):
+            raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {self.blur_kernel!r}")
+        if self.blur_kernel % 2 == 0:
+            raise InvalidParameter(f"blur_kernel: expected an odd size, got {self.blur_kernel}")
+        for name in ("det_score_threshold", "keypoint_score_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0):
+                raise InvalidParameter(f"{name}: expected a number in [0, 1], got {v!r}")
+        if not (isinstance(self.oks_nms_threshold, int | float) and self.oks_nms_threshold > 0):
+            raise InvalidParameter(
+                f"oks_nms_threshold: expected a number > 0, got {self.oks_nms_threshold!r}"
+            )
+        if not (isinstance(self.max_persons, int) and self.max_persons >= 1):
+            raise InvalidParameter(f"max_persons: expected an int >= 1, got {self.max_persons!r}")
+        if not (isinstance(self.box_padding, int | float) and self.box_padding > 0):
+            raise InvalidParameter(f"box_padding: expected a number > 0, got {self.box_padding!r}")
+
+    def replace(self, **changes: Any) -> PipelineOptions:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> PipelineOptions:
+        """Defaults from a :class:`service.settings.Settings` (duck-typed), then ``overrides``."""
+        values: dict[str, Any] = {
+            "decode": settings.decode,
+            "blur_kernel": settings.blur_kernel,
+            "flip": settings.flip,
+            "flip_shift": settings.flip_shift,
+            "det_score_threshold": settings.det_score_threshold,
+            "max_persons": settings.default_max_persons,
+            "oks_nms_threshold": settings.oks_nms_threshold,
+            "keypoint_score_threshold": settings.keypoint_score_threshold,
+            "box_padding": settings.box_padding,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Person:
+    """One detected person.
+
+    bbox: (4,) float32 xyxy image px; keypoints: (K, 3) float32 (x, y image px, score);
+    box_score: detector (or given) score; score: rescored instance score.
+    """
+
+    bbox: F32
+    box_score: float
+    keypoints: F32
+    score: float
+
+    def to_coco(self, image_id: int | None) -> dict[str, Any]:
+        """COCO result dict: image_id, category_id 1, keypoints [x, y, s] × K flat, score,
+        bbox [x, y, w, h]."""
+        xywh = xyxy_to_xywh(self.bbox.reshape(1, 4))[0]
+        return {
+            "image_id": image_id,
+            "category_id": 1,
+            "keypoints": [round(float(v), 3) for v in self.keypoints.reshape(-1)],
+            "score": float(self.score),
+            "bbox": [round(float(v), 2) for v in xywh],
+        }
+
+
+@dataclass
+class PoseResult:
+    """Persons of one image (sorted by ``score`` descending), the image size (W, H) and the
+    stage timings in seconds (detect, crop, pose, decode, postprocess, total)."""
+
+    persons: list[Person]
+    image_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    image_id: int | None = None
+
+    def to_coco(self, image_id: int | None = None) -> list[dict[str, Any]]:
+        iid = self.image_id if image_id is None else image_id
+        return [p.to_coco(iid) for p in self.persons]
+
+
+@dataclass
+class PoseStage:
+    """What the network produced for one image, before decoding.
+
+    boxes: (M, 4) xyxy; box_scores: (M,); centers/scales: (M, 2) crop geometry;
+    outputs: (M, K, h, w) heatmaps averaged over the ensemble (or (M, K, 3) keypoints in heatmap
+    px for a ``decoded_output`` model); outputs_flipped: the same for the mirrored crops, still
+    in mirrored orientation (``None`` without the flip test).
+    """
+
+    boxes: F32
+    box_scores: F32
+    centers: F32
+    scales: F32
+    outputs: F32
+    outputs_flipped: F32 | None
+    image_size: tuple[int, int]
+    timings: dict[str, float]
+    image_id: int | None = None
+
+
+def as_bgr_uint8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Accept BGR uint8 (H, W, 3) as is; convert grayscale (H, W) / (H, W, 1), BGRA (H, W, 4)
+    and 16-bit images; anything else → :class:`InvalidImage`."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidImage(f"image: expected a numpy array, got {type(image).__name__}")
+    img = image
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise InvalidImage(f"image: expected uint8 or uint16 pixels, got {img.dtype}")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise InvalidImage(f"image: expected (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise InvalidImage(f"image: expected a non-empty image, got shape {image.shape}")
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img)
+
+
+def _check_boxes(
+    boxes: npt.ArrayLike, box_scores: npt.ArrayLike | None, image_size: tuple[int, int]
+) -> tuple[F32, F32]:
+    """Validate caller boxes (M, 4) xyxy (+ scores (M,), default 1); drop zero-area boxes and
+    boxes entirely outside the image."""
+    try:
+        b = np.asarray(boxes, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter(
+            f"boxes: expected an (M, 4) array, got {type(boxes).__name__}"
+        ) from exc
+    if b.size == 0:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise InvalidParameter(f"boxes: expected shape (M, 4) xyxy, got {b.shape}")
+    if not np.all(np.isfinite(b)):
+        raise InvalidParameter("boxes: expected finite coordinates, got NaN or inf")
+    if box_scores is None:
+        s = np.ones((b.shape[0],), np.float32)
+    else:
+        try:
+            s = np.asarray(box_scores, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameter(
+                f"box_scores: expected an (M,) array, got {type(box_scores).__name__}"
+            ) from exc
+        if s.shape[0] != b.shape[0]:
+            raise InvalidParameter(
+                f"box_scores: expected {b.shape[0]} scores (one per box), got {s.shape[0]}"
+            )
+        if not np.all(np.isfinite(s)):
+            raise InvalidParameter("box_scores: expected finite scores, got NaN or inf")
+    w, h = image_size
+    ok = (
+        (b[:, 2] > b[:, 0])
+        & (b[:, 3] > b[:, 1])
+        & (b[:, 2] > 0)
+        & (b[:, 3] > 0)
+        & (b[:, 0] < w)
+        & (b[:, 1] < h)
+    )
+    if not np.all(ok):
+        logger.debug("dropped %d zero-area or off-image boxes", int((~ok).sum()))
+    return b[ok], s[ok]
+
+
+def _preprocess_key(spec: ModelSpec) -> tuple[Any, ...]:
+    return (spec.input_size, spec.mean, spec.std, spec.pixel_scale, spec.channel_order)
+
+
+class Pipeline:
+    """Detector + pose model(s) → persons.
+
+    ``pose_models``: one :class:`PoseModel` or several (an ensemble: same heatmap size and input
+    aspect ratio; heatmaps averaged before decoding).  ``detector`` may be ``None`` when every
+    call passes ``boxes``.  Call as ``pipeline(image, options=None, boxes=None,
+    box_scores=None, image_id=None) -> PoseResult``; ``image`` BGR uint8 (H, W, 3).
+    """
+
+    def __init__(
+        self,
+        detector: Detector | None,
+        pose_models: PoseModel | Sequence[PoseModel],
+        options: PipelineOptions | None = None,
+    ) -> None:
+        models = [pose_models] if isinstance(pose_models, PoseModel) else list(pose_models)
+        if not models:
+            raise ModelError("pose_models: expected at least one pose model, got none")
+        spec0 = models[0].spec
+        for m in models[1:]:
+            if m.spec.decoded_output or spec0.decoded_output:
+                raise ModelError(
+                    "pose_models: expected heatmap models for an ensemble, got a "
+                    "decoded_output model among several"
+                )
+            if m.spec.heatmap_size != spec0.heatmap_size:
+                raise ModelError(
+                    f"pose_models: expected equal heatmap sizes in an ensemble, got "
+                    f"{spec0.heatmap_size} and {m.spec.heatmap_size}"
+                )
+            if abs(m.spec.aspect_ratio - spec0.aspect_ratio) > 1e-6:
+                raise ModelError(
+                    f"pose_models: expected equal input aspect ratios in an ensemble, got "
+                    f"{spec0.input_size} and {m.spec.input_size}"
+                )
+            if m.spec.num_keypoints != spec0.num_keypoints:
+                raise ModelError(
+                    f"pose_models: expected the same keypoints in an ensemble, got "
+                    f"{spec0.num_keypoints} and {m.spec.num_keypoints}"
+                )
+        self.detector = detector
+        self.pose_models: list[PoseModel] = models
+        self.spec: ModelSpec = spec0
+        self.options = options or PipelineOptions()
+        self._detector_takes_threshold = False
+        if detector is not None:
+            try:
+                params = inspect.signature(detector.detect).parameters
+                self._detector_takes_threshold = "score_threshold" in params
+            except (TypeError, ValueError):
+                self._detector_takes_threshold = False
+        k = spec0.num_keypoints
+        if len(COCO_SIGMAS) == k:
+            self.sigmas: npt.NDArray[np.float64] = np.asarray(COCO_SIGMAS, np.float64)
+        else:  # non-COCO keypoint sets: a uniform sigma
+            self.sigmas = np.full((k,), 0.05, np.float64)
+
+    # -- public API --------------------------------------------------------------------------
+    def __call__(
+        self,
+        image: npt.NDArray[Any],
+        options: PipelineOptions | None = None,
+        boxes: npt.ArrayLike | None = None,
+        box_scores: npt.ArrayLike | None = None,
+        image_id: int | None = None,
+    ) -> PoseResult:
+        """image (H, W, 3) BGR uint8 → :class:`PoseResult` (persons sorted by score)."""
+        opts = options or self.options
+        stage = self.run_models(image, opts, boxes=boxes, box_scores=box_scores, image_id=image_id)
+        return self.finish(stage, opts)
+
+    def detect(
+        self, image: npt.NDArray[np.uint8], options: PipelineOptions | None = None
+    ) -> tuple[F32, F32]:
+        """Detector boxes (M, 4) xyxy and scores (M,), thresholded, at most ``max_persons``."""
+        opts = options or self.options
+        if self.detector is None:
+            raise InvalidParameter(
+                "boxes: expected boxes (this pipeline has no detector), got none"
+            )
+        if self._detector_takes_threshold:
+            det = self.detector.detect(image, score_threshold=opts.det_score_threshold)  # type: ignore[call-arg]
+        else:
+            det = self.detector.detect(image)
+        b = np.asarray(det.boxes, np.float32).reshape(-1, 4)
+        s = np.asarray(det.scores, np.float32).reshape(-1)
+        keep = s >= opts.det_score_threshold
+        return b[keep], s[keep]
+
+    def run_models(
+        self,
+        image: npt.NDArray[Any],
+        options: PipelineOptions | None = None,
+        boxes: npt.ArrayLike | None = None,
+        box_scores: npt.ArrayLike | None = None,
+        image_id: int | None = None,
+    ) -> PoseStage:
+        """Detect (unless ``boxes``), crop and run the pose model(s): a :class:`PoseStage`.
+        With ``options.flip`` the mirrored crops run in the same call per model."""
+        opts = options or self.options
+        t0 = time.perf_counter()
+        img = as_bgr_uint8(image)
+        size = (int(img.shape[1]), int(img.shape[0]))
+        timings = dict.fromkeys(STAGES, 0.0)
+        if boxes is None:
+            b, s = self.detect(img, opts)
+        else:
+            b, s = _check_boxes(boxes, box_scores, size)
+        if b.shape[0] > opts.max_persons:
+            order = np.argsort(-s, kind="stable")[: opts.max_persons]
+            b, s = b[order], s[order]
+        t1 = time.perf_counter()
+        timings["detect"] = t1 - t0
+        centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
+        n = b.shape[0]
+        if n == 0:
+            timings["total"] = time.perf_counter() - t0
+            empty = np.zeros((0, self.spec.num_keypoints, 3), np.float32)
+            return PoseStage(b, s, centers, scales, empty, None, size, timings, image_id)
+        crops: dict[tuple[Any, ...], F32] = {}
+        for m in self.pose_models:
+            key = _preprocess_key(m.spec)
+            if key not in crops:
+                batch = warp_crops(img, centers, scales, m.spec.input_size, spec=m.spec)
+                crops[key] = np.concatenate([batch, flip_batch(batch)]) if opts.flip else batch
+        t2 = time.perf_counter()
+        timings["crop"] = t2 - t1
+        outs = [
+            np.asarray(m.infer(crops[_preprocess_key(m.spec)]), np.float32)
+            for m in self.pose_models
+        ]
+        total = outs[0]
+        for out in outs[1:]:
+            if out.shape != total.shape:
+                raise ModelError(
+                    f"ensemble outputs: expected equal shapes, got {total.shape} and {out.shape}"
+                )
+            total = total + out
+        if len(outs) > 1:
+            total = total / np.float32(len(self.pose_models))
+        expect = 2 * n if opts.flip else n
+        if total.shape[0] != expect:
+            raise ModelError(
+                f"pose model output: expected {expect} results (one per crop), got {total.shape[0]}"
+            )
+        outputs, flipped = (total[:n], total[n:]) if opts.flip else (total, None)
+        t3 = time.perf_counter()
+        timings["pose"] = t3 - t2
+        timings["total"] = t3 - t0
+        return PoseStage(b, s, centers, scales, outputs, flipped, size, timings, image_id)
+
+    def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> PoseResult:
+        """Decode + postprocess a :class:`PoseStage`.  ``options.flip`` uses the flipped outputs
+        when the stage has them (a stage run with flip can be finished with or without it)."""
+        opts = options or self.options
+        if opts.flip and stage.outputs_flipped is None and stage.boxes.shape[0] > 0:
+            raise InvalidParameter(
+                "options.flip: expected a stage computed with flip=True, got one without"
+            )
+        timings = dict(stage.timings)
+        t0 = time.perf_counter()
+        n = stage.boxes.shape[0]
+        if n == 0:
+            timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
+            return PoseResult([], stage.image_size, timings, stage.image_id)
+        flipped = stage.outputs_flipped if opts.flip else None
+        if self.spec.decoded_output:
+            coords, scores = self._decoded_keypoints(stage.outputs, flipped, opts.flip_shift)
+        else:
+            hm = stage.outputs
+            if flipped is not None:
+                back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
+                hm = fuse_flip(hm, back)
+            coords, scores = decode_heatmaps(hm, method=opts.decode, blur_kernel=opts.blur_kernel)
+        xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
+        kpts = np.concatenate([xy, np.asarray(scores, np.float32)[..., None]], axis=2)
+        t1 = time.perf_counter()
+        timings["decode"] = t1 - t0
+        persons = self._postprocess(stage.boxes, stage.box_scores, kpts, opts)
+        t2 = time.perf_counter()
+        timings["postprocess"] = t2 - t1
+        timings["total"] = timings.get("total", 0.0) + (t2 - t0)
+        return PoseResult(persons, stage.image_size, timings, stage.image_id)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _decoded_keypoints(self, outputs: F32, flipped: F32 | None, shift: bool) -> tuple[F32, F32]:
+        """(M, K, 3) keypoint outputs (heatmap px) → coords (M, K, 2), scores (M, K); with the
+        flip test the mirrored outputs are mapped back (``x → w - 1 - x`` (+1 with ``shift``),
+        left/right swapped) and averaged."""
+        out = np.asarray(outputs, np.float32)
+        if out.ndim != 3 or out.shape[2] != 3:
+            raise ModelError(f"decoded pose output: expected (N, K, 3), got {out.shape}")
+        coords, scores = out[..., :2].copy(), out[..., 2].copy()
+        if flipped is not None:
+            f = np.asarray(flipped, np.float32)
+            perm = flip_permutation(f.shape[1], self.spec.flip_pairs)
+            f = f[:, perm]
+            fx = np.float32(self.spec.heatmap_size[0] - 1 + (1 if shift else 0)) - f[..., 0]
+            coords[..., 0] = (coords[..., 0] + fx) * 0.5
+            coords[..., 1] = (coords[..., 1] + f[..., 1]) * 0.5
+            scores = (scores + f[..., 2]) * 0.5
+        return coords, scores
+
+    def _postprocess(
+        self, boxes: F32, box_scores: F32, kpts: F32, opts: PipelineOptions
+    ) -> list[Person]:
+        scores = rescore(box_scores, kpts[..., 2], threshold=opts.keypoint_score_threshold)
+        n = boxes.shape[0]
+        if opts.oks_nms_threshold < 1.0 and n > 1:
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = np.asarray(
+                oks_nms(kpts, scores, areas, threshold=opts.oks_nms_threshold, sigmas=self.sigmas),
+                np.int64,
+            )
+        else:
+            keep = np.arange(n, dtype=np.int64)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        return [
+            Person(
+                bbox=boxes[i].astype(np.float32),
+                box_score=float(box_scores[i]),
+                keypoints=kpts[i].astype(np.float32),
+                score=float(scores[i]),
+            )
+            for i in keep
+        ]

@@ -1,0 +1,60 @@
+"""Build the detector, the pose model(s) and the pipeline from :class:`Settings`."""
+
+from __future__ import annotations
+
+import logging
+
+from service.core.errors import ModelError
+from service.core.pipeline import Pipeline, PipelineOptions
+from service.core.types import Detector, PoseModel
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_detector(settings: Settings) -> Detector:
+    """The person detector named by ``settings.detector`` (``yolox`` for now)."""
+    kind = settings.detector.strip().lower()
+    if kind == "yolox":
+        from service.runtime.detectors import YoloxDetector
+
+        return YoloxDetector(
+            settings.resolve_model(settings.detector_model),
+            score_threshold=settings.det_score_threshold,
+            nms_iou=settings.det_nms_iou,
+            max_detections=settings.max_persons,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+    raise ModelError(f"detector: expected one of yolox, got {settings.detector!r}")
+
+
+def build_pose_models(settings: Settings) -> list[PoseModel]:
+    """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble)."""
+    from service.runtime.pose import OnnxPoseModel
+
+    if not settings.pose_models:
+        raise ModelError("pose_models: expected at least one model file, got an empty list")
+    return [
+        OnnxPoseModel(
+            settings.resolve_model(name),
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+        for name in settings.pose_models
+    ]
+
+
+def build_pipeline(settings: Settings | None = None) -> Pipeline:
+    """Detector + pose model(s) + default :class:`PipelineOptions` from ``settings``."""
+    s = settings or Settings()  # type: ignore[call-arg]
+    pipeline = Pipeline(build_detector(s), build_pose_models(s), PipelineOptions.from_settings(s))
+    logger.info(
+        "pipeline: detector=%s pose_models=%s options=%s",
+        s.detector,
+        list(s.pose_models),
+        pipeline.options,
+    )
+    return pipeline

@@ -1,0 +1,162 @@
+"""onnxruntime session factory and small ONNX graph helpers.
+
+``create_session`` picks execution providers from the ``providers`` setting
+(``auto`` = CUDA when onnxruntime has it, else CPU; ``cpu``; ``cuda`` = CUDA or a
+:class:`~service.core.errors.ModelError`), applies the thread settings and logs the providers the
+session actually got.  ``make_batch_dynamic`` renames a fixed batch dimension (dim 0 of every
+graph input/output) to a symbolic ``dim_param`` so that a model exported with batch 1 runs batched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import onnx
+import onnxruntime as ort
+
+from service.core.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+ProviderSetting = Literal["auto", "cpu", "cuda"]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+#: Symbolic name given to the batch dimension by :func:`make_batch_dynamic`.
+BATCH_DIM = "batch"
+
+
+def resolve_providers(providers: str) -> list[str]:
+    """Execution provider list for a ``providers`` setting (``auto`` | ``cpu`` | ``cuda``).
+
+    Raises :class:`ModelError` for ``cuda`` when this onnxruntime build has no CUDA provider and
+    :class:`ModelError` for an unknown setting.
+    """
+    available = ort.get_available_providers()
+    if providers == "cpu":
+        return [CPU]
+    if providers == "cuda":
+        if CUDA not in available:
+            raise ModelError(
+                f"providers: expected an onnxruntime build with {CUDA} for 'cuda', got only "
+                f"{available} (install onnxruntime-gpu or use providers=auto|cpu)"
+            )
+        return [CUDA, CPU]
+    if providers == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise ModelError(f"providers: expected auto, cpu or cuda, got {providers!r}")
+
+
+def _read_model_bytes(path: str | Path) -> bytes:
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file: expected a readable ONNX file, got {p} ({exc})") from exc
+
+
+def create_session(
+    path: str | Path | bytes,
+    providers: str = "auto",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    *,
+    name: str | None = None,
+) -> ort.InferenceSession:
+    """An ``ort.InferenceSession`` for ``path`` (a file, or the serialised model as ``bytes``).
+
+    ``intra_op_threads`` / ``inter_op_threads``: 0 = onnxruntime's default.  Logs the
+    providers actually used (onnxruntime silently falls back to CPU when CUDA fails to load);
+    ``name`` labels the model in the log.
+    """
+    if intra_op_threads < 0 or inter_op_threads < 0:
+        raise ModelError(
+            f"threads: expected >= 0, got intra={intra_op_threads} inter={inter_op_threads}"
+        )
+    model = path if isinstance(path, bytes) else _read_model_bytes(path)
+    if name is None:
+        name = "<bytes>" if isinstance(path, bytes) else str(path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    if inter_op_threads:
+        opts.inter_op_num_threads = inter_op_threads
+    opts.log_severity_level = 3  # errors only: the fixed-shape models warn about value_info
+    wanted = resolve_providers(providers)
+    try:
+        session = ort.InferenceSession(model, sess_options=opts, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelError(
+            f"model {name}: expected a model onnxruntime can load, got {type(exc).__name__}: {exc}"
+        ) from exc
+    used = session.get_providers()
+    logger.info(
+        "onnxruntime session %s: providers requested=%s used=%s intra_op_threads=%d "
+        "inter_op_threads=%d",
+        name,
+        wanted,
+        used,
+        intra_op_threads,
+        inter_op_threads,
+    )
+    if wanted[0] not in used:
+        logger.warning("model %s: %s unavailable at run time, running on %s", name, wanted[0], used)
+    return session
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs of ``model`` (old IR versions also list every initializer as an input)."""
+    init_names = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init_names]
+
+
+def static_shape(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Shape of a graph input/output: ints for fixed dims, the ``dim_param`` string for symbolic
+    ones, ``None`` when unknown."""
+    dims: list[int | str | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(str(d.dim_param))
+        else:
+            dims.append(None)
+    return dims
+
+
+def load_model(data: bytes) -> onnx.ModelProto:
+    """Parse serialised ONNX; :class:`ModelError` when the bytes are not a model."""
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"model: expected serialised ONNX, got unparsable bytes ({exc})") from exc
+
+
+def make_batch_dynamic(model_bytes: bytes, dim_name: str = BATCH_DIM) -> bytes:
+    """Rename dim 0 of every real graph input and output to the symbolic ``dim_name``.
+
+    Intermediate ``value_info`` shapes are cleared when a dimension was changed (they were
+    inferred with the fixed batch and would contradict a larger one).  Returns ``model_bytes``
+    unchanged when every batch dimension is already symbolic.
+    """
+    model = load_model(model_bytes)
+    changed = False
+    values: Sequence[onnx.ValueInfoProto] = [*graph_inputs(model), *model.graph.output]
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 0:
+            continue
+        if dims[0].HasField("dim_param") and dims[0].dim_param:
+            continue
+        dims[0].Clear()
+        dims[0].dim_param = dim_name
+        changed = True
+    if not changed:
+        return model_bytes
+    del model.graph.value_info[:]
+    return model.SerializeToString()

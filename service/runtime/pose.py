@@ -1,0 +1,119 @@
+"""onnxruntime pose backend: one batched call for all crops of an image.
+
+:class:`OnnxPoseModel` implements :class:`service.core.types.PoseModel`.  Its ``spec`` comes
+from the file's ``metadata_props`` (``darkpose.*``) when present; missing keys fall back to the
+shared SimpleBaseline model's values, except the input/heatmap sizes which are read from the
+ONNX input/output shapes when the metadata lacks them.  A fixed batch dimension is made symbolic
+in memory (:func:`service.runtime.onnx.make_batch_dynamic`) so crops run in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from service.core.errors import InvalidParameter, ModelError
+from service.core.types import F32, ModelSpec
+from service.runtime.onnx import (
+    _read_model_bytes,
+    create_session,
+    graph_inputs,
+    load_model,
+    make_batch_dynamic,
+    static_shape,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
+    """The :class:`ModelSpec` of serialised ONNX ``model_bytes`` (metadata, then shapes, then
+    the shared model's defaults)."""
+    model = load_model(model_bytes)
+    meta = {p.key: p.value for p in model.metadata_props}
+    defaults: dict[str, object] = {"name": name}
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        raise ModelError(
+            f"pose model {name}: expected exactly 1 graph input, got {[i.name for i in inputs]}"
+        )
+    in_shape = static_shape(inputs[0])
+    if len(in_shape) != 4:
+        raise ModelError(f"pose model {name}: expected a (N, 3, H, W) input, got {in_shape}")
+    if isinstance(in_shape[2], int) and isinstance(in_shape[3], int):
+        defaults["input_size"] = (in_shape[3], in_shape[2])
+    if model.graph.output:
+        out_shape = static_shape(model.graph.output[0])
+        decoded = meta.get("darkpose.decoded_output") == "1"
+        if (
+            not decoded
+            and len(out_shape) == 4
+            and isinstance(out_shape[2], int)
+            and isinstance(out_shape[3], int)
+        ):
+            defaults["heatmap_size"] = (out_shape[3], out_shape[2])
+    return ModelSpec.from_metadata(meta, **defaults)
+
+
+class OnnxPoseModel:
+    """A top-down pose network on onnxruntime.
+
+    ``infer(batch)``: ``batch`` (N, 3, H, W) float32 normalised per ``spec`` (N may be 0) →
+    heatmaps (N, K, h, w) float32, or keypoints (N, K, 3) when ``spec.decoded_output``.
+    Crops run in calls of at most ``max_batch`` (default: all in one call).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        spec: ModelSpec | None = None,
+        max_batch: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        raw = _read_model_bytes(self.path)
+        self.spec: ModelSpec = spec or spec_from_model(raw, name=self.path.stem)
+        dynamic = make_batch_dynamic(raw)
+        if dynamic is not raw:
+            logger.info("pose model %s: batch dimension made dynamic", self.path.name)
+        self.session = create_session(
+            dynamic,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            name=str(self.path),
+        )
+        self.providers: list[str] = list(self.session.get_providers())
+        self.input_name: str = self.session.get_inputs()[0].name
+        self.output_name: str = self.session.get_outputs()[0].name
+        self.max_batch = max_batch
+        self.name = self.spec.name
+        w, h = self.spec.heatmap_size
+        k = self.spec.num_keypoints
+        self._empty_shape: tuple[int, ...] = (0, k, 3) if self.spec.decoded_output else (0, k, h, w)
+
+    def __repr__(self) -> str:
+        return f"OnnxPoseModel({self.path.name!r}, providers={self.providers})"
+
+    def infer(self, batch: F32) -> F32:
+        """``batch`` (N, 3, H, W) float32 → heatmaps (N, K, h, w) float32 (one session call)."""
+        w_in, h_in = self.spec.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, h_in, w_in):
+            raise InvalidParameter(
+                f"pose batch: expected shape (N, 3, {h_in}, {w_in}), got {tuple(batch.shape)}"
+            )
+        n = int(batch.shape[0])
+        if n == 0:
+            return np.zeros(self._empty_shape, np.float32)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.max_batch if self.max_batch > 0 else n
+        outs = [
+            self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0]
+            for i in range(0, n, step)
+        ]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+        return np.asarray(out, dtype=np.float32)
