@@ -1,0 +1,19 @@
+"""HTTP service (FastAPI): ``create_app(settings=None, *, pipeline=None)``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, pipeline: Any | None = None) -> FastAPI:
+    """Build the FastAPI app (see :func:`service.api.app.create_app`)."""
+    from service.api.app import create_app as _create_app
+
+    return _create_app(settings, pipeline=pipeline)

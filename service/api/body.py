@@ -1,0 +1,149 @@
+"""Reading the uploaded image from a request, with the byte limit enforced while streaming.
+
+Accepted: ``multipart/form-data`` with exactly one file field named ``image``, or a raw body
+with ``Content-Type`` image/jpeg, image/png, image/webp, image/bmp (or
+application/octet-stream; the bytes' magic decides the format either way).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+
+from service.core.errors import InputError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+RAW_IMAGE_TYPES: frozenset[str] = frozenset(
+    {
+        "image/jpeg",
+        "image/jpg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/x-ms-bmp",
+        "application/octet-stream",
+    }
+)
+MULTIPART = "multipart/form-data"
+#: Room for multipart boundaries and part headers on top of the image byte limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class RequestTimeoutError(InputError):
+    """The body did not arrive within the request timeout (HTTP 408)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class ClientGoneError(InputError):
+    """The client closed the connection before the body was complete."""
+
+    code = "client_disconnected"
+
+
+def media_type(request: Request) -> str:
+    """The request's ``Content-Type`` without parameters, lower case ("" when absent)."""
+    raw = request.headers.get("content-type", "")
+    return raw.split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refusing it as soon as it is known to exceed ``limit`` bytes.
+
+    Raises ``PayloadTooLarge`` (by ``Content-Length`` before reading, or while streaming),
+    ``RequestTimeoutError`` when it takes longer than ``timeout_s``, ``ClientGoneError`` on a
+    disconnect.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise InvalidImage(
+                f"Content-Length: expected an integer, got {declared[:40]!r}"
+            ) from None
+        if n > limit:
+            raise PayloadTooLarge(f"request body: expected at most {limit} bytes, got {n}")
+    buf = bytearray()
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    raise PayloadTooLarge(
+                        f"request body: expected at most {limit} bytes, got more than {limit}"
+                    )
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"request body: expected it within {timeout_s:g} s, got {len(buf)} bytes by then"
+        ) from None
+    except ClientDisconnect:
+        raise ClientGoneError(
+            f"request body: expected a complete upload, the client left after {len(buf)} bytes"
+        ) from None
+    return bytes(buf)
+
+
+async def _single_chunk(data: bytes):  # type: ignore[no-untyped-def]
+    yield data
+
+
+async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The uploaded image bytes of a ``POST /pose`` request (see module docstring)."""
+    mtype = media_type(request)
+    if mtype == MULTIPART:
+        body = await read_body(request, max_bytes + MULTIPART_OVERHEAD, timeout_s)
+        return await _image_from_multipart(request, body, max_bytes)
+    if mtype in RAW_IMAGE_TYPES:
+        body = await read_body(request, max_bytes, timeout_s)
+        if not body:
+            raise InvalidImage("request body: expected image bytes, got an empty body")
+        return body
+    accepted = ", ".join(sorted({MULTIPART} | RAW_IMAGE_TYPES))
+    raise UnsupportedMediaType(f"Content-Type: expected one of {accepted}, got {mtype or 'none'!r}")
+
+
+async def _image_from_multipart(request: Request, body: bytes, max_bytes: int) -> bytes:
+    if not body:
+        raise InvalidImage("multipart body: expected a field 'image', got an empty body")
+    parser = MultiPartParser(
+        request.headers, _single_chunk(body), max_files=4, max_fields=16, max_part_size=64 * 1024
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidImage(
+            f"multipart body: expected valid multipart data, got {exc.message}"
+        ) from None
+    except Exception as exc:  # python-multipart raises its own errors on garbage
+        raise InvalidImage(
+            f"multipart body: expected valid multipart data, got {type(exc).__name__}"
+        ) from None
+    try:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        images = [v for k, v in files if k == "image"]
+        if len(files) > 1:
+            names = [k for k, _ in files]
+            raise InvalidImage(
+                f"multipart body: expected exactly one file (field 'image'), got {len(files)} "
+                f"files in fields {names}"
+            )
+        if not images:
+            fields = sorted(set(form.keys()))
+            raise InvalidImage(
+                f"multipart body: expected a file field 'image', got fields {fields or 'none'}"
+            )
+        data = await images[0].read()
+    finally:
+        await form.close()
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image: expected at most {max_bytes} bytes, got {len(data)}")
+    if not data:
+        raise InvalidImage("multipart field 'image': expected image bytes, got an empty file")
+    return data

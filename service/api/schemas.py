@@ -1,0 +1,115 @@
+"""Pydantic response schemas of the HTTP API (they appear in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. invalid_image")
+    message: str = Field(description="what was expected and what came")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+    request_id: str
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class PersonOut(BaseModel):
+    """One detected person; coordinates in image pixels (pixel centres at integers)."""
+
+    bbox: list[float] = Field(description="[x1, y1, x2, y2]", min_length=4, max_length=4)
+    box_score: float = Field(description="detector score")
+    score: float = Field(description="rescored instance score (box × mean confident keypoint)")
+    keypoints: list[list[float]] = Field(
+        description="K × [x, y, score] in COCO keypoint order (K = 17 for COCO models)"
+    )
+    keypoints_flat: list[float] = Field(
+        description="COCO results format: [x1, y1, s1, x2, y2, s2, ...] (3K values)"
+    )
+
+
+class ModelInfo(BaseModel):
+    pose_models: list[str]
+    detector: str
+    decode: str
+    flip: bool
+    keypoint_names: list[str]
+    input_size: list[int] = Field(description="pose network input [W, H]")
+    heatmap_size: list[int] = Field(description="heatmap [W, H]")
+    batching: bool
+
+
+class Timings(BaseModel):
+    """Per-stage server time in milliseconds."""
+
+    detect: float = 0.0
+    crop: float = 0.0
+    pose: float = 0.0
+    decode: float = 0.0
+    postprocess: float = 0.0
+    total: float = 0.0
+    image_decode: float = Field(0.0, description="decoding the uploaded image bytes")
+
+
+class PoseResponse(BaseModel):
+    request_id: str
+    image: ImageInfo
+    persons: list[PersonOut]
+    model: ModelInfo
+    timings_ms: Timings
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    ready: bool
+    detail: str = ""
+
+
+class PoseModelEntry(BaseModel):
+    name: str
+    path: str
+    arch: str
+    input_size: list[int]
+    heatmap_size: list[int]
+    keypoints: int
+    codec: str
+    decoded_output: bool
+
+
+class ModelsResponse(BaseModel):
+    ready: bool
+    pose_models: list[PoseModelEntry]
+    detector: str
+    providers: str
+    decode: str
+    batching: dict[str, Any]
+
+
+#: OpenAPI ``responses=`` entry shared by the error statuses.
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "invalid input (unreadable image, empty body, missing field, ...)",
+        408: "the upload did not finish within the request timeout",
+        413: "image over the byte / pixel / side limit",
+        415: "unsupported content type or image format",
+        422: "invalid query parameter",
+        500: "internal error (logged with the request id)",
+        503: "not ready, or overloaded (Retry-After)",
+    }
+    return {
+        s: {"model": ErrorResponse, "description": descriptions.get(s, "error")} for s in statuses
+    }

@@ -1,0 +1,213 @@
+"""Runtime state of one app: the pipeline (loaded in the background), limits, batchers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from service.api.batching import MicroBatcher
+from service.api.metrics import Metrics
+from service.core.errors import NotReady, Overloaded
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: PipelineOptions fields that default from Settings of the same name.
+_OPTION_FIELDS = (
+    "decode",
+    "blur_kernel",
+    "flip",
+    "flip_shift",
+    "det_score_threshold",
+    "oks_nms_threshold",
+    "keypoint_score_threshold",
+    "box_padding",
+)
+
+
+def options_from_settings(settings: Settings) -> Any:
+    """The service's default ``PipelineOptions`` (settings of the same names)."""
+    from service.core.pipeline import PipelineOptions
+
+    names = {f.name for f in dataclasses.fields(PipelineOptions)}
+    kwargs: dict[str, Any] = {k: getattr(settings, k) for k in _OPTION_FIELDS if k in names}
+    if "max_persons" in names:
+        kwargs["max_persons"] = settings.default_max_persons
+    return PipelineOptions(**kwargs)
+
+
+def _pose_models_of(pipeline: Any) -> list[Any]:
+    for attr in ("pose_models", "models", "pose_model"):
+        v = getattr(pipeline, attr, None)
+        if v is not None:
+            return list(v) if isinstance(v, list | tuple) else [v]
+    return []
+
+
+def _unwrap(model: Any) -> Any:
+    return model.model if isinstance(model, MicroBatcher) else model
+
+
+class ServiceState:
+    """What the routes need: settings, metrics, pipeline (once ready), in-flight accounting."""
+
+    def __init__(self, settings: Settings, pipeline: Any | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.injected = pipeline is not None
+        self.pipeline: Any | None = pipeline
+        self.default_options: Any = None
+        self.batchers: list[MicroBatcher] = []
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.loaded_at: float | None = None
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+
+    # --- loading ----------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        """Build (or adopt) the pipeline and warm it up in a background thread."""
+        self._loader = threading.Thread(target=self._load, name="darkpose-loader", daemon=True)
+        self._loader.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready.wait(timeout)
+
+    def _make_batcher(self, model: Any) -> MicroBatcher:
+        s = self.settings
+        return MicroBatcher(
+            model,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            queue_size=s.queue_size,
+            retry_after=s.retry_after_s,
+            on_batch=self.metrics.batch_size.observe,
+            on_wait=self.metrics.queue_wait.observe,
+        )
+
+    def _build(self) -> Any:
+        from service.core.pipeline import Pipeline
+        from service.runtime.factory import build_detector, build_pose_models
+
+        s = self.settings
+        detector = build_detector(s)
+        models: list[Any] = list(build_pose_models(s))
+        if s.batching:
+            self.batchers = [self._make_batcher(m) for m in models]
+            models = list(self.batchers)
+        return Pipeline(detector, models, self.default_options)
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.default_options = options_from_settings(self.settings)
+            if self.pipeline is None:
+                self.pipeline = self._build()
+            if self.settings.warmup:
+                self._warmup()
+            info = self.model_info()
+            self.metrics.set_model_info(
+                pose_model=",".join(m["name"] for m in info["pose_models"]),
+                detector=info["detector"],
+                providers=info["providers"],
+                decode=str(self.settings.decode),
+            )
+            self.loaded_at = time.time()
+            self.ready.set()
+            logger.info("models loaded and warmed in %.2f s", time.perf_counter() - t0)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("loading the models failed")
+
+    def _warmup(self) -> None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        for m in _pose_models_of(pipeline):
+            w, h = m.spec.input_size
+            m.infer(np.zeros((1, 3, h, w), np.float32))
+        pipeline(np.full((256, 256, 3), 114, np.uint8), options=self.default_options)
+
+    def close(self) -> None:
+        for b in self.batchers:
+            b.close()
+
+    # --- request accounting --------------------------------------------------------------
+    def require_ready(self) -> Any:
+        if not self.ready.is_set() or self.pipeline is None:
+            detail = f" (loading failed: {self.load_error})" if self.load_error else ""
+            raise NotReady(f"models: expected loaded and warmed, got still loading{detail}")
+        return self.pipeline
+
+    def enter(self) -> None:
+        """Admit one request or raise ``Overloaded`` when ``max_inflight_requests`` are in."""
+        limit = self.settings.max_inflight_requests
+        with self._lock:
+            if self._inflight >= limit:
+                raise Overloaded(
+                    f"in-flight requests: expected at most {limit}, got {self._inflight + 1}",
+                    retry_after=self.settings.retry_after_s,
+                )
+            self._inflight += 1
+        self.metrics.inflight.inc()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+        self.metrics.inflight.dec()
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return self._inflight
+
+    # --- description ------------------------------------------------------------------------
+    def keypoint_names(self) -> tuple[str, ...]:
+        models = _pose_models_of(self.pipeline)
+        return tuple(models[0].spec.keypoint_names) if models else ()
+
+    def model_info(self) -> dict[str, Any]:
+        s = self.settings
+        entries = []
+        providers: set[str] = set()
+        for m in _pose_models_of(self.pipeline):
+            inner = _unwrap(m)
+            spec = m.spec
+            providers.update(getattr(inner, "providers", []) or [])
+            entries.append(
+                {
+                    "name": spec.name,
+                    "path": str(getattr(inner, "path", spec.name)),
+                    "arch": spec.arch,
+                    "input_size": list(spec.input_size),
+                    "heatmap_size": list(spec.heatmap_size),
+                    "keypoints": spec.num_keypoints,
+                    "codec": spec.codec,
+                    "decoded_output": bool(spec.decoded_output),
+                }
+            )
+        detector = getattr(self.pipeline, "detector", None)
+        det_name = s.detector if not self.injected else type(detector).__name__
+        det_providers = getattr(detector, "providers", None)
+        if det_providers:
+            providers.update(det_providers)
+        return {
+            "ready": self.ready.is_set(),
+            "pose_models": entries,
+            "detector": det_name,
+            "providers": ",".join(sorted(providers)) or s.providers,
+            "decode": s.decode,
+            "batching": {
+                "enabled": bool(self.batchers),
+                "max_batch": s.max_batch,
+                "max_wait_ms": s.max_wait_ms,
+                "queue_size": s.queue_size,
+                "max_inflight_requests": s.max_inflight_requests,
+            },
+        }
