@@ -1,0 +1,53 @@
+"""Helpers that write small variants of the shared ONNX models to a temporary directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import POSE_ONNX
+
+
+def with_metadata(dst: Path, meta: dict[str, str], src: Path = POSE_ONNX) -> Path:
+    """Copy of ``src`` with ``metadata_props`` set to ``meta``."""
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def perturbed(dst: Path, scale: float = 1.1, src: Path = POSE_ONNX) -> Path:
+    """Copy of ``src`` whose last conv weight (the heatmap head) is multiplied by ``scale``."""
+    model = onnx.load(str(src))
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    target = conv_weights[-1]
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == target:
+            arr = numpy_helper.to_array(init) * np.float32(scale)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, target))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def tiny_pose_model(dst: Path, k: int = 5, size: tuple[int, int] = (32, 64)) -> Path:
+    """A synthetic pose 'network': one 4×4/stride-4 conv, input (1, 3, H, W) fixed batch, output
+    (1, k, H/4, W/4); no metadata (sizes must come from the shapes)."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(k, 3, 4, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[4, 4], strides=[4, 4])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k, h // 4, w // 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(dst))
+    return dst

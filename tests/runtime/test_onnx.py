@@ -1,0 +1,88 @@
+"""onnxruntime session factory and the batch-dimension rewrite, on the real shared models."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from service.core.errors import ModelError
+from service.runtime.onnx import (
+    BATCH_DIM,
+    CPU,
+    CUDA,
+    create_session,
+    graph_inputs,
+    make_batch_dynamic,
+    resolve_providers,
+    static_shape,
+)
+from tests.conftest import POSE_ONNX, YOLOX_ONNX
+
+HAS_CUDA = CUDA in ort.get_available_providers()
+
+
+def test_resolve_providers_cpu_and_auto() -> None:
+    assert resolve_providers("cpu") == [CPU]
+    auto = resolve_providers("auto")
+    assert auto[-1] == CPU
+    assert (CUDA in auto) == HAS_CUDA
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+def test_resolve_providers_cuda_without_cuda_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="expected an onnxruntime build with CUDA"):
+        resolve_providers("cuda")
+
+
+def test_resolve_providers_unknown() -> None:
+    with pytest.raises(ModelError, match="expected auto, cpu or cuda, got 'tpu'"):
+        resolve_providers("tpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"path": Path("/nonexistent/model.onnx")}, "expected a readable ONNX file"),
+        ({"path": b"not an onnx model"}, "expected a model onnxruntime can load"),
+        ({"path": POSE_ONNX, "intra_op_threads": -1}, "threads: expected >= 0"),
+    ],
+)
+def test_create_session_errors(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        create_session(**kwargs)  # type: ignore[arg-type]
+
+
+def test_create_session_logs_providers_used(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.runtime.onnx"):
+        sess = create_session(YOLOX_ONNX, providers="cpu", intra_op_threads=1)
+    assert sess.get_providers() == [CPU]
+    assert "used=['CPUExecutionProvider']" in caplog.text
+    assert "intra_op_threads=1" in caplog.text
+
+
+def test_make_batch_dynamic_renames_dim0_and_runs_batched() -> None:
+    raw = POSE_ONNX.read_bytes()
+    before = onnx.load_model_from_string(raw)
+    assert static_shape(graph_inputs(before)[0])[0] == 1
+    dyn = make_batch_dynamic(raw)
+    model = onnx.load_model_from_string(dyn)
+    (inp,) = graph_inputs(model)  # the initializers listed as inputs (IR 3) are not real inputs
+    assert static_shape(inp) == [BATCH_DIM, 3, 256, 192]
+    assert static_shape(model.graph.output[0]) == [BATCH_DIM, 17, 64, 48]
+    assert len(model.graph.value_info) == 0
+    sess = create_session(dyn, providers="cpu")
+    x = np.random.default_rng(0).normal(size=(3, 3, 256, 192)).astype(np.float32)
+    out = sess.run(None, {inp.name: x})[0]
+    assert out.shape == (3, 17, 64, 48)
+    # a dynamic model is returned unchanged
+    assert make_batch_dynamic(dyn) is dyn
+
+
+def test_make_batch_dynamic_rejects_garbage() -> None:
+    with pytest.raises(ModelError, match="expected serialised ONNX"):
+        make_batch_dynamic(b"\x00\x01garbage")
