@@ -80,7 +80,7 @@ def response_for_error(exc: DarkPoseError, request_id: str) -> JSONResponse:
     if isinstance(exc, Overloaded) or exc.status_code == 503:
         retry = getattr(exc, "retry_after", 1.0)
         headers["Retry-After"] = str(max(1, math.ceil(float(retry))))
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and exc.status_code != 503:
         logger.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc.message)
     return error_response(exc.status_code, exc.code, exc.message, request_id, headers)
 

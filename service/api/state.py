@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -17,28 +16,12 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: PipelineOptions fields that default from Settings of the same name.
-_OPTION_FIELDS = (
-    "decode",
-    "blur_kernel",
-    "flip",
-    "flip_shift",
-    "det_score_threshold",
-    "oks_nms_threshold",
-    "keypoint_score_threshold",
-    "box_padding",
-)
-
 
 def options_from_settings(settings: Settings) -> Any:
     """The service's default ``PipelineOptions`` (settings of the same names)."""
     from service.core.pipeline import PipelineOptions
 
-    names = {f.name for f in dataclasses.fields(PipelineOptions)}
-    kwargs: dict[str, Any] = {k: getattr(settings, k) for k in _OPTION_FIELDS if k in names}
-    if "max_persons" in names:
-        kwargs["max_persons"] = settings.default_max_persons
-    return PipelineOptions(**kwargs)
+    return PipelineOptions.from_settings(settings)
 
 
 def _pose_models_of(pipeline: Any) -> list[Any]:
@@ -106,7 +89,12 @@ class ServiceState:
     def _load(self) -> None:
         t0 = time.perf_counter()
         try:
-            self.default_options = options_from_settings(self.settings)
+            injected_options = getattr(self.pipeline, "options", None)
+            self.default_options = (
+                injected_options
+                if injected_options is not None
+                else options_from_settings(self.settings)
+            )
             if self.pipeline is None:
                 self.pipeline = self._build()
             if self.settings.warmup:
@@ -141,8 +129,8 @@ class ServiceState:
     # --- request accounting --------------------------------------------------------------
     def require_ready(self) -> Any:
         if not self.ready.is_set() or self.pipeline is None:
-            detail = f" (loading failed: {self.load_error})" if self.load_error else ""
-            raise NotReady(f"models: expected loaded and warmed, got still loading{detail}")
+            got = f"a failed load ({self.load_error})" if self.load_error else "still loading"
+            raise NotReady(f"models: expected loaded and warmed, got {got}")
         return self.pipeline
 
     def enter(self) -> None:

@@ -1,0 +1,75 @@
+"""``darkpose serve``: run the HTTP service on uvicorn (one worker per process).
+
+Scale out with replicas (containers / processes behind a load balancer), not uvicorn workers:
+each process holds its own models and its own micro-batcher.  Settings come from the
+environment (``DARKPOSE_*``); the flags below override the most common ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="bind address (default: settings.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: settings.port)")
+    parser.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default=None,
+        help="dynamic micro-batching across requests (default: settings.batching)",
+    )
+    parser.add_argument(
+        "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=None,
+        help="seconds to let in-flight requests finish on SIGTERM (default: request timeout + 5)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.batching is not None:
+        overrides["batching"] = args.batching == "on"
+    if args.providers is not None:
+        overrides["providers"] = args.providers
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    app = create_app(settings)
+    graceful = args.graceful_timeout
+    if graceful is None:
+        graceful = settings.request_timeout_s + 5.0
+    logger.info(
+        "serving on http://%s:%d (pid %d, batching=%s, models in %s)",
+        settings.host,
+        settings.port,
+        os.getpid(),
+        settings.batching,
+        settings.model_dir,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(max(1.0, graceful)),
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
