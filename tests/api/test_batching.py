@@ -144,12 +144,16 @@ def test_bad_construction_parameters(
 
 @pytest.mark.parametrize("bad", [np.zeros((3, 8, 6), np.float32), "crops", None])
 def test_bad_batch_is_refused(tiny: TinyOnnxPoseModel, bad: object) -> None:
-    with MicroBatcher(tiny, max_batch=2, max_wait_ms=0.0, queue_size=8) as b:
-        with pytest.raises(InvalidParameter, match=r"expected an \(N, 3, H, W\) array"):
-            b.infer(bad)  # type: ignore[arg-type]
+    with (
+        MicroBatcher(tiny, max_batch=2, max_wait_ms=0.0, queue_size=8) as b,
+        pytest.raises(InvalidParameter, match=r"expected an \(N, 3, H, W\) array"),
+    ):
+        b.infer(bad)  # type: ignore[arg-type]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=7), min_size=1, max_size=8),
     max_batch=st.integers(min_value=1, max_value=9),
