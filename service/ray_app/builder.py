@@ -20,7 +20,7 @@ from typing import Any, cast
 from pydantic import BaseModel, Field
 from ray.serve import Application, Deployment
 
-from service.core.errors import InvalidParameter
+from service.core.errors import InvalidParameter, ModelError
 from service.ray_app import DETECTOR_NAME, INGRESS_NAME, POSE_NAME
 from service.ray_app.deployments import (
     DetectorDeployment,
@@ -58,6 +58,8 @@ def build_app(
     """
     overrides = dict(settings or {})
     resolved = make_settings(overrides)
+    if not resolved.pose_models:
+        raise ModelError("pose_models: expected at least one model file, got an empty list")
     opts = {k: dict(v) for k, v in (deployment_options or {}).items()}
     known = {INGRESS_NAME, DETECTOR_NAME} | {
         pose_deployment_name(i) for i in range(len(resolved.pose_models))

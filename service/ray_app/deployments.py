@@ -66,6 +66,28 @@ def _writeable(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return a if a.flags.writeable else np.array(a, copy=True)
 
 
+def parse_batch_config(config: Mapping[str, Any]) -> tuple[int, float]:
+    """``PoseModel``'s ``user_config`` → (max_batch_size crops > 0, batch_wait_timeout_s ≥ 0).
+
+    Missing keys take :data:`DEFAULT_POSE_BATCH`; unknown keys and bad values raise
+    :class:`InvalidParameter`.
+    """
+    if not isinstance(config, Mapping):
+        raise InvalidParameter(f"user_config: expected a mapping, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(DEFAULT_POSE_BATCH))
+    if unknown:
+        raise InvalidParameter(
+            f"user_config: expected keys among {sorted(DEFAULT_POSE_BATCH)}, got {unknown}"
+        )
+    size = config.get("max_batch_size", DEFAULT_POSE_BATCH["max_batch_size"])
+    wait = config.get("batch_wait_timeout_s", DEFAULT_POSE_BATCH["batch_wait_timeout_s"])
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise InvalidParameter(f"max_batch_size: expected an int > 0, got {size!r}")
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait < 10:
+        raise InvalidParameter(f"batch_wait_timeout_s: expected seconds in [0, 10), got {wait!r}")
+    return size, float(wait)
+
+
 # --- pose ------------------------------------------------------------------------------------
 
 
@@ -106,15 +128,10 @@ class PoseDeployment:
 
     def reconfigure(self, config: Mapping[str, Any]) -> None:
         """Apply ``user_config`` (batch size in crops and batch wait) without a restart."""
-        size = config.get("max_batch_size", DEFAULT_POSE_BATCH["max_batch_size"])
-        wait = config.get("batch_wait_timeout_s", DEFAULT_POSE_BATCH["batch_wait_timeout_s"])
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise InvalidParameter(f"max_batch_size: expected an int > 0, got {size!r}")
-        if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
-            raise InvalidParameter(f"batch_wait_timeout_s: expected a number ≥ 0, got {wait!r}")
+        size, wait = parse_batch_config(config)
         self._max_batch = size
         self._infer_batched.set_max_batch_size(size)  # type: ignore[attr-defined]
-        self._infer_batched.set_batch_wait_timeout_s(float(wait))  # type: ignore[attr-defined]
+        self._infer_batched.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, Any]:
         """``spec``, ``path`` and onnxruntime ``providers`` of the model (for ``/v1/models``)."""

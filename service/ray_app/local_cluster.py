@@ -1,0 +1,95 @@
+"""A real local multi-node Ray cluster on this machine, for tests and bench/scale.py.
+
+Ray writes an auth token under ``~/.ray`` and its session state under its temp dir, so both
+point into a fresh short directory under /tmp (Unix socket paths must stay < 108 bytes), and
+everything is shut down and removed at the end.  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+keeps every address on 127.0.0.1 (otherwise Ray swaps loopback for the host's interface
+address).  Serve's HTTP proxy runs on the head only, on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    # Each replica process would otherwise start one onnxruntime/OpenMP thread per core.
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalRay:
+    """A running local cluster with Serve started (HTTP on 127.0.0.1:``port``, head only)."""
+
+    cluster: Any
+    port: int
+    node_ids: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[LocalRay]:
+    """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine, Serve on a free port."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    root = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**RAY_ENV, "HOME": root, "RAY_TMPDIR": os.path.join(root, "t")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.makedirs(env["RAY_TMPDIR"], exist_ok=True)
+    cluster = None
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": cpus_per_node,
+                "include_dashboard": False,
+                "temp_dir": env["RAY_TMPDIR"],
+                "node_ip_address": "127.0.0.1",
+            },
+        )
+        for _ in range(num_nodes - 1):
+            cluster.add_node(num_cpus=cpus_per_node, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        node_ids = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        yield LocalRay(cluster=cluster, port=port, node_ids=node_ids)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        time.sleep(0.2)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""deploy/serve_config.yaml and deploy/kuberay/rayservice.yaml, checked with Ray's own schema.
+
+The YAML-only checks run without Ray; the schema checks skip when the `ray` extra is absent.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+SERVE_CONFIG = REPO / "deploy" / "serve_config.yaml"
+RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _deployments() -> dict[str, dict[str, Any]]:
+    app = _load(SERVE_CONFIG)["applications"][0]
+    return {d["name"]: d for d in app["deployments"]}
+
+
+def _pinned_ray_version() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    m = re.search(r'"ray\[serve\]==([0-9.]+)"', text)
+    if m is None:
+        pytest.fail('expected pyproject\'s ray extra to pin "ray[serve]==X.Y.Z", got no pin')
+    return m.group(1)
+
+
+# --- YAML level (no Ray needed) ----------------------------------------------------------------
+
+
+def test_rayservice_embeds_the_serve_config_verbatim() -> None:
+    manifest = _load(RAYSERVICE)
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] == "RayService"
+    embedded = manifest["spec"]["serveConfigV2"]
+    assert embedded == SERVE_CONFIG.read_text(), (
+        "deploy/kuberay/rayservice.yaml serveConfigV2 differs from deploy/serve_config.yaml: "
+        "paste the file again (indented 4 spaces under `serveConfigV2: |`)"
+    )
+    assert yaml.safe_load(embedded) == _load(SERVE_CONFIG)
+
+
+def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
+    spec = _load(RAYSERVICE)["spec"]["rayClusterConfig"]
+    assert spec["rayVersion"] == _pinned_ray_version()
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
+    assert len(pods) >= 2
+    for pod in pods:
+        (container,) = pod["containers"]
+        assert container["image"].startswith("darkpose-service:ray")
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["DARKPOSE_MODEL_DIR"] == "/models"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/models"] in {v["name"] for v in pod["volumes"]}
+    for group in spec["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_serve_config_names_the_three_deployments_and_the_builder() -> None:
+    app = _load(SERVE_CONFIG)["applications"][0]
+    assert app["import_path"] == "service.ray_app.builder:app_builder"
+    assert set(_deployments()) == {"Ingress", "Detector", "PoseModel"}
+
+
+def test_pose_max_ongoing_requests_is_above_the_batch_size() -> None:
+    pose = _deployments()["PoseModel"]
+    # Serve sends a replica at most max_ongoing_requests calls: a lower value caps every batch.
+    assert pose["max_ongoing_requests"] >= pose["user_config"]["max_batch_size"]
+    assert pose["max_ongoing_requests"] > 5
+
+
+# --- Ray's own schema ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    return pytest.importorskip("ray.serve.schema", reason="needs the optional `ray` extra")
+
+
+def test_serve_config_parses_with_ray_serve_deploy_schema(schema: Any) -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    cfg = schema.ServeDeploySchema.model_validate(_load(SERVE_CONFIG))
+    (app,) = cfg.applications
+    assert isinstance(app, schema.ServeApplicationSchema)
+    assert app.route_prefix == "/"
+    for dep in app.deployments:
+        auto = AutoscalingConfig(**dep.autoscaling_config)
+        assert 1 <= auto.min_replicas <= auto.max_replicas
+        assert auto.target_ongoing_requests > 0
+        assert dep.ray_actor_options.num_cpus > 0
+
+
+def test_serve_config_matches_the_installed_ray(schema: Any) -> None:
+    import ray
+
+    assert ray.__version__ == _pinned_ray_version()
+
+
+def test_serve_config_args_and_user_config_are_accepted_by_the_app(schema: Any) -> None:
+    from service.ray_app.builder import BuildArgs
+    from service.ray_app.deployments import make_settings, parse_batch_config
+
+    app = _load(SERVE_CONFIG)["applications"][0]
+    args = BuildArgs.model_validate(app["args"])
+    settings = make_settings(args.settings)
+    assert settings.intra_op_threads == 1
+    size, wait = parse_batch_config(_deployments()["PoseModel"]["user_config"])
+    assert size == 32 and wait == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize(
+    ("working_dir", "accepted"),
+    [
+        (".", False),
+        ("/opt/darkpose", False),
+        ("local:///opt/darkpose", True),
+        ("https://example.org/darkpose.zip", True),
+    ],
+)
+def test_working_dir_needs_a_uri(schema: Any, working_dir: str, accepted: bool) -> None:
+    """What the comment in serve_config.yaml says: a local path must be a local:// URI."""
+    cfg = _load(SERVE_CONFIG)
+    cfg["applications"][0]["runtime_env"]["working_dir"] = working_dir
+    if accepted:
+        schema.ServeDeploySchema.model_validate(cfg)
+    else:
+        with pytest.raises(ValueError, match="local://"):
+            schema.ServeDeploySchema.model_validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size: expected an int > 0, got 0"),
+        ({"max_batch_size": 2.5}, "max_batch_size: expected an int > 0"),
+        ({"max_batch_size": True}, "max_batch_size: expected an int > 0"),
+        ({"batch_wait_timeout_s": -1}, r"batch_wait_timeout_s: expected seconds in \[0, 10\)"),
+        ({"batch_wait_timeout_s": float("nan")}, "batch_wait_timeout_s: expected seconds"),
+        ({"batch_wait_timeout_s": "1"}, "batch_wait_timeout_s: expected seconds"),
+        ({"max_batch": 8}, r"user_config: expected keys among .*, got \['max_batch'\]"),
+    ],
+)
+def test_bad_pose_user_config_is_refused(schema: Any, config: dict[str, Any], match: str) -> None:
+    from service.core.errors import InvalidParameter
+    from service.ray_app.deployments import parse_batch_config
+
+    with pytest.raises(InvalidParameter, match=match):
+        parse_batch_config(config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "options", "match"),
+    [
+        ({}, {"Pose": {"num_replicas": 2}}, r"deployment_options: expected names among .*Pose'"),
+        ({"pose_models": []}, {}, None),
+        ({"max_batch": 0}, {}, None),
+    ],
+)
+def test_build_app_validates_before_deploying(
+    schema: Any, settings: dict[str, Any], options: dict[str, Any], match: str | None
+) -> None:
+    from pydantic import ValidationError
+
+    from service.core.errors import DarkPoseError
+    from service.ray_app.builder import build_app
+
+    with pytest.raises((DarkPoseError, ValidationError), match=match):
+        build_app(settings, options)
+
+
+def test_build_app_binds_one_pose_deployment_per_model(schema: Any) -> None:
+    from service.ray_app.builder import build_app, pose_deployment_name
+
+    app = build_app({"pose_models": ["a.onnx", "b.onnx"]}, {"PoseModel1": {"num_replicas": 2}})
+    ingress = app._bound_deployment
+    assert ingress.name == "Ingress"
+    detector, pose, _ = ingress.init_args
+    assert detector._bound_deployment.name == "Detector"
+    assert [p._bound_deployment.name for p in pose] == [
+        pose_deployment_name(0),
+        pose_deployment_name(1),
+    ]
+    assert pose[1]._bound_deployment.num_replicas == 2
