@@ -1,0 +1,121 @@
+"""``darkpose infer IMAGE_OR_DIR --out results.json [--vis OUT_DIR]``.
+
+Runs the pipeline on one image or every image of a directory (jpg/jpeg/png/webp/bmp) and writes
+the COCO keypoint results (a JSON list).  ``image_id`` is the numeric file stem when there is
+one (COCO file names), else the index of the file in sorted order.  With ``--vis`` an overlay
+PNG (boxes + skeletons) is written per image.  Unreadable images are reported and skipped; the
+exit status is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
+    parser.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
+    parser.add_argument("--vis", type=Path, default=None, help="directory for overlay PNGs")
+    parser.add_argument(
+        "--decode", choices=("argmax", "standard", "dark"), default=None, help="decoder"
+    )
+    parser.add_argument("--flip", choices=("on", "off"), default=None, help="flip test")
+    parser.add_argument(
+        "--det-threshold", type=float, default=None, help="detector score threshold"
+    )
+    parser.add_argument("--max-persons", type=int, default=None, help="at most this many persons")
+    parser.add_argument(
+        "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def list_images(path: Path) -> list[Path]:
+    """``path`` itself, or the image files directly inside the directory ``path`` (sorted)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]
+
+
+def image_id_for(path: Path, index: int) -> int:
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from service.core.errors import DarkPoseError
+    from service.core.io import read_image_file
+    from service.core.pipeline import PipelineOptions
+    from service.core.visualize import draw_poses
+    from service.runtime.factory import build_pipeline
+    from service.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.providers is not None:
+        overrides["providers"] = args.providers
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if not args.input.exists():
+        logger.error("input: expected an image file or a directory, got %s (missing)", args.input)
+        return 2
+    images = list_images(args.input)
+    if not images:
+        logger.error("input: expected image files (%s) in %s, got none", IMAGE_SUFFIXES, args.input)
+        return 2
+    opt_overrides: dict[str, object] = {}
+    if args.decode is not None:
+        opt_overrides["decode"] = args.decode
+    if args.flip is not None:
+        opt_overrides["flip"] = args.flip == "on"
+    if args.det_threshold is not None:
+        opt_overrides["det_score_threshold"] = args.det_threshold
+    if args.max_persons is not None:
+        opt_overrides["max_persons"] = args.max_persons
+    try:
+        options = PipelineOptions.from_settings(settings, **opt_overrides)
+        pipeline = build_pipeline(settings)
+    except DarkPoseError as exc:
+        logger.error("%s", exc.message)
+        return 2
+    if args.vis is not None:
+        args.vis.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, object]] = []
+    failed = 0
+    persons = 0
+    bar = tqdm(images, desc="infer", unit="img", file=sys.stderr, disable=args.no_progress)
+    for index, path in enumerate(bar):
+        image_id = image_id_for(path, index)
+        try:
+            image = read_image_file(
+                path,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                max_side=settings.max_image_side,
+                min_side=settings.min_image_side,
+            )
+            result = pipeline(image, options, image_id=image_id)
+        except DarkPoseError as exc:
+            failed += 1
+            logger.error("%s: %s", path, exc.message)
+            continue
+        results.extend(result.to_coco(image_id))
+        persons += len(result.persons)
+        logger.debug("%s: %d persons, timings %s", path.name, len(result.persons), result.timings)
+        if args.vis is not None:
+            overlay = draw_poses(image, result.persons)
+            cv2.imwrite(str(args.vis / f"{path.stem}.png"), overlay)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results))
+    logger.info(
+        "%d images, %d persons, %d failed → %s", len(images) - failed, persons, failed, args.out
+    )
+    return 1 if failed else 0

@@ -1,0 +1,84 @@
+"""Overlay drawing: person boxes, skeletons and keypoints on a BGR image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from service.core.errors import InvalidImage
+from service.core.pipeline import Person
+from service.core.types import COCO_SKELETON
+
+#: BGR colours: left limbs, right limbs, centre (head/torso).
+LEFT = (255, 128, 0)
+RIGHT = (0, 128, 255)
+CENTRE = (0, 220, 0)
+BOX = (60, 220, 255)
+
+
+def _limb_colour(a: int, b: int) -> tuple[int, int, int]:
+    # COCO: odd indices (1, 3, ...) are left parts, even (2, 4, ...) right; 0 = nose
+    if a > 0 and b > 0 and a % 2 == 1 and b % 2 == 1:
+        return LEFT
+    if a > 0 and b > 0 and a % 2 == 0 and b % 2 == 0:
+        return RIGHT
+    return CENTRE
+
+
+def draw_poses(
+    image: npt.NDArray[np.uint8],
+    persons: Sequence[Person],
+    keypoint_threshold: float = 0.2,
+    skeleton: Sequence[tuple[int, int]] = COCO_SKELETON,
+    draw_boxes: bool = True,
+) -> npt.NDArray[np.uint8]:
+    """A copy of ``image`` (BGR uint8 (H, W, 3)) with each person's box (and score), the skeleton
+    edges whose two keypoints score ≥ ``keypoint_threshold`` and those keypoints drawn."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImage(
+            f"image: expected BGR uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
+        )
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    thick = max(1, int(round(max(h, w) / 400)))
+    radius = max(2, thick + 1)
+    shift = 4  # sub-pixel drawing: coordinates × 16
+    scale = 1 << shift
+    for person in persons:
+        kp = np.asarray(person.keypoints, np.float64)
+        if draw_boxes:
+            x1, y1, x2, y2 = (float(v) for v in person.bbox)
+            cv2.rectangle(
+                out,
+                (int(round(x1 * scale)), int(round(y1 * scale))),
+                (int(round(x2 * scale)), int(round(y2 * scale))),
+                BOX,
+                thick,
+                cv2.LINE_AA,
+                shift,
+            )
+            label = f"{person.score:.2f}"
+            cv2.putText(
+                out,
+                label,
+                (int(x1) + 2, max(int(y1) - 4, 10)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4 * thick,
+                BOX,
+                thick,
+                cv2.LINE_AA,
+            )
+        ok = kp[:, 2] >= keypoint_threshold
+        for a, b in skeleton:
+            if a < len(kp) and b < len(kp) and ok[a] and ok[b]:
+                pa = (int(round(kp[a, 0] * scale)), int(round(kp[a, 1] * scale)))
+                pb = (int(round(kp[b, 0] * scale)), int(round(kp[b, 1] * scale)))
+                cv2.line(out, pa, pb, _limb_colour(a, b), thick + 1, cv2.LINE_AA, shift)
+        for i in (int(j) for j in np.flatnonzero(ok)):
+            centre = (int(round(kp[i, 0] * scale)), int(round(kp[i, 1] * scale)))
+            cv2.circle(out, centre, radius * scale, (255, 255, 255), -1, cv2.LINE_AA, shift)
+            cv2.circle(out, centre, radius * scale, _limb_colour(i, i), 1, cv2.LINE_AA, shift)
+    return out
