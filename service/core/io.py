@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -162,10 +163,13 @@ def decode_image(
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(
-            f"image has too many pixels ({exc}); expected at most {max_pixels} pixels"
-        ) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        # PIL refuses > 2 * Image.MAX_IMAGE_PIXELS in Image.open itself, before our check.
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{m.group(1)} pixels" if m else "too many pixels"
+        raise PayloadTooLarge(f"image has {count}; expected at most {max_pixels} pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"cannot identify the {fmt} data; expected {ACCEPTED_TEXT}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(
             f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
         ) from exc
