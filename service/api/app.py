@@ -11,8 +11,6 @@ Pose work runs in worker threads (``anyio.to_thread.run_sync`` with a capacity l
 ``max_inflight_requests``); the event loop only reads bodies and writes answers.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import logging
 import math

@@ -1,0 +1,202 @@
+"""Fixtures of the HTTP API tests: real apps on the shared models, image bytes, a real uvicorn."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.settings import Settings
+from tests.conftest import IMAGES, MODELS, REPO
+
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("filterwarnings", "ignore:Using `httpx` with `starlette.testclient`")
+
+
+#: Images with several annotated persons (coco-mini).
+CROWD_IMAGE = IMAGES / "000000129648.jpg"
+PERSON_IMAGES = [IMAGES / f"{i:012d}.jpg" for i in (129648, 790, 211325, 227000)]
+
+
+def api_settings(**overrides: Any) -> Settings:
+    """Settings for tests: shared models, CPU, small thread pools."""
+    base: dict[str, Any] = {
+        "model_dir": MODELS,
+        "providers": "cpu",
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+        "max_image_bytes": 3 * 1024 * 1024,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return
+        last = r.json()
+        if "failed" in str(last):
+            break
+        time.sleep(0.05)
+    pytest.fail(f"expected the app ready within {timeout} s, got {last}")
+
+
+@pytest.fixture(scope="package")
+def client() -> Iterator[TestClient]:
+    """One ready app (batching on) shared by the API tests."""
+    from service.api import create_app
+
+    app = create_app(api_settings())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes() -> bytes:
+    return CROWD_IMAGE.read_bytes()
+
+
+def encode(image: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    if not ok:
+        raise RuntimeError(f"cv2.imencode({ext}) failed")
+    return buf.tobytes()
+
+
+def person_image_variant(kind: str) -> bytes:
+    """The crowd image re-encoded as grayscale / RGBA / 16-bit PNG."""
+    bgr = cv2.imread(str(CROWD_IMAGE), cv2.IMREAD_COLOR)
+    if kind == "gray":
+        return encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    if kind == "rgba":
+        return encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    if kind == "png16":
+        return encode(bgr.astype(np.uint16) * 257)
+    raise ValueError(kind)
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (32, 32), (i * 40, 0, 0)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buf.getvalue()
+
+
+def tiff_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid-looking 1-bit PNG header declaring width × height, with a tiny IDAT (a few KB
+    at most): refused by its header, never decoded."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    idat = zlib.compress(row * 64, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# --- a real uvicorn server in a subprocess -----------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m service.cli serve`` on 127.0.0.1:<free port>."""
+
+    def __init__(self, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "DARKPOSE_MODEL_DIR": str(MODELS),
+            "DARKPOSE_PROVIDERS": "cpu",
+            "DARKPOSE_INTRA_OP_THREADS": "1",
+            "DARKPOSE_INTER_OP_THREADS": "1",
+            "DARKPOSE_HOST": "127.0.0.1",
+            "DARKPOSE_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.log_path = log
+        self._log = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"expected a running server, got exit code {self.proc.returncode}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"expected the server ready within {timeout} s, got no 200 from /readyz")
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+        finally:
+            if self._log is not subprocess.DEVNULL:
+                self._log.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    srv = ServerProcess(env={"DARKPOSE_MAX_IMAGE_BYTES": str(3 * 1024 * 1024)}, log=log)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()
