@@ -60,8 +60,9 @@ def _as_array(a: npt.ArrayLike, name: str, shape_tail: tuple[int, ...], ndim: in
     except (TypeError, ValueError) as exc:
         raise InvalidParameter(f"{name}: expected a numeric array, got {type(a).__name__}") from exc
     if arr.ndim != ndim or arr.shape[arr.ndim - len(shape_tail) :] != shape_tail:
-        want = "(" + ", ".join(["N"] * (ndim - len(shape_tail)) + [str(d) for d in shape_tail])
-        raise InvalidParameter(f"{name}: expected shape {want}), got {arr.shape}")
+        lead = ["N", "K", "L"][: ndim - len(shape_tail)]
+        want = "(" + ", ".join(lead + [str(d) for d in shape_tail]) + ")"
+        raise InvalidParameter(f"{name}: expected shape {want}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise InvalidParameter(f"{name}: expected finite values, got NaN or inf")
     return arr

@@ -246,6 +246,7 @@ def test_jpeg_matches_cv2() -> None:
     data = encode(Image.fromarray(smooth()), "JPEG", quality=90)
     out = decode_image(data)
     ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert ref is not None
     check_bgr(out, 96, 128)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 2
 
@@ -359,6 +360,7 @@ def test_read_image_file_real_coco_image() -> None:
     path = sorted(IMAGES.glob("*.jpg"))[0]
     out = read_image_file(path)
     ref = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert ref is not None
     assert out.shape == ref.shape
     assert np.abs(out.astype(int) - ref.astype(int)).mean() < 1.0
 

@@ -107,7 +107,7 @@ def test_nms_boxes_matches_loop(data: tuple, thr: float) -> None:
 
 
 def test_nms_boxes_simple_case() -> None:
-    boxes = [[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]]
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]])
     keep = nms_boxes(boxes, [0.8, 0.9, 0.7, 0.1], 0.5)
     assert keep.tolist() == [1, 2]
 

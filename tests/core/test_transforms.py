@@ -245,7 +245,7 @@ def test_warp_crops_zero_boxes() -> None:
             lambda: image_to_heatmap(
                 np.zeros((1, 3, 3)), np.zeros((1, 2)), np.ones((1, 2)), (4, 4)
             ),
-            "(N, N, 2)",
+            "expected shape (N, K, 2)",
         ),
         (lambda: xyxy_to_xywh("abc"), "expected a numeric array"),
     ],
@@ -274,6 +274,7 @@ def test_crops_reproduce_golden_mmpose_heatmaps() -> None:
     for n, aid in enumerate(golden["annotation_ids"][:10]):
         a = by_id[int(aid)]
         img = cv2.imread(str(IMAGES / files[a["image_id"]]))
+        assert img is not None
         c, s = boxes_to_center_scale(xywh_to_xyxy([a["bbox"]]), spec.aspect_ratio)
         x = warp_crops(img, c, s, spec.input_size, spec)
         hm = sess.run(None, {name: x})[0]
