@@ -1,0 +1,343 @@
+"""Pipeline on the real shared models: batching, flip, ensemble, COCO output, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from service.core.codec import decode_heatmaps
+from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.pipeline import Pipeline, PipelineOptions, PoseResult
+from service.core.types import F32, ModelSpec
+from service.runtime.detectors import YoloxDetector
+from service.runtime.pose import OnnxPoseModel
+from tests.conftest import IMAGES, KPT_ANN, POSE_ONNX, YOLOX_ONNX
+from tests.runtime.onnx_fixtures import perturbed, tiny_pose_model
+
+CROWD = IMAGES / "000000370162.jpg"
+
+
+class CountingPose:
+    """Delegates to a real pose model and records the batch size of every call."""
+
+    def __init__(self, inner: OnnxPoseModel) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+        self.calls: list[int] = []
+
+    def infer(self, batch: F32) -> F32:
+        self.calls.append(int(batch.shape[0]))
+        return self.inner.infer(batch)
+
+
+class DecodedPose:
+    """A pose model whose output is already decoded (N, K, 3): the real network + DARK decode."""
+
+    def __init__(self, inner: OnnxPoseModel) -> None:
+        self.inner = inner
+        self.spec = ModelSpec(decoded_output=True)
+
+    def infer(self, batch: F32) -> F32:
+        coords, scores = decode_heatmaps(self.inner.infer(batch), method="dark", blur_kernel=11)
+        return np.concatenate([coords, scores[..., None]], axis=2).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pose() -> OnnxPoseModel:
+    return OnnxPoseModel(POSE_ONNX, providers="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def detector() -> YoloxDetector:
+    return YoloxDetector(YOLOX_ONNX, providers="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def pipeline(detector: YoloxDetector, pose: OnnxPoseModel) -> Pipeline:
+    return Pipeline(detector, pose)
+
+
+@pytest.fixture(scope="module")
+def crowd() -> np.ndarray:
+    img = cv2.imread(str(CROWD))
+    assert img is not None
+    return img
+
+
+@pytest.fixture(scope="module")
+def gt() -> tuple[np.ndarray, list[dict[str, Any]]]:
+    ann = json.loads(KPT_ANN.read_text())
+    anns = [
+        a
+        for a in ann["annotations"]
+        if a["image_id"] == 370162 and a["num_keypoints"] > 0 and not a["iscrowd"]
+    ]
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+    return boxes.astype(np.float32), anns
+
+
+def test_end_to_end_on_a_crowd_image(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    res = pipeline(crowd, image_id=370162)
+    assert isinstance(res, PoseResult)
+    assert res.image_size == (640, 400)
+    assert len(res.persons) >= 6
+    assert set(res.timings) == {"detect", "crop", "pose", "decode", "postprocess", "total"}
+    assert all(v >= 0 for v in res.timings.values())
+    assert res.timings["total"] >= res.timings["pose"] + res.timings["detect"]
+    scores = [p.score for p in res.persons]
+    assert scores == sorted(scores, reverse=True)
+    for p in res.persons:
+        assert p.keypoints.shape == (17, 3)
+        # confident keypoints lie near their box
+        conf = p.keypoints[p.keypoints[:, 2] > 0.5]
+        x1, y1, x2, y2 = p.bbox
+        pad = 0.25 * max(x2 - x1, y2 - y1)
+        assert np.all((conf[:, 0] > x1 - pad) & (conf[:, 0] < x2 + pad))
+        assert np.all((conf[:, 1] > y1 - pad) & (conf[:, 1] < y2 + pad))
+
+
+def test_coco_results_format_and_loadres(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    from pycocotools.coco import COCO
+
+    res = pipeline(crowd, image_id=370162)
+    dets = res.to_coco()
+    assert dets and all(d["image_id"] == 370162 and d["category_id"] == 1 for d in dets)
+    d0, p0 = dets[0], res.persons[0]
+    assert len(d0["keypoints"]) == 51
+    x1, y1, x2, y2 = p0.bbox
+    np.testing.assert_allclose(d0["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=0.01)
+    coco = COCO(str(KPT_ANN))
+    loaded = coco.loadRes(dets)
+    assert len(loaded.getAnnIds()) == len(dets)
+
+
+def test_one_pose_call_per_image_with_and_without_flip(
+    detector: YoloxDetector, pose: OnnxPoseModel, crowd: np.ndarray
+) -> None:
+    counting = CountingPose(pose)
+    pipe = Pipeline(detector, counting)
+    n = len(pipe(crowd).persons)
+    n_boxes = counting.calls[0]
+    assert counting.calls == [n_boxes] and n_boxes >= n >= 6
+    pipe(crowd, PipelineOptions(flip=True))
+    assert counting.calls == [n_boxes, 2 * n_boxes]
+
+
+def test_stage_reuse_matches_direct_calls(
+    pipeline: Pipeline, crowd: np.ndarray, gt: tuple[np.ndarray, Any]
+) -> None:
+    boxes, _ = gt
+    stage = pipeline.run_models(crowd, PipelineOptions(flip=True), boxes)
+    for opts in (
+        PipelineOptions(decode="argmax"),
+        PipelineOptions(decode="dark", flip=True),
+        PipelineOptions(decode="standard", flip=True, flip_shift=False),
+    ):
+        direct = pipeline(crowd, opts, boxes)
+        reused = pipeline.finish(stage, opts)
+        assert len(direct.persons) == len(reused.persons)
+        for a, b in zip(direct.persons, reused.persons, strict=True):
+            np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=1e-5, atol=1e-4)
+    # flip changes the answer, and the shift matters
+    a = pipeline.finish(stage, PipelineOptions(flip=False)).persons[0].keypoints
+    b = pipeline.finish(stage, PipelineOptions(flip=True)).persons[0].keypoints
+    c = pipeline.finish(stage, PipelineOptions(flip=True, flip_shift=False)).persons[0].keypoints
+    assert not np.allclose(a, b) and not np.allclose(b, c)
+    no_flip_stage = pipeline.run_models(crowd, PipelineOptions(), boxes)
+    with pytest.raises(InvalidParameter, match="expected a stage computed with flip=True"):
+        pipeline.finish(no_flip_stage, PipelineOptions(flip=True))
+
+
+def test_decode_methods_differ_but_agree_roughly(
+    pipeline: Pipeline, crowd: np.ndarray, gt: tuple[np.ndarray, Any]
+) -> None:
+    boxes, _ = gt
+    kp = {
+        m: np.stack(
+            [p.keypoints for p in pipeline(crowd, PipelineOptions(decode=m), boxes).persons]
+        )
+        for m in ("argmax", "standard", "dark")
+    }
+    assert kp["argmax"].shape == kp["dark"].shape
+    assert not np.allclose(kp["argmax"][..., :2], kp["dark"][..., :2])
+    conf = kp["dark"][..., 2] > 0.3
+    # heatmap stride is 4 crop px; DARK moves a keypoint by less than one heatmap px
+    diff = np.abs(kp["argmax"][..., :2] - kp["dark"][..., :2]).max(axis=-1)[conf]
+    assert np.median(diff) < 10
+
+
+def test_gt_boxes_need_no_detector(pose: OnnxPoseModel, crowd: np.ndarray, gt: Any) -> None:
+    boxes, anns = gt
+    pipe = Pipeline(None, pose)
+    res = pipe(crowd, boxes=boxes, box_scores=np.ones(len(boxes)))
+    assert 1 <= len(res.persons) <= len(boxes)
+    assert res.timings["detect"] < 0.5
+    with pytest.raises(InvalidParameter, match="this pipeline has no detector"):
+        pipe(crowd)
+
+
+def test_ensemble_same_model_twice_is_identical(
+    pose: OnnxPoseModel, crowd: np.ndarray, gt: Any
+) -> None:
+    boxes, _ = gt
+    single = Pipeline(None, pose)(crowd, boxes=boxes)
+    double = Pipeline(None, [pose, pose])(crowd, boxes=boxes)
+    assert len(single.persons) == len(double.persons)
+    for a, b in zip(single.persons, double.persons, strict=True):
+        np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=1e-6, atol=1e-5)
+
+
+def test_ensemble_with_a_perturbed_copy_differs(
+    tmp_path: Path, pose: OnnxPoseModel, crowd: np.ndarray, gt: Any
+) -> None:
+    boxes, _ = gt
+    other = OnnxPoseModel(perturbed(tmp_path / "p.onnx", scale=1.3), providers="cpu")
+    single = Pipeline(None, pose).run_models(crowd, boxes=boxes)
+    mixed = Pipeline(None, [pose, other]).run_models(crowd, boxes=boxes)
+    alone = Pipeline(None, other).run_models(crowd, boxes=boxes)
+    assert not np.allclose(single.outputs, mixed.outputs)
+    # the ensemble averages heatmaps before decoding
+    np.testing.assert_allclose(mixed.outputs, (single.outputs + alone.outputs) / 2, atol=1e-5)
+
+
+def test_ensemble_rejects_incompatible_models(tmp_path: Path, pose: OnnxPoseModel) -> None:
+    tiny = OnnxPoseModel(tiny_pose_model(tmp_path / "t.onnx"), providers="cpu")
+    with pytest.raises(ModelError, match="expected equal heatmap sizes"):
+        Pipeline(None, [pose, tiny])
+    with pytest.raises(ModelError, match="expected at least one pose model"):
+        Pipeline(None, [])
+
+
+def test_decoded_output_models_skip_decoding(
+    pose: OnnxPoseModel, crowd: np.ndarray, gt: Any
+) -> None:
+    boxes, _ = gt
+    heat = Pipeline(None, pose)(crowd, PipelineOptions(decode="dark"), boxes)
+    dec = Pipeline(None, DecodedPose(pose))(crowd, PipelineOptions(decode="argmax"), boxes)
+    assert len(heat.persons) == len(dec.persons)
+    for a, b in zip(heat.persons, dec.persons, strict=True):
+        np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=1e-5, atol=1e-3)
+    flipped = Pipeline(None, DecodedPose(pose))(crowd, PipelineOptions(flip=True), boxes)
+    assert len(flipped.persons) >= 1
+
+
+def test_oks_nms_removes_duplicate_boxes(pose: OnnxPoseModel, crowd: np.ndarray, gt: Any) -> None:
+    boxes, _ = gt
+    dup = np.concatenate([boxes[:1], boxes[:1] + 0.5])
+    pipe = Pipeline(None, pose)
+    assert len(pipe(crowd, boxes=dup).persons) == 1
+    assert len(pipe(crowd, PipelineOptions(oks_nms_threshold=1.0), boxes=dup).persons) == 2
+
+
+def test_max_persons_bounds_the_pose_batch(
+    detector: YoloxDetector, pose: OnnxPoseModel, crowd: np.ndarray
+) -> None:
+    counting = CountingPose(pose)
+    res = Pipeline(detector, counting)(crowd, PipelineOptions(max_persons=3))
+    assert counting.calls == [3] and len(res.persons) <= 3
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((300, 200), 90, np.uint8),  # grayscale
+        np.full((300, 200, 1), 90, np.uint8),
+        np.full((300, 200, 4), 90, np.uint8),  # BGRA
+        np.full((300, 200, 3), 90 * 257, np.uint16),  # 16-bit
+        np.full((8, 8, 3), 90, np.uint8),  # tiny
+        np.full((1, 1, 3), 90, np.uint8),
+    ],
+)
+def test_odd_images_give_an_empty_result(pipeline: Pipeline, image: np.ndarray) -> None:
+    res = pipeline(image)
+    assert res.persons == []
+    assert res.image_size == (image.shape[1], image.shape[0])
+
+
+def test_odd_images_with_boxes_are_converted(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    gray = cv2.cvtColor(crowd, cv2.COLOR_BGR2GRAY)
+    bgra = cv2.cvtColor(crowd, cv2.COLOR_BGR2BGRA)
+    box = np.array([[0, 60, 250, 397]], np.float32)
+    assert len(pipeline(gray, boxes=box).persons) == 1
+    a = pipeline(bgra, boxes=box).persons[0].keypoints
+    b = pipeline(crowd, boxes=box).persons[0].keypoints
+    np.testing.assert_allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((10, 10, 3), np.float32), "expected uint8 or uint16"),
+        (np.zeros((10, 10, 2), np.uint8), r"expected \(H, W\)"),
+        (np.zeros((0, 10, 3), np.uint8), "expected a non-empty image"),
+        ("not an image", "expected a numpy array"),
+    ],
+)
+def test_bad_images_raise_invalid_image(pipeline: Pipeline, image: Any, match: str) -> None:
+    with pytest.raises(InvalidImage, match=match):
+        pipeline(image)
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        np.array([[10, 10, 10, 50]]),  # zero width
+        np.array([[10, 10, 50, 10]]),  # zero height
+        np.array([[50, 50, 10, 10]]),  # inverted
+        np.array([[700, 10, 800, 100]]),  # right of the image
+        np.array([[-100, -100, -1, -1]]),  # above-left
+        np.zeros((0, 4)),
+    ],
+)
+def test_degenerate_boxes_are_dropped(pipeline: Pipeline, crowd: np.ndarray, boxes: Any) -> None:
+    assert pipeline(crowd, boxes=boxes).persons == []
+
+
+def test_partly_outside_box_still_works(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    res = pipeline(crowd, boxes=np.array([[-50, 60, 250, 450]]))
+    assert len(res.persons) == 1 and np.all(np.isfinite(res.persons[0].keypoints))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"boxes": np.zeros((2, 3))}, r"expected shape \(M, 4\)"),
+        ({"boxes": np.array([[0, 0, np.nan, 5]])}, "expected finite coordinates"),
+        ({"boxes": np.ones((2, 4)), "box_scores": np.ones(3)}, "expected 2 scores"),
+        ({"boxes": [["a", "b", "c", "d"]]}, r"expected an \(M, 4\) array"),
+    ],
+)
+def test_bad_boxes(pipeline: Pipeline, crowd: np.ndarray, kwargs: Any, match: str) -> None:
+    with pytest.raises(InvalidParameter, match=match):
+        pipeline(crowd, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decode": "soft"}, "decode: expected one of argmax, standard, dark, got 'soft'"),
+        ({"blur_kernel": 4}, "blur_kernel: expected an odd size"),
+        ({"blur_kernel": 0}, "blur_kernel: expected an int >= 1"),
+        ({"det_score_threshold": 1.5}, r"det_score_threshold: expected a number in \[0, 1\]"),
+        ({"keypoint_score_threshold": -0.1}, "keypoint_score_threshold: expected"),
+        ({"max_persons": 0}, "max_persons: expected an int >= 1"),
+        ({"oks_nms_threshold": 0}, "oks_nms_threshold: expected a number > 0"),
+        ({"box_padding": -1.0}, "box_padding: expected a number > 0"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidParameter, match=match):
+        PipelineOptions(**kwargs)
+
+
+def test_options_from_settings() -> None:
+    from service.settings import Settings
+
+    s = Settings(decode="standard", flip=True, default_max_persons=7)  # type: ignore[call-arg]
+    o = PipelineOptions.from_settings(s, box_padding=1.5)
+    assert (o.decode, o.flip, o.max_persons, o.box_padding) == ("standard", True, 7, 1.5)
