@@ -157,10 +157,9 @@ def test_decode_methods_differ_but_agree_roughly(
     pipeline: Pipeline, crowd: np.ndarray, gt: tuple[np.ndarray, Any]
 ) -> None:
     boxes, _ = gt
+    opts = PipelineOptions(oks_nms_threshold=1.0)  # the same persons for every decoder
     kp = {
-        m: np.stack(
-            [p.keypoints for p in pipeline(crowd, PipelineOptions(decode=m), boxes).persons]
-        )
+        m: np.stack([p.keypoints for p in pipeline(crowd, opts.replace(decode=m), boxes).persons])
         for m in ("argmax", "standard", "dark")
     }
     assert kp["argmax"].shape == kp["dark"].shape
