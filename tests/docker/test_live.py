@@ -3,7 +3,8 @@
 * ``test_dashboard_metrics_are_exported``: the real app (``create_app`` + TestClient on the shared
   models) serves one ``POST /pose``; every metric and label the dashboard queries is in its
   ``/metrics``.
-* ``test_prometheus_scrapes_the_app``: the real app under uvicorn on 127.0.0.1 and the real
+* ``test_prometheus_scrapes_the_app``: the image's command (``darkpose serve``, uvicorn) on
+  127.0.0.1, configured by ``DARKPOSE_*`` env as in the container, and the real
   Prometheus (Debian binary) with ``docker/prometheus.yml`` (target rewritten to the app); the
   stage histograms come back through Prometheus's query API and every dashboard query evaluates.
 """
@@ -112,6 +113,19 @@ def _healthcheck_code() -> str:
     return str(cmd[2])
 
 
+def _image_command() -> list[str]:
+    """ENTRYPOINT + CMD (exec form) of the CPU image, e.g. ``["darkpose", "serve"]``."""
+    parts: dict[str, list[str]] = {}
+    for line in DOCKERFILES["cpu"].read_text().splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word in ("ENTRYPOINT", "CMD"):
+            parts[word] = json.loads(rest)
+    command = parts.get("ENTRYPOINT", []) + parts.get("CMD", [])
+    if command[:1] != ["darkpose"]:
+        pytest.fail(f"expected the image to run `darkpose ...`, got {command}")
+    return command
+
+
 # --- in-process app -----------------------------------------------------------------------------
 
 
@@ -170,7 +184,7 @@ def _log_tail(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1:<free port> (settings from DARKPOSE_* env)."""
+    """``darkpose serve`` (uvicorn) on 127.0.0.1:<free port>, set up by DARKPOSE_* env only."""
     log = tmp_path_factory.mktemp("app") / "uvicorn.log"
     port = free_port()
     env = {
@@ -180,9 +194,10 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "DARKPOSE_PORT": str(port),
         "DARKPOSE_INTRA_OP_THREADS": "1",
         "DARKPOSE_WARMUP": "false",
+        "DARKPOSE_LOG_LEVEL": "warning",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api:create_app",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    # The image's command (ENTRYPOINT ["darkpose"] + CMD ["serve"]), configured by env only.
+    cmd = [sys.executable, "-m", "service.cli", *_image_command()[1:]]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
