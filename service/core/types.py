@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -98,20 +98,20 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, str], **defaults: object) -> ModelSpec:
+    def from_metadata(cls, meta: Mapping[str, str], **defaults: Any) -> ModelSpec:
         """Build from ONNX ``metadata_props``; missing keys fall back to ``defaults``/class
         defaults.  Raises :class:`ModelError` naming the key on malformed values."""
-        base = cls(**defaults)  # type: ignore[arg-type]
+        base = cls(**defaults)
 
-        def get(key: str, conv: object, current: object) -> object:
+        def get(key: str, conv: Any, current: Any) -> Any:
             raw = meta.get("darkpose." + key)
             if raw is None:
                 return current
             try:
-                return conv(raw)  # type: ignore[operator]
+                return conv(raw)
             except (ValueError, TypeError) as exc:
                 raise ModelError(
-                    f"model metadata darkpose.{key}: expected {conv.__name__}-compatible "  # type: ignore[attr-defined]
+                    f"model metadata darkpose.{key}: expected {conv.__name__}-compatible "
                     f"value, got {raw!r} ({exc})"
                 ) from exc
 
@@ -146,16 +146,16 @@ class ModelSpec:
         spec = cls(
             name=str(get("name", str, base.name)),
             arch=str(get("arch", str, base.arch)),
-            input_size=get("input_size", pair, base.input_size),  # type: ignore[arg-type]
-            heatmap_size=get("heatmap_size", pair, base.heatmap_size),  # type: ignore[arg-type]
-            mean=get("mean", triple, base.mean),  # type: ignore[arg-type]
-            std=get("std", triple, base.std),  # type: ignore[arg-type]
-            pixel_scale=float(get("pixel_scale", float, base.pixel_scale)),  # type: ignore[arg-type]
-            channel_order=get("channel_order", order, base.channel_order),  # type: ignore[arg-type]
-            keypoint_names=get("keypoint_names", names, base.keypoint_names),  # type: ignore[arg-type]
-            flip_pairs=get("flip_pairs", pairs, base.flip_pairs),  # type: ignore[arg-type]
-            codec=get("codec", method, base.codec),  # type: ignore[arg-type]
-            blur_kernel=int(get("blur_kernel", int, base.blur_kernel)),  # type: ignore[arg-type]
+            input_size=get("input_size", pair, base.input_size),
+            heatmap_size=get("heatmap_size", pair, base.heatmap_size),
+            mean=get("mean", triple, base.mean),
+            std=get("std", triple, base.std),
+            pixel_scale=float(get("pixel_scale", float, base.pixel_scale)),
+            channel_order=get("channel_order", order, base.channel_order),
+            keypoint_names=get("keypoint_names", names, base.keypoint_names),
+            flip_pairs=get("flip_pairs", pairs, base.flip_pairs),
+            codec=get("codec", method, base.codec),
+            blur_kernel=int(get("blur_kernel", int, base.blur_kernel)),
             decoded_output=str(meta.get("darkpose.decoded_output", "0")) == "1"
             if "darkpose.decoded_output" in meta
             else base.decoded_output,
