@@ -1,0 +1,106 @@
+"""``darkpose infer`` / ``darkpose eval`` through the real CLI dispatcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+from pycocotools.coco import COCO
+
+from service.cli import main
+from tests.conftest import IMAGES, KPT_ANN
+
+
+@pytest.fixture()
+def image_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    shutil.copy(IMAGES / "000000370162.jpg", d)
+    # a 16-bit grayscale PNG: converted, not a crash
+    img = cv2.imread(str(IMAGES / "000000433998.jpg"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(d / "000000433998.png"), img.astype("uint16") * 257)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return d
+
+
+def test_infer_directory_writes_results_and_overlays(
+    image_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, vis = tmp_path / "res.json", tmp_path / "vis"
+    rc = main(["infer", str(image_dir), "--out", str(out), "--vis", str(vis), "--no-progress"])
+    assert rc == 1  # the broken file is reported, the others are processed
+    assert "broken.jpg" in caplog.text
+    results = json.loads(out.read_text())
+    assert {r["image_id"] for r in results} == {370162, 433998}
+    assert sum(r["image_id"] == 370162 for r in results) >= 6
+    loaded = COCO(str(KPT_ANN)).loadRes(results)
+    assert len(loaded.getAnnIds()) == len(results)
+    pngs = sorted(p.name for p in vis.iterdir())
+    assert pngs == ["000000370162.png", "000000433998.png"]
+    overlay = cv2.imread(str(vis / "000000370162.png"))
+    original = cv2.imread(str(image_dir / "000000370162.jpg"))
+    assert overlay.shape == original.shape
+    assert (abs(overlay.astype(int) - original.astype(int)).sum(axis=2) > 60).mean() > 0.01
+
+
+def test_infer_single_image_options(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    argv = ["infer", str(IMAGES / "000000370162.jpg"), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--max-persons", "2", "--decode", "argmax", "--flip", "on"]) == 0
+    assert 1 <= len(json.loads(out.read_text())) <= 2
+
+
+@pytest.mark.parametrize(
+    "argv_tail",
+    [["/nonexistent/dir"], []],
+)
+def test_infer_missing_input(tmp_path: Path, argv_tail: list[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    target = argv_tail or [str(empty)]
+    assert main(["infer", *target, "--out", str(tmp_path / "r.json")]) == 2
+
+
+def test_eval_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "--images", str(IMAGES), "--ann", str(KPT_ANN), "--limit", "12"]
+    rc = main([*argv, "--decode", "argmax,dark", "--flip", "off,on", "--json", "--no-progress"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["decode"], r["flip"]) for r in rows] == [
+        ("argmax", False),
+        ("dark", False),
+        ("argmax", True),
+        ("dark", True),
+    ]
+    assert all(0.0 <= r["AP"] <= 1.0 and r["boxes"] == "gt" for r in rows)
+
+
+def test_eval_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["eval", "--images", str(IMAGES), "--ann", str(KPT_ANN), "--limit", "5"]
+    assert main([*argv, "--decode", "dark", "--results-dir", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == [
+        "boxes",
+        "decode",
+        "flip",
+        *["AP", "AP50", "AP75", "APM", "APL", "AR"],
+    ]
+    assert (tmp_path / "gt_dark_flip-off.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--decode", "soft"], ["--flip", "maybe"], ["--boxes", "yolo"]],
+)
+def test_eval_bad_arguments(bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--images", str(IMAGES), "--ann", str(KPT_ANN), *bad])
+    assert exc.value.code == 2
+
+
+def test_eval_missing_annotations(tmp_path: Path) -> None:
+    rc = main(["eval", "--images", str(IMAGES), "--ann", str(tmp_path / "none.json")])
+    assert rc == 2
