@@ -189,14 +189,3 @@ class ServerProcess:
         finally:
             if self._log is not subprocess.DEVNULL:
                 self._log.close()  # type: ignore[union-attr]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = ServerProcess(env={"DARKPOSE_MAX_IMAGE_BYTES": str(3 * 1024 * 1024)}, log=log)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.terminate()
