@@ -1,0 +1,445 @@
+"""Detector configuration strings: ``yolox | htc | chips(yolox) | fused(yolox@1x,yolox@chips,htc)``.
+
+Grammar (whitespace is ignored)::
+
+    expr    := atom [ "@" variant ]
+    atom    := NAME [ "(" [ arg { "," arg } ] ")" ]
+    arg     := KEY "=" VALUE | expr
+    variant := <float> "x"          run on the image resized by that factor (yolox@2x)
+             | "chips"              SNIPER chips with their defaults (yolox@chips == chips(yolox))
+
+Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
+
+* ``yolox`` — the ONNX YOLOX of the settings; ``model=<file>``, ``score=<thr>``, ``nms=<iou>``.
+* ``htc`` — mmdet HTC (extra ``mmdet``); ``config=<file or shipped name>``,
+  ``checkpoint=<.pth>``, ``scale=1333x800`` (or ``800``), ``device=cpu|cuda``, ``score=<thr>``,
+  ``random=1`` (random weights: smoke tests only), ``trusted=1`` (unpickle checkpoint metadata).
+  Defaults come from ``DARKPOSE_HTC_CONFIG``, ``DARKPOSE_HTC_CHECKPOINT``, ``DARKPOSE_HTC_SCALE``,
+  ``DARKPOSE_HTC_DEVICE``.
+* ``chips(<expr>)`` — :class:`~service.runtime.chips.MultiScaleChipDetector`; ``scales=fit/2``,
+  ``chip=512``, ``stride=384``, ``ranges=40:inf/0:120`` (one ``lo:hi`` per scale, sqrt of the
+  box area in image px), ``nms=0.5``, ``margin=2``.
+* ``fused(<expr>, <expr>, ...)`` — :class:`~service.runtime.fusion.FusedDetector` (weighted
+  boxes fusion); ``weights=2/1/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
+
+Syntax errors and unknown names/options raise :class:`InvalidParameter`; configurations that
+parse but cannot be built (missing files, mmdet not installed) raise :class:`ModelError`.
+Leaves that appear several times (``fused(yolox@1x,yolox@chips)``) share one instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.core.errors import InvalidParameter, ModelError
+from service.core.types import Detector
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NAMES = ("yolox", "htc", "chips", "fused")
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "yolox": ("model", "score", "nms"),
+    "htc": ("config", "checkpoint", "scale", "device", "score", "random", "trusted"),
+    "chips": ("scales", "chip", "stride", "ranges", "nms", "margin"),
+    "fused": ("weights", "iou", "skip", "conf"),
+}
+_PUNCT = "(),=@"
+_TOKEN = re.compile(r"\s*(?:([(),=@])|([^\s(),=@]+))")
+
+
+class HtcSettings(BaseSettings):
+    """Defaults of the ``htc`` leaf (environment ``DARKPOSE_HTC_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DARKPOSE_HTC_", env_file=None, extra="ignore")
+
+    config: str = "htc_r50_fpn_1x_coco"
+    checkpoint: str | None = None
+    scale: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A parsed detector configuration (a tree)."""
+
+    name: str
+    children: tuple[DetectorSpec, ...] = ()
+    options: tuple[tuple[str, str], ...] = ()
+    variant: str | None = None
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.options).get(key, default)
+
+    def __str__(self) -> str:
+        args = [str(c) for c in self.children] + [f"{k}={v}" for k, v in self.options]
+        text = self.name + (f"({','.join(args)})" if args else "")
+        return text + (f"@{self.variant}" if self.variant else "")
+
+
+@dataclass
+class _Parser:
+    text: str
+    tokens: list[tuple[str, int]] = field(default_factory=list)
+    pos: int = 0
+
+    def __post_init__(self) -> None:
+        i = 0
+        text = self.text
+        while i < len(text):
+            if text[i].isspace():
+                i += 1
+                continue
+            m = _TOKEN.match(text, i)
+            if m is None:  # pragma: no cover - the pattern matches any non-space character
+                raise self.error("a token", i)
+            tok = m.group(1) or m.group(2)
+            self.tokens.append((tok, m.start(1) if m.group(1) else m.start(2)))
+            i = m.end()
+
+    def error(self, expected: str, at: int | None = None) -> InvalidParameter:
+        if at is None:
+            at = self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
+        got = self.text[at:].strip()[:30] or "end of text"
+        return InvalidParameter(
+            f"detector config {self.text!r}: expected {expected} at position {at}, got {got!r}"
+        )
+
+    def peek(self, k: int = 0) -> str | None:
+        i = self.pos + k
+        return self.tokens[i][0] if i < len(self.tokens) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise self.error("more text")
+        self.pos += 1
+        return tok
+
+    def expect(self, tok: str) -> None:
+        if self.peek() != tok:
+            raise self.error(repr(tok))
+        self.pos += 1
+
+    def word(self, what: str) -> str:
+        tok = self.peek()
+        if tok is None or tok in _PUNCT:
+            raise self.error(what)
+        self.pos += 1
+        return tok
+
+    def parse(self) -> DetectorSpec:
+        if not self.tokens:
+            raise InvalidParameter(
+                f"detector config: expected e.g. 'yolox' or 'fused(yolox,yolox@chips)', "
+                f"got {self.text!r}"
+            )
+        spec = self.expr()
+        if self.peek() is not None:
+            raise self.error("end of the config")
+        return spec
+
+    def expr(self) -> DetectorSpec:
+        start = self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
+        name = self.word("a detector name").lower()
+        if name not in NAMES:
+            raise InvalidParameter(
+                f"detector config {self.text!r}: expected a detector name (one of "
+                f"{', '.join(NAMES)}) at position {start}, got {name!r}"
+            )
+        children: list[DetectorSpec] = []
+        options: list[tuple[str, str]] = []
+        if self.peek() == "(":
+            self.take()
+            while self.peek() != ")":
+                if self.peek(1) == "=":
+                    key_at = self.tokens[self.pos][1]
+                    key = self.word("an option name").lower()
+                    self.expect("=")
+                    value = self.word(f"a value for {key}")
+                    if key not in OPTIONS[name]:
+                        raise InvalidParameter(
+                            f"detector config {self.text!r}: expected an option of {name} "
+                            f"({', '.join(OPTIONS[name])}) at position {key_at}, got {key!r}"
+                        )
+                    if any(k == key for k, _ in options):
+                        raise self.error(f"{key} given once", key_at)
+                    options.append((key, value))
+                else:
+                    children.append(self.expr())
+                if self.peek() == ",":
+                    self.take()
+                elif self.peek() != ")":
+                    raise self.error("',' or ')'")
+            self.expect(")")
+        variant = None
+        if self.peek() == "@":
+            self.take()
+            variant = self.word("a variant (chips or <factor>x)").lower()
+            if variant != "chips" and _parse_factor(variant) is None:
+                raise InvalidParameter(
+                    f"detector config {self.text!r}: expected a variant 'chips' or "
+                    f"'<factor>x' (e.g. 2x) after '@', got {variant!r}"
+                )
+        spec = DetectorSpec(name, tuple(children), tuple(options), variant)
+        if name in ("yolox", "htc") and children:
+            raise InvalidParameter(
+                f"detector config {self.text!r}: expected no sub-detectors in {name}(...), "
+                f"got {len(children)}"
+            )
+        if name == "chips" and len(children) != 1:
+            raise InvalidParameter(
+                f"detector config {self.text!r}: expected exactly one detector in chips(...), "
+                f"got {len(children)}"
+            )
+        if name == "fused" and len(children) < 1:
+            raise InvalidParameter(
+                f"detector config {self.text!r}: expected at least one detector in "
+                f"fused(...), got none"
+            )
+        return spec
+
+
+def _parse_factor(variant: str) -> float | None:
+    if not variant.endswith("x"):
+        return None
+    try:
+        f = float(variant[:-1])
+    except ValueError:
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def parse_detector_config(text: str) -> DetectorSpec:
+    """Parse a detector configuration string (grammar in the module docstring)."""
+    if not isinstance(text, str):
+        raise InvalidParameter(f"detector config: expected a string, got {type(text).__name__}")
+    return _Parser(text).parse()
+
+
+def split_configs(text: str) -> list[str]:
+    """Split a comma-separated list of configs at nesting depth 0:
+    ``"yolox,fused(yolox,htc)"`` → ``["yolox", "fused(yolox,htc)"]``."""
+    out: list[str] = []
+    depth = 0
+    cur = ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise InvalidParameter(
+                    f"detector list: expected balanced parentheses, got {text!r}"
+                )
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if depth != 0:
+        raise InvalidParameter(f"detector list: expected balanced parentheses, got {text!r}")
+    out.append(cur.strip())
+    if any(not c for c in out):
+        raise InvalidParameter(f"detector list: expected non-empty items, got {text!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------- option values
+def _num(spec: DetectorSpec, key: str, default: float, lo: float, hi: float) -> float:
+    raw = spec.option(key)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (lo <= v <= hi):
+        raise InvalidParameter(f"{spec.name} option {key}: expected a number in [{lo}, {hi}], "
+                               f"got {raw!r}")  # fmt: skip
+    return v
+
+
+def _int(spec: DetectorSpec, key: str, default: int, lo: int, hi: int) -> int:
+    raw = spec.option(key)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"\d+", raw) or not lo <= int(raw) <= hi:
+        raise InvalidParameter(
+            f"{spec.name} option {key}: expected an integer in [{lo}, {hi}], got {raw!r}"
+        )
+    return int(raw)
+
+
+def _flag(spec: DetectorSpec, key: str) -> bool:
+    raw = (spec.option(key) or "0").lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise InvalidParameter(f"{spec.name} option {key}: expected 0 or 1, got {raw!r}")
+    return raw in ("1", "true", "yes", "on")
+
+
+def _scales(spec: DetectorSpec) -> tuple[float | str, ...] | None:
+    raw = spec.option("scales")
+    if raw is None:
+        return None
+    out: list[float | str] = []
+    for part in raw.split("/"):
+        part = part.strip().lower()
+        if part == "fit":
+            out.append("fit")
+            continue
+        f = _parse_factor(part if part.endswith("x") else part + "x")
+        if f is None:
+            raise InvalidParameter(
+                f"chips option scales: expected factors or 'fit' separated by '/', got {raw!r}"
+            )
+        out.append(f)
+    return tuple(out)
+
+
+def _ranges(spec: DetectorSpec) -> tuple[tuple[float, float], ...] | None:
+    raw = spec.option("ranges")
+    if raw is None:
+        return None
+    out = []
+    for part in raw.split("/"):
+        try:
+            lo, hi = (float(v) for v in part.split(":"))
+        except ValueError as exc:
+            raise InvalidParameter(
+                f"chips option ranges: expected lo:hi pairs separated by '/', got {raw!r}"
+            ) from exc
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _weights(spec: DetectorSpec) -> list[float] | None:
+    raw = spec.option("weights")
+    if raw is None:
+        return None
+    try:
+        return [float(v) for v in raw.split("/")]
+    except ValueError as exc:
+        raise InvalidParameter(
+            f"fused option weights: expected numbers separated by '/', got {raw!r}"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------ building
+class _Builder:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache: dict[str, Detector] = {}
+
+    def build(self, spec: DetectorSpec) -> Detector:
+        key = str(spec)
+        if key not in self.cache:
+            self.cache[key] = self._build(spec)
+        return self.cache[key]
+
+    def _build(self, spec: DetectorSpec) -> Detector:
+        if spec.variant is not None:
+            inner = self.build(DetectorSpec(spec.name, spec.children, spec.options))
+            if spec.variant == "chips":
+                return self.chips(inner, DetectorSpec("chips", (), ()))
+            factor = _parse_factor(spec.variant)
+            if factor is None:
+                raise InvalidParameter(
+                    f"detector variant: expected <factor>x, got {spec.variant!r}"
+                )
+            if factor == 1.0:
+                return inner
+            from service.runtime.chips import ScaledDetector
+
+            return ScaledDetector(inner, factor)
+        makers: dict[str, Callable[[DetectorSpec], Detector]] = {
+            "yolox": self.yolox,
+            "htc": self.htc,
+            "chips": lambda s: self.chips(self.build(s.children[0]), s),
+            "fused": self.fused,
+        }
+        return makers[spec.name](spec)
+
+    def yolox(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.detectors import YoloxDetector
+
+        s = self.settings
+        path = s.resolve_model(spec.option("model") or s.detector_model)
+        if not Path(path).is_file():
+            raise ModelError(f"yolox model: expected an existing ONNX file, got {str(path)!r}")
+        return YoloxDetector(
+            path,
+            score_threshold=_num(spec, "score", s.det_score_threshold, 0.0, 1.0),
+            nms_iou=_num(spec, "nms", s.det_nms_iou, 1e-6, 1.0),
+            max_detections=s.max_persons,
+            providers=s.providers,
+            intra_op_threads=s.intra_op_threads,
+            inter_op_threads=s.inter_op_threads,
+        )
+
+    def htc(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.htc import HtcDetector, parse_test_scale
+
+        d = HtcSettings()
+        scale = spec.option("scale", d.scale)
+        checkpoint = spec.option("checkpoint", d.checkpoint)
+        return HtcDetector(
+            spec.option("config", d.config) or d.config,
+            None if checkpoint is None else self.settings.resolve_model(checkpoint),
+            random_weights=_flag(spec, "random"),
+            trusted_checkpoint=_flag(spec, "trusted"),
+            score_threshold=_num(spec, "score", self.settings.det_score_threshold, 0.0, 1.0),
+            max_detections=self.settings.max_persons,
+            device=spec.option("device", d.device) or "cpu",
+            test_scale=None if scale is None else parse_test_scale(scale),
+            num_threads=self.settings.intra_op_threads,
+        )
+
+    def chips(self, inner: Detector, spec: DetectorSpec) -> Detector:
+        from service.runtime import chips as ch
+
+        scales = _scales(spec)
+        kwargs: dict[str, object] = {}
+        if scales is not None:
+            kwargs["scales"] = scales
+        ranges = _ranges(spec)
+        if ranges is not None:
+            kwargs["valid_ranges"] = ranges
+        return ch.MultiScaleChipDetector(
+            inner,
+            chip_size=_int(spec, "chip", ch.DEFAULT_CHIP_SIZE, 32, 4096),
+            stride=_int(spec, "stride", ch.DEFAULT_STRIDE, 1, 4096),
+            nms_iou=_num(spec, "nms", 0.5, 1e-6, 1.0),
+            border_margin=_num(spec, "margin", 2.0, 0.0, 64.0),
+            max_detections=self.settings.max_persons,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def fused(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.fusion import FusedDetector
+
+        return FusedDetector(
+            [self.build(c) for c in spec.children],
+            weights=_weights(spec),
+            iou_thr=_num(spec, "iou", 0.55, 1e-6, 1.0),
+            skip_box_thr=_num(spec, "skip", 0.0, 0.0, 1.0),
+            conf_type=spec.option("conf", "avg") or "avg",
+            max_detections=self.settings.max_persons,
+        )
+
+
+def build_detector_from_config(config: str | DetectorSpec, settings: Settings) -> Detector:
+    """The :class:`~service.core.types.Detector` described by ``config`` (a string in the
+    grammar of this module, or a parsed :class:`DetectorSpec`), built with ``settings``
+    (model paths, providers, thresholds, ``max_persons``)."""
+    spec = parse_detector_config(config) if isinstance(config, str) else config
+    detector = _Builder(settings).build(spec)
+    logger.info("detector: %s → %r", spec, detector)
+    return detector
