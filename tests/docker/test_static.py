@@ -186,6 +186,9 @@ def test_compose_default_services(docker_compose: Path) -> None:
     assert len(models) == 1 and models[0]["read_only"] is True
     assert Path(models[0]["source"]) == (REPO.parent / "shared" / "models").resolve()
     assert [p["target"] for p in pose["ports"]] == [8000]
+    for name in ("prometheus", "grafana"):
+        image = services[name]["image"]
+        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+", image), f"expected a pinned tag: {image}"
     # Every bind-mounted file of prometheus / grafana exists in the repository.
     for name in ("prometheus", "grafana"):
         for vol in services[name]["volumes"]:
