@@ -66,12 +66,16 @@ def create_session(
     inter_op_threads: int = 0,
     *,
     name: str | None = None,
+    allow_spinning: bool = False,
 ) -> ort.InferenceSession:
     """An ``ort.InferenceSession`` for ``path`` (a file, or the serialised model as ``bytes``).
 
     ``intra_op_threads`` / ``inter_op_threads``: 0 = onnxruntime's default.  Logs the
     providers actually used (onnxruntime silently falls back to CPU when CUDA fails to load);
-    ``name`` labels the model in the log.
+    ``name`` labels the model in the log.  ``allow_spinning=False`` (default) stops idle
+    intra-op worker threads from busy-waiting: on a shared or oversubscribed CPU (a service with
+    a detector, a batcher and HTTP threads) spinning workers steal the cores the other sessions
+    need (measured on 2 shared cores: 2 threads 22.8 ms/crop spinning vs 10.2 ms not).
     """
     if intra_op_threads < 0 or inter_op_threads < 0:
         raise ModelError(
@@ -86,6 +90,7 @@ def create_session(
         opts.intra_op_num_threads = intra_op_threads
     if inter_op_threads:
         opts.inter_op_num_threads = inter_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.log_severity_level = 3  # errors only: the fixed-shape models warn about value_info
     wanted = resolve_providers(providers)
     try:
@@ -97,12 +102,13 @@ def create_session(
     used = session.get_providers()
     logger.info(
         "onnxruntime session %s: providers requested=%s used=%s intra_op_threads=%d "
-        "inter_op_threads=%d",
+        "inter_op_threads=%d spinning=%s",
         name,
         wanted,
         used,
         intra_op_threads,
         inter_op_threads,
+        allow_spinning,
     )
     if wanted[0] not in used:
         logger.warning("model %s: %s unavailable at run time, running on %s", name, wanted[0], used)
