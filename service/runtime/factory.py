@@ -27,7 +27,9 @@ def build_detector(settings: Settings) -> Detector:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-    raise ModelError(f"detector: expected one of yolox, got {settings.detector!r}")
+    from service.runtime.detector_config import build_detector_from_config
+
+    return build_detector_from_config(settings.detector, settings)
 
 
 def build_pose_models(settings: Settings) -> list[PoseModel]:
