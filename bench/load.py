@@ -1,0 +1,281 @@
+"""Load test of the HTTP service against the models' own ceiling.
+
+1. Ceiling: the same images through the detector and pose ONNX sessions back to back in this
+   process (no HTTP, no JSON; crops prepared outside the timed region) → images/s.
+2. For batching on and off: start ``darkpose serve`` (uvicorn subprocess on 127.0.0.1), warm
+   it, then ``--clients`` concurrent keep-alive clients POST images for ``--duration`` seconds.
+   Prints throughput (images/s and the ratio to the ceiling), p50/p99 latency, the error
+   count, the server's RSS growth and the mean pose batch size (from /metrics).
+
+    python bench/load.py                      # 16 clients, 60 s per mode
+    python bench/load.py --duration 15 --modes on
+
+All numbers are measured in one run on this machine; compare ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from service.settings import Settings  # noqa: E402
+
+IMAGES = REPO.parent / "shared" / "data" / "coco-mini" / "train2017"
+
+
+def load_images(n: int) -> list[bytes]:
+    paths = sorted(IMAGES.glob("*.jpg"))[:n]
+    if not paths:
+        raise SystemExit(f"expected images in {IMAGES}, got none")
+    return [p.read_bytes() for p in paths]
+
+
+def _threads_env(threads: int) -> dict[str, str]:
+    return {"DARKPOSE_INTRA_OP_THREADS": str(threads)} if threads > 0 else {}
+
+
+def measure_ceiling(images: list[bytes], seconds: float, threads: int) -> dict[str, float]:
+    """Images/s of detector + pose sessions back to back (one process, no HTTP)."""
+    import cv2
+
+    from service.core.transforms import boxes_to_center_scale, warp_crops
+    from service.runtime.factory import build_detector, build_pose_models
+
+    s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
+    detector = build_detector(s)
+    pose = build_pose_models(s)[0]
+    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in images]
+    crops = []
+    for img in decoded:
+        det = detector.detect(img)
+        keep = np.asarray(det.scores) >= s.det_score_threshold
+        boxes = np.asarray(det.boxes, np.float32)[keep][: s.default_max_persons]
+        c, sc = boxes_to_center_scale(boxes, pose.spec.aspect_ratio, s.box_padding)
+        crops.append(warp_crops(img, c, sc, pose.spec.input_size, spec=pose.spec))
+    for img, batch in zip(decoded[:3], crops[:3], strict=False):  # warm-up
+        detector.detect(img)
+        pose.infer(batch)
+    done, n_crops, t0 = 0, 0, time.perf_counter()
+    while True:
+        for img, batch in zip(decoded, crops, strict=True):
+            detector.detect(img)
+            pose.infer(batch)
+            done += 1
+            n_crops += batch.shape[0]
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            break
+    return {"images_per_s": done / elapsed, "images": done, "crops_per_image": n_crops / done}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) / 1024.0 if m else float("nan")
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def start_server(batching: bool, threads: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DARKPOSE_HOST": "127.0.0.1",
+        "DARKPOSE_PORT": str(port),
+        "DARKPOSE_PROVIDERS": "cpu",
+        "DARKPOSE_BATCHING": "true" if batching else "false",
+        "DARKPOSE_LOG_LEVEL": "warning",
+        **_threads_env(threads),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+        cwd=REPO,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if get(port, "/readyz")[0] == 200:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server not ready within 120 s")
+
+
+def client_loop(
+    port: int, images: list[bytes], stop_at: float, offset: int, out: dict[str, Any]
+) -> None:
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    i = offset
+    while time.perf_counter() < stop_at:
+        data = images[i % len(images)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/pose", body=data, headers={"Content-Type": "image/jpeg"})
+            r = conn.getresponse()
+            r.read()
+            status = r.status
+        except (OSError, http.client.HTTPException) as exc:
+            status = -1
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        if status == 200:
+            lat.append(time.perf_counter() - t0)
+        elif status != -1:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+    conn.close()
+    out["lat"] = lat
+    out["errors"] = errors
+
+
+def metric_mean(text: str, name: str) -> float:
+    s = re.search(rf"^{name}_sum ([0-9.e+-]+)$", text, re.M)
+    c = re.search(rf"^{name}_count ([0-9.e+-]+)$", text, re.M)
+    if not s or not c or float(c.group(1)) == 0:
+        return float("nan")
+    return float(s.group(1)) / float(c.group(1))
+
+
+def run_mode(
+    batching: bool, images: list[bytes], clients: int, duration: float, warmup: float, threads: int
+) -> dict[str, Any]:
+    proc, port = start_server(batching, threads)
+    try:
+        warm: list[dict[str, Any]] = [{} for _ in range(clients)]
+        stop = time.perf_counter() + warmup
+        ts = [
+            threading.Thread(target=client_loop, args=(port, images, stop, k * 7, warm[k]))
+            for k in range(clients)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        rss0 = rss_mb(proc.pid)
+        _, before = get(port, "/metrics")
+        results: list[dict[str, Any]] = [{} for _ in range(clients)]
+        t_start = time.perf_counter()
+        stop = t_start + duration
+        ts = [
+            threading.Thread(target=client_loop, args=(port, images, stop, k * 7, results[k]))
+            for k in range(clients)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        elapsed = time.perf_counter() - t_start
+        rss1 = rss_mb(proc.pid)
+        _, after = get(port, "/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    lat = np.array([x for r in results for x in r["lat"]], np.float64)
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    after_text = after.decode()
+    return {
+        "batching": batching,
+        "ok": int(lat.size),
+        "images_per_s": lat.size / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "rss_start_mb": rss0,
+        "rss_end_mb": rss1,
+        "rss_growth_mb": rss1 - rss0,
+        "mean_batch_size": metric_mean(after_text, "darkpose_batch_size"),
+        "mean_queue_wait_ms": 1000 * metric_mean(after_text, "darkpose_queue_wait_seconds"),
+        "metrics_bytes_before": len(before),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per mode (default 60)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    ap.add_argument("--images", type=int, default=80, help="coco-mini images to cycle through")
+    ap.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
+    ap.add_argument("--ceiling-seconds", type=float, default=0.0, help="default: min(duration, 20)")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0=auto)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    images = load_images(args.images)
+    ceiling_s = args.ceiling_seconds or min(args.duration, 20.0)
+    print(f"cpu cores: {os.cpu_count()}  load average: {os.getloadavg()}")
+    ceiling = measure_ceiling(images, ceiling_s, args.threads)
+    print(
+        f"ceiling (detector + pose sessions back to back, no HTTP): "
+        f"{ceiling['images_per_s']:.2f} images/s over {ceiling['images']} images, "
+        f"{ceiling['crops_per_image']:.2f} crops/image"
+    )
+    rows = []
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        res = run_mode(mode == "on", images, args.clients, args.duration, args.warmup, args.threads)
+        res["ratio_to_ceiling"] = res["images_per_s"] / ceiling["images_per_s"]
+        rows.append(res)
+        print(
+            f"batching {mode:>3}: {res['images_per_s']:.2f} images/s "
+            f"= {res['ratio_to_ceiling']:.2f} x ceiling | p50 {res['p50_ms']:.0f} ms "
+            f"p99 {res['p99_ms']:.0f} ms | errors {res['errors']} {res['error_kinds'] or ''}| "
+            f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MB "
+            f"({res['rss_growth_mb']:+.1f}) | mean batch {res['mean_batch_size']:.2f} crops, "
+            f"queue wait {res['mean_queue_wait_ms']:.2f} ms"
+        )
+    if len(rows) == 2:
+        ratio = rows[0]["images_per_s"] / rows[1]["images_per_s"]
+        print(f"batching {rows[0]['batching']} / {rows[1]['batching']} throughput: {ratio:.2f}")
+    print(f"load average after: {os.getloadavg()}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"ceiling": ceiling, "modes": rows}, indent=2))
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
