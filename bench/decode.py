@@ -1,0 +1,183 @@
+"""Decoding benchmark: argmax vs standard vs DARK on one batch, plus an mmpose-style loop.
+
+Run: ``python bench/decode.py [--n 128] [--repeat 50] [--kernel 11]``
+
+One run times, on the same (N, K, 64, 48) float32 batch of real-looking heatmaps (the golden
+model heatmaps tiled to N instances, each jittered by a random sub-pixel-free roll and a little
+noise):
+
+* raw ``np.argmax`` over the flattened maps (the floor: one pass over the data),
+* ``decode_heatmaps(method="argmax" | "standard" | "dark")``,
+* a straightforward per-instance mmpose 1.3.2-style reimplementation of DARK (Python loop over
+  instances and keypoints, cv2 blur per map) as the reference,
+
+and prints persons/s, the ratio dark/argmax (vs our argmax decode and vs raw np.argmax) and the
+speedup over the reference.  Median of ``--repeat`` runs each; ratios are within this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from itertools import product
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from service.core.codec import decode_heatmaps  # noqa: E402
+
+GOLDEN = ROOT.parent / "shared" / "golden" / "mmpose_decode_coco_mini_train.npz"
+
+
+# ---------------------------------------------------------------------------------------------
+# mmpose 1.3.2-style reference (per instance, per keypoint loops; float32 like mmpose)
+# ---------------------------------------------------------------------------------------------
+
+
+def mmpose_get_heatmap_maximum(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """heatmaps (K, H, W) -> locs (K, 2) float32 (-1 where max <= 0), vals (K,) float32."""
+    K, H, W = heatmaps.shape
+    flat = heatmaps.reshape(K, -1)
+    y, x = np.unravel_index(np.argmax(flat, axis=1), (H, W))
+    locs = np.stack((x, y), axis=-1).astype(np.float32)
+    vals = np.amax(flat, axis=1)
+    locs[vals <= 0.0] = -1
+    return locs, vals
+
+
+def mmpose_gaussian_blur(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """In place, per map: zero pad, cv2.GaussianBlur, crop, rescale to the original max."""
+    border = (kernel - 1) // 2
+    K, H, W = heatmaps.shape
+    for k in range(K):
+        origin_max = np.max(heatmaps[k])
+        dr = np.zeros((H + 2 * border, W + 2 * border), dtype=np.float32)
+        dr[border : border + H, border : border + W] = heatmaps[k].copy()
+        dr = cv2.GaussianBlur(dr, (kernel, kernel), 0)
+        heatmaps[k] = dr[border : border + H, border : border + W].copy()
+        heatmaps[k] *= origin_max / np.max(heatmaps[k])
+    return heatmaps
+
+
+def mmpose_refine_dark(keypoints: np.ndarray, heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """keypoints (N, K, 2) float32 in place; heatmaps (K, H, W)."""
+    N, K = keypoints.shape[:2]
+    H, W = heatmaps.shape[1:]
+    heatmaps = mmpose_gaussian_blur(heatmaps, kernel)
+    np.maximum(heatmaps, 1e-10, out=heatmaps)
+    np.log(heatmaps, out=heatmaps)
+    for n, k in product(range(N), range(K)):
+        x, y = keypoints[n, k, :2].astype(int)
+        if 1 < x < W - 2 and 1 < y < H - 2:
+            hm = heatmaps[k]
+            dx = 0.5 * (hm[y, x + 1] - hm[y, x - 1])
+            dy = 0.5 * (hm[y + 1, x] - hm[y - 1, x])
+            dxx = 0.25 * (hm[y, x + 2] - 2 * hm[y, x] + hm[y, x - 2])
+            dxy = 0.25 * (hm[y + 1, x + 1] - hm[y - 1, x + 1] - hm[y + 1, x - 1] + hm[y - 1, x - 1])
+            dyy = 0.25 * (hm[y + 2, x] - 2 * hm[y, x] + hm[y - 2, x])
+            if dxx * dyy - dxy**2 != 0:
+                hessian = np.array([[dxx, dxy], [dxy, dyy]])
+                offset = -np.linalg.inv(hessian) @ np.array([dx, dy])
+                keypoints[n, k, :2] += offset
+    return keypoints
+
+
+def mmpose_refine_standard(keypoints: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
+    N, K = keypoints.shape[:2]
+    H, W = heatmaps.shape[1:]
+    for n, k in product(range(N), range(K)):
+        x, y = keypoints[n, k, :2].astype(int)
+        dx = heatmaps[k, y, x + 1] - heatmaps[k, y, x - 1] if 1 < x < W - 1 and 0 < y < H else 0.0
+        dy = heatmaps[k, y + 1, x] - heatmaps[k, y - 1, x] if 1 < y < H - 1 and 0 < x < W else 0.0
+        keypoints[n, k] += np.sign([dx, dy], dtype=np.float32) * 0.25
+    return keypoints
+
+
+def mmpose_decode_loop(
+    heatmaps: np.ndarray, method: str = "dark", kernel: int = 11
+) -> tuple[np.ndarray, np.ndarray]:
+    """heatmaps (N, K, H, W) -> coords (N, K, 2), scores (N, K): one instance at a time, as
+    mmpose's MSRAHeatmap.decode is called per instance."""
+    coords = np.zeros(heatmaps.shape[:2] + (2,), np.float32)
+    scores = np.zeros(heatmaps.shape[:2], np.float32)
+    for i in range(heatmaps.shape[0]):
+        hm = heatmaps[i].astype(np.float32, copy=True)
+        locs, vals = mmpose_get_heatmap_maximum(hm)
+        kp = locs[None]
+        if method == "dark":
+            kp = mmpose_refine_dark(kp, hm, kernel)
+        elif method == "standard":
+            kp = mmpose_refine_standard(kp, hm)
+        coords[i] = kp[0]
+        scores[i] = vals
+    return coords, scores
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_batch(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 17, 64, 48) float32: golden heatmaps tiled, rolled by a few px, plus noise."""
+    rng = np.random.default_rng(seed)
+    base = np.load(GOLDEN)["heatmaps"]
+    picks = base[rng.integers(0, base.shape[0], n)]
+    out = np.empty_like(picks)
+    for i in range(n):  # batch construction only, not timed
+        out[i] = np.roll(picks[i], (rng.integers(-3, 4), rng.integers(-3, 4)), axis=(1, 2))
+    out += rng.normal(0.0, 2e-3, out.shape).astype(np.float32)
+    return np.ascontiguousarray(out)
+
+
+def timeit(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--kernel", type=int, default=11)
+    ap.add_argument("--ref-repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    hm = make_batch(args.n)
+    N, K, H, W = hm.shape
+    flat = hm.reshape(N * K, H * W)
+    t_raw = timeit(lambda: flat.argmax(axis=1), args.repeat)
+    t = {
+        m: timeit(lambda m=m: decode_heatmaps(hm, m, args.kernel), args.repeat)
+        for m in ("argmax", "standard", "dark")
+    }
+    t_ref = timeit(lambda: mmpose_decode_loop(hm, "dark", args.kernel), args.ref_repeat)
+    ours, _ = decode_heatmaps(hm, "dark", args.kernel)
+    ref, _ = mmpose_decode_loop(hm, "dark", args.kernel)
+
+    print(f"batch (N, K, H, W) = {hm.shape} float32, blur kernel {args.kernel}")
+    print(f"{'what':28s} {'ms':>9s} {'persons/s':>12s}")
+    rows = [("raw np.argmax", t_raw)] + [(f"decode_heatmaps({m})", v) for m, v in t.items()]
+    rows.append(("mmpose-style loop (dark)", t_ref))
+    for name, v in rows:
+        print(f"{name:28s} {v * 1e3:9.3f} {N / v:12.0f}")
+    print(f"ratio dark / decode(argmax):  {t['dark'] / t['argmax']:.2f}")
+    print(f"ratio dark / raw np.argmax:   {t['dark'] / t_raw:.2f}")
+    print(f"ratio standard / raw argmax:  {t['standard'] / t_raw:.2f}")
+    print(f"speedup vs mmpose-style loop: {t_ref / t['dark']:.0f}x")
+    print(f"max |ours - loop| (dark):     {np.abs(ours - ref).max():.2e} px")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,495 @@
+"""Heatmap codec: exact, vectorised DARK / standard / argmax decoding and Gaussian encoding.
+
+Coordinates are heatmap pixels with **pixel centres at integer positions**; ``(x, y)`` order.
+
+Decoding reproduces mmpose 1.3.2 (``get_heatmap_maximum`` + ``refine_keypoints`` /
+``refine_keypoints_dark``), the reference the golden fixture was made with, without any Python
+loop over instances or keypoints:
+
+* ``argmax``: first maximum of the flattened ``H*W`` map; where the maximum is ``<= 0`` the
+  location is ``(-1, -1)`` and no refinement is applied.
+* ``standard``: quarter-pixel shift towards the higher neighbour (HRNet / mmpose, including
+  mmpose's border conditions ``1 < x < W-1`` and ``1 < y < H-1``).
+* ``dark``: Gaussian modulation (zero-padded ``cv2.GaussianBlur`` with kernel ``blur_kernel``
+  and cv2's default sigma for that size, then each map rescaled so that its maximum is
+  unchanged), ``log(max(map, 1e-10))``, first/second derivatives by central differences and one
+  Newton step, skipped at borders (``1 < x < W-2 and 1 < y < H-2``) and where the Hessian is
+  singular.
+
+Speed: the Newton step needs the modulated log-map at 13 points around the maximum only.  The
+blur is a zero-padded separable convolution, so the fast path gathers a ``(2r+5)^2`` window
+(``r = (blur_kernel-1)//2``) around each maximum and computes the 5x5 blurred block with two
+GEMMs against Toeplitz matrices of the 1-D kernel.  The per-map rescale is a constant after
+``log`` and cancels in every difference, unless the ``1e-10`` clamp bites; maps where it could
+(or where the blurred values are so small relative to the peak that cv2's float32 rounding
+decides the result) go through an exact fallback that blurs the whole map with cv2 exactly as
+mmpose does.  Deviation from mmpose: a Newton step that is not finite (mmpose would return
+NaN/inf) is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import as_strided
+
+from service.core.errors import InputError, InvalidParameter
+
+__all__ = ["decode_heatmaps", "encode_heatmaps", "gaussian_blur_heatmaps", "DECODE_METHODS"]
+
+logger = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+DECODE_METHODS: tuple[str, ...] = ("argmax", "standard", "dark")
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+#: mmpose's clamp before ``log``.
+_LOG_EPS = 1e-10
+#: Fast path only where every needed blurred value is at least this fraction of the map's
+#: maximum (and above the clamp with margin): there the clamp cannot bite and float32 rounding
+#: in cv2 is far below the 1e-4 px parity budget.
+_FAST_REL = 1e-5
+_FAST_ABS = 4 * _LOG_EPS
+
+# The 13 points of the 5x5 block (centre (2, 2)) the Newton step reads, as (row=y, col=x).
+_PTS = {
+    "c": (2, 2),
+    "xp1": (2, 3),
+    "xm1": (2, 1),
+    "xp2": (2, 4),
+    "xm2": (2, 0),
+    "yp1": (3, 2),
+    "ym1": (1, 2),
+    "yp2": (4, 2),
+    "ym2": (0, 2),
+    "pp": (3, 3),
+    "pm": (1, 3),  # y-1, x+1
+    "mp": (3, 1),  # y+1, x-1
+    "mm": (1, 1),
+}
+_PT_NAMES = tuple(_PTS)
+_PT_FLAT = np.array([r * 5 + c for r, c in _PTS.values()], dtype=np.intp)
+_PT_DY = np.array([r - 2 for r, _ in _PTS.values()], dtype=np.intp)
+_PT_DX = np.array([c - 2 for _, c in _PTS.values()], dtype=np.intp)
+# Same points in a (x, y)-major 5x5 block.
+_PT_FLAT_T = np.array([c * 5 + r for r, c in _PTS.values()], dtype=np.intp)
+#: Windows per BLAS call in the fast path: 128 x 225 x 13 multiply-adds stays under OpenBLAS'
+#: multi-threading threshold (2 x 65536 x 4 with two cores), so each call runs on one thread.
+_BLOCK = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_kernel(blur_kernel: Any) -> int:
+    if isinstance(blur_kernel, bool) or not isinstance(blur_kernel, int | np.integer):
+        raise InvalidParameter(
+            f"blur_kernel: expected an odd integer >= 1, got {type(blur_kernel).__name__} "
+            f"{blur_kernel!r}"
+        )
+    k = int(blur_kernel)
+    if k < 1 or k % 2 == 0:
+        raise InvalidParameter(f"blur_kernel: expected an odd integer >= 1, got {k}")
+    return k
+
+
+def _as_heatmaps(heatmaps: Any, ndim: int | None = 4) -> np.ndarray:
+    arr = np.asarray(heatmaps)
+    if ndim is not None and arr.ndim != ndim:
+        raise InputError(
+            f"heatmaps: expected a {ndim}-D array (N, K, H, W), got shape {arr.shape} "
+            f"({arr.ndim}-D)"
+        )
+    if arr.dtype.type not in _FLOAT_DTYPES:
+        raise InputError(f"heatmaps: expected float16/float32/float64, got dtype {arr.dtype}")
+    return arr
+
+
+def _raise_nonfinite(flat: np.ndarray, shape: tuple[int, ...]) -> None:
+    bad = ~np.isfinite(flat)
+    first = int(np.flatnonzero(bad.ravel())[0])
+    pos = np.unravel_index(first, shape)
+    value = flat.ravel()[first]
+    raise InputError(
+        f"heatmaps: expected finite values, got {int(bad.sum())} non-finite value(s), first "
+        f"{value} at (n, k, y, x) = {tuple(int(p) for p in pos)}"
+    )
+
+
+def _check_finite(flat: np.ndarray, vals: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raise :class:`InputError` if ``flat`` (M, H*W) holds any NaN or +-inf.
+
+    ``vals`` are the maxima taken at ``argmax``: ``np.argmax`` stops at the first NaN, so NaN
+    and +inf show up there for free; one ``min`` pass (NaN-propagating) catches -inf.  A full
+    ``min`` measured as fast as any other single pass here (integer max on a uint view,
+    ``isfinite().all()`` is ~2x slower; a BLAS row sum collapses when cores are busy).
+    """
+    if not (np.isfinite(vals).all() and np.isfinite(flat.min())):
+        _raise_nonfinite(flat, shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian modulation
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _gaussian_taps(kernel: int) -> F64:
+    """The taps cv2.GaussianBlur(ksize=(k, k), sigma=0) uses on float32 images, as float64."""
+    taps = cv2.getGaussianKernel(kernel, 0, cv2.CV_32F).reshape(-1)
+    return taps.astype(np.float64)
+
+
+def gaussian_blur_heatmaps(heatmaps: Any, kernel: int = 11) -> F32:
+    """mmpose's DARK modulation of every map, vectorised (one cv2 call for all maps).
+
+    heatmaps: (..., H, W) float; returns the same shape, float32: each map zero-padded by
+    ``(kernel-1)//2``, blurred by ``cv2.GaussianBlur((kernel, kernel), 0)``, cropped back and
+    multiplied by ``orig_max / blurred_max`` (computed in float32 as mmpose does; a map whose
+    blurred maximum is 0 yields inf/NaN exactly like mmpose).
+    """
+    k = _check_kernel(kernel)
+    arr = _as_heatmaps(heatmaps, ndim=None)
+    if arr.ndim < 2:
+        raise InputError(f"heatmaps: expected at least 2 dims (..., H, W), got shape {arr.shape}")
+    *lead, H, W = arr.shape
+    if H == 0 or W == 0:
+        raise InputError(f"heatmaps: expected non-empty maps, got H={H}, W={W}")
+    maps = arr.reshape(-1, H, W).astype(np.float32, copy=False)
+    n = maps.shape[0]
+    if n == 0:
+        return np.zeros(arr.shape, np.float32)
+    r = (k - 1) // 2
+    # Maps stacked vertically with r zero rows after each: one cv2 call; BORDER_CONSTANT(0)
+    # equals mmpose's explicit zero padding (the kernel never reaches beyond r zero rows).
+    tall = np.zeros((n, H + r, W), np.float32)
+    tall[:, :H] = maps
+    blurred = cv2.GaussianBlur(
+        tall.reshape(n * (H + r), W), (k, k), 0, borderType=cv2.BORDER_CONSTANT
+    ).reshape(n, H + r, W)[:, :H]
+    orig_max = maps.reshape(n, -1).max(axis=1)
+    blur_max = blurred.reshape(n, -1).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = (orig_max / blur_max).astype(np.float32)
+        out = blurred * scale[:, None, None]
+    return np.ascontiguousarray(out, dtype=np.float32).reshape(arr.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _toeplitz_table(kernel: int, size: int, dtype: type = np.float64) -> np.ndarray:
+    """(size, 5, size) table T[o, d, j]: weight of window element j for output ``d - 2``
+    relative to the keypoint, when the keypoint sits at offset ``o`` inside the window.
+
+    Zero padding is implicit: window elements outside the kernel's reach get weight 0 and
+    out-of-map positions are simply not in the window.
+    """
+    g = _gaussian_taps(kernel)
+    r = (kernel - 1) // 2
+    o = np.arange(size)[:, None, None]
+    d = np.arange(5)[None, :, None] - 2
+    j = np.arange(size)[None, None, :]
+    tap = j - (o + d) + r
+    valid = (tap >= 0) & (tap <= 2 * r)
+    table = np.where(valid, g[np.clip(tap, 0, 2 * r)], 0.0).astype(dtype)
+    table.setflags(write=False)
+    return table
+
+
+def _blurred_points_fast(
+    flat: np.ndarray, m: I64, xs: I64, ys: I64, H: int, W: int, kernel: int
+) -> F64:
+    """Zero-padded blur (no rescale) of map ``m[i]`` at the 13 Newton points around
+    ``(xs[i], ys[i])``; returns (13, S) float64 in ``_PT_NAMES`` order.
+
+    A window of ``min(2r+5, H) x min(2r+5, W)`` pixels around each point is gathered (clamped
+    into the map; the Toeplitz matrix for the keypoint's offset inside the window supplies the
+    zero padding), then blurred horizontally and vertically with small GEMMs (float32 for
+    float16/32 input, float64 for float64 input).
+    """
+    r = (kernel - 1) // 2
+    full = 2 * r + 5
+    Sy, Sx = min(full, H), min(full, W)
+    y0 = np.clip(ys - (r + 2), 0, H - Sy)
+    x0 = np.clip(xs - (r + 2), 0, W - Sx)
+    oy, ox = ys - y0, xs - x0
+    S = m.size
+    # Gather: each window row (Sx contiguous values) is one item of a void dtype viewed at
+    # every element offset, so numpy copies whole rows (measured ~25% faster than fancy
+    # indexing a 3-D strided view).
+    base = flat.reshape(-1)
+    item = base.itemsize
+    rows_view = np.ndarray(
+        shape=(base.size - (Sx - 1),),
+        dtype=np.dtype((np.void, item * Sx)),
+        buffer=base,
+        strides=(item,),
+    )
+    starts = m * (H * W) + y0 * W + x0
+    win = rows_view[starts[:, None] + np.arange(0, Sy * W, W)].view(base.dtype)
+    work = np.float64 if base.dtype == np.float64 else np.float32
+    win = win.reshape(S, Sy, Sx).astype(work, copy=False)
+    tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
+    ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
+    reg = r + 2
+    out = np.empty((13, S), np.float64)
+    regular = (ox == reg) & (oy == reg) if Sx == full and Sy == full else np.zeros(S, bool)
+    # Windows not clamped at a border (nearly all): one 2-D GEMM (S, Sy*Sx) @ (Sy*Sx, 13)
+    # with the 2-D blur weights of the 13 points, in blocks small enough that each BLAS call
+    # stays single-threaded (multi-threaded BLAS on small GEMMs collapses when the cores are
+    # busy).
+    if regular.any():
+        # All windows (the few clamped ones are overwritten below; cheaper than a copy).
+        out[:] = _gemm_blocks(win.reshape(S, Sy * Sx), _point_weights(kernel, work), 1).T
+    # Windows clamped at a border: separable, each with the Toeplitz matrices of its offsets:
+    # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];  Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
+    ii = np.flatnonzero(~regular)
+    if ii.size:
+        tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
+        ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
+        A = np.matmul(win[ii], tx[ox[ii]].transpose(0, 2, 1))  # (n, Sy, 5[c])
+        Bt = np.matmul(A.transpose(0, 2, 1), ty[oy[ii]].transpose(0, 2, 1))  # (n, 5[c], 5[d])
+        out[:, ii] = Bt.reshape(ii.size, 25).T[_PT_FLAT_T]
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _point_weights(kernel: int, dtype: type) -> np.ndarray:
+    """(S*S, 13) weights, S = kernel + 4: blurred value at each Newton point from a window
+    centred on the keypoint (regular offset), in ``_PT_NAMES`` order."""
+    full = kernel + 4
+    t = _toeplitz_table(kernel, full)[(kernel - 1) // 2 + 2]  # (5[d or c], full)
+    w = np.einsum("pj,pi->pji", t[_PT_DY + 2], t[_PT_DX + 2]).reshape(13, full * full)
+    out = np.ascontiguousarray(w.T, dtype=dtype)
+    out.setflags(write=False)
+    return out
+
+
+def _gemm_blocks(a: np.ndarray, b: np.ndarray, rows_per_item: int) -> np.ndarray:
+    """``a @ b`` for a tall ``a`` in blocks of ``_BLOCK`` items (``rows_per_item`` rows each)."""
+    b = np.ascontiguousarray(b, dtype=a.dtype)
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    step = _BLOCK * rows_per_item
+    for i in range(0, a.shape[0], step):
+        np.matmul(a[i : i + step], b, out=out[i : i + step])
+    return out
+
+
+def _log_points_exact(
+    flat: np.ndarray, m: I64, xs: I64, ys: I64, H: int, W: int, kernel: int
+) -> F64:
+    """mmpose's exact modulated log-map (full cv2 blur, rescale, clamp, log; float32) of maps
+    ``m`` at the 13 Newton points; (13, S) float64."""
+    maps = flat[m].reshape(-1, H, W)
+    mod = gaussian_blur_heatmaps(maps, kernel)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.maximum(mod, np.float32(_LOG_EPS), out=mod)
+        np.log(mod, out=mod)
+    rows = ys[:, None] + _PT_DY[None, :]
+    cols = xs[:, None] + _PT_DX[None, :]
+    idx = np.arange(len(m))[:, None] * (H * W) + rows * W + cols
+    return mod.reshape(-1)[idx].T.astype(np.float64)
+
+
+def _newton_offsets(L: F64) -> tuple[F64, np.ndarray]:
+    """One Newton step from log values L (13, S) at ``_PT_NAMES``; returns ((2, S) offsets,
+    (S,) mask of applied steps: Hessian not singular and step finite)."""
+    p = dict(zip(_PT_NAMES, L, strict=True))
+    c2 = 2.0 * p["c"]
+    dx = 0.5 * (p["xp1"] - p["xm1"])
+    dy = 0.5 * (p["yp1"] - p["ym1"])
+    dxx = 0.25 * (p["xp2"] - c2 + p["xm2"])
+    dyy = 0.25 * (p["yp2"] - c2 + p["ym2"])
+    dxy = 0.25 * (p["pp"] - p["pm"] - p["mp"] + p["mm"])
+    det = dxx * dyy - dxy * dxy
+    ok = det != 0
+    off = np.empty((2, L.shape[1]))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        neg_inv_det = -1.0 / np.where(ok, det, 1.0)
+        np.multiply(dyy * dx - dxy * dy, neg_inv_det, out=off[0])
+        np.multiply(dxx * dy - dxy * dx, neg_inv_det, out=off[1])
+    ok &= np.isfinite(off).all(axis=0)
+    return off, ok
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+# ----------------------------------------------------------------------------------------------
+
+
+def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) -> tuple[F32, F32]:
+    """Decode keypoints from heatmaps.
+
+    heatmaps: (N, K, H, W) float32 (float16/float64 and non-contiguous arrays accepted; the
+    argmax runs on the input dtype so ties behave as the input).
+    method: ``"argmax"`` | ``"standard"`` | ``"dark"``; blur_kernel: odd >= 1 (dark only, but
+    always validated).
+
+    Returns ``coords`` (N, K, 2) float32 (x, y) in heatmap pixels (pixel centres at integer
+    positions; ``(-1, -1)`` where the map's maximum is <= 0) and ``scores`` (N, K) float32, the
+    maxima.  Raises :class:`InputError` for a wrong ndim/dtype, empty maps or any NaN/+-inf,
+    :class:`InvalidParameter` for an unknown method or a bad kernel.
+    """
+    if method not in DECODE_METHODS:
+        raise InvalidParameter(
+            f"method: expected one of {', '.join(DECODE_METHODS)}, got {method!r}"
+        )
+    kernel = _check_kernel(blur_kernel)
+    arr = _as_heatmaps(heatmaps)
+    N, K, H, W = arr.shape
+    if N == 0 or K == 0:
+        return np.zeros((N, K, 2), np.float32), np.zeros((N, K), np.float32)
+    if H == 0 or W == 0:
+        raise InputError(f"heatmaps: expected non-empty maps, got H={H}, W={W}")
+    M = N * K
+    flat = np.ascontiguousarray(arr).reshape(M, H * W)
+    idx = flat.argmax(axis=1)
+    vals = flat[np.arange(M), idx]
+    _check_finite(flat, vals, arr.shape)
+    ys, xs = np.divmod(idx, W)
+    positive = vals > 0
+    locs = np.empty((M, 2), np.float64)
+    locs[:, 0] = np.where(positive, xs, -1)
+    locs[:, 1] = np.where(positive, ys, -1)
+
+    if method == "standard":
+        _refine_standard(flat, locs, xs, ys, positive, H, W)
+    elif method == "dark":
+        _refine_dark(flat, vals, locs, xs, ys, positive, H, W, kernel)
+
+    coords = locs.astype(np.float32).reshape(N, K, 2)
+    scores = vals.astype(np.float32).reshape(N, K)
+    return coords, scores
+
+
+def _refine_standard(
+    flat: np.ndarray, locs: F64, xs: I64, ys: I64, positive: np.ndarray, H: int, W: int
+) -> None:
+    """In place: ``loc += sign(d) * 0.25`` with mmpose's conditions (x, y = int(loc))."""
+    base = np.arange(flat.shape[0]) * (H * W) + ys * W + xs
+    v = flat.reshape(-1)
+    okx = positive & (xs > 1) & (xs < W - 1) & (ys > 0)
+    oky = positive & (ys > 1) & (ys < H - 1) & (xs > 0)
+    ix = np.flatnonzero(okx)
+    iy = np.flatnonzero(oky)
+    # Differences in the input dtype, as mmpose computes hm[y, x+1] - hm[y, x-1].
+    ddx = v[base[ix] + 1] - v[base[ix] - 1]
+    ddy = v[base[iy] + W] - v[base[iy] - W]
+    locs[ix, 0] += np.sign(ddx).astype(np.float64) * 0.25
+    locs[iy, 1] += np.sign(ddy).astype(np.float64) * 0.25
+
+
+def _refine_dark(
+    flat: np.ndarray,
+    vals: np.ndarray,
+    locs: F64,
+    xs: I64,
+    ys: I64,
+    positive: np.ndarray,
+    H: int,
+    W: int,
+    kernel: int,
+) -> None:
+    """In place: mmpose's DARK Newton step where ``1 < x < W-2 and 1 < y < H-2``."""
+    sel = np.flatnonzero(positive & (xs > 1) & (xs < W - 2) & (ys > 1) & (ys < H - 2))
+    if sel.size == 0:
+        return
+    sx, sy = xs[sel], ys[sel]
+    B = _blurred_points_fast(flat, sel, sx, sy, H, W, kernel)  # (13, S)
+    thr = np.maximum(_FAST_REL * vals[sel].astype(np.float64), _FAST_ABS)
+    fast = B.min(axis=0) >= thr
+    L = np.log(B, out=B, where=fast)
+    slow = np.flatnonzero(~fast)
+    if slow.size:
+        logger.debug("DARK exact fallback for %d of %d maps", slow.size, sel.size)
+        L[:, slow] = _log_points_exact(flat, sel[slow], sx[slow], sy[slow], H, W, kernel)
+    off, ok = _newton_offsets(L)
+    off[:, ~ok] = 0.0
+    locs[sel] += off.T
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+# ----------------------------------------------------------------------------------------------
+
+
+def encode_heatmaps(
+    keypoints: Any,
+    visible: Any,
+    heatmap_size: tuple[int, int] = (48, 64),
+    sigma: float = 2.0,
+    unbiased: bool = True,
+) -> tuple[F32, F32]:
+    """Gaussian target heatmaps, vectorised over (N, K) (mmpose MSRAHeatmap semantics).
+
+    keypoints: (N, K, 2) (x, y) heatmap px; visible: (N, K) bool or float (visible where
+    ``>= 0.5``); heatmap_size: (W, H); sigma > 0.
+
+    ``unbiased=True``: Gaussian centred at the sub-pixel location over the whole map (UDP).
+    ``unbiased=False``: HRNet's biased target, centred at ``int(x + 0.5)`` and cut to a
+    ``2*3*sigma+1`` square.  A keypoint that is invisible, or whose 3-sigma square does not
+    intersect the map, gets weight 0 and an all-zero map; other weights are ``visible``.
+
+    Returns heatmaps (N, K, H, W) float32 and weights (N, K) float32.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[-1] != 2:
+        raise InputError(f"keypoints: expected shape (N, K, 2), got {kp.shape}")
+    vis = np.asarray(visible, dtype=np.float64)
+    if vis.shape != kp.shape[:2]:
+        raise InputError(f"visible: expected shape {kp.shape[:2]}, got {vis.shape}")
+    if not np.isfinite(kp).all():
+        raise InputError("keypoints: expected finite coordinates, got NaN/inf")
+    if not np.isfinite(vis).all():
+        raise InputError("visible: expected finite values, got NaN/inf")
+    if len(heatmap_size) != 2:
+        raise InvalidParameter(f"heatmap_size: expected (W, H), got {heatmap_size!r}")
+    W, H = (int(s) for s in heatmap_size)
+    if W < 1 or H < 1:
+        raise InvalidParameter(f"heatmap_size: expected positive (W, H), got {heatmap_size!r}")
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InvalidParameter(f"sigma: expected a finite value > 0, got {sigma!r}")
+    sigma = float(sigma)
+    N, K = kp.shape[:2]
+    radius = sigma * 3
+    px = np.arange(W, dtype=np.float64)
+    py = np.arange(H, dtype=np.float64)
+    inv2s2 = 1.0 / (2 * sigma * sigma)
+
+    if unbiased:
+        mu = kp
+        left, top = mu[..., 0] - radius, mu[..., 1] - radius
+        right, bottom = mu[..., 0] + radius + 1, mu[..., 1] + radius + 1
+        gx = np.exp(-((px - mu[..., 0, None]) ** 2) * inv2s2)  # (N, K, W)
+        gy = np.exp(-((py - mu[..., 1, None]) ** 2) * inv2s2)  # (N, K, H)
+    else:
+        # mmpose: mu = int(kp + 0.5); window [left, left + size) with left = int(mu - radius),
+        # size = len(arange(0, 2*radius + 1)), value at pixel p = g(p - left - size // 2).
+        mu = np.trunc(kp + 0.5)
+        size = int(np.ceil(2 * radius + 1))
+        half = float(size // 2)
+        lt = np.trunc(mu - radius)
+        rb = np.trunc(mu + radius + 1)
+        left, top = lt[..., 0], lt[..., 1]
+        right, bottom = rb[..., 0], rb[..., 1]
+        cx = left + half
+        cy = top + half
+        inx = (px >= left[..., None]) & (px < left[..., None] + size)
+        iny = (py >= top[..., None]) & (py < top[..., None] + size)
+        gx = np.where(inx, np.exp(-((px - cx[..., None]) ** 2) * inv2s2), 0.0)
+        gy = np.where(iny, np.exp(-((py - cy[..., None]) ** 2) * inv2s2), 0.0)
+
+    outside = (left >= W) | (top >= H) | (right < 0) | (bottom < 0)
+    keep = (vis >= 0.5) & ~outside
+    weights = np.where(keep, vis, 0.0).astype(np.float32)
+    gx = gx * keep[..., None]
+    heatmaps = (gy[..., :, None] * gx[..., None, :]).astype(np.float32)
+    return heatmaps, weights
