@@ -36,7 +36,6 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import as_strided
 
 from service.core.errors import InputError, InvalidParameter
 
@@ -199,7 +198,7 @@ def _toeplitz_table(kernel: int, size: int, dtype: type = np.float64) -> np.ndar
     j = np.arange(size)[None, None, :]
     tap = j - (o + d) + r
     valid = (tap >= 0) & (tap <= 2 * r)
-    table = np.where(valid, g[np.clip(tap, 0, 2 * r)], 0.0).astype(dtype)
+    table: np.ndarray = np.where(valid, g[np.clip(tap, 0, 2 * r)], 0.0).astype(dtype)
     table.setflags(write=False)
     return table
 
@@ -237,8 +236,6 @@ def _blurred_points_fast(
     win = rows_view[starts[:, None] + np.arange(0, Sy * W, W)].view(base.dtype)
     work = np.float64 if base.dtype == np.float64 else np.float32
     win = win.reshape(S, Sy, Sx).astype(work, copy=False)
-    tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
-    ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
     reg = r + 2
     out = np.empty((13, S), np.float64)
     regular = (ox == reg) & (oy == reg) if Sx == full and Sy == full else np.zeros(S, bool)
@@ -248,9 +245,10 @@ def _blurred_points_fast(
     # busy).
     if regular.any():
         # All windows (the few clamped ones are overwritten below; cheaper than a copy).
-        out[:] = _gemm_blocks(win.reshape(S, Sy * Sx), _point_weights(kernel, work), 1).T
+        out[:] = _gemm_blocks(win.reshape(S, Sy * Sx), _point_weights(kernel, work)).T
     # Windows clamped at a border: separable, each with the Toeplitz matrices of its offsets:
-    # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];  Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
+    # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
+    # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
     ii = np.flatnonzero(~regular)
     if ii.size:
         tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
@@ -268,16 +266,16 @@ def _point_weights(kernel: int, dtype: type) -> np.ndarray:
     full = kernel + 4
     t = _toeplitz_table(kernel, full)[(kernel - 1) // 2 + 2]  # (5[d or c], full)
     w = np.einsum("pj,pi->pji", t[_PT_DY + 2], t[_PT_DX + 2]).reshape(13, full * full)
-    out = np.ascontiguousarray(w.T, dtype=dtype)
-    out.setflags(write=False)
-    return out
+    weights: np.ndarray = np.ascontiguousarray(w.T, dtype=dtype)
+    weights.setflags(write=False)
+    return weights
 
 
-def _gemm_blocks(a: np.ndarray, b: np.ndarray, rows_per_item: int) -> np.ndarray:
-    """``a @ b`` for a tall ``a`` in blocks of ``_BLOCK`` items (``rows_per_item`` rows each)."""
+def _gemm_blocks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a tall ``a`` (S, k), in blocks of ``_BLOCK`` rows."""
     b = np.ascontiguousarray(b, dtype=a.dtype)
-    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    step = _BLOCK * rows_per_item
+    out: np.ndarray = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    step = _BLOCK
     for i in range(0, a.shape[0], step):
         np.matmul(a[i : i + step], b, out=out[i : i + step])
     return out
@@ -471,8 +469,10 @@ def encode_heatmaps(
         gx = np.exp(-((px - mu[..., 0, None]) ** 2) * inv2s2)  # (N, K, W)
         gy = np.exp(-((py - mu[..., 1, None]) ** 2) * inv2s2)  # (N, K, H)
     else:
-        # mmpose: mu = int(kp + 0.5); window [left, left + size) with left = int(mu - radius),
-        # size = len(arange(0, 2*radius + 1)), value at pixel p = g(p - left - size // 2).
+        # mmpose: mu = int(kp + 0.5); window [left, right) with left = int(mu - radius),
+        # right = int(mu + radius + 1) (int truncates towards 0), value at pixel p =
+        # g(p - left - size // 2), size = len(arange(0, 2*radius + 1)): for integer radii that
+        # is a Gaussian centred at mu, elsewhere mmpose's quirks are kept.
         mu = np.trunc(kp + 0.5)
         size = int(np.ceil(2 * radius + 1))
         half = float(size // 2)
@@ -482,8 +482,8 @@ def encode_heatmaps(
         right, bottom = rb[..., 0], rb[..., 1]
         cx = left + half
         cy = top + half
-        inx = (px >= left[..., None]) & (px < left[..., None] + size)
-        iny = (py >= top[..., None]) & (py < top[..., None] + size)
+        inx = (px >= left[..., None]) & (px < right[..., None])
+        iny = (py >= top[..., None]) & (py < bottom[..., None])
         gx = np.where(inx, np.exp(-((px - cx[..., None]) ** 2) * inv2s2), 0.0)
         gy = np.where(iny, np.exp(-((py - cy[..., None]) ** 2) * inv2s2), 0.0)
 
