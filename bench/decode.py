@@ -1,6 +1,6 @@
 """Decoding benchmark: argmax vs standard vs DARK on one batch, plus an mmpose-style loop.
 
-Run: ``python bench/decode.py [--n 128] [--repeat 50] [--kernel 11]``
+Run: ``python bench/decode.py [--n 128] [--repeat 200] [--kernel 11]``
 
 One run times, on the same (N, K, 64, 48) float32 batch of real-looking heatmaps (the golden
 model heatmaps tiled to N instances, each jittered by a random sub-pixel-free roll and a little
@@ -12,7 +12,8 @@ noise):
   instances and keypoints, cv2 blur per map) as the reference,
 
 and prints persons/s, the ratio dark/argmax (vs our argmax decode and vs raw np.argmax) and the
-speedup over the reference.  Median of ``--repeat`` runs each; ratios are within this run.
+speedup over the reference.  Candidates are timed round-robin (``--repeat`` rounds); median and
+minimum are printed, ratios are within this one run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from itertools import product
 from pathlib import Path
 
@@ -135,20 +137,24 @@ def make_batch(n: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def timeit(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each fn, measured round-robin so that load from other processes
+    hits every candidate alike (this machine is shared)."""
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t0)
+    return {k: np.asarray(v) for k, v in ts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--kernel", type=int, default=11)
     ap.add_argument("--ref-repeat", type=int, default=3)
     args = ap.parse_args(argv)
@@ -156,26 +162,31 @@ def main(argv: list[str] | None = None) -> int:
     hm = make_batch(args.n)
     N, K, H, W = hm.shape
     flat = hm.reshape(N * K, H * W)
-    t_raw = timeit(lambda: flat.argmax(axis=1), args.repeat)
-    t = {
-        m: timeit(lambda m=m: decode_heatmaps(hm, m, args.kernel), args.repeat)
-        for m in ("argmax", "standard", "dark")
-    }
-    t_ref = timeit(lambda: mmpose_decode_loop(hm, "dark", args.kernel), args.ref_repeat)
+    fns: dict[str, Callable[[], object]] = {"raw np.argmax": partial(flat.argmax, axis=1)}
+    for m in ("argmax", "standard", "dark"):
+        fns[f"decode_heatmaps({m})"] = partial(decode_heatmaps, hm, m, args.kernel)
+    ts = interleaved(fns, args.repeat)
+    ts["mmpose-style loop (dark)"] = interleaved(
+        {"ref": partial(mmpose_decode_loop, hm, "dark", args.kernel)}, args.ref_repeat
+    )["ref"]
     ours, _ = decode_heatmaps(hm, "dark", args.kernel)
     ref, _ = mmpose_decode_loop(hm, "dark", args.kernel)
 
-    print(f"batch (N, K, H, W) = {hm.shape} float32, blur kernel {args.kernel}")
-    print(f"{'what':28s} {'ms':>9s} {'persons/s':>12s}")
-    rows = [("raw np.argmax", t_raw)] + [(f"decode_heatmaps({m})", v) for m, v in t.items()]
-    rows.append(("mmpose-style loop (dark)", t_ref))
-    for name, v in rows:
-        print(f"{name:28s} {v * 1e3:9.3f} {N / v:12.0f}")
-    print(f"ratio dark / decode(argmax):  {t['dark'] / t['argmax']:.2f}")
-    print(f"ratio dark / raw np.argmax:   {t['dark'] / t_raw:.2f}")
-    print(f"ratio standard / raw argmax:  {t['standard'] / t_raw:.2f}")
-    print(f"speedup vs mmpose-style loop: {t_ref / t['dark']:.0f}x")
-    print(f"max |ours - loop| (dark):     {np.abs(ours - ref).max():.2e} px")
+    print(f"batch (N, K, H, W) = {hm.shape} float32, blur kernel {args.kernel}, {args.repeat} runs")
+    print(f"{'':28s} {'median ms':>10s} {'min ms':>8s} {'persons/s (median)':>19s}")
+    for name, v in ts.items():
+        med = float(np.median(v))
+        print(f"{name:28s} {med * 1e3:10.3f} {v.min() * 1e3:8.3f} {N / med:19.0f}")
+    for stat, f in (("median", np.median), ("min", np.min)):
+        d, a = f(ts["decode_heatmaps(dark)"]), f(ts["decode_heatmaps(argmax)"])
+        raw, std = f(ts["raw np.argmax"]), f(ts["decode_heatmaps(standard)"])
+        print(
+            f"[{stat:6s}] dark/decode(argmax) {d / a:.2f}   dark/raw np.argmax {d / raw:.2f}   "
+            f"standard/raw {std / raw:.2f}   decode(argmax)/raw {a / raw:.2f}"
+        )
+    speedup = np.median(ts["mmpose-style loop (dark)"]) / np.median(ts["decode_heatmaps(dark)"])
+    print(f"speedup of decode_heatmaps(dark) over the mmpose-style loop: {speedup:.0f}x")
+    print(f"max |ours - loop| (dark): {np.abs(ours - ref).max():.2e} px")
     return 0
 
 

@@ -157,7 +157,7 @@ def test_non_contiguous_input_equals_contiguous(method: str) -> None:
 def test_other_float_dtypes(dtype: type, method: str) -> None:
     """float16 and float64 hold the same values as their float32 cast (the batch is made in
     float16 first), so the argmax is the same and the refinement agrees within rounding."""
-    hm = make_batch(4, seed=9).astype(np.float16).astype(dtype)
+    hm: np.ndarray = make_batch(4, seed=9).astype(np.float16).astype(dtype)
     coords, scores = decode_heatmaps(hm, method)
     assert coords.dtype == np.float32 and scores.dtype == np.float32
     ref, ref_scores = mmpose_decode_loop(hm.astype(np.float32), method)
@@ -230,7 +230,7 @@ def test_errors(kwargs: dict[str, Any], error: type[Exception], fragment: str, m
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_other_dtypes(dtype: type, value: float) -> None:
-    hm = _with(value, (1, 1, 3, 3)).astype(dtype)
+    hm: np.ndarray = _with(value, (1, 1, 3, 3)).astype(dtype)
     with pytest.raises(InputError, match="expected finite"):
         decode_heatmaps(hm)
 
