@@ -84,10 +84,11 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
     args = ap.parse_args()
 
-    image = cv2.imread(str(args.image))
-    if image is None:
+    loaded = cv2.imread(str(args.image))
+    if loaded is None:
         print(f"cannot read {args.image}", file=sys.stderr)
         return 2
+    image = np.asarray(loaded, dtype=np.uint8)
     kw = {"providers": args.providers, "intra_op_threads": args.threads}
     det = YoloxDetector(args.models / "yolox_nano_416.onnx", **kw)  # type: ignore[arg-type]
     pose = OnnxPoseModel(args.models / "pose_simplepose_256x192.onnx", **kw)  # type: ignore[arg-type]
