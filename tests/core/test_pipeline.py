@@ -340,3 +340,31 @@ def test_options_from_settings() -> None:
     s = Settings(decode="standard", flip=True, default_max_persons=7)  # type: ignore[call-arg]
     o = PipelineOptions.from_settings(s, box_padding=1.5)
     assert (o.decode, o.flip, o.max_persons, o.box_padding) == ("standard", True, 7, 1.5)
+
+
+def test_concurrent_calls_give_the_same_result(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = pipeline(crowd)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: pipeline(crowd), range(3)))
+    for res in results:
+        assert len(res.persons) == len(ref.persons)
+        for a, b in zip(res.persons, ref.persons, strict=True):
+            np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=1e-5, atol=1e-3)
+
+
+def test_draw_poses(pipeline: Pipeline, crowd: np.ndarray) -> None:
+    from service.core.visualize import draw_poses
+
+    res = pipeline(crowd)
+    out = draw_poses(crowd, res.persons)
+    assert out.shape == crowd.shape and out.dtype == np.uint8
+    assert not np.shares_memory(out, crowd)
+    best = res.persons[0].keypoints
+    x, y = (int(round(v)) for v in best[int(np.argmax(best[:, 2])), :2])
+    # a keypoint disc is drawn where the most confident keypoint is
+    assert np.abs(out[y, x].astype(int) - crowd[y, x].astype(int)).sum() > 0
+    assert np.array_equal(draw_poses(crowd, []), crowd)
+    with pytest.raises(InvalidImage, match="expected BGR uint8"):
+        draw_poses(np.zeros((4, 4), np.uint8), res.persons)
