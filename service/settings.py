@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, gt=0)
     max_wait_ms: float = Field(2.0, ge=0.0)
     queue_size: int = Field(512, gt=0, description="max crops waiting for the pose model")
+    batch_workers: int = Field(
+        2, gt=0, description="micro-batcher threads: pose-model calls that may run at once"
+    )
     max_inflight_requests: int = Field(64, gt=0)
     retry_after_s: float = Field(1.0, gt=0.0)
     request_timeout_s: float = Field(30.0, gt=0.0)

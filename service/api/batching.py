@@ -6,6 +6,10 @@ thread) enqueues its crops and blocks on a future; one batcher thread gathers qu
 until ``max_batch`` crops are collected or ``max_wait_ms`` has passed since the oldest waiting
 call arrived, runs **one** model call on the concatenation and scatters the heatmaps back.
 
+``workers`` batcher threads share the queue (one of them collects the next batch at a time), so
+up to ``workers`` model calls run at once: on a CPU a single caller thread would leave cores
+idle while every request waits for the one running batch.
+
 The queue is bounded by ``queue_size`` crops: a call that would overflow it raises
 :class:`~service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call larger
 than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
@@ -46,6 +50,7 @@ class MicroBatcher:
     retry_after: seconds suggested to an overloaded caller.
     on_batch(size): called after each model call with its crop count (metrics).
     on_wait(seconds): called per queued piece with its queue wait (metrics).
+    workers: batcher threads, i.e. model calls that may run at the same time (>= 1).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class MicroBatcher:
         on_batch: Callable[[int], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
         name: str = "pose-batcher",
+        workers: int = 1,
     ) -> None:
         if max_batch < 1:
             raise InvalidParameter(f"max_batch: expected an integer >= 1, got {max_batch}")
@@ -66,6 +72,8 @@ class MicroBatcher:
             raise InvalidParameter(f"max_wait_ms: expected a value >= 0, got {max_wait_ms}")
         if queue_size < 1:
             raise InvalidParameter(f"queue_size: expected an integer >= 1, got {queue_size}")
+        if workers < 1:
+            raise InvalidParameter(f"workers: expected an integer >= 1, got {workers}")
         self.model = pose_model
         self.spec = pose_model.spec
         self.max_batch = int(max_batch)
@@ -78,9 +86,15 @@ class MicroBatcher:
         self._pending = 0  # crops in the queue
         self._cond = threading.Condition()
         self._closed = False
+        self._collecting = False  # one worker at a time gathers the next batch
+        self._calls_lock = threading.Lock()
         self.calls = 0  # model calls made (for tests / introspection)
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(int(workers))
+        ]
+        for t in self._threads:
+            t.start()
 
     # --- PoseModel ---------------------------------------------------------------------------
     def infer(self, batch: F32) -> F32:
@@ -124,11 +138,12 @@ class MicroBatcher:
             return self._pending
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Stop taking work, finish what is queued, join the thread."""
+        """Stop taking work, finish what is queued, join the threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -140,24 +155,29 @@ class MicroBatcher:
     def _take(self) -> list[_Item] | None:
         """Wait for work; return the items of the next model call (None when closed & empty)."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not self._queue or self._collecting:
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
-            deadline = self._queue[0].enqueued + self.max_wait_s
-            while self._pending < self.max_batch and not self._closed:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            taken: list[_Item] = []
-            count = 0
-            while self._queue and count + self._queue[0].crops.shape[0] <= self.max_batch:
-                it = self._queue.popleft()
-                taken.append(it)
-                count += it.crops.shape[0]
-            self._pending -= count
-            return taken
+            self._collecting = True
+            try:
+                deadline = self._queue[0].enqueued + self.max_wait_s
+                while self._pending < self.max_batch and not self._closed:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                taken: list[_Item] = []
+                count = 0
+                while self._queue and count + self._queue[0].crops.shape[0] <= self.max_batch:
+                    it = self._queue.popleft()
+                    taken.append(it)
+                    count += it.crops.shape[0]
+                self._pending -= count
+                return taken
+            finally:
+                self._collecting = False
+                self._cond.notify_all()
 
     @staticmethod
     def _hook(fn: Callable[[float], None] | Callable[[int], None] | None, values: list) -> None:
@@ -194,7 +214,8 @@ class MicroBatcher:
                 for it in items:
                     it.future.set_exception(exc)
                 continue
-            self.calls += 1
+            with self._calls_lock:
+                self.calls += 1
             self._hook(self.on_batch, [int(batch.shape[0])])
             offset = 0
             for it, n in zip(items, sizes, strict=True):

@@ -72,6 +72,7 @@ class ServiceState:
             retry_after=s.retry_after_s,
             on_batch=self.metrics.batch_size.observe,
             on_wait=self.metrics.queue_wait.observe,
+            workers=s.batch_workers,
         )
 
     def _build(self) -> Any:
@@ -196,6 +197,7 @@ class ServiceState:
                 "max_batch": s.max_batch,
                 "max_wait_ms": s.max_wait_ms,
                 "queue_size": s.queue_size,
+                "workers": s.batch_workers,
                 "max_inflight_requests": s.max_inflight_requests,
             },
         }

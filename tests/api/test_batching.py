@@ -58,6 +58,28 @@ def test_concurrent_calls_are_gathered_and_scattered_exactly() -> None:
     assert len(waits) == len(inputs) and all(w >= 0 for w in waits)
 
 
+def test_several_workers_run_model_calls_at_the_same_time() -> None:
+    gate = threading.Event()
+    model = TinyOnnxPoseModel(gate=gate)
+    inputs = [random_crops(2, seed=s) for s in range(6)]
+    with (
+        MicroBatcher(model, max_batch=2, max_wait_ms=0.0, queue_size=64, workers=3) as b,
+        ThreadPoolExecutor(max_workers=6) as pool,
+    ):
+        futs = [pool.submit(b.infer, x) for x in inputs]
+        deadline = 100
+        while model.active < 3 and deadline:
+            threading.Event().wait(0.02)
+            deadline -= 1
+        assert model.active == 3  # three batches in the model at once, none more
+        gate.set()
+        outs = [f.result(10) for f in futs]
+    assert model.max_active == 3
+    ref = TinyOnnxPoseModel()
+    for x, got in zip(inputs, outs, strict=True):
+        np.testing.assert_allclose(got, ref.infer(x), atol=1e-5, rtol=0)
+
+
 def test_call_larger_than_max_batch_is_split(tiny: TinyOnnxPoseModel) -> None:
     x = random_crops(11, seed=3)
     want = tiny.infer(x)
@@ -133,6 +155,7 @@ def test_closed_batcher_refuses_work(tiny: TinyOnnxPoseModel) -> None:
         ({"max_batch": 0}, "max_batch: expected an integer >= 1, got 0"),
         ({"max_wait_ms": -1.0}, "max_wait_ms: expected a value >= 0, got -1.0"),
         ({"queue_size": 0}, "queue_size: expected an integer >= 1, got 0"),
+        ({"workers": 0}, "workers: expected an integer >= 1, got 0"),
     ],
 )
 def test_bad_construction_parameters(
@@ -157,9 +180,10 @@ def test_bad_batch_is_refused(tiny: TinyOnnxPoseModel, bad: object) -> None:
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=7), min_size=1, max_size=8),
     max_batch=st.integers(min_value=1, max_value=9),
+    workers=st.integers(min_value=1, max_value=3),
 )
 def test_any_split_of_a_batch_gives_the_single_call_result(
-    tiny: TinyOnnxPoseModel, sizes: list[int], max_batch: int
+    tiny: TinyOnnxPoseModel, sizes: list[int], max_batch: int, workers: int
 ) -> None:
     total = sum(sizes)
     x = random_crops(total, seed=total)
@@ -167,7 +191,9 @@ def test_any_split_of_a_batch_gives_the_single_call_result(
     bounds = np.cumsum([0, *sizes])
     parts = [x[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
     with (
-        MicroBatcher(tiny, max_batch=max_batch, max_wait_ms=5.0, queue_size=1024) as b,
+        MicroBatcher(
+            tiny, max_batch=max_batch, max_wait_ms=5.0, queue_size=1024, workers=workers
+        ) as b,
         ThreadPoolExecutor(max_workers=len(parts)) as pool,
     ):
         outs = list(pool.map(b.infer, parts))

@@ -56,17 +56,27 @@ class TinyOnnxPoseModel:
         self.fail = fail
         self.call_sizes: list[int] = []
         self.entered = threading.Event()
+        self.active = 0  # calls inside infer now
+        self.max_active = 0
+        self._lock = threading.Lock()
 
     def infer(self, batch: F32) -> F32:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
         self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(10.0)
-        self.call_sizes.append(int(batch.shape[0]))
-        if self.fail:
-            raise RuntimeError("tiny model failure on purpose")
-        if batch.shape[0] == 0:
-            return np.zeros((0, TINY_K, TINY_IN[1], TINY_IN[0]), np.float32)
-        return np.asarray(self.session.run(["y"], {"x": batch})[0], np.float32)
+        try:
+            if self.gate is not None:
+                self.gate.wait(10.0)
+            self.call_sizes.append(int(batch.shape[0]))
+            if self.fail:
+                raise RuntimeError("tiny model failure on purpose")
+            if batch.shape[0] == 0:
+                return np.zeros((0, TINY_K, TINY_IN[1], TINY_IN[0]), np.float32)
+            return np.asarray(self.session.run(["y"], {"x": batch})[0], np.float32)
+        finally:
+            with self._lock:
+                self.active -= 1
 
 
 def random_crops(n: int, seed: int = 0) -> F32:
