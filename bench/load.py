@@ -50,38 +50,63 @@ def _threads_env(threads: int) -> dict[str, str]:
     return {"DARKPOSE_INTRA_OP_THREADS": str(threads)} if threads > 0 else {}
 
 
-def measure_ceiling(images: list[bytes], seconds: float, threads: int) -> dict[str, float]:
-    """Images/s of detector + pose sessions back to back (one process, no HTTP)."""
-    import cv2
+class Ceiling:
+    """The models' own throughput: detector + pose sessions back to back, no HTTP, no JSON,
+    crops prepared once outside the timed region."""
 
-    from service.core.transforms import boxes_to_center_scale, warp_crops
-    from service.runtime.factory import build_detector, build_pose_models
+    def __init__(self, images: list[bytes], threads: int) -> None:
+        import cv2
 
-    s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
-    detector = build_detector(s)
-    pose = build_pose_models(s)[0]
-    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in images]
-    crops = []
-    for img in decoded:
-        det = detector.detect(img)
-        keep = np.asarray(det.scores) >= s.det_score_threshold
-        boxes = np.asarray(det.boxes, np.float32)[keep][: s.default_max_persons]
-        c, sc = boxes_to_center_scale(boxes, pose.spec.aspect_ratio, s.box_padding)
-        crops.append(warp_crops(img, c, sc, pose.spec.input_size, spec=pose.spec))
-    for img, batch in zip(decoded[:3], crops[:3], strict=False):  # warm-up
-        detector.detect(img)
-        pose.infer(batch)
-    done, n_crops, t0 = 0, 0, time.perf_counter()
-    while True:
-        for img, batch in zip(decoded, crops, strict=True):
-            detector.detect(img)
-            pose.infer(batch)
-            done += 1
-            n_crops += batch.shape[0]
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            break
-    return {"images_per_s": done / elapsed, "images": done, "crops_per_image": n_crops / done}
+        from service.core.transforms import boxes_to_center_scale, warp_crops
+        from service.runtime.factory import build_detector, build_pose_models
+
+        s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
+        self.detector = build_detector(s)
+        self.pose = build_pose_models(s)[0]
+        self.decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in images]
+        self.crops = []
+        for img in self.decoded:
+            det = self.detector.detect(img)
+            keep = np.asarray(det.scores) >= s.det_score_threshold
+            boxes = np.asarray(det.boxes, np.float32)[keep][: s.default_max_persons]
+            c, sc = boxes_to_center_scale(boxes, self.pose.spec.aspect_ratio, s.box_padding)
+            self.crops.append(warp_crops(img, c, sc, self.pose.spec.input_size, spec=self.pose.spec))
+        for img, batch in zip(self.decoded[:3], self.crops[:3], strict=False):  # warm-up
+            self.detector.detect(img)
+            self.pose.infer(batch)
+
+    def _worker(self, stop_at: float, offset: int, out: list[int]) -> None:
+        n = len(self.decoded)
+        i = offset
+        while time.perf_counter() < stop_at:
+            self.detector.detect(self.decoded[i % n])
+            self.pose.infer(self.crops[i % n])
+            out[0] += 1
+            out[1] += int(self.crops[i % n].shape[0])
+            i += 1
+
+    def run(self, seconds: float, workers: int = 1) -> dict[str, float]:
+        """``workers`` threads each run images back to back for ``seconds``."""
+        counts = [[0, 0] for _ in range(workers)]
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        stop = t0 + seconds
+        ts = [
+            threading.Thread(target=self._worker, args=(stop, 7 * k, counts[k]))
+            for k in range(workers)
+        ]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        done = sum(c[0] for c in counts)
+        return {
+            "workers": workers,
+            "images_per_s": done / elapsed,
+            "cpu_ms_per_image": 1000 * cpu / max(done, 1),
+            "images": done,
+            "crops_per_image": sum(c[1] for c in counts) / max(done, 1),
+        }
 
 
 def free_port() -> int:
@@ -94,6 +119,12 @@ def rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
     return int(m.group(1)) / 1024.0 if m else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -191,6 +222,7 @@ def run_mode(
             t.join()
         rss0 = rss_mb(proc.pid)
         _, before = get(port, "/metrics")
+        cpu0 = cpu_seconds(proc.pid)
         results: list[dict[str, Any]] = [{} for _ in range(clients)]
         t_start = time.perf_counter()
         stop = t_start + duration
@@ -203,6 +235,7 @@ def run_mode(
         for t in ts:
             t.join()
         elapsed = time.perf_counter() - t_start
+        cpu1 = cpu_seconds(proc.pid)
         rss1 = rss_mb(proc.pid)
         _, after = get(port, "/metrics")
     finally:
@@ -221,6 +254,7 @@ def run_mode(
         "batching": batching,
         "ok": int(lat.size),
         "images_per_s": lat.size / elapsed,
+        "cpu_ms_per_image": 1000 * (cpu1 - cpu0) / max(int(lat.size), 1),
         "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
         "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
         "errors": sum(errors.values()),
@@ -232,6 +266,14 @@ def run_mode(
         "mean_queue_wait_ms": 1000 * metric_mean(after_text, "darkpose_queue_wait_seconds"),
         "metrics_bytes_before": len(before),
     }
+
+
+def _fmt_ceiling(tag: str, c: dict[str, float]) -> str:
+    return (
+        f"ceiling {tag} ({int(c['workers'])} thread(s), sessions back to back, no HTTP): "
+        f"{c['images_per_s']:.2f} images/s, {c['cpu_ms_per_image']:.1f} CPU-ms/image "
+        f"({int(c['images'])} images, {c['crops_per_image']:.2f} crops/image)"
+    )
 
 
 def main() -> int:
@@ -249,49 +291,62 @@ def main() -> int:
     images = load_images(args.images)
     ceiling_s = args.ceiling_seconds or min(args.duration, 20.0)
     print(f"cpu cores: {os.cpu_count()}  load average: {os.getloadavg()}")
-    # The ceiling is measured before and after the HTTP runs; the ratio uses their mean, which
-    # evens out some of the drift of a shared machine's load.
-    before = measure_ceiling(images, ceiling_s, args.threads)
-    print(
-        f"ceiling before (detector + pose sessions back to back, no HTTP): "
-        f"{before['images_per_s']:.2f} images/s over {before['images']} images, "
-        f"{before['crops_per_image']:.2f} crops/image"
-    )
+    ceiling = Ceiling(images, args.threads)
+    # Measured before and after the HTTP runs (their mean is used) to even out the drift of a
+    # shared machine; once back to back in one thread (the definition) and once with as many
+    # threads as clients (the same CPU share as the server on a contended machine).
+    runs = [ceiling.run(ceiling_s, 1), ceiling.run(ceiling_s, args.clients)]
+    for c in runs:
+        print(_fmt_ceiling("before", c))
     rows = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        res = run_mode(mode == "on", images, args.clients, args.duration, args.warmup, args.threads)
+        res = run_mode(
+            mode == "on", images, args.clients, args.duration, args.warmup, args.threads
+        )
         rows.append(res)
         print(
-            f"batching {mode:>3}: {res['images_per_s']:.2f} images/s "
-            f"({res['images_per_s'] / before['images_per_s']:.2f} x ceiling before) | "
-            f"p50 {res['p50_ms']:.0f} ms "
-            f"p99 {res['p99_ms']:.0f} ms | errors {res['errors']} {res['error_kinds'] or ''}| "
+            f"batching {mode:>3}: {res['images_per_s']:.2f} images/s, "
+            f"{res['cpu_ms_per_image']:.1f} server CPU-ms/image | "
+            f"p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms | "
+            f"errors {res['errors']} {res['error_kinds'] or ''}| "
             f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MB "
             f"({res['rss_growth_mb']:+.1f}) | mean batch {res['mean_batch_size']:.2f} crops, "
             f"queue wait {res['mean_queue_wait_ms']:.2f} ms"
         )
-    after = measure_ceiling(images, ceiling_s, args.threads)
-    ceiling = {
-        "images_per_s": 0.5 * (before["images_per_s"] + after["images_per_s"]),
-        "before": before["images_per_s"],
-        "after": after["images_per_s"],
-    }
+    after = [ceiling.run(ceiling_s, 1), ceiling.run(ceiling_s, args.clients)]
+    for c in after:
+        print(_fmt_ceiling("after", c))
+    seq = 0.5 * (runs[0]["images_per_s"] + after[0]["images_per_s"])
+    par = 0.5 * (runs[1]["images_per_s"] + after[1]["images_per_s"])
+    cpu = 0.5 * (runs[0]["cpu_ms_per_image"] + after[0]["cpu_ms_per_image"])
+    summary = {"ceiling_seq": seq, "ceiling_par": par, "ceiling_cpu_ms_per_image": cpu}
     print(
-        f"ceiling after: {after['images_per_s']:.2f} images/s; mean "
-        f"{ceiling['images_per_s']:.2f} images/s"
+        f"ceiling (mean of before/after): {seq:.2f} images/s sequential, {par:.2f} images/s "
+        f"with {args.clients} threads, {cpu:.1f} CPU-ms/image"
     )
     for res in rows:
-        res["ratio_to_ceiling"] = res["images_per_s"] / ceiling["images_per_s"]
+        res["ratio_to_ceiling"] = res["images_per_s"] / seq
+        res["ratio_to_parallel_ceiling"] = res["images_per_s"] / par
+        res["cpu_efficiency"] = cpu / res["cpu_ms_per_image"]
         print(
-            f"throughput / ceiling, batching {'on' if res['batching'] else 'off'}: "
-            f"{res['ratio_to_ceiling']:.2f}  (target >= 0.85)"
+            f"batching {'on' if res['batching'] else 'off':>3}: throughput / ceiling "
+            f"{res['ratio_to_ceiling']:.2f} (sequential), "
+            f"{res['ratio_to_parallel_ceiling']:.2f} ({args.clients} threads); "
+            f"CPU efficiency (ceiling CPU-ms / server CPU-ms per image) "
+            f"{res['cpu_efficiency']:.2f}  [target >= 0.85]"
         )
     if len(rows) == 2:
         ratio = rows[0]["images_per_s"] / rows[1]["images_per_s"]
-        print(f"batching {rows[0]['batching']} / {rows[1]['batching']} throughput: {ratio:.2f}")
+        eff = rows[1]["cpu_ms_per_image"] / rows[0]["cpu_ms_per_image"]
+        print(
+            f"batching {'on' if rows[0]['batching'] else 'off'} / "
+            f"{'on' if rows[1]['batching'] else 'off'}: throughput {ratio:.2f}, "
+            f"CPU per image {1 / eff:.2f}"
+        )
     print(f"load average after: {os.getloadavg()}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"ceiling": ceiling, "modes": rows}, indent=2))
+        out = {"ceiling": {"before": runs, "after": after, **summary}, "modes": rows}
+        args.json.write_text(json.dumps(out, indent=2))
     return 1 if any(r["errors"] for r in rows) else 0
 
 

@@ -52,6 +52,7 @@ class ServiceState:
         self._inflight = 0
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
+        self._response_info: dict[str, Any] | None = None
 
     # --- loading ----------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -157,6 +158,25 @@ class ServiceState:
             return self._inflight
 
     # --- description ------------------------------------------------------------------------
+    def response_model_info(self) -> dict[str, Any]:
+        """The request-independent part of a response's ``model`` block (cached once ready)."""
+        cached = self._response_info
+        if cached is not None:
+            return cached
+        info = self.model_info()
+        first = info["pose_models"][0] if info["pose_models"] else {}
+        out = {
+            "pose_models": [m["name"] for m in info["pose_models"]],
+            "detector": info["detector"],
+            "keypoint_names": list(self.keypoint_names()),
+            "input_size": list(first.get("input_size", [])),
+            "heatmap_size": list(first.get("heatmap_size", [])),
+            "batching": bool(info["batching"]["enabled"]),
+        }
+        if self.ready.is_set():
+            self._response_info = out
+        return out
+
     def keypoint_names(self) -> tuple[str, ...]:
         models = _pose_models_of(self.pipeline)
         return tuple(models[0].spec.keypoint_names) if models else ()

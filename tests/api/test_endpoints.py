@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.schemas import PoseResponse
 from service.core.types import COCO_KEYPOINTS
 from tests.api.conftest import api_settings, person_image_variant, wait_ready
 
@@ -27,6 +28,7 @@ CONTRACT_METRICS = (
 
 
 def _check_pose_json(body: dict, width: int, height: int) -> None:
+    PoseResponse.model_validate(body)  # the documented schema
     assert body["image"] == {"width": width, "height": height}
     assert body["persons"], "expected persons in a crowd image, got none"
     for p in body["persons"]:
