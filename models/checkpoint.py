@@ -109,9 +109,9 @@ def read_checkpoint(path: str | Path, *, unsafe: bool = False) -> object:
         return torch.load(p, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"checkpoint {p}: expected a weights-only torch checkpoint, got objects that need "
-            f"full unpickling ({str(exc).splitlines()[0]}); pass --unsafe-load if you trust "
-            "the file"
+            f"checkpoint {p}: expected a weights-only torch checkpoint, got a file the safe "
+            f"loader refuses ({str(exc).splitlines()[0]}); if it holds extra pickled objects "
+            "and you trust it, pass --unsafe-load"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {p}: expected a torch checkpoint, got {exc}") from exc

@@ -37,13 +37,17 @@ class StageConfig:
         return len(self.num_channels)
 
 
-def hrnet_stages(width: int) -> tuple[StageConfig, StageConfig, StageConfig]:
-    """Stage 2-4 configuration of the official ``w{width}_256x192_adam_lr1e-3.yaml`` files:
-    1 / 4 / 3 modules, 4 BASIC blocks per branch, channels ``width * 2**b``."""
+def hrnet_stages(
+    width: int, num_modules: tuple[int, int, int] = (1, 4, 3), num_blocks: int = 4
+) -> tuple[StageConfig, StageConfig, StageConfig]:
+    """Stage 2-4 configuration; the defaults are those of the official
+    ``w{width}_256x192_adam_lr1e-3.yaml`` files: 1 / 4 / 3 modules, 4 BASIC blocks per branch,
+    channels ``width * 2**b``.  (Fewer modules/blocks only make small graphs for tests.)"""
+    b = num_blocks
     return (
-        StageConfig(1, (4, 4), (width, 2 * width)),
-        StageConfig(4, (4, 4, 4), (width, 2 * width, 4 * width)),
-        StageConfig(3, (4, 4, 4, 4), (width, 2 * width, 4 * width, 8 * width)),
+        StageConfig(num_modules[0], (b, b), (width, 2 * width)),
+        StageConfig(num_modules[1], (b, b, b), (width, 2 * width, 4 * width)),
+        StageConfig(num_modules[2], (b, b, b, b), (width, 2 * width, 4 * width, 8 * width)),
     )
 
 
@@ -132,7 +136,8 @@ def _transition(pre: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
 
 class PoseHighResolutionNet(nn.Module):
     """HRNet-W``width`` pose network (``width`` 32 / 48 for the published models; any
-    positive width builds, e.g. 8 for fast tests).
+    positive width builds, e.g. 8 for fast tests; ``num_modules`` / ``num_blocks`` other than
+    the defaults only for tests).
 
     ``forward(x: (N, 3, H, W)) -> heatmaps (N, num_joints, H/4, W/4)``.
     """
@@ -142,7 +147,14 @@ class PoseHighResolutionNet(nn.Module):
     #: Heatmap = input / this.
     output_stride = 4
 
-    def __init__(self, width: int = 32, num_joints: int = 17, final_conv_kernel: int = 1) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        num_joints: int = 17,
+        final_conv_kernel: int = 1,
+        num_modules: tuple[int, int, int] = (1, 4, 3),
+        num_blocks: int = 4,
+    ) -> None:
         super().__init__()
         if width < 1 or num_joints < 1:
             raise ValueError(f"expected positive width and num_joints, got {width}, {num_joints}")
@@ -155,7 +167,7 @@ class PoseHighResolutionNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = make_layer(Bottleneck, 64, 64, 4)
 
-        s2, s3, s4 = hrnet_stages(width)
+        s2, s3, s4 = hrnet_stages(width, num_modules, num_blocks)
         self.transition1 = _transition([64 * Bottleneck.expansion], s2.num_channels)
         self.stage2 = self._stage(s2, multi_scale_output=True)
         self.transition2 = _transition(s2.num_channels, s3.num_channels)

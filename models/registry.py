@@ -22,18 +22,27 @@ _RESNET = re.compile(r"^(?:resnet|res|simplebaseline_res)(\d+)$")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
-def build_model(arch: str, num_joints: int = 17, **overrides: int) -> nn.Module:
+def build_model(arch: str, num_joints: int = 17, **overrides: object) -> nn.Module:
     """Construct ``arch`` (random init, eval mode).
 
-    ``overrides`` go to the constructor (``base_width`` / ``deconv_channels`` for ResNet;
-    tests only).  Raises :class:`ExportError` for an unknown name.
+    ``overrides`` go to the constructor (``num_modules`` / ``num_blocks`` for HRNet,
+    ``base_width`` / ``deconv_channels`` for ResNet; small graphs for tests only).
+    Raises :class:`ExportError` for an unknown name.
     """
     name = arch.strip().lower()
     model: nn.Module
     if (m := _HRNET.match(name)) is not None and int(m.group(1)) > 0:
-        model = PoseHighResolutionNet(width=int(m.group(1)), num_joints=num_joints, **overrides)
+        model = PoseHighResolutionNet(
+            width=int(m.group(1)),
+            num_joints=num_joints,
+            **overrides,  # type: ignore[arg-type]
+        )
     elif (m := _RESNET.match(name)) is not None and int(m.group(1)) in RESNET_LAYERS:
-        model = PoseResNet(depth=int(m.group(1)), num_joints=num_joints, **overrides)
+        model = PoseResNet(
+            depth=int(m.group(1)),
+            num_joints=num_joints,
+            **overrides,  # type: ignore[arg-type]
+        )
     else:
         raise ExportError(
             f"architecture: expected one of {', '.join(PUBLISHED_ARCHS)} (or hrnet_w<N>), "

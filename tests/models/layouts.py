@@ -14,21 +14,22 @@ _HEAD_KEYS = ("final_layer.", "deconv_layers.")
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights *and* BN statistics (so a wrong mapping changes the output)."""
+    """Random weights *and* BN parameters/statistics (so a wrong key mapping changes the
+    output), at magnitudes like PyTorch's default init (outputs stay O(1))."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if name.endswith("num_batches_tracked"):
                 t.fill_(7)
             elif name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+                t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=g))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                t.copy_(0.05 * torch.randn(t.shape, generator=g))
             elif t.dim() > 1:
-                fan_in = max(1, t[0].numel())
-                t.copy_(torch.randn(t.shape, generator=g) / fan_in**0.5)
-            else:
-                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
+                bound = (1.0 / max(1, t[0].numel())) ** 0.5
+                t.copy_(bound * (2 * torch.rand(t.shape, generator=g) - 1))
+            else:  # BN weight
+                t.copy_(1.0 + 0.05 * torch.randn(t.shape, generator=g))
     return model.eval()
 
 
