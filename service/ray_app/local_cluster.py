@@ -52,13 +52,18 @@ def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Lo
     """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine, Serve on a free port."""
     import ray
     from ray import serve
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     root = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**RAY_ENV, "HOME": root, "RAY_TMPDIR": os.path.join(root, "t")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    os.makedirs(env["RAY_TMPDIR"], exist_ok=True)
+    # Read once at import: when Ray was imported before this call, the env var alone is late.
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_dir = os.path.join(env["RAY_TMPDIR"], "ray")  # Ray's layout: $RAY_TMPDIR/ray/session_*
+    os.makedirs(ray_dir, exist_ok=True)
     cluster = None
     try:
         cluster = Cluster(
@@ -66,7 +71,7 @@ def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Lo
             head_node_args={
                 "num_cpus": cpus_per_node,
                 "include_dashboard": False,
-                "temp_dir": env["RAY_TMPDIR"],
+                "temp_dir": ray_dir,
                 "node_ip_address": "127.0.0.1",
             },
         )
@@ -86,6 +91,7 @@ def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Lo
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
