@@ -199,7 +199,7 @@ class MultiScaleChipDetector:
         chip_size: int = DEFAULT_CHIP_SIZE,
         stride: int = DEFAULT_STRIDE,
         valid_ranges: Sequence[tuple[float, float]] | None = None,
-        nms_iou: float = 0.5,
+        nms_iou: float = 0.65,
         border_margin: float = 2.0,
         max_detections: int = 100,
     ) -> None:

@@ -18,7 +18,7 @@ Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
   ``DARKPOSE_HTC_DEVICE``.
 * ``chips(<expr>)`` — :class:`~service.runtime.chips.MultiScaleChipDetector`; ``scales=fit/2``,
   ``chip=512``, ``stride=384``, ``ranges=40:inf/0:120`` (one ``lo:hi`` per scale, sqrt of the
-  box area in image px), ``nms=0.5``, ``margin=2``.
+  box area in image px), ``nms=<iou>`` (default DARKPOSE_DET_NMS_IOU, 0.65), ``margin=2``.
 * ``fused(<expr>, <expr>, ...)`` — :class:`~service.runtime.fusion.FusedDetector` (weighted
   boxes fusion); ``weights=2/1/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
 
@@ -416,7 +416,7 @@ class _Builder:
             inner,
             chip_size=_int(spec, "chip", ch.DEFAULT_CHIP_SIZE, 32, 4096),
             stride=_int(spec, "stride", ch.DEFAULT_STRIDE, 1, 4096),
-            nms_iou=_num(spec, "nms", 0.5, 1e-6, 1.0),
+            nms_iou=_num(spec, "nms", self.settings.det_nms_iou, 1e-6, 1.0),
             border_margin=_num(spec, "margin", 2.0, 0.0, 64.0),
             max_detections=self.settings.max_persons,
             **kwargs,  # type: ignore[arg-type]
