@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parity-batch", type=int, default=2, help="batch of the parity check")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch and the onnxruntime parity check (0 = torch default)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -75,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(f"--blur-kernel: expected a positive odd size, got {args.blur_kernel}")
     if args.parity_batch < 1:
         raise ExportError(f"--parity-batch: expected >= 1, got {args.parity_batch}")
+    if args.threads < 0:
+        raise ExportError(f"--threads: expected >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     logger.info("building %s (%d keypoints)", args.arch, args.num_joints)
     model = build_model(args.arch, num_joints=args.num_joints)

@@ -126,6 +126,7 @@ def _session(path: Path) -> object:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = torch.get_num_threads()  # same budget as torch (--threads)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
