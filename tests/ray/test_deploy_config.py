@@ -60,8 +60,11 @@ def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
     for pod in pods:
         (container,) = pod["containers"]
         assert container["image"].startswith("darkpose-service:ray")
-        env = {e["name"]: e["value"] for e in container["env"]}
-        assert env["DARKPOSE_MODEL_DIR"] == "/models"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["DARKPOSE_MODEL_DIR"]["value"] == "/models"
+        # Token auth: every node reads the same token from one Secret.
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "darkpose-ray-auth"
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert mounts["/models"] in {v["name"] for v in pod["volumes"]}
     for group in spec["workerGroupSpecs"]:

@@ -1,0 +1,101 @@
+"""docker/Dockerfile.ray and the compose ``ray`` profile, with the real linters (no daemon)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REPO
+from tests.docker.conftest import COMPOSE_FILE, DOCKERIGNORE, find_tool
+
+DOCKERFILE = REPO / "docker" / "Dockerfile.ray"
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        buf = f"{buf} {line[:-1].strip()}" if line.endswith("\\") else f"{buf} {line}"
+        if line.endswith("\\"):
+            continue
+        word, _, args = buf.strip().partition(" ")
+        out.append((word.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def test_dockerfile_ray_is_hadolint_clean() -> None:
+    hadolint = find_tool("hadolint")
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", DOCKERFILE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, f"hadolint findings:\n{proc.stdout}{proc.stderr}"
+
+
+def test_dockerfile_ray_installs_the_ray_extra_and_runs_non_root() -> None:
+    ins = _instructions(DOCKERFILE)
+    runs = " ".join(a for w, a in ins if w == "RUN")
+    assert '"/src[cpu,ray]"' in runs
+    assert "torch==" not in runs and "export]" not in runs
+    last = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
+    users = [a for w, a in last if w == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
+    envs = " ".join(a for w, a in last if w == "ENV")
+    assert "DARKPOSE_MODEL_DIR=/models" in envs
+    (health,) = [a for w, a in last if w == "HEALTHCHECK"]
+    assert "/-/healthz" in health and "curl" not in health
+
+
+def test_dockerfile_ray_copies_only_what_dockerignore_lets_in() -> None:
+    rules = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
+    included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    for word, args in _instructions(DOCKERFILE):
+        if word != "COPY" or args.startswith("--from"):
+            continue
+        for src in args.split()[:-1]:
+            assert src.rstrip("/") in included, f"{src} is docker-ignored"
+            assert (REPO / src).exists(), src
+
+
+def _compose(*args: str) -> dict[str, Any]:
+    compose = find_tool("docker-compose")
+    proc = subprocess.run(
+        [compose, "-f", COMPOSE_FILE, *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "RAY_AUTH_TOKEN": "t0ken"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def test_compose_ray_profile_starts_a_head_and_a_worker() -> None:
+    assert not {"ray-head", "ray-worker"} & set(_compose()["services"]), "ray must be opt-in"
+    services = _compose("--profile", "ray")["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["build"]["dockerfile"] == "docker/Dockerfile.ray"
+    assert head["image"] == worker["image"] == "darkpose-service:ray"
+    head_cmd = " ".join(head["command"])
+    assert "ray start --head" in head_cmd and "serve deploy deploy/serve_config.yaml" in head_cmd
+    assert "--address=ray-head:6379" in " ".join(worker["command"])
+    assert "ray-head" in worker["depends_on"]
+    for svc in (head, worker):
+        assert svc["environment"]["RAY_AUTH_TOKEN"] == "t0ken"  # one shared token
+        mounts = {v["target"]: v for v in svc["volumes"]}
+        assert mounts["/models"]["read_only"] is True
+        assert Path(mounts["/app/deploy"]["source"]) == REPO / "deploy"
+    published = {p["published"] for p in head["ports"] if p["target"] == 8000}
+    others = {p["published"] for p in services["pose"]["ports"]}
+    assert published and not published & others, "Serve must not take the CPU service's port"
