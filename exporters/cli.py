@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="CPU threads for torch and the onnxruntime parity check (0 = torch default)",
+        default=1,
+        help="CPU threads for torch and the onnxruntime parity check (default 1: tracing is "
+        "serial and many threads spin on busy machines; 0 = torch default)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
