@@ -27,6 +27,7 @@ from service.ray_app.deployments import (
     IngressDeployment,
     PoseDeployment,
     make_settings,
+    parse_address,
 )
 
 
@@ -38,6 +39,11 @@ class BuildArgs(BaseModel):
         description="Settings overrides (field name → value); the replicas' DARKPOSE_* "
         "environment applies below them",
     )
+    metrics_address: str | None = Field(
+        None,
+        description="'host:port' where every Ingress replica also serves its own /metrics "
+        "(scrape each replica; needs max_replicas_per_node: 1 on Ingress)",
+    )
 
 
 def pose_deployment_name(index: int) -> str:
@@ -48,6 +54,7 @@ def pose_deployment_name(index: int) -> str:
 def build_app(
     settings: Mapping[str, Any] | None = None,
     deployment_options: Mapping[str, Mapping[str, Any]] | None = None,
+    metrics_address: str | None = None,
 ) -> Application:
     """The bound application.
 
@@ -55,7 +62,10 @@ def build_app(
     deployment_options: deployment name → ``Deployment.options(...)`` keywords (``num_replicas``,
     ``ray_actor_options``, ``max_replicas_per_node``, ``user_config``, …) — what a Serve config's
     ``deployments:`` section sets, for ``serve.run`` from Python (tests, bench/scale.py).
+    metrics_address: ``"host:port"`` where each ``Ingress`` replica also serves its metrics.
     """
+    if metrics_address is not None:
+        parse_address(metrics_address)
     overrides = dict(settings or {})
     resolved = make_settings(overrides)
     if not resolved.pose_models:
@@ -81,10 +91,10 @@ def build_app(
     return (
         cast(Deployment, IngressDeployment)
         .options(**opts.get(INGRESS_NAME, {}))
-        .bind(detector, pose, overrides)
+        .bind(detector, pose, overrides, metrics_address)
     )
 
 
 def app_builder(args: BuildArgs) -> Application:
     """Serve's application builder (``import_path: service.ray_app.builder:app_builder``)."""
-    return build_app(args.settings)
+    return build_app(args.settings, metrics_address=args.metrics_address)

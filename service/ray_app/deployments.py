@@ -88,6 +88,14 @@ def parse_batch_config(config: Mapping[str, Any]) -> tuple[int, float]:
     return size, float(wait)
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` → (host, port); raises :class:`InvalidParameter` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidParameter(f"metrics_address: expected 'host:port', got {address!r}")
+    return host, int(port)
+
+
 # --- pose ------------------------------------------------------------------------------------
 
 
@@ -259,6 +267,11 @@ class IngressDeployment:
     The app is built per replica by :meth:`__serve_build_asgi_app__` after the constructor has
     fetched the pose models' specs from their deployments.  In-process micro-batching is off
     here: ``PoseModel`` batches across all ingress replicas instead.
+
+    ``metrics_address`` (``"host:port"``, optional): also serve this replica's own Prometheus
+    registry there (``/metrics`` through Serve's proxy reaches one replica at random; with
+    several ingress replicas scrape each one on its node at this address — one replica per
+    node, ``max_replicas_per_node: 1``, or the port clashes).
     """
 
     async def __init__(  # type: ignore[misc]
@@ -266,8 +279,12 @@ class IngressDeployment:
         detector: DeploymentHandle,
         pose_models: list[DeploymentHandle],
         settings: Mapping[str, Any] | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         from service.core.pipeline import Pipeline, PipelineOptions
+
+        self._metrics_bind = parse_address(metrics_address) if metrics_address else None
+        self._metrics_server: Any = None
 
         overrides = {**dict(settings or {}), "batching": False}
         self._settings = make_settings(overrides)
@@ -288,4 +305,18 @@ class IngressDeployment:
     def __serve_build_asgi_app__(self) -> FastAPI:
         from service.api import create_app
 
-        return create_app(self._settings, pipeline=self._pipeline)
+        app = create_app(self._settings, pipeline=self._pipeline)
+        if self._metrics_bind is not None:
+            from prometheus_client import start_http_server
+
+            host, port = self._metrics_bind
+            registry = app.state.service.metrics.registry
+            self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+            logger.info("Ingress metrics on http://%s:%d/metrics", host, port)
+        return app
+
+    def __del__(self) -> None:
+        server = getattr(self, "_metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()

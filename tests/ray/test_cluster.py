@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -92,15 +93,22 @@ def ray_app(ray_two_nodes: Any) -> Iterator[Any]:
 
     from service.ray_app import APP_NAME
     from service.ray_app.builder import build_app
+    from service.ray_app.local_cluster import free_port
 
-    serve.run(build_app(SETTINGS, DEPLOYMENT_OPTIONS), name=APP_NAME, route_prefix="/")
+    metrics = f"127.0.0.1:{free_port()}"
+    app = build_app(SETTINGS, DEPLOYMENT_OPTIONS, metrics_address=metrics)
+    serve.run(app, name=APP_NAME, route_prefix="/")
     deadline = time.monotonic() + 120
     status, body = _get(ray_two_nodes.url + "/readyz")
     while status != 200 and time.monotonic() < deadline:  # warm-up runs in the background
         time.sleep(0.25)
         status, body = _get(ray_two_nodes.url + "/readyz")
     assert status == 200, body
-    yield ray_two_nodes
+    yield SimpleNamespace(
+        url=ray_two_nodes.url,
+        node_ids=ray_two_nodes.node_ids,
+        metrics_url=f"http://{metrics}/metrics",
+    )
     serve.delete(APP_NAME)
 
 
@@ -159,9 +167,12 @@ def test_ingress_serves_the_same_routes_and_metrics(ray_app: Any) -> None:
     assert [m["name"] for m in models["pose_models"]] == ["pose_simplepose_256x192"]
     status, body = _get(ray_app.url + "/metrics")
     assert status == 200
-    text = body.decode()
-    for stage in ("detect", "crop", "pose", "decode", "postprocess"):
-        assert f'darkpose_stage_seconds_count{{stage="{stage}"}}' in text, stage
+    # The same registry, also on the replica's own metrics address (for per-replica scraping).
+    status, direct = _get(ray_app.metrics_url)
+    assert status == 200
+    for text in (body.decode(), direct.decode()):
+        for stage in ("detect", "crop", "pose", "decode", "postprocess"):
+            assert f'darkpose_stage_seconds_count{{stage="{stage}"}}' in text, stage
     # Bad input is mapped by the service's own error handlers, through Ray.
     status, err = _post(ray_app.url, b"not an image")
     assert status == 400, err

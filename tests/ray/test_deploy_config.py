@@ -184,13 +184,23 @@ def test_build_app_validates_before_deploying(
         build_app(settings, options)
 
 
+@pytest.mark.parametrize("address", ["9100", "host:", ":9100", "h:0", "h:70000", "h:x"])
+def test_bad_metrics_address_is_refused(schema: Any, address: str) -> None:
+    from service.core.errors import InvalidParameter
+    from service.ray_app.builder import build_app
+
+    with pytest.raises(InvalidParameter, match="metrics_address: expected 'host:port'"):
+        build_app({}, metrics_address=address)
+
+
 def test_build_app_binds_one_pose_deployment_per_model(schema: Any) -> None:
     from service.ray_app.builder import build_app, pose_deployment_name
 
     app = build_app({"pose_models": ["a.onnx", "b.onnx"]}, {"PoseModel1": {"num_replicas": 2}})
     ingress = app._bound_deployment
     assert ingress.name == "Ingress"
-    detector, pose, _ = ingress.init_args
+    detector, pose, _, metrics = ingress.init_args
+    assert metrics is None
     assert detector._bound_deployment.name == "Detector"
     assert [p._bound_deployment.name for p in pose] == [
         pose_deployment_name(0),
