@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DarkPoseError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:  # e.g. --out in a directory that cannot be written
+        logger.error("expected a writable output path, got %s", exc)
+        return 2
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
