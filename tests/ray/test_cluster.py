@@ -177,3 +177,21 @@ def test_ingress_serves_the_same_routes_and_metrics(ray_app: Any) -> None:
     status, err = _post(ray_app.url, b"not an image")
     assert status == 400, err
     assert "invalid_image" in json.dumps(err)
+
+
+def test_pose_deployment_splits_calls_larger_than_the_batch(ray_app: Any) -> None:
+    """40 crops with max_batch_size 32: two batched pieces, same heatmaps as one local call."""
+    from ray import serve
+
+    from service.ray_app import APP_NAME, POSE_NAME
+    from service.runtime.pose import OnnxPoseModel
+    from tests.conftest import POSE_ONNX
+
+    crops = np.random.default_rng(0).normal(size=(40, 3, 256, 192)).astype(np.float32)
+    handle = serve.get_deployment_handle(POSE_NAME, APP_NAME)
+    got = handle.infer.remote(crops).result(timeout_s=120)
+    want = OnnxPoseModel(POSE_ONNX, providers="cpu", intra_op_threads=1).infer(crops)
+    assert got.shape == want.shape == (40, 17, 64, 48)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    empty = handle.infer.remote(crops[:0]).result(timeout_s=60)
+    assert empty.shape == (0, 17, 64, 48)
