@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds to let in-flight requests finish on SIGTERM (default: request timeout + 5)",
     )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="pin glibc's mmap threshold (e.g. 131072): less RSS growth under load, more CPU "
+        "per request; 0 = glibc default (default)",
+    )
 
 
 #: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
@@ -40,12 +48,13 @@ _M_MMAP_THRESHOLD = -3
 
 def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold so large buffers (images, crops, heatmaps) are always mmapped
-    and given back to the OS when freed.
+    and given back to the OS when freed (opt-in: ``darkpose serve --malloc-mmap-threshold``).
 
     glibc otherwise raises the threshold dynamically after the first large free, after which
-    those buffers come from per-thread heaps and fragment them: with 16 concurrent clients the
-    server's RSS kept growing (+110–150 MB in 60 s); pinned, it levels off (bench/load.py).
-    No-op (False) off glibc or when ``MALLOC_MMAP_THRESHOLD_`` is already set.
+    those buffers come from per-thread heaps and fragment them.  Measured with bench/load.py
+    (16 clients, 60 s): pinned at 128 KiB the RSS growth fell from +112 to +23 MB (batching on)
+    but the server spent ~30 % more CPU per image (page faults on every fresh mapping), so it
+    is off by default.  No-op (False) off glibc or when ``MALLOC_MMAP_THRESHOLD_`` is set.
     """
     import ctypes
     import ctypes.util
@@ -78,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.providers is not None:
         overrides["providers"] = args.providers
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    if pin_mmap_threshold():
-        logger.info("glibc mmap threshold pinned at 128 KiB")
+    if args.malloc_mmap_threshold > 0 and pin_mmap_threshold(args.malloc_mmap_threshold):
+        logger.info("glibc mmap threshold pinned at %d bytes", args.malloc_mmap_threshold)
     app = create_app(settings)
     graceful = args.graceful_timeout
     if graceful is None:

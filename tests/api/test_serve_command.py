@@ -18,6 +18,7 @@ def test_arguments_parse() -> None:
     serve.add_arguments(p)
     args = p.parse_args(["--port", "9001", "--batching", "off", "--providers", "cpu"])
     assert (args.port, args.batching, args.providers, args.host) == (9001, "off", "cpu", None)
+    assert args.malloc_mmap_threshold == 0
     with pytest.raises(SystemExit):
         p.parse_args(["--batching", "maybe"])
 
