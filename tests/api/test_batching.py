@@ -39,7 +39,7 @@ def test_concurrent_calls_are_gathered_and_scattered_exactly() -> None:
         MicroBatcher(
             model,
             max_batch=8,
-            max_wait_ms=200.0,
+            max_wait_ms=500.0,
             queue_size=256,
             on_batch=sizes.append,
             on_wait=waits.append,

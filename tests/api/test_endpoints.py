@@ -232,9 +232,8 @@ def test_pose_work_does_not_block_the_event_loop(jpeg_bytes: bytes) -> None:
         t.start()
         try:
             assert model.entered.wait(30), "expected the request inside the pose model"
-            t0 = time.monotonic()
             assert c.get("/healthz").status_code == 200
-            assert time.monotonic() - t0 < 10  # answered while the worker thread is blocked
+            assert model.active == 1  # answered while the worker thread is still blocked
             r = c.post("/pose", content=jpeg_bytes, headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 503
             assert r.json()["error"]["code"] == "overloaded"
