@@ -188,6 +188,35 @@ def test_not_ready_before_models_are_loaded() -> None:
         assert r.status_code == 503
 
 
+def test_readyz_is_503_until_warm_up_finishes(jpeg_bytes: bytes) -> None:
+    """Warm-up runs the pose model; while it is held, /readyz and /pose say 503 not_ready."""
+    from service.api import create_app
+    from service.core.pipeline import Pipeline
+    from service.runtime.factory import build_detector
+    from tests.api.tiny_model import TinyOnnxPoseModel
+
+    s = api_settings(warmup=True)
+    gate = threading.Event()
+    model = TinyOnnxPoseModel(gate=gate)
+    app = create_app(s, pipeline=Pipeline(build_detector(s), model))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        try:
+            assert model.entered.wait(30), "expected the warm-up inside the pose model"
+            r = c.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["error"] == {
+                "code": "not_ready",
+                "message": "models: expected loaded and warmed, got still loading",
+            }
+            assert c.post("/pose", content=jpeg_bytes,
+                          headers={"Content-Type": "image/jpeg"}).status_code == 503  # fmt: skip
+            assert c.get("/healthz").status_code == 200
+        finally:
+            gate.set()
+        wait_ready(c)
+        assert c.get("/v1/models").json()["ready"] is True
+
+
 def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
     """create_app(pipeline=...) serves a pre-built Pipeline as it is (no batcher added)."""
     from service.api import create_app
@@ -245,7 +274,9 @@ def test_pose_work_does_not_block_the_event_loop(jpeg_bytes: bytes) -> None:
         assert results["slow"] == 200
 
 
-def test_unexpected_exception_is_500_json_with_request_id(jpeg_bytes: bytes) -> None:
+def test_unexpected_exception_is_500_json_with_request_id(
+    jpeg_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     from service.api import create_app
     from service.core.pipeline import Pipeline
     from service.runtime.factory import build_detector
@@ -267,6 +298,8 @@ def test_unexpected_exception_is_500_json_with_request_id(jpeg_bytes: bytes) -> 
         assert body["request_id"] == "boom-1"
         assert body["error"]["code"] == "internal_error"
         assert "boom-1" in body["error"]["message"]
+        logged = [r for r in caplog.records if "boom-1" in r.getMessage()]
+        assert logged and logged[0].levelname == "ERROR" and logged[0].exc_info is not None
         # still serving
         model.fail = False
         assert c.post("/pose", content=jpeg_bytes,
