@@ -55,22 +55,22 @@ class Ceiling:
     crops prepared once outside the timed region."""
 
     def __init__(self, images: list[bytes], threads: int) -> None:
-        import cv2
-
+        from service.core.io import decode_image
         from service.core.transforms import boxes_to_center_scale, warp_crops
         from service.runtime.factory import build_detector, build_pose_models
 
         s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
         self.detector = build_detector(s)
         self.pose = build_pose_models(s)[0]
-        self.decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in images]
+        self.decoded = [decode_image(b) for b in images]
         self.crops = []
         for img in self.decoded:
             det = self.detector.detect(img)
             keep = np.asarray(det.scores) >= s.det_score_threshold
             boxes = np.asarray(det.boxes, np.float32)[keep][: s.default_max_persons]
             c, sc = boxes_to_center_scale(boxes, self.pose.spec.aspect_ratio, s.box_padding)
-            self.crops.append(warp_crops(img, c, sc, self.pose.spec.input_size, spec=self.pose.spec))
+            spec = self.pose.spec
+            self.crops.append(warp_crops(img, c, sc, spec.input_size, spec=spec))
         for img, batch in zip(self.decoded[:3], self.crops[:3], strict=False):  # warm-up
             self.detector.detect(img)
             self.pose.infer(batch)
@@ -300,9 +300,7 @@ def main() -> int:
         print(_fmt_ceiling("before", c))
     rows = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        res = run_mode(
-            mode == "on", images, args.clients, args.duration, args.warmup, args.threads
-        )
+        res = run_mode(mode == "on", images, args.clients, args.duration, args.warmup, args.threads)
         rows.append(res)
         print(
             f"batching {mode:>3}: {res['images_per_s']:.2f} images/s, "

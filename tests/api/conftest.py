@@ -82,6 +82,14 @@ def jpeg_bytes() -> bytes:
     return CROWD_IMAGE.read_bytes()
 
 
+def imdecode(data: bytes) -> np.ndarray:
+    """cv2.imdecode as BGR, failing loudly instead of returning None."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise RuntimeError("cv2.imdecode failed")
+    return img
+
+
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:
     ok, buf = cv2.imencode(ext, image)
     if not ok:
@@ -91,7 +99,7 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
 
 def person_image_variant(kind: str) -> bytes:
     """The crowd image re-encoded as grayscale / RGBA / 16-bit PNG."""
-    bgr = cv2.imread(str(CROWD_IMAGE), cv2.IMREAD_COLOR)
+    bgr = imdecode(CROWD_IMAGE.read_bytes())
     if kind == "gray":
         return encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     if kind == "rgba":

@@ -6,14 +6,13 @@ import re
 import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api.schemas import PoseResponse
 from service.core.types import COCO_KEYPOINTS
-from tests.api.conftest import api_settings, person_image_variant, wait_ready
+from tests.api.conftest import api_settings, imdecode, person_image_variant, wait_ready
 
 CONTRACT_METRICS = (
     "darkpose_requests_total",
@@ -54,7 +53,7 @@ def _check_pose_json(body: dict, width: int, height: int) -> None:
 def test_pose_multipart(client: TestClient, jpeg_bytes: bytes) -> None:
     r = client.post("/pose", files={"image": ("crowd.jpg", jpeg_bytes, "image/jpeg")})
     assert r.status_code == 200, r.text
-    h, w = cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    h, w = imdecode(jpeg_bytes).shape[:2]
     body = r.json()
     _check_pose_json(body, w, h)
     assert body["request_id"] == r.headers["x-request-id"]
@@ -97,8 +96,8 @@ def test_render_returns_png_overlay(client: TestClient, jpeg_bytes: bytes) -> No
     r = client.post("/pose?render=true", content=jpeg_bytes, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
-    overlay = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
-    original = cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), cv2.IMREAD_COLOR)
+    overlay = imdecode(r.content)
+    original = imdecode(jpeg_bytes)
     assert overlay.shape == original.shape
     assert np.mean(np.abs(overlay.astype(int) - original.astype(int))) > 0.1  # something drawn
 
@@ -231,7 +230,7 @@ def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
         assert r.status_code == 200
         assert r.json()["model"]["batching"] is False
         assert app.state.service.pipeline is pipeline
-        direct = pipeline(cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), cv2.IMREAD_COLOR))
+        direct = pipeline(imdecode(jpeg_bytes))
         got = np.array([p["keypoints"] for p in r.json()["persons"]])
         want = np.array([p.keypoints for p in direct.persons])
         np.testing.assert_allclose(got, want, atol=1e-4)
