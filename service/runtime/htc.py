@@ -216,7 +216,13 @@ class HtcDetector:
         torch.manual_seed(seed)
         model = MODELS.build(cfg.model)
         if self.checkpoint is None:
-            model.init_weights()
+            mm_logger = logging.getLogger("mmengine")
+            level = mm_logger.level
+            mm_logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
+            try:
+                model.init_weights()
+            finally:
+                mm_logger.setLevel(level)
             logger.warning("HTC %s: random weights (smoke test / latency only)", cfg.model.type)
         else:
             try:
