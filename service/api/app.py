@@ -12,6 +12,7 @@ Pose work runs in worker threads (``anyio.to_thread.run_sync`` with a capacity l
 """
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.types import Scope
 
 from service.api.body import extract_image
@@ -101,9 +102,14 @@ def _persons_json(persons: Any) -> list[dict[str, Any]]:
 
 
 def _run_pose(
-    state: ServiceState, pipeline: Any, data: bytes, options: Any, render: bool
-) -> tuple[Any, tuple[int, int], float, bytes | None]:
-    """Worker-thread part of ``POST /pose``: decode → pipeline → (optional) overlay PNG."""
+    state: ServiceState, pipeline: Any, data: bytes, options: Any, render: bool, request_id: str
+) -> tuple[bytes, str]:
+    """Worker-thread part of ``POST /pose``: decode → pipeline → metrics → the response body
+    (``PoseResponse`` JSON, or the overlay PNG) as ``(content, media type)``.
+
+    The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
+    (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
+    """
     import cv2
 
     from service.core.io import decode_image
@@ -119,16 +125,35 @@ def _run_pose(
     )
     decode_s = time.perf_counter() - t0
     result = pipeline(image, options=options)
-    png: bytes | None = None
+    timings = dict(getattr(result, "timings", {}) or {})
+    state.metrics.observe_timings(timings)
+    state.metrics.persons.observe(len(result.persons))
     if render:
         from service.core.visualize import draw_poses
 
         ok, enc = cv2.imencode(".png", draw_poses(image, result.persons))
         if not ok:
             raise InvalidImage("render: expected a PNG-encodable overlay, got an encoder failure")
-        png = enc.tobytes()
+        return enc.tobytes(), "image/png"
+    stage_ms = dict.fromkeys(Timings.model_fields, 0.0)
+    for k, v in timings.items():
+        if k in stage_ms:
+            stage_ms[k] = 1000.0 * float(v)
+    stage_ms["image_decode"] = 1000.0 * decode_s
     h, w = image.shape[:2]
-    return result, (int(w), int(h)), decode_s, png
+    body = {
+        "request_id": request_id,
+        "image": {"width": int(w), "height": int(h)},
+        "persons": _persons_json(result.persons),
+        "model": {
+            **state.response_model_info(),
+            "decode": str(options.decode),
+            "flip": bool(options.flip),
+        },
+        "timings_ms": stage_ms,
+    }
+    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return content.encode("utf-8"), "application/json"
 
 
 def create_app(settings: Settings | None = None, *, pipeline: Any | None = None) -> FastAPI:
@@ -221,36 +246,13 @@ def create_app(settings: Settings | None = None, *, pipeline: Any | None = None)
                 max_persons if max_persons is not None else settings.default_max_persons
             )
             options = dataclasses.replace(state.default_options, **overrides)
-            result, (w, h), decode_s, png = await anyio.to_thread.run_sync(
-                partial(_run_pose, state, ready_pipeline, data, options, render),
+            content, media_type = await anyio.to_thread.run_sync(
+                partial(_run_pose, state, ready_pipeline, data, options, render, request_id),
                 limiter=limiter(),
             )
         finally:
             state.leave()
-        timings = dict(getattr(result, "timings", {}) or {})
-        state.metrics.observe_timings(timings)
-        state.metrics.persons.observe(len(result.persons))
-        if png is not None:
-            return Response(png, media_type="image/png")
-        # Built as plain JSON (the schema is PoseResponse, see the OpenAPI document and the
-        # tests): skipping pydantic validation of our own output saves CPU per request.
-        stage_ms = {k: 0.0 for k in Timings.model_fields}
-        for k, v in timings.items():
-            if k in stage_ms:
-                stage_ms[k] = 1000.0 * float(v)
-        stage_ms["image_decode"] = 1000.0 * decode_s
-        body = {
-            "request_id": request_id,
-            "image": {"width": w, "height": h},
-            "persons": _persons_json(result.persons),
-            "model": {
-                **state.response_model_info(),
-                "decode": str(options.decode),
-                "flip": bool(options.flip),
-            },
-            "timings_ms": stage_ms,
-        }
-        return JSONResponse(body)
+        return Response(content, media_type=media_type)
 
     @app.get("/healthz", response_model=HealthResponse, summary="Liveness")
     async def healthz() -> HealthResponse:
