@@ -48,8 +48,11 @@ class LocalRay:
 
 
 @contextlib.contextmanager
-def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[LocalRay]:
-    """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine, Serve on a free port."""
+def local_ray_cluster(
+    num_nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 150
+) -> Iterator[LocalRay]:
+    """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine (``object_store_mb`` MiB of
+    object store each), Serve on a free port."""
     import ray
     from ray import serve
     from ray._private import ray_constants
@@ -70,13 +73,18 @@ def local_ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Lo
             initialize_head=True,
             head_node_args={
                 "num_cpus": cpus_per_node,
+                "object_store_memory": object_store_mb * 1024 * 1024,
                 "include_dashboard": False,
                 "temp_dir": ray_dir,
                 "node_ip_address": "127.0.0.1",
             },
         )
         for _ in range(num_nodes - 1):
-            cluster.add_node(num_cpus=cpus_per_node, node_ip_address="127.0.0.1")
+            cluster.add_node(
+                num_cpus=cpus_per_node,
+                object_store_memory=object_store_mb * 1024 * 1024,
+                node_ip_address="127.0.0.1",
+            )
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
         port = free_port()
