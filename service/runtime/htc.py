@@ -216,7 +216,9 @@ class HtcDetector:
         torch.manual_seed(seed)
         model = MODELS.build(cfg.model)
         if self.checkpoint is None:
-            mm_logger = logging.getLogger("mmengine")
+            from mmengine.logging import MMLogger
+
+            mm_logger = MMLogger.get_current_instance()
             level = mm_logger.level
             mm_logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
             try:
