@@ -209,3 +209,13 @@ def test_htc_without_checkpoint_is_a_model_error(settings_: Settings) -> None:
 def test_htc_without_mmdet_is_a_model_error(settings_: Settings) -> None:
     with pytest.raises(ModelError, match="mmdet"):
         build_detector_from_config("htc(random=1)", settings_)
+
+
+def test_factory_delegates_configs(settings_: Settings) -> None:
+    from service.runtime.factory import build_detector
+
+    chips = build_detector(settings_.model_copy(update={"detector": "chips(yolox)"}))
+    assert isinstance(chips, MultiScaleChipDetector)
+    assert isinstance(build_detector(settings_), YoloxDetector)
+    with pytest.raises(InvalidParameter, match="got 'retina'"):
+        build_detector(settings_.model_copy(update={"detector": "retina"}))
