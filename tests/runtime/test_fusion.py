@@ -130,8 +130,7 @@ def test_fuse_yolox_scales_on_coco_mini() -> None:
     assert isinstance(fused, Detector)
     n_boxes = 0
     for path in sorted(IMAGES.glob("*.jpg"))[:4]:
-        image = cv2.imread(str(path))
-        assert image is not None
+        image = np.asarray(cv2.imread(str(path)), np.uint8)
         out = fused.detect(image)
         h, w = image.shape[:2]
         b = out.boxes
