@@ -205,6 +205,18 @@ def metric_mean(text: str, name: str) -> float:
     return float(s.group(1)) / float(c.group(1))
 
 
+def run_clients(port: int, images: list[bytes], stop: float, results: list[dict[str, Any]]) -> None:
+    """One thread per entry of ``results`` runs :func:`client_loop` until ``stop``."""
+    ts = [
+        threading.Thread(target=client_loop, args=(port, images, stop, k * 7, results[k]))
+        for k in range(len(results))
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def run_mode(
     batching: bool, images: list[bytes], clients: int, duration: float, warmup: float, threads: int
 ) -> dict[str, Any]:
@@ -212,28 +224,14 @@ def run_mode(
     try:
         warm: list[dict[str, Any]] = [{} for _ in range(clients)]
         stop = time.perf_counter() + warmup
-        ts = [
-            threading.Thread(target=client_loop, args=(port, images, stop, k * 7, warm[k]))
-            for k in range(clients)
-        ]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_clients(port, images, stop, warm)
         rss0 = rss_mb(proc.pid)
         _, before = get(port, "/metrics")
         cpu0 = cpu_seconds(proc.pid)
         results: list[dict[str, Any]] = [{} for _ in range(clients)]
         t_start = time.perf_counter()
         stop = t_start + duration
-        ts = [
-            threading.Thread(target=client_loop, args=(port, images, stop, k * 7, results[k]))
-            for k in range(clients)
-        ]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_clients(port, images, stop, results)
         elapsed = time.perf_counter() - t_start
         cpu1 = cpu_seconds(proc.pid)
         rss1 = rss_mb(proc.pid)

@@ -29,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ sys.path.insert(0, str(BENCH))
 # Before Ray is imported anywhere: keep every Ray address on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from load import client_loop, get, load_images, start_server  # noqa: E402
+from load import get, load_images, run_clients, start_server  # noqa: E402
 
 
 def ray_options(nodes: int, cpus_per_node: float) -> dict[str, dict[str, Any]]:
@@ -113,14 +112,7 @@ def load(port: int, images: list[bytes], clients: int, seconds: float) -> dict[s
     results: list[dict[str, Any]] = [{} for _ in range(clients)]
     t0 = time.perf_counter()
     stop = t0 + seconds
-    ts = [
-        threading.Thread(target=client_loop, args=(port, images, stop, k * 7, results[k]))
-        for k in range(clients)
-    ]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    run_clients(port, images, stop, results)
     elapsed = time.perf_counter() - t0
     lat = np.array([x for r in results for x in r["lat"]], np.float64)
     errors = sum(sum(r["errors"].values()) for r in results)

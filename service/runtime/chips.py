@@ -36,9 +36,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage, InvalidParameter
+from service.core.errors import InvalidParameter
 from service.core.nms import nms_boxes
 from service.core.types import F32, Detections, Detector
+from service.runtime.detectors import check_image as _check_image
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,6 @@ DEFAULT_SCALES: tuple[Scale, ...] = ("fit", 2.0)
 DEFAULT_VALID_RANGES: tuple[tuple[float, float], ...] = ((40.0, math.inf), (0.0, 120.0))
 DEFAULT_CHIP_SIZE = 512
 DEFAULT_STRIDE = 384
-
-
-def _check_image(image: npt.NDArray[np.uint8]) -> None:
-    if not isinstance(image, np.ndarray):
-        raise InvalidImage(f"image: expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImage(
-            f"image: expected BGR uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidImage(f"image: expected a non-empty image, got {tuple(image.shape)}")
 
 
 def chip_origins(length: int, chip_size: int, stride: int) -> list[int]:
