@@ -83,6 +83,9 @@ _PT_FLAT_T = np.array([c * 5 + r for r, c in _PTS.values()], dtype=np.intp)
 #: multi-threading threshold, so each call runs on one thread (threaded BLAS on these small
 #: GEMMs took 20-60 ms instead of 0.2 ms when the cores were busy).
 _BLOCK = 128
+#: Rows per chunk of the argmax + non-finite check passes: the second pass reads the chunk
+#: from L2 instead of memory.
+_CHUNK_BYTES = 512 * 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,16 +128,42 @@ def _raise_nonfinite(flat: np.ndarray, shape: tuple[int, ...]) -> None:
     )
 
 
-def _check_finite(flat: np.ndarray, vals: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Raise :class:`InputError` if ``flat`` (M, H*W) holds any NaN or +-inf.
+def _argmax_checked(flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """First maximum of each row of ``flat`` (M, H*W) and its value; raises
+    :class:`InputError` on any NaN/+-inf.
 
-    ``vals`` are the maxima taken at ``argmax``: ``np.argmax`` stops at the first NaN, so NaN
-    and +inf show up there for free; one ``min`` pass (NaN-propagating) catches -inf.  A full
-    ``min`` measured as fast as any other single pass here (integer max on a uint view,
-    ``isfinite().all()`` is ~2x slower; a BLAS row sum collapses when cores are busy).
+    Two passes per chunk of rows, the second while the chunk is still in cache:
+
+    * ``argmax`` on the signed-integer view: for IEEE floats of one sign the bit patterns order
+      like the values, and every negative float is a negative integer, so wherever the row's
+      maximum is ``> 0`` the integer argmax is the float argmax (ties included: equal positive
+      floats have equal bits).  It is faster than the float argmax (no NaN bookkeeping).  Rows
+      whose maximum is ``<= 0`` (rare; decoded as ``(-1, -1)``) are redone with the float
+      argmax for their exact first maximum.  +inf and positive NaNs are the largest integers,
+      so they show up in the maxima.
+    * ``max`` of the unsigned view: -inf and negative NaNs are exactly the patterns
+      ``>= bits(-inf)``, the largest unsigned values.
     """
-    if not (np.isfinite(vals).all() and np.isfinite(flat.min())):
+    M, HW = flat.shape
+    size = flat.dtype.itemsize
+    sview = flat.view(f"i{size}")
+    uview = flat.view(f"u{size}")
+    neg_nonfinite = np.array(-np.inf, flat.dtype).view(f"u{size}")[()]
+    idx = np.empty(M, np.intp)
+    bad = False
+    step = max(1, _CHUNK_BYTES // (HW * size))
+    for s in range(0, M, step):
+        sview[s : s + step].argmax(axis=1, out=idx[s : s + step])
+        bad |= bool(uview[s : s + step].max() >= neg_nonfinite)
+    rows = np.arange(0, M * HW, HW)
+    vals = flat.reshape(-1)[rows + idx]
+    if bad or not np.isfinite(vals).all():
         _raise_nonfinite(flat, shape)
+    nonpos = np.flatnonzero(~(vals > 0))
+    if nonpos.size:
+        idx[nonpos] = flat[nonpos].argmax(axis=1)
+        vals[nonpos] = flat[nonpos, idx[nonpos]]
+    return idx, vals
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,60 +233,82 @@ def _toeplitz_table(kernel: int, size: int, dtype: type = np.float64) -> np.ndar
     return table
 
 
-def _blurred_points_fast(
-    flat: np.ndarray, m: I64, xs: I64, ys: I64, H: int, W: int, kernel: int
-) -> F64:
-    """Zero-padded blur (no rescale) of map ``m[i]`` at the 13 Newton points around
-    ``(xs[i], ys[i])``; returns (13, S) float64 in ``_PT_NAMES`` order.
+@functools.lru_cache(maxsize=32)
+def _dark_tables(H: int, W: int, kernel: int) -> tuple[np.ndarray, ...]:
+    """Per maximum position ``p = y*W + x`` (arrays of H*W): Newton step applies (mmpose's
+    ``1 < x < W-2 and 1 < y < H-2``), window start ``y0*W + x0`` (window clamped into the
+    map), window not clamped (regular), and the keypoint's offsets ``oy``, ``ox`` inside it."""
+    r = (kernel - 1) // 2
+    full = 2 * r + 5
+    Sy, Sx = min(full, H), min(full, W)
+    ys, xs = np.divmod(np.arange(H * W, dtype=np.intp), W)
+    y0 = np.clip(ys - (r + 2), 0, H - Sy)
+    x0 = np.clip(xs - (r + 2), 0, W - Sx)
+    newton = (xs > 1) & (xs < W - 2) & (ys > 1) & (ys < H - 2)
+    regular = (ys - y0 == r + 2) & (xs - x0 == r + 2) & (Sy == full) & (Sx == full)
+    tables = (newton, y0 * W + x0, regular, ys - y0, xs - x0)
+    for t in tables:
+        t.setflags(write=False)
+    return tables
 
-    A window of ``min(2r+5, H) x min(2r+5, W)`` pixels around each point is gathered (clamped
-    into the map; the Toeplitz matrix for the keypoint's offset inside the window supplies the
-    zero padding), then blurred horizontally and vertically with small GEMMs (float32 for
-    float16/32 input, float64 for float64 input).
+
+def _window_view(flat: np.ndarray, W: int, Sy: int, Sx: int) -> np.ndarray:
+    """Strided view ``v`` of ``flat`` (M, H*W) with ``v[p]`` = the ``Sy`` window rows starting at
+    flat element offset ``p``, each row (``Sx`` contiguous values) one item of a void dtype:
+    one fancy index ``v[starts]`` copies whole rows (~25% faster than fancy indexing a
+    strided view of scalars)."""
+    base = flat.reshape(-1)
+    item = base.itemsize
+    n = base.size - ((Sy - 1) * W + Sx) + 1
+    view: np.ndarray = np.ndarray(
+        shape=(n, Sy),
+        dtype=np.dtype((np.void, item * Sx)),
+        buffer=base,
+        strides=(item, item * W),
+    )
+    return view
+
+
+def _blurred_points_fast(
+    flat: np.ndarray, idx: I64, eligible: np.ndarray, H: int, W: int, kernel: int
+) -> F64:
+    """Zero-padded blur (no rescale) of every map ``i`` at the 13 Newton points around its
+    maximum ``idx[i] = y*W + x``; returns (13, M) in ``_PT_NAMES`` order (float32 for
+    float16/32 input, float64 for float64 input), meaningful where ``eligible``.
+
+    A window of ``min(2r+5, H) x min(2r+5, W)`` pixels around each maximum is gathered (clamped
+    into the map); windows not clamped (nearly all) are blurred by one GEMM against the 2-D
+    weights of the 13 points, clamped ones separably with the Toeplitz matrices of the
+    keypoint's offset inside the window (which supply the zero padding).
     """
     r = (kernel - 1) // 2
     full = 2 * r + 5
     Sy, Sx = min(full, H), min(full, W)
-    y0 = np.clip(ys - (r + 2), 0, H - Sy)
-    x0 = np.clip(xs - (r + 2), 0, W - Sx)
-    oy, ox = ys - y0, xs - x0
-    S = m.size
-    # Gather: each window row (Sx contiguous values) is one item of a void dtype viewed at
-    # every element offset, so numpy copies whole rows (measured ~25% faster than fancy
-    # indexing a 3-D strided view).
-    base = flat.reshape(-1)
-    item = base.itemsize
-    rows_view = np.ndarray(
-        shape=(base.size - (Sx - 1),),
-        dtype=np.dtype((np.void, item * Sx)),
-        buffer=base,
-        strides=(item,),
-    )
-    starts = m * (H * W) + y0 * W + x0
-    win = rows_view[starts[:, None] + np.arange(0, Sy * W, W)].view(base.dtype)
-    work = np.float64 if base.dtype == np.float64 else np.float32
-    win = win.reshape(S, Sy, Sx).astype(work, copy=False)
-    reg = r + 2
-    out = np.empty((13, S), np.float64)
-    regular = (ox == reg) & (oy == reg) if Sx == full and Sy == full else np.zeros(S, bool)
-    # Windows not clamped at a border (nearly all): one 2-D GEMM (S, Sy*Sx) @ (Sy*Sx, 13)
-    # with the 2-D blur weights of the 13 points, in blocks small enough that each BLAS call
-    # stays single-threaded (multi-threaded BLAS on small GEMMs collapses when the cores are
-    # busy).
-    if regular.any():
-        # All windows (the few clamped ones are overwritten below; cheaper than a copy).
-        out[:] = _gemm_blocks(win.reshape(S, Sy * Sx), _point_weights(kernel, work)).T
-    # Windows clamped at a border: separable, each with the Toeplitz matrices of its offsets:
-    # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
-    # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
-    ii = np.flatnonzero(~regular)
+    M = flat.shape[0]
+    _, start_tab, regular_tab, oy_tab, ox_tab = _dark_tables(H, W, kernel)
+    starts = start_tab[idx]
+    starts += np.arange(0, M * H * W, H * W)
+    work = np.float64 if flat.dtype == np.float64 else np.float32
+    win = _window_view(flat, W, Sy, Sx)[starts].view(flat.dtype).reshape(M, Sy * Sx)
+    win = win.astype(work, copy=False)
+    out = np.empty((M, 13), work)
+    if Sy == full and Sx == full:
+        # All windows (the few clamped ones are overwritten below; cheaper than selecting).
+        _gemm_blocks(win, _point_weights(kernel, work), out)
+        ii = np.flatnonzero(eligible & ~regular_tab[idx])
+    else:
+        ii = np.flatnonzero(eligible)
     if ii.size:
+        # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
+        # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
         tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
         ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
-        A = np.matmul(win[ii], tx[ox[ii]].transpose(0, 2, 1))  # (n, Sy, 5[c])
-        Bt = np.matmul(A.transpose(0, 2, 1), ty[oy[ii]].transpose(0, 2, 1))  # (n, 5[c], 5[d])
-        out[:, ii] = Bt.reshape(ii.size, 25).T[_PT_FLAT_T]
-    return out
+        sub = idx[ii]
+        wi = win[ii].reshape(ii.size, Sy, Sx)
+        A = np.matmul(wi, tx[ox_tab[sub]].transpose(0, 2, 1))  # (n, Sy, 5[c])
+        Bt = np.matmul(A.transpose(0, 2, 1), ty[oy_tab[sub]].transpose(0, 2, 1))
+        out[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
+    return out.T
 
 
 @functools.lru_cache(maxsize=32)
@@ -272,14 +323,11 @@ def _point_weights(kernel: int, dtype: type) -> np.ndarray:
     return weights
 
 
-def _gemm_blocks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for a tall ``a`` (S, k), in blocks of ``_BLOCK`` rows."""
-    b = np.ascontiguousarray(b, dtype=a.dtype)
-    out: np.ndarray = np.empty((a.shape[0], b.shape[1]), a.dtype)
+def _gemm_blocks(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a @ b`` for a tall ``a`` (S, k), in blocks of ``_BLOCK`` rows."""
     step = _BLOCK
     for i in range(0, a.shape[0], step):
         np.matmul(a[i : i + step], b, out=out[i : i + step])
-    return out
 
 
 def _log_points_exact(
@@ -350,9 +398,7 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
         raise InputError(f"heatmaps: expected non-empty maps, got H={H}, W={W}")
     M = N * K
     flat = np.ascontiguousarray(arr).reshape(M, H * W)
-    idx = flat.argmax(axis=1)
-    vals = flat[np.arange(M), idx]
-    _check_finite(flat, vals, arr.shape)
+    idx, vals = _argmax_checked(flat, arr.shape)
     ys, xs = np.divmod(idx, W)
     positive = vals > 0
     locs = np.empty((M, 2), np.float64)
@@ -362,7 +408,7 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
     if method == "standard":
         _refine_standard(flat, locs, xs, ys, positive, H, W)
     elif method == "dark":
-        _refine_dark(flat, vals, locs, xs, ys, positive, H, W, kernel)
+        _refine_dark(flat, vals, locs, idx, positive, H, W, kernel)
 
     coords = locs.astype(np.float32).reshape(N, K, 2)
     scores = vals.astype(np.float32).reshape(N, K)
@@ -390,29 +436,32 @@ def _refine_dark(
     flat: np.ndarray,
     vals: np.ndarray,
     locs: F64,
-    xs: I64,
-    ys: I64,
+    idx: I64,
     positive: np.ndarray,
     H: int,
     W: int,
     kernel: int,
 ) -> None:
-    """In place: mmpose's DARK Newton step where ``1 < x < W-2 and 1 < y < H-2``."""
-    sel = np.flatnonzero(positive & (xs > 1) & (xs < W - 2) & (ys > 1) & (ys < H - 2))
-    if sel.size == 0:
+    """In place: mmpose's DARK Newton step where ``1 < x < W-2 and 1 < y < H-2``.
+
+    Computed for every map (a map where the step does not apply costs one window, less than
+    selecting the others would) and masked at the end."""
+    eligible = positive & _dark_tables(H, W, kernel)[0][idx]
+    if not eligible.any():
         return
-    sx, sy = xs[sel], ys[sel]
-    B = _blurred_points_fast(flat, sel, sx, sy, H, W, kernel)  # (13, S)
-    thr = np.maximum(_FAST_REL * vals[sel].astype(np.float64), _FAST_ABS)
+    B = _blurred_points_fast(flat, idx, eligible, H, W, kernel)  # (13, M)
+    thr = np.maximum(vals * _FAST_REL, _FAST_ABS)
     fast = B.min(axis=0) >= thr
-    L = np.log(B, out=B, where=fast)
-    slow = np.flatnonzero(~fast)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.log(B, dtype=np.float64)
+    slow = np.flatnonzero(eligible & ~fast)
     if slow.size:
-        logger.debug("DARK exact fallback for %d of %d maps", slow.size, sel.size)
-        L[:, slow] = _log_points_exact(flat, sel[slow], sx[slow], sy[slow], H, W, kernel)
+        logger.debug("DARK exact fallback for %d of %d maps", slow.size, idx.size)
+        ys, xs = np.divmod(idx[slow], W)
+        L[:, slow] = _log_points_exact(flat, slow, xs, ys, H, W, kernel)
     off, ok = _newton_offsets(L)
-    off[:, ~ok] = 0.0
-    locs[sel] += off.T
+    ok &= eligible
+    locs += np.where(ok, off, 0.0).T
 
 
 # ----------------------------------------------------------------------------------------------

@@ -235,6 +235,45 @@ def test_non_finite_other_dtypes(dtype: type, value: float) -> None:
         decode_heatmaps(hm)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.nan, -np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("pos", [(0, 0, 0, 0), (2, 3, 15, 11), (1, 2, 7, 5)])
+def test_non_finite_of_either_sign_anywhere(
+    dtype: type, value: float, pos: tuple[int, ...]
+) -> None:
+    """The check works on the bit patterns (integer max/argmax): NaNs with the sign bit set
+    and -inf are the largest unsigned patterns, +inf/+NaN the largest signed ones."""
+    hm: np.ndarray = _with(0.5, (0, 0, 0, 0)).astype(dtype)
+    hm[pos] = value
+    assert np.signbit(hm[pos]) == np.signbit(value)
+    for method in ("argmax", "dark"):
+        with pytest.raises(InputError, match="expected finite"):
+            decode_heatmaps(hm, method)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_nonpositive_maps_take_the_float_argmax(dtype: type) -> None:
+    """Maps with maximum <= 0 (where the integer-view argmax is wrong) get the float one:
+    first maximum, -0.0 == 0.0."""
+    hm: np.ndarray = np.full((1, 4, 5, 6), -3.0, dtype)
+    hm[0, 0, 1, 2] = -1.0
+    hm[0, 0, 3, 4] = -2.0
+    hm[0, 1, 2, 2] = -0.0
+    hm[0, 1, 4, 1] = 0.0
+    hm[0, 2, 0, 5] = 0.0
+    hm[0, 2, 1, 0] = -0.0
+    hm[0, 3, 4, 5] = 0.5
+    coords, scores = decode_heatmaps(hm, "argmax")
+    ref, ref_scores = mmpose_decode_loop(hm.astype(np.float32), "argmax")
+    np.testing.assert_array_equal(scores, ref_scores)
+    np.testing.assert_array_equal(coords, ref)
+    flat = hm.reshape(4, -1)
+    np.testing.assert_array_equal(
+        scores[0], flat[np.arange(4), flat.argmax(axis=1)].astype(np.float32)
+    )
+    np.testing.assert_array_equal(coords[0, 3], [5, 4])
+
+
 def test_large_finite_values_are_accepted() -> None:
     hm = np.full((1, 1, 8, 8), 3e38, np.float32)
     hm[0, 0, 4, 4] = 3.4e38
