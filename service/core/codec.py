@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -128,7 +129,11 @@ def _raise_nonfinite(flat: np.ndarray, shape: tuple[int, ...]) -> None:
     )
 
 
-def _argmax_checked(flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _argmax_checked(
+    flat: np.ndarray,
+    shape: tuple[int, ...],
+    on_chunk: Callable[[int, int, I64], None] | None = None,
+) -> tuple[I64, np.ndarray]:
     """First maximum of each row of ``flat`` (M, H*W) and its value; raises
     :class:`InputError` on any NaN/+-inf.
 
@@ -143,6 +148,9 @@ def _argmax_checked(flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarra
       so they show up in the maxima.
     * ``max`` of the unsigned view: -inf and negative NaNs are exactly the patterns
       ``>= bits(-inf)``, the largest unsigned values.
+
+    ``on_chunk(start, stop, idx[start:stop])`` runs after each chunk's argmax, while the chunk
+    is in cache (its ``idx`` may be wrong where the maximum is ``<= 0``).
     """
     M, HW = flat.shape
     size = flat.dtype.itemsize
@@ -151,10 +159,13 @@ def _argmax_checked(flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarra
     neg_nonfinite = np.array(-np.inf, flat.dtype).view(f"u{size}")[()]
     idx = np.empty(M, np.intp)
     bad = False
-    step = max(1, _CHUNK_BYTES // (HW * size))
+    step = max(1, min(_BLOCK, _CHUNK_BYTES // (HW * size)))
     for s in range(0, M, step):
-        sview[s : s + step].argmax(axis=1, out=idx[s : s + step])
-        bad |= bool(uview[s : s + step].max() >= neg_nonfinite)
+        e = s + step
+        sview[s:e].argmax(axis=1, out=idx[s:e])
+        bad |= bool(uview[s:e].max() >= neg_nonfinite)
+        if on_chunk is not None:
+            on_chunk(s, e, idx[s:e])
     rows = np.arange(0, M * HW, HW)
     vals = flat.reshape(-1)[rows + idx]
     if bad or not np.isfinite(vals).all():
@@ -269,46 +280,64 @@ def _window_view(flat: np.ndarray, W: int, Sy: int, Sx: int) -> np.ndarray:
     return view
 
 
-def _blurred_points_fast(
-    flat: np.ndarray, idx: I64, eligible: np.ndarray, H: int, W: int, kernel: int
-) -> F64:
-    """Zero-padded blur (no rescale) of every map ``i`` at the 13 Newton points around its
-    maximum ``idx[i] = y*W + x``; returns (13, M) in ``_PT_NAMES`` order (float32 for
-    float16/32 input, float64 for float64 input), meaningful where ``eligible``.
-
-    A window of ``min(2r+5, H) x min(2r+5, W)`` pixels around each maximum is gathered (clamped
-    into the map); windows not clamped (nearly all) are blurred by one GEMM against the 2-D
-    weights of the 13 points, clamped ones separably with the Toeplitz matrices of the
-    keypoint's offset inside the window (which supply the zero padding).
+class _RegularBlur:
+    """Per chunk of maps (called by :func:`_argmax_checked` right after the chunk's argmax, so
+    the windows are read from cache): gathers the ``(2r+5)^2`` window around each maximum and
+    writes the zero-padded blur (no rescale) at the 13 Newton points into ``out`` (M, 13), in
+    ``_PT_NAMES`` order, by one GEMM against the 2-D weights of those points.  Correct where the
+    window is not clamped at a map border (``regular``); the others are redone by
+    :func:`_blurred_points`.  Arithmetic in float32 for float16/32 input, float64 for float64.
     """
+
+    def __init__(self, flat: np.ndarray, H: int, W: int, kernel: int) -> None:
+        full = kernel + 4
+        self.work: type = np.float64 if flat.dtype == np.float64 else np.float32
+        self.full_windows = min(H, W) >= full
+        self.dtype = flat.dtype
+        self.view = _window_view(flat, W, min(full, H), min(full, W))
+        self.start_tab = _dark_tables(H, W, kernel)[1]
+        self.rowbase = np.arange(0, flat.shape[0] * H * W, H * W)
+        self.weights = _point_weights(kernel, self.work)
+        self.out = np.empty((flat.shape[0], 13), self.work)
+        self.size = full * full
+
+    def __call__(self, s: int, e: int, idx: I64) -> None:
+        if not self.full_windows:
+            return
+        starts = self.start_tab[idx]
+        starts += self.rowbase[s:e]
+        win = self.view[starts].view(self.dtype).reshape(-1, self.size)
+        np.matmul(win.astype(self.work, copy=False), self.weights, out=self.out[s:e])
+
+
+def _blurred_points(
+    flat: np.ndarray, idx: I64, eligible: np.ndarray, H: int, W: int, kernel: int, B: np.ndarray
+) -> np.ndarray:
+    """Completes ``B`` (M, 13) from :class:`_RegularBlur` where the window around the maximum
+    is clamped into the map (maps at a border, or smaller than the window): the clamped window
+    is blurred separably with the Toeplitz matrices of the keypoint's offset inside it (which
+    supply the zero padding).  Returns (13, M), meaningful where ``eligible``."""
     r = (kernel - 1) // 2
     full = 2 * r + 5
     Sy, Sx = min(full, H), min(full, W)
-    M = flat.shape[0]
     _, start_tab, regular_tab, oy_tab, ox_tab = _dark_tables(H, W, kernel)
-    starts = start_tab[idx]
-    starts += np.arange(0, M * H * W, H * W)
-    work = np.float64 if flat.dtype == np.float64 else np.float32
-    win = _window_view(flat, W, Sy, Sx)[starts].view(flat.dtype).reshape(M, Sy * Sx)
-    win = win.astype(work, copy=False)
-    out = np.empty((M, 13), work)
     if Sy == full and Sx == full:
-        # All windows (the few clamped ones are overwritten below; cheaper than selecting).
-        _gemm_blocks(win, _point_weights(kernel, work), out)
         ii = np.flatnonzero(eligible & ~regular_tab[idx])
     else:
         ii = np.flatnonzero(eligible)
     if ii.size:
+        work = B.dtype
+        sub = idx[ii]
+        starts = start_tab[sub] + ii * (H * W)
+        wi = _window_view(flat, W, Sy, Sx)[starts].view(flat.dtype).reshape(ii.size, Sy, Sx)
         # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
         # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
-        tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
-        ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
-        sub = idx[ii]
-        wi = win[ii].reshape(ii.size, Sy, Sx)
-        A = np.matmul(wi, tx[ox_tab[sub]].transpose(0, 2, 1))  # (n, Sy, 5[c])
+        tx = _toeplitz_table(kernel, Sx, work.type)  # (Sx, 5[c], Sx[i])
+        ty = _toeplitz_table(kernel, Sy, work.type)  # (Sy, 5[d], Sy[j])
+        A = np.matmul(wi.astype(work, copy=False), tx[ox_tab[sub]].transpose(0, 2, 1))
         Bt = np.matmul(A.transpose(0, 2, 1), ty[oy_tab[sub]].transpose(0, 2, 1))
-        out[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
-    return out.T
+        B[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
+    return B.T
 
 
 @functools.lru_cache(maxsize=32)
@@ -321,13 +350,6 @@ def _point_weights(kernel: int, dtype: type) -> np.ndarray:
     weights: np.ndarray = np.ascontiguousarray(w.T, dtype=dtype)
     weights.setflags(write=False)
     return weights
-
-
-def _gemm_blocks(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``out = a @ b`` for a tall ``a`` (S, k), in blocks of ``_BLOCK`` rows."""
-    step = _BLOCK
-    for i in range(0, a.shape[0], step):
-        np.matmul(a[i : i + step], b, out=out[i : i + step])
 
 
 def _log_points_exact(
@@ -398,7 +420,8 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
         raise InputError(f"heatmaps: expected non-empty maps, got H={H}, W={W}")
     M = N * K
     flat = np.ascontiguousarray(arr).reshape(M, H * W)
-    idx, vals = _argmax_checked(flat, arr.shape)
+    blur = _RegularBlur(flat, H, W, kernel) if method == "dark" else None
+    idx, vals = _argmax_checked(flat, arr.shape, blur)
     ys, xs = np.divmod(idx, W)
     positive = vals > 0
     locs = np.empty((M, 2), np.float64)
@@ -408,7 +431,8 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
     if method == "standard":
         _refine_standard(flat, locs, xs, ys, positive, H, W)
     elif method == "dark":
-        _refine_dark(flat, vals, locs, idx, positive, H, W, kernel)
+        assert blur is not None  # for mypy
+        _refine_dark(flat, vals, locs, idx, positive, H, W, kernel, blur.out)
 
     coords = locs.astype(np.float32).reshape(N, K, 2)
     scores = vals.astype(np.float32).reshape(N, K)
@@ -441,6 +465,7 @@ def _refine_dark(
     H: int,
     W: int,
     kernel: int,
+    B: np.ndarray,
 ) -> None:
     """In place: mmpose's DARK Newton step where ``1 < x < W-2 and 1 < y < H-2``.
 
@@ -449,7 +474,7 @@ def _refine_dark(
     eligible = positive & _dark_tables(H, W, kernel)[0][idx]
     if not eligible.any():
         return
-    B = _blurred_points_fast(flat, idx, eligible, H, W, kernel)  # (13, M)
+    B = _blurred_points(flat, idx, eligible, H, W, kernel, B)  # (13, M)
     thr = np.maximum(vals * _FAST_REL, _FAST_ABS)
     fast = B.min(axis=0) >= thr
     with np.errstate(divide="ignore", invalid="ignore"):
