@@ -326,14 +326,14 @@ def _blurred_points(
     else:
         ii = np.flatnonzero(eligible)
     if ii.size:
-        work = B.dtype
+        work: type = np.float64 if B.dtype == np.float64 else np.float32
         sub = idx[ii]
         starts = start_tab[sub] + ii * (H * W)
         wi = _window_view(flat, W, Sy, Sx)[starts].view(flat.dtype).reshape(ii.size, Sy, Sx)
         # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
         # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
-        tx = _toeplitz_table(kernel, Sx, work.type)  # (Sx, 5[c], Sx[i])
-        ty = _toeplitz_table(kernel, Sy, work.type)  # (Sy, 5[d], Sy[j])
+        tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
+        ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
         A = np.matmul(wi.astype(work, copy=False), tx[ox_tab[sub]].transpose(0, 2, 1))
         Bt = np.matmul(A.transpose(0, 2, 1), ty[oy_tab[sub]].transpose(0, 2, 1))
         B[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
@@ -370,18 +370,20 @@ def _log_points_exact(
 
 def _newton_offsets(L: F64) -> tuple[F64, np.ndarray]:
     """One Newton step from log values L (13, S) at ``_PT_NAMES``; returns ((2, S) offsets,
-    (S,) mask of applied steps: Hessian not singular and step finite)."""
+    (S,) mask of applied steps: Hessian not singular and step finite).  Columns may hold
+    garbage (-inf/NaN from maps the step does not apply to): no warnings, masked by the
+    caller."""
     p = dict(zip(_PT_NAMES, L, strict=True))
-    c2 = 2.0 * p["c"]
-    dx = 0.5 * (p["xp1"] - p["xm1"])
-    dy = 0.5 * (p["yp1"] - p["ym1"])
-    dxx = 0.25 * (p["xp2"] - c2 + p["xm2"])
-    dyy = 0.25 * (p["yp2"] - c2 + p["ym2"])
-    dxy = 0.25 * (p["pp"] - p["pm"] - p["mp"] + p["mm"])
-    det = dxx * dyy - dxy * dxy
-    ok = det != 0
     off = np.empty((2, L.shape[1]))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        c2 = 2.0 * p["c"]
+        dx = 0.5 * (p["xp1"] - p["xm1"])
+        dy = 0.5 * (p["yp1"] - p["ym1"])
+        dxx = 0.25 * (p["xp2"] - c2 + p["xm2"])
+        dyy = 0.25 * (p["yp2"] - c2 + p["ym2"])
+        dxy = 0.25 * (p["pp"] - p["pm"] - p["mp"] + p["mm"])
+        det = dxx * dyy - dxy * dxy
+        ok = det != 0
         neg_inv_det = -1.0 / np.where(ok, det, 1.0)
         np.multiply(dyy * dx - dxy * dy, neg_inv_det, out=off[0])
         np.multiply(dxx * dy - dxy * dx, neg_inv_det, out=off[1])
