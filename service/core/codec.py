@@ -337,7 +337,9 @@ def _blurred_points(
         A = np.matmul(wi.astype(work, copy=False), tx[ox_tab[sub]].transpose(0, 2, 1))
         Bt = np.matmul(A.transpose(0, 2, 1), ty[oy_tab[sub]].transpose(0, 2, 1))
         B[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
-    return B.T
+    # (13, M) C-contiguous: reductions over the 13 points and the Newton step then run on
+    # contiguous rows (a min over a 13-wide inner axis measured 10x slower).
+    return np.ascontiguousarray(B.T)
 
 
 @functools.lru_cache(maxsize=32)
@@ -432,8 +434,7 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
 
     if method == "standard":
         _refine_standard(flat, locs, xs, ys, positive, H, W)
-    elif method == "dark":
-        assert blur is not None  # for mypy
+    elif blur is not None:  # method == "dark"
         _refine_dark(flat, vals, locs, idx, positive, H, W, kernel, blur.out)
 
     coords = locs.astype(np.float32).reshape(N, K, 2)
