@@ -149,8 +149,8 @@ def _argmax_checked(
     * ``max`` of the unsigned view: -inf and negative NaNs are exactly the patterns
       ``>= bits(-inf)``, the largest unsigned values.
 
-    ``on_chunk(start, stop, idx[start:stop])`` runs after each chunk's argmax, while the chunk
-    is in cache (its ``idx`` may be wrong where the maximum is ``<= 0``).
+    ``on_chunk(start, stop, idx)`` runs after each chunk's argmax (``idx[:stop]`` filled), while
+    the chunk is in cache (``idx`` may still be wrong where a maximum is ``<= 0``).
     """
     M, HW = flat.shape
     size = flat.dtype.itemsize
@@ -165,7 +165,7 @@ def _argmax_checked(
         sview[s:e].argmax(axis=1, out=idx[s:e])
         bad |= bool(uview[s:e].max() >= neg_nonfinite)
         if on_chunk is not None:
-            on_chunk(s, e, idx[s:e])
+            on_chunk(s, e, idx)
     rows = np.arange(0, M * HW, HW)
     vals = flat.reshape(-1)[rows + idx]
     if bad or not np.isfinite(vals).all():
@@ -300,14 +300,25 @@ class _RegularBlur:
         self.weights = _point_weights(kernel, self.work)
         self.out = np.empty((flat.shape[0], 13), self.work)
         self.size = full * full
+        self.done = 0
 
     def __call__(self, s: int, e: int, idx: I64) -> None:
-        if not self.full_windows:
-            return
-        starts = self.start_tab[idx]
+        """Maps ``[0, e)`` have their argmax in ``idx``; blurs in blocks of about ``_BLOCK``
+        maps (fewer numpy calls than per chunk; the block's last chunks are still in cache)."""
+        e = min(e, self.out.shape[0])
+        # Blur now if another chunk would make the block exceed _BLOCK maps.
+        if self.full_windows and (e == self.out.shape[0] or 2 * e - s - self.done > _BLOCK):
+            self._blur(self.done, e, idx)
+
+    def _blur(self, s: int, e: int, idx: I64) -> None:
+        starts = self.start_tab[idx[s:e]]
         starts += self.rowbase[s:e]
         win = self.view[starts].view(self.dtype).reshape(-1, self.size)
-        np.matmul(win.astype(self.work, copy=False), self.weights, out=self.out[s:e])
+        win = win.astype(self.work, copy=False)
+        for i in range(0, e - s, _BLOCK):  # one block unless a chunk exceeds _BLOCK maps
+            j = min(i + _BLOCK, e - s)
+            np.matmul(win[i:j], self.weights, out=self.out[s + i : s + j])
+        self.done = e
 
 
 def _blurred_points(
