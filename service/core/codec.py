@@ -78,8 +78,8 @@ _PTS = {
 _PT_NAMES = tuple(_PTS)
 _PT_DY = np.array([r - 2 for r, _ in _PTS.values()], dtype=np.intp)
 _PT_DX = np.array([c - 2 for _, c in _PTS.values()], dtype=np.intp)
-# Same points in a (x, y)-major 5x5 block.
-_PT_FLAT_T = np.array([c * 5 + r for r, c in _PTS.values()], dtype=np.intp)
+# Same points in a row-major 5x5 block.
+_PT_FLAT = np.array([r * 5 + c for r, c in _PTS.values()], dtype=np.intp)
 #: Windows per BLAS call in the fast path: 128 x 225 x 13 multiply-adds stays under OpenBLAS'
 #: multi-threading threshold, so each call runs on one thread (threaded BLAS on these small
 #: GEMMs took 20-60 ms instead of 0.2 ms when the cores were busy).
@@ -342,12 +342,12 @@ def _blurred_points(
         starts = start_tab[sub] + ii * (H * W)
         wi = _window_view(flat, W, Sy, Sx)[starts].view(flat.dtype).reshape(ii.size, Sy, Sx)
         # A[s, j, c] = sum_i win[s, j, i] tx[ox_s, c, i];
-        # Bt[s, c, d] = sum_j A[s, j, c] ty[oy_s, d, j].
-        tx = _toeplitz_table(kernel, Sx, work)  # (Sx, 5[c], Sx[i])
+        # D[s, d, c] = sum_j ty[oy_s, d, j] A[s, j, c]  (all operands contiguous).
+        txt = np.ascontiguousarray(_toeplitz_table(kernel, Sx, work).transpose(0, 2, 1))
         ty = _toeplitz_table(kernel, Sy, work)  # (Sy, 5[d], Sy[j])
-        A = np.matmul(wi.astype(work, copy=False), tx[ox_tab[sub]].transpose(0, 2, 1))
-        Bt = np.matmul(A.transpose(0, 2, 1), ty[oy_tab[sub]].transpose(0, 2, 1))
-        B[ii] = Bt.reshape(ii.size, 25)[:, _PT_FLAT_T]
+        A = np.matmul(wi.astype(work, copy=False), txt[ox_tab[sub]])  # (n, Sy, 5[c])
+        D = np.matmul(ty[oy_tab[sub]], A)  # (n, 5[d], 5[c])
+        B[ii] = D.reshape(ii.size, 25)[:, _PT_FLAT]
     # (13, M) C-contiguous: reductions over the 13 points and the Newton step then run on
     # contiguous rows (a min over a 13-wide inner axis measured 10x slower).
     return np.ascontiguousarray(B.T)
