@@ -16,10 +16,15 @@ loop over instances or keypoints:
   Newton step, skipped at borders (``1 < x < W-2 and 1 < y < H-2``) and where the Hessian is
   singular.
 
-Speed: the Newton step needs the modulated log-map at 13 points around the maximum only.  The
-blur is a zero-padded convolution, so the fast path gathers a ``(2r+5)^2`` window
-(``r = (blur_kernel-1)//2``) around each maximum and computes the 13 blurred values with one
-GEMM against the 2-D kernel weights of those points; windows clamped at a map border use the
+Speed: the maps are read in chunks of ~512 KiB: an argmax on the signed-integer view of the
+floats (same result where the maximum is > 0, faster than the float argmax) and, while the
+chunk is in cache, the non-finite check (an unsigned max: -inf/negative NaNs are the largest
+patterns; +inf/positive NaNs show up in the integer argmax maxima).  The Newton step needs the
+modulated log-map at 13 points around the maximum only.  The blur is a zero-padded convolution,
+so the fast path gathers a ``(2r+5)^2`` window (``r = (blur_kernel-1)//2``) around each maximum
+(positions -> window starts from per-(H, W) tables, one fancy index of whole window rows per
+block of ~128 maps, right after their argmax) and computes the 13 blurred values with one GEMM
+against the 2-D kernel weights of those points; windows clamped at a map border use the
 separable Toeplitz matrices of their offset instead.  The per-map rescale is a constant after
 ``log`` and cancels in every difference, unless the ``1e-10`` clamp bites; maps where it could
 (or where the blurred values are so small relative to the peak that cv2's float32 rounding
