@@ -439,7 +439,8 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
     if H == 0 or W == 0:
         raise InputError(f"heatmaps: expected non-empty maps, got H={H}, W={W}")
     M = N * K
-    flat = np.ascontiguousarray(arr).reshape(M, H * W)
+    # Native byte order: the argmax and the check work on integer views of the bits.
+    flat = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("=")).reshape(M, H * W)
     blur = _RegularBlur(flat, H, W, kernel) if method == "dark" else None
     idx, vals = _argmax_checked(flat, arr.shape, blur)
     ys, xs = np.divmod(idx, W)

@@ -251,6 +251,18 @@ def test_non_finite_of_either_sign_anywhere(
             decode_heatmaps(hm, method)
 
 
+@pytest.mark.parametrize("method", ["argmax", "standard", "dark"])
+def test_big_endian_input_equals_native(method: str) -> None:
+    hm = make_batch(2)
+    hm[0, 3] -= 1.0  # a map with maximum <= 0
+    swapped = hm.astype(hm.dtype.newbyteorder(">"))
+    for a, b in zip(decode_heatmaps(swapped, method), decode_heatmaps(hm, method), strict=True):
+        np.testing.assert_array_equal(a, b)
+    swapped[1, 2, 5, 7] = -np.inf
+    with pytest.raises(InputError, match="expected finite"):
+        decode_heatmaps(swapped, method)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_nonpositive_maps_take_the_float_argmax(dtype: type) -> None:
     """Maps with maximum <= 0 (where the integer-view argmax is wrong) get the float one:
