@@ -263,6 +263,37 @@ def test_big_endian_input_equals_native(method: str) -> None:
         decode_heatmaps(swapped, method)
 
 
+#: (bits, mantissa bits) per dtype.
+_NONFINITE_BITS: dict[type, tuple[int, int]] = {
+    np.float16: (16, 10),
+    np.float32: (32, 23),
+    np.float64: (64, 52),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    sign=st.booleans(),
+    payload=st.integers(min_value=0, max_value=2**52 - 1),
+    pos=st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 15), st.integers(0, 11)),
+    offset=st.floats(-2.0, 0.5),
+)
+def test_any_non_finite_bit_pattern_raises(
+    dtype: type, sign: bool, payload: int, pos: tuple[int, ...], offset: float
+) -> None:
+    """Every pattern with an all-ones exponent (+-inf, NaNs of either sign and any payload),
+    anywhere, in maps with or without positive values."""
+    bits, mant = _NONFINITE_BITS[dtype]
+    pattern = (int(sign) << (bits - 1)) | (((1 << (bits - 1 - mant)) - 1) << mant)
+    pattern |= payload & ((1 << mant) - 1)
+    hm: np.ndarray = (_with(0.25, (0, 0, 0, 0)) + offset).astype(dtype)
+    hm.view(f"u{bits // 8}")[pos] = pattern
+    assert not np.isfinite(hm[pos])
+    with pytest.raises(InputError, match="expected finite"):
+        decode_heatmaps(hm, "dark")
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_nonpositive_maps_take_the_float_argmax(dtype: type) -> None:
     """Maps with maximum <= 0 (where the integer-view argmax is wrong) get the float one:
