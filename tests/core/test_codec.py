@@ -294,6 +294,29 @@ def test_any_non_finite_bit_pattern_raises(
         decode_heatmaps(hm, "dark")
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    data=st.lists(
+        st.sampled_from([-2.0, -1.0, -0.0, 0.0, 1e-30, 0.5, 1.0, 2.0]), min_size=60, max_size=60
+    ),
+)
+def test_argmax_equals_float_argmax_with_ties_zeros_and_signs(
+    dtype: type, data: list[float]
+) -> None:
+    """The integer-view argmax (+ float redo where the maximum is <= 0) is the float argmax:
+    first maximum, -0.0 == 0.0, across dtypes."""
+    hm: np.ndarray = np.asarray(data, dtype).reshape(1, 5, 3, 4)
+    coords, scores = decode_heatmaps(hm, "argmax")
+    flat = hm.reshape(5, 12)
+    first = flat.argmax(axis=1)
+    vals = flat[np.arange(5), first]
+    np.testing.assert_array_equal(scores[0], vals.astype(np.float32))
+    expect = np.stack((first % 4, first // 4), axis=-1).astype(np.float32)
+    expect[vals <= 0] = -1
+    np.testing.assert_array_equal(coords[0], expect)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_nonpositive_maps_take_the_float_argmax(dtype: type) -> None:
     """Maps with maximum <= 0 (where the integer-view argmax is wrong) get the float one:
