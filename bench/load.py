@@ -205,6 +205,15 @@ def metric_mean(text: str, name: str) -> float:
     return float(s.group(1)) / float(c.group(1))
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait up to 60 s for the graceful shutdown, then kill."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_clients(port: int, images: list[bytes], stop: float, results: list[dict[str, Any]]) -> None:
     """One thread per entry of ``results`` runs :func:`client_loop` until ``stop``."""
     ts = [
@@ -237,11 +246,7 @@ def run_mode(
         rss1 = rss_mb(proc.pid)
         _, after = get(port, "/metrics")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     lat = np.array([x for r in results for x in r["lat"]], np.float64)
     errors: dict[str, int] = {}
     for r in results:

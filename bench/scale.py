@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +42,7 @@ sys.path.insert(0, str(BENCH))
 # Before Ray is imported anywhere: keep every Ray address on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from load import get, load_images, run_clients, start_server  # noqa: E402
+from load import get, load_images, run_clients, start_server, stop_server  # noqa: E402
 
 
 def ray_options(nodes: int, cpus_per_node: float) -> dict[str, dict[str, Any]]:
@@ -71,11 +69,7 @@ def single_process(threads: int) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 @contextmanager

@@ -13,17 +13,7 @@ from fastapi.testclient import TestClient
 from service.api.schemas import PoseResponse
 from service.core.types import COCO_KEYPOINTS
 from tests.api.conftest import api_settings, imdecode, person_image_variant, wait_ready
-
-CONTRACT_METRICS = (
-    "darkpose_requests_total",
-    "darkpose_stage_seconds",
-    "darkpose_request_seconds",
-    "darkpose_queue_wait_seconds",
-    "darkpose_batch_size",
-    "darkpose_inflight_requests",
-    "darkpose_persons_per_image",
-    "darkpose_model_info",
-)
+from tests.conftest import CONTRACT_METRICS
 
 
 def _check_pose_json(body: dict, width: int, height: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import CONTRACT_METRICS as _CONTRACT_METRICS
 from tests.conftest import REPO
 from tests.docker.conftest import (
     COMPOSE_FILE,
@@ -27,17 +28,7 @@ from tests.docker.conftest import (
     to_promql,
 )
 
-#: Metric names fixed in docs/contracts.md (the dashboard may only use these).
-CONTRACT_METRICS = {
-    "darkpose_requests_total",
-    "darkpose_stage_seconds",
-    "darkpose_request_seconds",
-    "darkpose_queue_wait_seconds",
-    "darkpose_batch_size",
-    "darkpose_inflight_requests",
-    "darkpose_persons_per_image",
-    "darkpose_model_info",
-}
+CONTRACT_METRICS = set(_CONTRACT_METRICS)
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
 
