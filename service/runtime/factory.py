@@ -13,20 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_detector(settings: Settings) -> Detector:
-    """The person detector named by ``settings.detector`` (``yolox`` for now)."""
-    kind = settings.detector.strip().lower()
-    if kind == "yolox":
-        from service.runtime.detectors import YoloxDetector
-
-        return YoloxDetector(
-            settings.resolve_model(settings.detector_model),
-            score_threshold=settings.det_score_threshold,
-            nms_iou=settings.det_nms_iou,
-            max_detections=settings.max_persons,
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-        )
+    """The person detector described by ``settings.detector``, a detector config string
+    (``yolox``, ``htc``, ``chips(...)``, ``fused(...)``: :mod:`service.runtime.detector_config`)."""
     from service.runtime.detector_config import build_detector_from_config
 
     return build_detector_from_config(settings.detector, settings)
