@@ -11,7 +11,6 @@ Pose work runs in worker threads (``anyio.to_thread.run_sync`` with a capacity l
 ``max_inflight_requests``); the event loop only reads bodies and writes answers.
 """
 
-import dataclasses
 import json
 import logging
 import math
@@ -245,7 +244,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Any | None = None)
             overrides["max_persons"] = (
                 max_persons if max_persons is not None else settings.default_max_persons
             )
-            options = dataclasses.replace(state.default_options, **overrides)
+            options = state.default_options.replace(**overrides)
             content, media_type = await anyio.to_thread.run_sync(
                 partial(_run_pose, state, ready_pipeline, data, options, render, request_id),
                 limiter=limiter(),

@@ -17,19 +17,9 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def options_from_settings(settings: Settings) -> Any:
-    """The service's default ``PipelineOptions`` (settings of the same names)."""
-    from service.core.pipeline import PipelineOptions
-
-    return PipelineOptions.from_settings(settings)
-
-
 def _pose_models_of(pipeline: Any) -> list[Any]:
-    for attr in ("pose_models", "models", "pose_model"):
-        v = getattr(pipeline, attr, None)
-        if v is not None:
-            return list(v) if isinstance(v, list | tuple) else [v]
-    return []
+    """The pose models of a :class:`~service.core.pipeline.Pipeline` (none before loading)."""
+    return list(pipeline.pose_models) if pipeline is not None else []
 
 
 def _unwrap(model: Any) -> Any:
@@ -89,13 +79,14 @@ class ServiceState:
         return Pipeline(detector, models, self.default_options)
 
     def _load(self) -> None:
+        from service.core.pipeline import PipelineOptions
+
         t0 = time.perf_counter()
         try:
-            injected_options = getattr(self.pipeline, "options", None)
             self.default_options = (
-                injected_options
-                if injected_options is not None
-                else options_from_settings(self.settings)
+                self.pipeline.options
+                if self.pipeline is not None
+                else PipelineOptions.from_settings(self.settings)
             )
             if self.pipeline is None:
                 self.pipeline = self._build()
