@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.codec import decode_heatmaps
+from service.core.codec import DECODE_METHODS, decode_heatmaps
 from service.core.errors import InvalidImage, InvalidParameter, ModelError
 from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
 from service.core.nms import oks_nms, rescore
@@ -48,7 +48,6 @@ from service.core.types import COCO_SIGMAS, F32, DecodeMethod, Detector, ModelSp
 
 logger = logging.getLogger(__name__)
 
-DECODE_METHODS: tuple[str, ...] = ("argmax", "standard", "dark")
 STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
 
 
