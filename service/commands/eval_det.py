@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pycocotools.coco import COCO
 
-    from service.core.types import Detector
+    from service.core.types import Detector, PoseModel
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -133,15 +135,23 @@ def run_detector(
 
 
 def keypoint_ap(
-    detector: Detector, settings: Settings, coco: COCO, images_dir: Path, limit: int | None
+    detector: Detector,
+    settings: Settings,
+    coco: COCO,
+    images_dir: Path,
+    limit: int | None,
+    pose_models: Sequence[PoseModel] | None = None,
 ) -> float:
-    """Downstream keypoint AP of the pose model on ``detector``'s boxes (DARK, no flip)."""
+    """Downstream keypoint AP of the pose model on ``detector``'s boxes (DARK, no flip).
+
+    ``pose_models``: already built models to reuse (default: built from ``settings``)."""
     from service.core.pipeline import Pipeline, PipelineOptions
     from service.evaluation import evaluate, expand_configs
     from service.runtime.factory import build_pose_models
 
     base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons)
-    pipeline = Pipeline(detector, build_pose_models(settings), base)
+    models = pose_models if pose_models is not None else build_pose_models(settings)
+    pipeline = Pipeline(detector, models, base)
     configs = expand_configs(["detector"], ["dark"], [False], [settings.flip_shift])
     rows, _ = evaluate(pipeline, images_dir, coco, configs, base, progress=False, limit=limit)
     return float(rows[0].metrics["AP"])
@@ -161,6 +171,7 @@ def evaluate_detectors(
     from service.core.errors import InvalidParameter
     from service.evaluation import load_coco
     from service.runtime.detector_config import build_detector_from_config
+    from service.runtime.factory import build_pose_models
 
     coco = load_coco(ann)
     if keypoints and not any("keypoints" in a for a in coco.anns.values()):
@@ -169,6 +180,7 @@ def evaluate_detectors(
             "without keypoints"
         )
     img_ids = image_ids_with_files(coco, images_dir, limit)
+    pose_models = build_pose_models(settings) if keypoints else None  # shared by every config
     rows = []
     for text in configs:
         t0 = time.perf_counter()
@@ -178,7 +190,7 @@ def evaluate_detectors(
         row = DetRow(text, coco_box_metrics(coco, results, img_ids), ms, len(img_ids),
                      len(results), extra={"build_s": round(build_s, 2)})  # fmt: skip
         if keypoints:
-            row.keypoint_ap = keypoint_ap(detector, settings, coco, images_dir, limit)
+            row.keypoint_ap = keypoint_ap(detector, settings, coco, images_dir, limit, pose_models)
         logger.info("%s: AP %.3f, %.1f ms/img", text, row.metrics["AP"], ms)
         rows.append(row)
     return rows
