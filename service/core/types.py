@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -134,12 +134,12 @@ class ModelSpec:
             return tuple((int(a), int(b)) for a, b in json.loads(raw))
 
         def order(raw: str) -> str:
-            if raw not in ("RGB", "BGR"):
+            if raw not in get_args(ChannelOrder):
                 raise ValueError("expected RGB or BGR")
             return raw
 
         def method(raw: str) -> str:
-            if raw not in ("argmax", "standard", "dark"):
+            if raw not in get_args(DecodeMethod):
                 raise ValueError("expected argmax, standard or dark")
             return raw
 
@@ -156,9 +156,7 @@ class ModelSpec:
             flip_pairs=get("flip_pairs", pairs, base.flip_pairs),
             codec=get("codec", method, base.codec),
             blur_kernel=int(get("blur_kernel", int, base.blur_kernel)),
-            decoded_output=str(meta.get("darkpose.decoded_output", "0")) == "1"
-            if "darkpose.decoded_output" in meta
-            else base.decoded_output,
+            decoded_output=get("decoded_output", lambda raw: raw == "1", base.decoded_output),
             extra={k: v for k, v in meta.items() if not k.startswith("darkpose.")},
         )
         return spec
