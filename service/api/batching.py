@@ -194,8 +194,6 @@ class MicroBatcher:
             items = self._take()
             if items is None:
                 return
-            if not items:  # cannot happen (pieces are <= max_batch); keep the loop safe
-                continue
             start = time.perf_counter()
             self._hook(self.on_wait, [start - it.enqueued for it in items])
             sizes = [it.crops.shape[0] for it in items]

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import DarkPoseError, Overloaded
+from service.core.errors import DarkPoseError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def error_response(
 def response_for_error(exc: DarkPoseError, request_id: str) -> JSONResponse:
     """Map one of our typed errors to its JSON response (``Retry-After`` for overload)."""
     headers: dict[str, str] = {}
-    if isinstance(exc, Overloaded) or exc.status_code == 503:
+    if exc.status_code == 503:  # Overloaded (its retry_after) and NotReady
         retry = getattr(exc, "retry_after", 1.0)
         headers["Retry-After"] = str(max(1, math.ceil(float(retry))))
     if exc.status_code >= 500 and exc.status_code != 503:
