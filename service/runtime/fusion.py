@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, Detections, Detector
+from service.runtime.detectors import check_image
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +151,7 @@ class FusedDetector:
         return f"FusedDetector({self.detectors!r}, weights={self.weights})"
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise InvalidImage(f"image: expected BGR uint8 (H, W, 3), got {shape}")
+        check_image(image)
         size = (int(image.shape[1]), int(image.shape[0]))
         results = [d.detect(image) for d in self.detectors]
         return fuse_detections(

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, Detections
+from service.runtime.detectors import check_image
 
 logger = logging.getLogger(__name__)
 
@@ -248,11 +249,7 @@ class HtcDetector:
         self._torch = torch
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise InvalidImage(f"image: expected BGR uint8 (H, W, 3), got {shape}")
-        if image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise InvalidImage(f"image: expected BGR uint8 (H, W, 3), got {image.shape}")
+        check_image(image)
         h, w = image.shape[:2]
         data = self.pipeline({"img": np.ascontiguousarray(image), "img_id": 0})
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
