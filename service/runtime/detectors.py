@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.nms import nms_boxes
 from service.core.types import F32, Detections
 from service.runtime.onnx import create_session
 
@@ -135,8 +136,6 @@ class YoloxDetector:
     ) -> Detections:
         """Grid-decode raw output (A, 5 + C) → person :class:`Detections` in an image of
         ``image_size`` (W, H): score threshold, NMS, clip, ``max_detections``."""
-        from service.core.nms import nms_boxes
-
         scores = raw[:, 4] * raw[:, 5 + self.person_class]
         idx = np.flatnonzero(scores > score_threshold)
         if idx.size == 0:
@@ -151,12 +150,12 @@ class YoloxDetector:
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, float(h))
         sc = scores[idx]
         ok = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
-        boxes, sc = boxes[ok].astype(np.float32), sc[ok].astype(np.float32)
-        if boxes.shape[0] == 0:
+        if not ok.any():
             return Detections.empty()
-        keep = np.asarray(nms_boxes(boxes, sc, self.nms_iou), dtype=np.int64)
-        keep = keep[np.argsort(-sc[keep], kind="stable")][: self.max_detections]
-        return Detections(boxes[keep].astype(np.float32), sc[keep].astype(np.float32))
+        kept: F32 = boxes[ok].astype(np.float32)
+        sc = sc[ok].astype(np.float32)
+        keep = nms_boxes(kept, sc, self.nms_iou)[: self.max_detections]
+        return Detections(kept[keep], sc[keep])
 
     def detect(
         self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
