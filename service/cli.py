@@ -1,7 +1,9 @@
 """``darkpose`` command line: dispatches to ``service/commands/<name>.py``.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and imports its
-heavy dependencies inside ``run`` so that ``darkpose --help`` stays fast.
+heavy dependencies inside ``run`` so that ``darkpose --help`` stays fast.  A
+``DarkPoseError`` or a ``Settings`` validation error escaping ``run`` is logged as one line and
+ends the command with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
 
 #: command name → (module under service.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,7 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args._module.run(args))
+    from pydantic import ValidationError
+
+    from service.core.errors import DarkPoseError
+
+    try:
+        return int(args._module.run(args))
+    except DarkPoseError as exc:  # bad input, parameters or model files: no traceback
+        logger.error("%s", exc.message)
+        return 2
+    except ValidationError as exc:  # Settings from the flags and the DARKPOSE_* environment
+        logger.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

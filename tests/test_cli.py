@@ -104,3 +104,20 @@ def test_eval_bad_arguments(bad: list[str]) -> None:
 def test_eval_missing_annotations(tmp_path: Path) -> None:
     rc = main(["eval", "--images", str(IMAGES), "--ann", str(tmp_path / "none.json")])
     assert rc == 2
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_bad_environment_setting_is_exit_2(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An invalid DARKPOSE_* value ends any command with one logged line and status 2."""
+    monkeypatch.setenv("DARKPOSE_DET_SCORE_THRESHOLD", "2")
+    argv = {
+        "infer": ["infer", str(IMAGES), "--out", str(tmp_path / "r.json")],
+        "eval": ["eval", "--images", str(IMAGES), "--ann", str(KPT_ANN)],
+    }[command]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "det_score_threshold" in caplog.text

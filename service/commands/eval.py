@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -74,7 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.errors import DarkPoseError
     from service.core.pipeline import Pipeline, PipelineOptions
     from service.evaluation import evaluate, expand_configs, format_table, load_coco
     from service.runtime.factory import build_detector, build_pose_models
@@ -83,31 +79,27 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     if args.providers is not None:
         overrides["providers"] = args.providers
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-        shifts = (
-            [s == "on" for s in args.flip_shift]
-            if args.flip_shift is not None
-            else [settings.flip_shift]
-        )
-        configs = expand_configs(args.boxes, args.decode, [f == "on" for f in args.flip], shifts)
-        opt = {} if args.det_threshold is None else {"det_score_threshold": args.det_threshold}
-        base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons, **opt)
-        coco = load_coco(args.ann)
-        detector = build_detector(settings) if "detector" in args.boxes else None
-        pipeline = Pipeline(detector, build_pose_models(settings), base)
-        rows, results = evaluate(
-            pipeline,
-            args.images,
-            coco,
-            configs,
-            base,
-            progress=not args.no_progress,
-            limit=args.limit,
-        )
-    except DarkPoseError as exc:
-        logger.error("%s", exc.message)
-        return 2
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    shifts = (
+        [s == "on" for s in args.flip_shift]
+        if args.flip_shift is not None
+        else [settings.flip_shift]
+    )
+    configs = expand_configs(args.boxes, args.decode, [f == "on" for f in args.flip], shifts)
+    opt = {} if args.det_threshold is None else {"det_score_threshold": args.det_threshold}
+    base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons, **opt)
+    coco = load_coco(args.ann)
+    detector = build_detector(settings) if "detector" in args.boxes else None
+    pipeline = Pipeline(detector, build_pose_models(settings), base)
+    rows, results = evaluate(
+        pipeline,
+        args.images,
+        coco,
+        configs,
+        base,
+        progress=not args.no_progress,
+        limit=args.limit,
+    )
     if args.results_dir is not None:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         for cfg, res in results.items():

@@ -246,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.errors import DarkPoseError
+    from service.core.errors import InvalidParameter
     from service.runtime.detector_config import parse_detector_config, split_configs
     from service.settings import Settings
 
@@ -255,30 +255,21 @@ def run(args: argparse.Namespace) -> int:
         overrides["providers"] = args.providers
     if args.det_threshold is not None:
         overrides["det_score_threshold"] = args.det_threshold
-    try:
-        if args.limit is not None and args.limit < 1:
-            from service.core.errors import InvalidParameter
-
-            raise InvalidParameter(f"--limit: expected >= 1, got {args.limit}")
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-        configs = split_configs(args.detectors)
-        for c in configs:  # syntax errors before any model is loaded
-            parse_detector_config(c)
-        rows = evaluate_detectors(
-            configs,
-            settings,
-            args.images,
-            args.ann,
-            keypoints=args.keypoints,
-            limit=args.limit,
-            progress=not args.no_progress,
-        )
-    except DarkPoseError as exc:
-        logger.error("%s", exc.message)
-        return 2
-    except ValueError as exc:  # pydantic validation of the overrides
-        logger.error("%s", exc)
-        return 2
+    if args.limit is not None and args.limit < 1:
+        raise InvalidParameter(f"--limit: expected >= 1, got {args.limit}")
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configs = split_configs(args.detectors)
+    for c in configs:  # syntax errors before any model is loaded
+        parse_detector_config(c)
+    rows = evaluate_detectors(
+        configs,
+        settings,
+        args.images,
+        args.ann,
+        keypoints=args.keypoints,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
     if args.json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
     else:

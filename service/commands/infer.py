@@ -80,12 +80,8 @@ def run(args: argparse.Namespace) -> int:
         opt_overrides["det_score_threshold"] = args.det_threshold
     if args.max_persons is not None:
         opt_overrides["max_persons"] = args.max_persons
-    try:
-        options = PipelineOptions.from_settings(settings, **opt_overrides)
-        pipeline = build_pipeline(settings)
-    except DarkPoseError as exc:
-        logger.error("%s", exc.message)
-        return 2
+    options = PipelineOptions.from_settings(settings, **opt_overrides)
+    pipeline = build_pipeline(settings)
     if args.vis is not None:
         args.vis.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, object]] = []
