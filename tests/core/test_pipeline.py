@@ -17,22 +17,9 @@ from service.core.types import F32, ModelSpec
 from service.runtime.detectors import YoloxDetector
 from service.runtime.pose import OnnxPoseModel
 from tests.conftest import IMAGES, KPT_ANN, POSE_ONNX, YOLOX_ONNX
-from tests.runtime.onnx_fixtures import perturbed, tiny_pose_model
+from tests.runtime.onnx_fixtures import CountingPose, perturbed, tiny_pose_model
 
 CROWD = IMAGES / "000000370162.jpg"
-
-
-class CountingPose:
-    """Delegates to a real pose model and records the batch size of every call."""
-
-    def __init__(self, inner: OnnxPoseModel) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.calls: list[int] = []
-
-    def infer(self, batch: F32) -> F32:
-        self.calls.append(int(batch.shape[0]))
-        return self.inner.infer(batch)
 
 
 class DecodedPose:

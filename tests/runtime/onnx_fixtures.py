@@ -1,4 +1,5 @@
-"""Helpers that write small variants of the shared ONNX models to a temporary directory."""
+"""Helpers that write small variants of the shared ONNX models to a temporary directory, and a
+counting pose-model wrapper."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.core.types import F32, PoseModel
 from tests.conftest import POSE_ONNX
+
+
+class CountingPose:
+    """Delegates to a real pose model and records the batch size of every call."""
+
+    def __init__(self, inner: PoseModel) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+        self.calls: list[int] = []
+
+    def infer(self, batch: F32) -> F32:
+        self.calls.append(int(batch.shape[0]))
+        return self.inner.infer(batch)
 
 
 def with_metadata(dst: Path, meta: dict[str, str], src: Path = POSE_ONNX) -> Path:
