@@ -124,7 +124,7 @@ def _run_pose(
     )
     decode_s = time.perf_counter() - t0
     result = pipeline(image, options=options)
-    timings = dict(getattr(result, "timings", {}) or {})
+    timings = result.timings
     state.metrics.observe_timings(timings)
     state.metrics.persons.observe(len(result.persons))
     if render:
