@@ -101,7 +101,12 @@ def make_spec(
 
 
 def _trace_to_file(
-    module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], opset: int
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    outputs: list[str],
+    opset: int,
+    input_name: str = INPUT_NAME,
 ) -> None:
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of dynamo (needs onnxscript)
@@ -114,9 +119,9 @@ def _trace_to_file(
             str(path),
             dynamo=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=[input_name],
             output_names=outputs,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+            dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
             do_constant_folding=True,
         )
 
@@ -326,17 +331,6 @@ def export_decoder(
     W, H = heatmap_size
     example = torch.rand(1, num_keypoints, H, W, generator=torch.Generator().manual_seed(0))
     module = DarkDecode(num_keypoints, blur_kernel).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(out),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["heatmaps"],
-            output_names=["keypoints"],
-            dynamic_axes={"heatmaps": {0: "batch"}, "keypoints": {0: "batch"}},
-        )
+    _trace_to_file(module, example, out, ["keypoints"], opset, input_name="heatmaps")
     onnx.checker.check_model(str(out), full_check=True)
     return out
