@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.types import DecodeMethod
+
 #: Repository root (this file is service/settings.py).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ``../shared/models`` next to the checkout: the embedded default models.
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0)
 
     # --- pipeline defaults ----------------------------------------------------------------
-    decode: Literal["argmax", "standard", "dark"] = "dark"
+    decode: DecodeMethod = "dark"
     blur_kernel: int = Field(11, ge=1)
     flip: bool = False
     flip_shift: bool = True
