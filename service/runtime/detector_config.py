@@ -52,7 +52,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "fused": ("weights", "iou", "skip", "conf"),
 }
 _PUNCT = "(),=@"
-_TOKEN = re.compile(r"\s*(?:([(),=@])|([^\s(),=@]+))")
+_TOKEN = re.compile(r"[(),=@]|[^\s(),=@]+")
 
 
 class HtcSettings(BaseSettings):
@@ -91,22 +91,16 @@ class _Parser:
     pos: int = 0
 
     def __post_init__(self) -> None:
-        i = 0
-        text = self.text
-        while i < len(text):
-            if text[i].isspace():
-                i += 1
-                continue
-            m = _TOKEN.match(text, i)
-            if m is None:  # pragma: no cover - the pattern matches any non-space character
-                raise self.error("a token", i)
-            tok = m.group(1) or m.group(2)
-            self.tokens.append((tok, m.start(1) if m.group(1) else m.start(2)))
-            i = m.end()
+        # every non-space character starts a token, so the matches skip exactly the whitespace
+        self.tokens = [(m.group(), m.start()) for m in _TOKEN.finditer(self.text)]
+
+    def at(self) -> int:
+        """Text position of the next token (the end of the text when there is none)."""
+        return self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
 
     def error(self, expected: str, at: int | None = None) -> InvalidParameter:
         if at is None:
-            at = self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
+            at = self.at()
         got = self.text[at:].strip()[:30] or "end of text"
         return InvalidParameter(
             f"detector config {self.text!r}: expected {expected} at position {at}, got {got!r}"
@@ -147,7 +141,7 @@ class _Parser:
         return spec
 
     def expr(self) -> DetectorSpec:
-        start = self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
+        start = self.at()
         name = self.word("a detector name").lower()
         if name not in NAMES:
             raise InvalidParameter(
@@ -160,7 +154,7 @@ class _Parser:
             self.take()
             while self.peek() != ")":
                 if self.peek(1) == "=":
-                    key_at = self.tokens[self.pos][1]
+                    key_at = self.at()
                     key = self.word("an option name").lower()
                     self.expect("=")
                     value = self.word(f"a value for {key}")
