@@ -225,6 +225,13 @@ def _check_points(
     return p, c, s
 
 
+def _heatmap_scale(scales: F64, heatmap_size: tuple[int, int]) -> tuple[F64, F64]:
+    """Heatmap px per image px ``(N, 1, 2)`` of each box and the heatmap centre ``(2,)``."""
+    w, h = _check_size(heatmap_size, "heatmap_size")
+    kx, ky = _scale_factors(scales, (w, h))
+    return np.stack([kx, ky], axis=1)[:, None, :], np.array([w * 0.5, h * 0.5])
+
+
 def heatmap_to_image(
     coords: npt.ArrayLike,
     centers: npt.ArrayLike,
@@ -237,10 +244,7 @@ def heatmap_to_image(
     Returns ``(N, K, 2) float32`` image px: ``x = (u - w / 2) * s_w / w + cx``.
     """
     p, c, s = _check_points(coords, centers, scales, "coords")
-    w, h = _check_size(heatmap_size, "heatmap_size")
-    kx, ky = _scale_factors(s, (w, h))
-    k = np.stack([kx, ky], axis=1)[:, None, :]
-    half = np.array([w * 0.5, h * 0.5])
+    k, half = _heatmap_scale(s, heatmap_size)
     return ((p - half) / k + c[:, None, :]).astype(np.float32)
 
 
@@ -256,8 +260,5 @@ def image_to_heatmap(
     Returns ``(N, K, 2) float32`` heatmap px: ``u = (x - cx) * w / s_w + w / 2``.
     """
     p, c, s = _check_points(points, centers, scales, "points")
-    w, h = _check_size(heatmap_size, "heatmap_size")
-    kx, ky = _scale_factors(s, (w, h))
-    k = np.stack([kx, ky], axis=1)[:, None, :]
-    half = np.array([w * 0.5, h * 0.5])
+    k, half = _heatmap_scale(s, heatmap_size)
     return ((p - c[:, None, :]) * k + half).astype(np.float32)
