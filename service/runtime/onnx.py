@@ -51,7 +51,8 @@ def resolve_providers(providers: str) -> list[str]:
     raise ModelError(f"providers: expected auto, cpu or cuda, got {providers!r}")
 
 
-def _read_model_bytes(path: str | Path) -> bytes:
+def read_model_bytes(path: str | Path) -> bytes:
+    """The bytes of the model file ``path``; :class:`ModelError` when it cannot be read."""
     p = Path(path)
     try:
         return p.read_bytes()
@@ -81,7 +82,7 @@ def create_session(
         raise ModelError(
             f"threads: expected >= 0, got intra={intra_op_threads} inter={inter_op_threads}"
         )
-    model = path if isinstance(path, bytes) else _read_model_bytes(path)
+    model = path if isinstance(path, bytes) else read_model_bytes(path)
     if name is None:
         name = "<bytes>" if isinstance(path, bytes) else str(path)
     opts = ort.SessionOptions()

@@ -17,11 +17,12 @@ import numpy as np
 from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, ModelSpec
 from service.runtime.onnx import (
-    _read_model_bytes,
+    CPU,
     create_session,
     graph_inputs,
     load_model,
     make_batch_dynamic,
+    read_model_bytes,
     static_shape,
 )
 
@@ -81,7 +82,7 @@ class OnnxPoseModel:
         max_batch: int | None = None,
     ) -> None:
         self.path = Path(path)
-        raw = _read_model_bytes(self.path)
+        raw = read_model_bytes(self.path)
         self.spec: ModelSpec = spec or spec_from_model(raw, name=self.path.stem)
         dynamic = make_batch_dynamic(raw)
         if dynamic is not raw:
@@ -97,7 +98,7 @@ class OnnxPoseModel:
         self.input_name: str = self.session.get_inputs()[0].name
         self.output_name: str = self.session.get_outputs()[0].name
         if max_batch is None:
-            on_cpu = self.providers[0] == "CPUExecutionProvider"
+            on_cpu = self.providers[0] == CPU
             max_batch = CPU_MAX_BATCH if on_cpu else 0
         self.max_batch = int(max_batch)
         self.name = self.spec.name
