@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -279,11 +280,11 @@ def _flag(spec: DetectorSpec, key: str) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
-def _scales(spec: DetectorSpec) -> tuple[float | str, ...] | None:
+def _scales(spec: DetectorSpec) -> tuple[float | Literal["fit"], ...] | None:
     raw = spec.option("scales")
     if raw is None:
         return None
-    out: list[float | str] = []
+    out: list[float | Literal["fit"]] = []
     for part in raw.split("/"):
         part = part.strip().lower()
         if part == "fit":
@@ -399,21 +400,15 @@ class _Builder:
     def chips(self, inner: Detector, spec: DetectorSpec) -> Detector:
         from service.runtime import chips as ch
 
-        scales = _scales(spec)
-        kwargs: dict[str, object] = {}
-        if scales is not None:
-            kwargs["scales"] = scales
-        ranges = _ranges(spec)
-        if ranges is not None:
-            kwargs["valid_ranges"] = ranges
         return ch.MultiScaleChipDetector(
             inner,
+            scales=_scales(spec) or ch.DEFAULT_SCALES,
+            valid_ranges=_ranges(spec),
             chip_size=_int(spec, "chip", ch.DEFAULT_CHIP_SIZE, 32, 4096),
             stride=_int(spec, "stride", ch.DEFAULT_STRIDE, 1, 4096),
             nms_iou=_num(spec, "nms", self.settings.det_nms_iou, 1e-6, 1.0),
             border_margin=_num(spec, "margin", 2.0, 0.0, 64.0),
             max_detections=self.settings.max_persons,
-            **kwargs,  # type: ignore[arg-type]
         )
 
     def fused(self, spec: DetectorSpec) -> Detector:
