@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.errors import InvalidParameter, ModelError
 from service.core.types import Detector
+from service.runtime.htc import DEFAULT_HTC_CONFIG
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class HtcSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DARKPOSE_HTC_", env_file=None, extra="ignore")
 
-    config: str = "htc_r50_fpn_1x_coco"
+    config: str = DEFAULT_HTC_CONFIG
     checkpoint: str | None = None
     scale: str | None = None
     device: str = "cpu"
