@@ -38,13 +38,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from service.core.errors import InputError, InvalidParameter
+from service.core.types import DecodeMethod
 
 __all__ = ["decode_heatmaps", "encode_heatmaps", "gaussian_blur_heatmaps", "DECODE_METHODS"]
 
@@ -54,7 +55,7 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-DECODE_METHODS: tuple[str, ...] = ("argmax", "standard", "dark")
+DECODE_METHODS: tuple[str, ...] = get_args(DecodeMethod)
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 #: mmpose's clamp before ``log``.
 _LOG_EPS = 1e-10
