@@ -44,6 +44,8 @@ class DarkDecode(nn.Module):
 
     taps_x: torch.Tensor
     taps_y: torch.Tensor
+    _neighbours_dy: torch.Tensor
+    _neighbours_dx: torch.Tensor
 
     def __init__(self, num_keypoints: int, blur_kernel: int = 11) -> None:
         super().__init__()
@@ -53,8 +55,10 @@ class DarkDecode(nn.Module):
         # separable depthwise Gaussian: rows then columns (same sum as the 2-D kernel)
         self.register_buffer("taps_x", taps.view(1, 1, 1, -1).repeat(num_keypoints, 1, 1, 1))
         self.register_buffer("taps_y", taps.view(1, 1, -1, 1).repeat(num_keypoints, 1, 1, 1))
-        self._neighbours_dy = torch.tensor([dy for dy, _ in _NEIGHBOURS], dtype=torch.int64)
-        self._neighbours_dx = torch.tensor([dx for _, dx in _NEIGHBOURS], dtype=torch.int64)
+        # buffers (not in the state dict) so that .to(device) moves them with the module
+        dy, dx = zip(*_NEIGHBOURS, strict=True)
+        self.register_buffer("_neighbours_dy", torch.tensor(dy, dtype=torch.int64), False)
+        self.register_buffer("_neighbours_dx", torch.tensor(dx, dtype=torch.int64), False)
 
     def forward(self, heatmaps: torch.Tensor) -> torch.Tensor:
         K, H, W = heatmaps.shape[1], heatmaps.shape[2], heatmaps.shape[3]

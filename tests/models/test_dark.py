@@ -93,3 +93,12 @@ def test_non_positive_maximum_gives_minus_one() -> None:
     out = decode(hm)
     assert np.all(out[..., :2] == -1.0)
     assert np.all(out[0, :, 2] == -1.0) and np.all(out[1, :, 2] == 0.0)
+
+
+def test_moves_to_another_device() -> None:
+    """``.to(device)`` moves every tensor the forward uses (the meta device stands in for a
+    GPU); the state dict stays the two blur tap buffers."""
+    decoder = DarkDecode(17).to("meta")
+    out = decoder(torch.rand(2, 17, 64, 48, device="meta"))
+    assert out.shape == (2, 17, 3) and out.device.type == "meta"
+    assert list(decoder.state_dict()) == ["taps_x", "taps_y"]
