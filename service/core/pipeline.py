@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.codec import DECODE_METHODS, decode_heatmaps
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
+from service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
 from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
 from service.core.nms import oks_nms, rescore
 from service.core.transforms import (
@@ -79,10 +79,11 @@ class PipelineOptions:
             raise InvalidParameter(
                 f"decode: expected one of {', '.join(DECODE_METHODS)}, got {self.decode!r}"
             )
-        if not (isinstance(self.blur_kernel, int) and self.blur_kernel >= 1):
-            raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {self.blur_kernel!r}")
-        if self.blur_kernel % 2 == 0:
-            raise InvalidParameter(f"blur_kernel: expected an odd size, got {self.blur_kernel}")
+        k = self.blur_kernel
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
+            raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {k!r}")
+        if k % 2 == 0:
+            raise InvalidParameter(f"blur_kernel: expected an odd size, got {k}")
         for name in ("det_score_threshold", "keypoint_score_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0):
@@ -419,15 +420,22 @@ class Pipeline:
             timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
             return PoseResult([], stage.image_size, timings, stage.image_id)
         flipped = stage.outputs_flipped if opts.flip else None
-        if self.spec.decoded_output:
-            coords, scores = self._decoded_keypoints(stage.outputs, flipped, opts.flip_shift)
-        else:
-            hm = stage.outputs
-            if flipped is not None:
-                back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
-                hm = fuse_flip(hm, back)
-            coords, scores = decode_heatmaps(hm, method=opts.decode, blur_kernel=opts.blur_kernel)
-        xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
+        try:
+            if self.spec.decoded_output:
+                coords, scores = self._decoded_keypoints(stage.outputs, flipped, opts.flip_shift)
+            else:
+                hm = stage.outputs
+                if flipped is not None:
+                    back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
+                    hm = fuse_flip(hm, back)
+                coords, scores = decode_heatmaps(
+                    hm, method=opts.decode, blur_kernel=opts.blur_kernel
+                )
+            xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
+        except InputError as exc:
+            # Everything decoded here came from the model (options are validated up front): a
+            # NaN/inf or misshapen output is a model failure (500), not the caller's input (4xx).
+            raise ModelError(f"pose model output: {exc.message}") from exc
         kpts = np.concatenate([xy, np.asarray(scores, np.float32)[..., None]], axis=2)
         t1 = time.perf_counter()
         timings["decode"] = t1 - t0

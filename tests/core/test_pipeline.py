@@ -220,6 +220,25 @@ def test_oks_nms_removes_duplicate_boxes(pose: OnnxPoseModel, crowd: np.ndarray,
     assert len(pipe(crowd, PipelineOptions(oks_nms_threshold=1.0), boxes=dup).persons) == 2
 
 
+class NanPose:
+    """A model whose output is all NaN (a broken model, not a bad request)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def infer(self, batch: F32) -> F32:
+        (w, h), k = self.spec.heatmap_size, self.spec.num_keypoints
+        shape = (k, 3) if self.spec.decoded_output else (k, h, w)
+        return np.full((batch.shape[0], *shape), np.nan, np.float32)
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+def test_non_finite_model_output_is_a_model_error(crowd: np.ndarray, decoded: bool) -> None:
+    model = NanPose(ModelSpec(decoded_output=decoded))
+    with pytest.raises(ModelError, match="pose model output: .*finite"):
+        Pipeline(None, model)(crowd, boxes=[[10, 10, 100, 200]])
+
+
 def test_max_persons_bounds_the_pose_batch(
     detector: YoloxDetector, pose: OnnxPoseModel, crowd: np.ndarray
 ) -> None:
@@ -309,6 +328,7 @@ def test_bad_boxes(pipeline: Pipeline, crowd: np.ndarray, kwargs: Any, match: st
         ({"decode": "soft"}, "decode: expected one of argmax, standard, dark, got 'soft'"),
         ({"blur_kernel": 4}, "blur_kernel: expected an odd size"),
         ({"blur_kernel": 0}, "blur_kernel: expected an int >= 1"),
+        ({"blur_kernel": True}, "blur_kernel: expected an int >= 1, got True"),
         ({"det_score_threshold": 1.5}, r"det_score_threshold: expected a number in \[0, 1\]"),
         ({"keypoint_score_threshold": -0.1}, "keypoint_score_threshold: expected"),
         ({"max_persons": 0}, "max_persons: expected an int >= 1"),
