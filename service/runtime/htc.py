@@ -273,10 +273,12 @@ class HtcDetector:
 
 
 def parse_test_scale(text: str) -> tuple[int, int]:
-    """``"1333x800"`` or ``"800"`` (→ (round(800 * 1333 / 800), 800)) → (long, short)."""
+    """``"1333x800"`` (either order, ``x`` or ``X``) or a short side ``"800"`` (long side
+    ``ceil(short * 1333 / 800)``) → (long, short)."""
+    lowered = text.lower()
     try:
-        if "x" in text:
-            a, b = (int(v) for v in text.lower().split("x", 1))
+        if "x" in lowered:
+            a, b = (int(v) for v in lowered.split("x", 1))
             return (max(a, b), min(a, b))
         short = int(text)
         return (int(math.ceil(short * 1333 / 800)), short)

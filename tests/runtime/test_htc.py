@@ -61,6 +61,7 @@ def test_invalid_arguments(kwargs: dict, error: type[Exception], needle: str) ->
     [
         ("1333x800", (1333, 800)),
         ("800x1333", (1333, 800)),
+        ("1333X800", (1333, 800)),
         ("800", (1333, 800)),
         ("400", (667, 400)),
     ],
