@@ -315,11 +315,11 @@ class MultiScaleChipDetector:
             all_scores.append(scores[ok])
         if not all_boxes:
             return Detections.empty()
-        boxes = np.concatenate(all_boxes).astype(np.float32)
-        scores = np.concatenate(all_scores).astype(np.float32)
+        boxes = np.concatenate(all_boxes)
+        scores = np.concatenate(all_scores)
         if boxes.shape[0] == 0:
             return Detections.empty()
-        keep = np.asarray(nms_boxes(boxes, scores, self.nms_iou), np.int64)
-        keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
-        logger.debug("chips: %d chips, %d boxes → %d", len(chips), boxes.shape[0], keep.size)
-        return Detections(boxes[keep], scores[keep])
+        # nms_boxes keeps in score order (descending, ties by index)
+        kept = nms_boxes(boxes, scores, self.nms_iou)[: self.max_detections]
+        logger.debug("chips: %d chips, %d boxes → %d", len(chips), boxes.shape[0], kept.size)
+        return Detections(boxes[kept], scores[kept])
