@@ -152,7 +152,7 @@ def evaluate(
     for image_id in bar:
         info = coco.loadImgs([image_id])[0]
         path = images_dir / info["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
             missing += 1
             logger.warning("image %s: expected a readable file, got nothing; skipped", path)

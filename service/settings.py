@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.types import DecodeMethod
@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.default_max_persons > self.max_persons:
+            raise ValueError(
+                f"default_max_persons: expected at most max_persons ({self.max_persons}), "
+                f"got {self.default_max_persons}"
+            )
+        return self
 
     def resolve_model(self, name: str) -> Path:
         """``name`` if absolute, else ``model_dir / name``."""

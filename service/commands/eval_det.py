@@ -112,7 +112,9 @@ def run_detector(
     from tqdm import tqdm
 
     def load(i: int) -> Any:
-        return cv2.imread(str(images_dir / coco.imgs[i]["file_name"]), cv2.IMREAD_COLOR)
+        # EXIF orientation is not applied, as in the service (service/core/io.py)
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        return cv2.imread(str(images_dir / coco.imgs[i]["file_name"]), flags)
 
     detector.detect(load(img_ids[0]))  # warm-up (lazy allocations, thread pools)
     results: list[dict[str, Any]] = []
