@@ -161,7 +161,9 @@ def evaluate(
             run_opts = base.replace(flip=any_flip[source])
             if source == "gt":
                 boxes, scores = gt_boxes(coco, image_id)
-                stage = pipeline.run_models(image, run_opts, boxes, scores, image_id=image_id)
+                # every GT box is evaluated: the per-request person cap does not apply here
+                gt_opts = run_opts.replace(max_persons=max(run_opts.max_persons, len(boxes)))
+                stage = pipeline.run_models(image, gt_opts, boxes, scores, image_id=image_id)
             else:
                 stage = pipeline.run_models(image, run_opts, image_id=image_id)
             for cfg in configs:

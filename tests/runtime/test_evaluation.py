@@ -93,3 +93,18 @@ def test_bad_paths(coco: COCO, pose: OnnxPoseModel, tmp_path: object) -> None:
     det_cfg = expand_configs(["detector"], ["dark"], [False], [True])
     with pytest.raises(InvalidParameter, match="expected a pipeline with a detector"):
         evaluate(Pipeline(None, pose), IMAGES, coco, det_cfg, progress=False)
+
+
+def test_gt_evaluation_ignores_the_per_request_person_cap(coco: COCO, pose: OnnxPoseModel) -> None:
+    """Every GT box is evaluated even when the options cap persons below the box count."""
+    from service.core.pipeline import PipelineOptions
+
+    cfgs = expand_configs(["gt"], ["dark"], [False], [True])
+    capped = PipelineOptions(max_persons=1)
+    _, results = evaluate(
+        Pipeline(None, pose), IMAGES, coco, cfgs, base_options=capped, progress=False, limit=40
+    )
+    per_image: dict[int, int] = {}
+    for r in results[cfgs[0]]:
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+    assert max(per_image.values()) > 1, per_image
