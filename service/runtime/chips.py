@@ -162,6 +162,18 @@ class Chip:
     at_bottom: bool
 
 
+def default_valid_ranges(scales: Sequence[Scale]) -> tuple[tuple[float, float], ...]:
+    """SNIPER's split for ``"fit"`` + one up-scaling factor (either order): large objects
+    (``DEFAULT_VALID_RANGES[0]``) from the ``"fit"`` level, small ones from the up-scaled
+    level; any other set of scales keeps every size at every level."""
+    if len(scales) == 2 and "fit" in scales:
+        other = scales[1] if scales[0] == "fit" else scales[0]
+        if other != "fit" and float(other) > 1.0:
+            large, small = DEFAULT_VALID_RANGES
+            return (large, small) if scales[0] == "fit" else (small, large)
+    return tuple((0.0, math.inf) for _ in scales)
+
+
 class MultiScaleChipDetector:
     """SNIPER-style multi-scale chip inference around ``detector`` (implements ``Detector``).
 
@@ -208,10 +220,7 @@ class MultiScaleChipDetector:
                 f"stride: expected an int in [1, chip_size={chip_size}], got {stride!r}"
             )
         if valid_ranges is None:
-            if len(scales) == len(DEFAULT_SCALES):
-                valid_ranges = DEFAULT_VALID_RANGES
-            else:
-                valid_ranges = tuple((0.0, math.inf) for _ in scales)
+            valid_ranges = default_valid_ranges(scales)
         ranges = tuple((float(lo), float(hi)) for lo, hi in valid_ranges)
         if len(ranges) != len(scales):
             raise InvalidParameter(

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from service.core.errors import InvalidImage, InvalidParameter
 from service.core.types import Detections, Detector
-from service.runtime.chips import MultiScaleChipDetector, ScaledDetector, chip_origins
+from service.runtime.chips import (
+    DEFAULT_VALID_RANGES,
+    MultiScaleChipDetector,
+    Scale,
+    ScaledDetector,
+    chip_origins,
+    default_valid_ranges,
+)
 from tests.conftest import IMAGES, KPT_ANN, YOLOX_ONNX
 
 
@@ -266,3 +273,22 @@ def test_yolox_chips_on_coco_mini(yolox: Detector, person_images: list) -> None:
         total += len(gt)
     assert isinstance(det, Detector)
     assert matched >= total // 2, (matched, total)
+
+
+@pytest.mark.parametrize(
+    ("scales", "expected"),
+    [
+        (("fit", 2.0), DEFAULT_VALID_RANGES),
+        ((2.0, "fit"), DEFAULT_VALID_RANGES[::-1]),
+        (("fit", 3.0), DEFAULT_VALID_RANGES),
+        ((1.0, 2.0), ((0.0, math.inf), (0.0, math.inf))),
+        (("fit", 0.5), ((0.0, math.inf), (0.0, math.inf))),
+        (("fit", 2.0, 3.0), ((0.0, math.inf),) * 3),
+    ],
+)
+def test_default_valid_ranges_follow_the_scales_not_their_order(
+    scales: tuple[Scale, ...], expected: tuple[tuple[float, float], ...]
+) -> None:
+    assert default_valid_ranges(scales) == tuple(expected)
+    det = MultiScaleChipDetector(BlobDetector(), scales=scales)
+    assert det.valid_ranges == tuple(expected)
