@@ -85,6 +85,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def image_limits(self) -> dict[str, int]:
+        """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``."""
+        return {
+            "max_bytes": self.max_image_bytes,
+            "max_pixels": self.max_image_pixels,
+            "max_side": self.max_image_side,
+            "min_side": self.min_image_side,
+        }
+
     def resolve_model(self, name: str) -> Path:
         """``name`` if absolute, else ``model_dir / name``."""
         p = Path(name)

@@ -34,3 +34,14 @@ def test_bad_values_are_refused(field: str, value: object) -> None:
 def test_default_max_persons_must_fit_the_limit() -> None:
     with pytest.raises(ValidationError, match="expected at most max_persons"):
         Settings(max_persons=10, default_max_persons=30)
+
+
+def test_image_limits_are_decode_image_keywords() -> None:
+    import inspect
+
+    from service.core.io import decode_image
+
+    limits = Settings(max_image_side=1234).image_limits
+    params = inspect.signature(decode_image).parameters
+    assert set(limits) == {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert limits["max_side"] == 1234

@@ -115,13 +115,7 @@ def _run_pose(
 
     s = state.settings
     t0 = time.perf_counter()
-    image = decode_image(
-        data,
-        max_bytes=s.max_image_bytes,
-        max_pixels=s.max_image_pixels,
-        max_side=s.max_image_side,
-        min_side=s.min_image_side,
-    )
+    image = decode_image(data, **s.image_limits)
     decode_s = time.perf_counter() - t0
     result = pipeline(image, options=options)
     timings = result.timings

@@ -91,13 +91,7 @@ def run(args: argparse.Namespace) -> int:
     for index, path in enumerate(bar):
         image_id = image_id_for(path, index)
         try:
-            image = read_image_file(
-                path,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-                max_side=settings.max_image_side,
-                min_side=settings.min_image_side,
-            )
+            image = read_image_file(path, **settings.image_limits)
             result = pipeline(image, options, image_id=image_id)
         except DarkPoseError as exc:
             failed += 1

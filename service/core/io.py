@@ -49,7 +49,9 @@ U8 = npt.NDArray[np.uint8]
 
 #: Formats accepted (PIL format names), in the order they are named in messages.
 ACCEPTED = ("JPEG", "PNG", "WebP", "BMP")
-ACCEPTED_TEXT = "a JPEG/PNG/WebP/BMP image"
+ACCEPTED_TEXT = f"a {'/'.join(ACCEPTED)} image"
+#: ``sniff_format`` names of the accepted formats
+_ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
 
 # Defaults equal to service.settings.Settings (core does not import the settings module).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -158,7 +160,7 @@ def decode_image(
             f"body is not a recognised image (starts with {bytes(data[:8])!r}); "
             f"expected {ACCEPTED_TEXT}"
         )
-    if fmt not in ("JPEG", "PNG", "WEBP", "BMP"):
+    if fmt not in _ACCEPTED_FORMATS:
         raise UnsupportedMediaType(f"image format {fmt} is not supported; expected {ACCEPTED_TEXT}")
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
