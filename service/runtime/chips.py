@@ -40,6 +40,7 @@ from service.core.errors import InvalidParameter
 from service.core.nms import nms_boxes
 from service.core.types import F32, Detections, Detector
 from service.runtime.detectors import check_image as _check_image
+from service.runtime.detectors import clip_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,6 @@ def level_to_image(boxes: F32, fx: float, fy: float) -> F32:
     out[:, [0, 2]] = (out[:, [0, 2]] + 0.5) / fx - 0.5
     out[:, [1, 3]] = (out[:, [1, 3]] + 0.5) / fy - 0.5
     return out.astype(np.float32)
-
-
-def clip_boxes(boxes: F32, image_size: tuple[int, int]) -> F32:
-    """Clip (M, 4) xyxy to ``[0, W] x [0, H]``."""
-    w, h = image_size
-    out = boxes.copy()
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0.0, float(w))
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0.0, float(h))
-    return out
 
 
 def _valid_boxes(boxes: F32, scores: F32) -> tuple[F32, F32]:

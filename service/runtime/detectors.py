@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,6 +26,20 @@ logger = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 STRIDES: tuple[int, ...] = (8, 16, 32)
+
+
+def clip_boxes(boxes: npt.NDArray[Any], image_size: tuple[int, int]) -> npt.NDArray[Any]:
+    """A copy of (M, 4) xyxy ``boxes`` clipped to ``[0, W] x [0, H]`` (``image_size`` = (W, H))."""
+    w, h = image_size
+    out = boxes.copy()
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0.0, float(w))
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0.0, float(h))
+    return out
+
+
+def non_empty(boxes: npt.NDArray[Any], min_size: float = 1e-3) -> npt.NDArray[np.bool_]:
+    """(M,) mask of (M, 4) xyxy boxes wider and taller than ``min_size`` px."""
+    return (boxes[:, 2] - boxes[:, 0] > min_size) & (boxes[:, 3] - boxes[:, 1] > min_size)
 
 
 def check_image(image: npt.NDArray[np.uint8]) -> None:
@@ -145,11 +160,9 @@ class YoloxDetector:
         cxy = (cand[:, :2] + self.grid[idx]) * stride
         wh = np.exp(np.minimum(cand[:, 2:4], 20.0)) * stride
         boxes = np.concatenate((cxy - wh / 2, cxy + wh / 2), axis=1) / ratio
-        w, h = image_size
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0.0, float(w))
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, float(h))
+        boxes = clip_boxes(boxes, image_size)
         sc = scores[idx]
-        ok = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
+        ok = non_empty(boxes)
         if not ok.any():
             return Detections.empty()
         kept: F32 = boxes[ok].astype(np.float32)

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, Detections
-from service.runtime.detectors import check_image
+from service.runtime.detectors import check_image, clip_boxes, non_empty
 
 logger = logging.getLogger(__name__)
 
@@ -262,9 +262,8 @@ class HtcDetector:
         keep = (labels == self.person_label) & (scores >= self.score_threshold)
         keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         boxes, scores = boxes[keep].astype(np.float64), scores[keep].astype(np.float64)
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0.0, float(w))
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0.0, float(h))
-        ok = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
+        boxes = clip_boxes(boxes, (w, h))
+        ok = non_empty(boxes)
         boxes, scores = boxes[ok], np.clip(scores[ok], 0.0, 1.0)
         order = np.argsort(-scores, kind="stable")[: self.max_detections]
         out_boxes: F32 = boxes[order].astype(np.float32)
