@@ -6,7 +6,7 @@ Example: ``DARKPOSE_MODEL_DIR=/models DARKPOSE_PROVIDERS=cuda darkpose serve``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,15 @@ from service.core.types import DecodeMethod
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ``../shared/models`` next to the checkout: the embedded default models.
 DEFAULT_MODEL_DIR = (REPO_ROOT.parent / "shared" / "models").resolve()
+
+
+class ImageLimits(TypedDict):
+    """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``."""
+
+    max_bytes: int
+    max_pixels: int
+    max_side: int
+    min_side: int
 
 
 class Settings(BaseSettings):
@@ -86,7 +95,7 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def image_limits(self) -> dict[str, int]:
+    def image_limits(self) -> ImageLimits:
         """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``."""
         return {
             "max_bytes": self.max_image_bytes,

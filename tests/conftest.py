@@ -33,3 +33,46 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"expected the shared assets at {SHARED}, got nothing there")
     return SHARED
+
+
+def upright_and_sideways_jpeg(path: Path, quality: int = 95) -> tuple[bytes, bytes]:
+    """A real phone-style pair made from a coco-mini image: (the photo re-encoded upright, the
+    same photo stored rotated 90° counter-clockwise with EXIF Orientation=6, "rotate 90° CW to
+    display").  Both are JPEGs written by Pillow at ``quality``."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    upright, sideways = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb).save(upright, "JPEG", quality=quality)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.ascontiguousarray(np.rot90(rgb, k=1))
+    Image.fromarray(stored).save(sideways, "JPEG", quality=quality, exif=exif.tobytes())
+    return upright.getvalue(), sideways.getvalue()
+
+
+def match_persons(
+    a: list[dict[str, object]], b: list[dict[str, object]], min_score: float = 0.3
+) -> list[float]:
+    """Per person of ``a`` (COCO results of one image), the mean distance in px between its
+    confident keypoints and those of the nearest person of ``b`` (by box centre)."""
+    import numpy as np
+
+    def centre(r: dict[str, object]) -> np.ndarray:
+        x, y, w, h = (float(v) for v in r["bbox"])  # type: ignore[attr-defined]
+        return np.array([x + w / 2, y + h / 2])
+
+    out = []
+    for ra in a:
+        rb = min(b, key=lambda r: float(np.linalg.norm(centre(r) - centre(ra))))
+        ka = np.asarray(ra["keypoints"], float).reshape(-1, 3)
+        kb = np.asarray(rb["keypoints"], float).reshape(-1, 3)
+        ok = (ka[:, 2] > min_score) & (kb[:, 2] > min_score)
+        out.append(
+            float(np.linalg.norm(ka[ok, :2] - kb[ok, :2], axis=1).mean()) if ok.any() else 0.0
+        )
+    return out

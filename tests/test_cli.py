@@ -11,7 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from service.cli import main
-from tests.conftest import IMAGES, KPT_ANN
+from tests.conftest import IMAGES, KPT_ANN, match_persons, upright_and_sideways_jpeg
 
 
 @pytest.fixture()
@@ -121,3 +121,38 @@ def test_bad_environment_setting_is_exit_2(
     }[command]
     assert main([*argv, "--no-progress"]) == 2
     assert "det_score_threshold" in caplog.text
+
+
+def test_infer_applies_exif_orientation(tmp_path: Path) -> None:
+    """A real JPEG stored sideways with EXIF Orientation=6 gives the upright photo's persons
+    (same count, keypoints within a few px, in the upright frame); ``--exif-orientation off``
+    runs on the stored (sideways) pixels, where the detector misses most of them."""
+    upright, sideways = upright_and_sideways_jpeg(IMAGES / "000000211325.jpg")
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "upright.jpg").write_bytes(upright)
+    (d / "sideways.jpg").write_bytes(sideways)
+    out = tmp_path / "r.json"
+    assert main(["infer", str(d), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())
+    by_file: dict[str, list[dict[str, object]]] = {"upright.jpg": [], "sideways.jpg": []}
+    for r in results:
+        by_file[r["file_name"]].append(r)
+    assert len(by_file["upright.jpg"]) >= 6
+    assert len(by_file["sideways.jpg"]) == len(by_file["upright.jpg"])
+    errors = match_persons(by_file["upright.jpg"], by_file["sideways.jpg"])
+    assert max(errors) < 3.0, errors
+
+    off = tmp_path / "off.json"
+    argv = ["infer", str(d / "sideways.jpg"), "--out", str(off), "--no-progress"]
+    assert main([*argv, "--exif-orientation", "off"]) == 0
+    assert len(json.loads(off.read_text())) < len(by_file["upright.jpg"])
+
+
+def test_infer_without_out_prints_json_with_file_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["infer", str(IMAGES / "000000370162.jpg"), "--no-progress"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results and {r["file_name"] for r in results} == {"000000370162.jpg"}
+    assert {r["image_id"] for r in results} == {370162}

@@ -1,10 +1,13 @@
-"""``darkpose infer IMAGE_OR_DIR --out results.json [--vis OUT_DIR]``.
+"""``darkpose infer IMAGE_OR_DIR [--out results.json] [--vis OUT_DIR]``.
 
 Runs the pipeline on one image or every image of a directory (jpg/jpeg/png/webp/bmp) and writes
-the COCO keypoint results (a JSON list).  ``image_id`` is the numeric file stem when there is
-one (COCO file names), else the index of the file in sorted order.  With ``--vis`` an overlay
-PNG (boxes + skeletons) is written per image.  Unreadable images are reported and skipped; the
-exit status is 1 when any image failed.
+the COCO keypoint results (a JSON list) to ``--out``, or to stdout without it (logs and the
+progress bar go to stderr).  Each result carries ``file_name`` (the source file's name) next to
+``image_id``, which is the numeric file stem when there is one (COCO file names), else the index
+of the file in sorted order.  EXIF orientation is applied (coordinates refer to the upright
+photo) unless ``--exif-orientation off``.  With ``--vis`` an overlay PNG (boxes + skeletons) is
+written per image.  Unreadable images are reported and skipped; the exit status is 1 when any
+image failed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
-    parser.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="COCO results JSON to write (default: stdout)"
+    )
     parser.add_argument("--vis", type=Path, default=None, help="directory for overlay PNGs")
     parser.add_argument(
         "--decode", choices=("argmax", "standard", "dark"), default=None, help="decoder"
@@ -34,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-persons", type=int, default=None, help="at most this many persons")
     parser.add_argument(
         "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
+    )
+    parser.add_argument(
+        "--exif-orientation",
+        choices=("on", "off"),
+        default="on",
+        help="turn photos upright per their EXIF orientation before inference (default: on); "
+        "off = pixels as stored (COCO convention)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -69,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     images = list_images(args.input)
     if not images:
-        logger.error("input: expected image files (%s) in %s, got none", IMAGE_SUFFIXES, args.input)
+        logger.error(
+            "input: expected image files (%s) in %s, got none", " ".join(IMAGE_SUFFIXES), args.input
+        )
         return 2
     opt_overrides: dict[str, object] = {}
     if args.decode is not None:
@@ -91,21 +105,31 @@ def run(args: argparse.Namespace) -> int:
     for index, path in enumerate(bar):
         image_id = image_id_for(path, index)
         try:
-            image = read_image_file(path, **settings.image_limits)
+            image = read_image_file(
+                path, **settings.image_limits, exif_orientation=args.exif_orientation == "on"
+            )
             result = pipeline(image, options, image_id=image_id)
         except DarkPoseError as exc:
             failed += 1
             logger.error("%s: %s", path, exc.message)
             continue
-        results.extend(result.to_coco(image_id))
+        results.extend({**r, "file_name": path.name} for r in result.to_coco(image_id))
         persons += len(result.persons)
         logger.debug("%s: %d persons, timings %s", path.name, len(result.persons), result.timings)
         if args.vis is not None:
             overlay = draw_poses(image, result.persons)
             cv2.imwrite(str(args.vis / f"{path.stem}.png"), overlay)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results))
+    if args.out is None:
+        sys.stdout.write(json.dumps(results) + "\n")
+        sys.stdout.flush()
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results))
     logger.info(
-        "%d images, %d persons, %d failed → %s", len(images) - failed, persons, failed, args.out
+        "%d images, %d persons, %d failed → %s",
+        len(images) - failed,
+        persons,
+        failed,
+        args.out if args.out is not None else "stdout",
     )
     return 1 if failed else 0

@@ -20,8 +20,12 @@ known to be acceptable):
 
 Conversions to BGR uint8 ``(H, W, 3)`` C-contiguous:
 
-* **EXIF orientation is not applied** — pixels are used as stored, which is the COCO
-  convention (annotations and the model's training data refer to the stored pixel grid);
+* **EXIF orientation is applied** by default (``exif_orientation=True``), as image viewers,
+  ``cv2.imread`` and PIL's ``ImageOps.exif_transpose`` do: a phone photo stored sideways with
+  Orientation 6 comes back upright, and every coordinate refers to the upright grid.
+  ``exif_orientation=False`` keeps the pixels as stored, which is the COCO convention
+  (annotations refer to the stored pixel grid; evaluation reads images that way).  A missing,
+  unreadable or out-of-range orientation tag counts as 1 (as stored);
 * grayscale (``L``, ``1``) → replicated to 3 channels; 16-bit (``I;16*``, ``I``) → ``>> 8``;
 * alpha (``RGBA``, ``LA``, ``PA``, palette with transparency) is **dropped**: the colour values
   are kept as stored, not composited (what ``cv2.imread(IMREAD_COLOR)`` does);
@@ -59,7 +63,17 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 16384
 DEFAULT_MIN_SIDE = 8
 
-__all__ = ["ACCEPTED", "decode_image", "read_image_file", "sniff_format"]
+#: EXIF tag number of ``Orientation``.
+EXIF_ORIENTATION_TAG = 0x0112
+
+__all__ = [
+    "ACCEPTED",
+    "apply_exif_orientation",
+    "decode_image",
+    "exif_orientation_of",
+    "read_image_file",
+    "sniff_format",
+]
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -135,6 +149,37 @@ def _to_bgr(im: Image.Image) -> U8:
     return _cvt(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
+def exif_orientation_of(im: Image.Image) -> int:
+    """The EXIF ``Orientation`` (1…8) of an opened image; 1 when absent, unreadable or out of
+    range (a broken EXIF block never fails the decode)."""
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        orientation = int(value)
+    except Exception:  # noqa: BLE001 - any EXIF parser failure means "as stored"
+        logger.debug("unreadable EXIF block; orientation taken as 1")
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def apply_exif_orientation(image: npt.NDArray[np.uint8], orientation: int) -> U8:
+    """``image`` (H, W, C) as stored → upright per the EXIF ``orientation`` (1…8), the same
+    pixels as PIL's ``ImageOps.exif_transpose``; orientations 5–8 swap H and W.  Returns a
+    C-contiguous array (``image`` itself for orientation 1 or an unknown value)."""
+    ops = {
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # rotated 180°
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # transpose
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # stored 90° CCW: rotate 90° CW to display
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # transverse
+        8: lambda a: a.swapaxes(0, 1)[::-1],  # stored 90° CW: rotate 90° CCW to display
+    }
+    op = ops.get(int(orientation))
+    if op is None:
+        return image
+    return np.ascontiguousarray(op(image))
+
+
 def decode_image(
     data: bytes,
     *,
@@ -142,22 +187,24 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
     min_side: int = DEFAULT_MIN_SIDE,
+    exif_orientation: bool = True,
 ) -> U8:
-    """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring).
+    """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring),
+    upright per the EXIF orientation unless ``exif_orientation=False`` (pixels as stored).
 
     Raises :class:`InvalidImage` (empty, unreadable, corrupt, truncated, too small),
     :class:`PayloadTooLarge` (bytes, pixels or a side over the limit — checked before
     decoding) or :class:`UnsupportedMediaType` (GIF, TIFF, animations, …).
     """
     if not data:
-        raise InvalidImage(f"empty body; expected {ACCEPTED_TEXT}")
+        raise InvalidImage(f"empty image data; expected {ACCEPTED_TEXT}")
     n_bytes = len(data)
     if n_bytes > max_bytes:
         raise PayloadTooLarge(f"image is {n_bytes} bytes; expected at most {max_bytes} bytes")
     fmt = sniff_format(bytes(data[:32]))
     if fmt is None:
         raise InvalidImage(
-            f"body is not a recognised image (starts with {bytes(data[:8])!r}); "
+            f"the data is not a recognised image (starts with {bytes(data[:8])!r}); "
             f"expected {ACCEPTED_TEXT}"
         )
     if fmt not in _ACCEPTED_FORMATS:
@@ -176,7 +223,8 @@ def decode_image(
             f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
         ) from exc
     try:
-        return _check_and_load(im, fmt, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
+        out = _check_and_load(im, fmt, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
+        return apply_exif_orientation(out, exif_orientation_of(im)) if exif_orientation else out
     finally:
         im.close()
 
@@ -228,9 +276,10 @@ def read_image_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
     min_side: int = DEFAULT_MIN_SIDE,
+    exif_orientation: bool = True,
 ) -> U8:
-    """Read and decode an image file for the CLI (same limits and errors as
-    :func:`decode_image`; a missing or unreadable file → :class:`InvalidImage`)."""
+    """Read and decode an image file for the CLI (same limits, orientation handling and errors
+    as :func:`decode_image`; a missing, empty or unreadable file → :class:`InvalidImage`)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -243,6 +292,13 @@ def read_image_file(
         raise InvalidImage(
             f"cannot read {p} ({exc.strerror or exc}); expected a readable image file"
         ) from exc
+    if not data:
+        raise InvalidImage(f"{p} is an empty file; expected {ACCEPTED_TEXT}")
     return decode_image(
-        data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side, min_side=min_side
+        data,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        min_side=min_side,
+        exif_orientation=exif_orientation,
     )

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.core.io import decode_image, read_image_file, sniff_format
@@ -319,12 +319,48 @@ def test_cmyk_jpeg() -> None:
     assert r > 240 and b > 240 and g < 15
 
 
-def test_exif_orientation_is_not_applied() -> None:
-    im = Image.fromarray(smooth(40, 80))
+def with_orientation(im: Image.Image, fmt: str, orientation: int, **kw: object) -> bytes:
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° CW to display"
-    out = decode_image(encode(im, "JPEG", exif=exif.tobytes()))
+    exif[0x0112] = orientation
+    return encode(im, fmt, exif=exif.tobytes(), **kw)
+
+
+def test_exif_orientation_off_keeps_the_stored_grid() -> None:
+    im = Image.fromarray(smooth(40, 80))
+    out = decode_image(with_orientation(im, "JPEG", 6), exif_orientation=False)
     check_bgr(out, 40, 80)  # stored grid, not rotated to 80x40
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil_exif_transpose(fmt: str, orientation: int) -> None:
+    """Every orientation gives PIL's exif_transpose pixels (lossless formats: exact)."""
+    rgb = noise(24, 40, seed=orientation)
+    kw: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    data = with_orientation(Image.fromarray(rgb), fmt, orientation, **kw)
+    ref = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    out = decode_image(data)
+    np.testing.assert_array_equal(out, np.asarray(ref)[..., ::-1])
+    assert out.flags.c_contiguous
+    if orientation >= 5:
+        check_bgr(out, 40, 24)
+
+
+def test_exif_orientation_6_jpeg_is_upright() -> None:
+    """A sideways-stored JPEG (Orientation 6: rotate 90° CW to display) comes back upright."""
+    upright = smooth(40, 80)
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # stored rotated 90° CCW: 80x40
+    data = with_orientation(Image.fromarray(stored), "JPEG", 6, quality=95)
+    out = decode_image(data)
+    check_bgr(out, 40, 80)
+    assert np.abs(out[..., ::-1].astype(int) - upright.astype(int)).mean() < 3.0
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_out_of_range_orientation_is_as_stored(value: int) -> None:
+    im = Image.fromarray(noise(16, 32))
+    out = decode_image(with_orientation(im, "PNG", value))
+    np.testing.assert_array_equal(out, noise(16, 32)[..., ::-1])
 
 
 @settings(max_examples=25, deadline=None)
@@ -378,3 +414,8 @@ def test_read_image_file_errors(tmp_path: Path) -> None:
     txt.write_text("not really a jpeg")
     with pytest.raises(InvalidImage, match=ACCEPTED):
         read_image_file(txt)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidImage, match="empty file") as exc:
+        read_image_file(empty)
+    assert "body" not in exc.value.message
