@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from service.core.pipeline import Pipeline
     from service.settings import Settings
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, *, pipeline: Any | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = None) -> FastAPI:
     """Build the FastAPI app (see :func:`service.api.app.create_app`)."""
     from service.api.app import create_app as _create_app
 

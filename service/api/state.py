@@ -7,34 +7,37 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import numpy as np
 
 from service.api.batching import MicroBatcher
 from service.api.metrics import Metrics
 from service.core.errors import NotReady, Overloaded
+from service.core.pipeline import Pipeline, PipelineOptions
+from service.core.types import PoseModel
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def _pose_models_of(pipeline: Any) -> list[Any]:
+def _pose_models_of(pipeline: Pipeline | None) -> list[PoseModel]:
     """The pose models of a :class:`~service.core.pipeline.Pipeline` (none before loading)."""
     return list(pipeline.pose_models) if pipeline is not None else []
 
 
-def _unwrap(model: Any) -> Any:
+def _unwrap(model: PoseModel) -> PoseModel:
     return model.model if isinstance(model, MicroBatcher) else model
 
 
 class ServiceState:
     """What the routes need: settings, metrics, pipeline (once ready), in-flight accounting."""
 
-    def __init__(self, settings: Settings, pipeline: Any | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.injected = pipeline is not None
-        self.pipeline: Any | None = pipeline
-        self.default_options: Any = None
+        self.pipeline: Pipeline | None = pipeline
+        self.default_options: PipelineOptions | None = None
         self.batchers: list[MicroBatcher] = []
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -43,6 +46,7 @@ class ServiceState:
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._response_info: dict[str, Any] | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
 
     # --- loading ----------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -53,7 +57,7 @@ class ServiceState:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self.ready.wait(timeout)
 
-    def _make_batcher(self, model: Any) -> MicroBatcher:
+    def _make_batcher(self, model: PoseModel) -> MicroBatcher:
         s = self.settings
         return MicroBatcher(
             model,
@@ -66,21 +70,18 @@ class ServiceState:
             workers=s.batch_workers,
         )
 
-    def _build(self) -> Any:
-        from service.core.pipeline import Pipeline
+    def _build(self) -> Pipeline:
         from service.runtime.factory import build_detector, build_pose_models
 
         s = self.settings
         detector = build_detector(s)
-        models: list[Any] = list(build_pose_models(s))
+        models: list[PoseModel] = list(build_pose_models(s))
         if s.batching:
             self.batchers = [self._make_batcher(m) for m in models]
             models = list(self.batchers)
         return Pipeline(detector, models, self.default_options)
 
     def _load(self) -> None:
-        from service.core.pipeline import PipelineOptions
-
         t0 = time.perf_counter()
         try:
             self.default_options = (
@@ -120,11 +121,25 @@ class ServiceState:
             b.close()
 
     # --- request accounting --------------------------------------------------------------
-    def require_ready(self) -> Any:
+    def require_ready(self) -> Pipeline:
+        """The pipeline once loaded and warmed, else ``NotReady`` (HTTP 503)."""
         if not self.ready.is_set() or self.pipeline is None:
             got = f"a failed load ({self.load_error})" if self.load_error else "still loading"
             raise NotReady(f"models: expected loaded and warmed, got {got}")
         return self.pipeline
+
+    def options(self) -> PipelineOptions:
+        """The default per-request options (set while loading; ``NotReady`` before)."""
+        if self.default_options is None:
+            raise NotReady("pipeline options: expected them set by loading, got none yet")
+        return self.default_options
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Worker threads for pose work (``max_inflight_requests``), created on first use in
+        the event loop."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.settings.max_inflight_requests)
+        return self._limiter
 
     def enter(self) -> None:
         """Admit one request or raise ``Overloaded`` when ``max_inflight_requests`` are in."""

@@ -1,0 +1,228 @@
+"""``POST /pose``: one image in, the persons as JSON (or the overlay PNG) out.
+
+The route is thin: :func:`serve_pose` admits the request, reads the body on the event loop and
+runs :func:`run_pose` (decode → pipeline → response body) in a worker thread bounded by the
+state's capacity limiter.  The router is built per app by :func:`build_router` because the
+``max_persons`` bound of the query is a setting and is part of the OpenAPI document.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from service.api.body import extract_image
+from service.api.deps import StateDep
+from service.api.errors import request_id_of
+from service.api.schemas import PoseResponse, Timings, error_responses
+from service.api.state import ServiceState
+from service.core.errors import InvalidImage
+from service.core.pipeline import Person, Pipeline, PipelineOptions
+from service.core.types import DecodeMethod
+
+BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+POSE_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the image: multipart field `image`, or the raw bytes as the body",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/jpeg": BINARY,
+            "image/png": BINARY,
+            "image/webp": BINARY,
+            "image/bmp": BINARY,
+            "application/octet-stream": BINARY,
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class PoseQuery:
+    """The query parameters of one ``POST /pose`` (``None``: the service default)."""
+
+    decode: DecodeMethod | None = None
+    flip: bool | None = None
+    score_threshold: float | None = None
+    keypoint_threshold: float | None = None
+    max_persons: int | None = None
+    render: bool = False
+
+    def options(self, defaults: PipelineOptions, default_max_persons: int) -> PipelineOptions:
+        """``defaults`` with this request's overrides applied."""
+        overrides: dict[str, Any] = {}
+        if self.decode is not None:
+            overrides["decode"] = self.decode
+        if self.flip is not None:
+            overrides["flip"] = self.flip
+        if self.score_threshold is not None:
+            overrides["det_score_threshold"] = self.score_threshold
+        if self.keypoint_threshold is not None:
+            overrides["keypoint_score_threshold"] = self.keypoint_threshold
+        overrides["max_persons"] = (
+            self.max_persons if self.max_persons is not None else default_max_persons
+        )
+        return defaults.replace(**overrides)
+
+
+def _finite(v: Any) -> float:
+    f = float(v)
+    return f if math.isfinite(f) else 0.0
+
+
+def _clean(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def persons_json(persons: list[Person]) -> list[dict[str, Any]]:
+    """Persons as :class:`PersonOut`-shaped dicts (non-finite numbers become 0)."""
+    out = []
+    for p in persons:
+        kpts = _clean(np.asarray(p.keypoints, dtype=np.float64).reshape(-1, 3))
+        bbox = _clean(np.asarray(p.bbox, dtype=np.float64).reshape(4))
+        out.append(
+            {
+                "bbox": bbox.tolist(),
+                "box_score": _finite(p.box_score),
+                "score": _finite(p.score),
+                "keypoints": kpts.tolist(),
+                "keypoints_flat": kpts.reshape(-1).tolist(),
+            }
+        )
+    return out
+
+
+def run_pose(
+    state: ServiceState,
+    pipeline: Pipeline,
+    data: bytes,
+    options: PipelineOptions,
+    render: bool,
+    request_id: str,
+) -> tuple[bytes, str]:
+    """Worker-thread part of ``POST /pose``: decode → pipeline → metrics → the response body
+    (``PoseResponse`` JSON, or the overlay PNG) as ``(content, media type)``.
+
+    The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
+    (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
+    """
+    import cv2
+
+    from service.core.io import decode_image
+
+    s = state.settings
+    t0 = time.perf_counter()
+    image = decode_image(data, **s.image_limits)
+    decode_s = time.perf_counter() - t0
+    result = pipeline(image, options=options)
+    timings = result.timings
+    state.metrics.observe_timings(timings)
+    state.metrics.persons.observe(len(result.persons))
+    if render:
+        from service.core.visualize import draw_poses
+
+        ok, enc = cv2.imencode(".png", draw_poses(image, result.persons))
+        if not ok:
+            raise InvalidImage("render: expected a PNG-encodable overlay, got an encoder failure")
+        return enc.tobytes(), "image/png"
+    stage_ms = dict.fromkeys(Timings.model_fields, 0.0)
+    for k, v in timings.items():
+        if k in stage_ms:
+            stage_ms[k] = 1000.0 * float(v)
+    stage_ms["image_decode"] = 1000.0 * decode_s
+    h, w = image.shape[:2]
+    body = {
+        "request_id": request_id,
+        "image": {"width": int(w), "height": int(h)},
+        "persons": persons_json(list(result.persons)),
+        "model": {
+            **state.response_model_info(),
+            "decode": str(options.decode),
+            "flip": bool(options.flip),
+        },
+        "timings_ms": stage_ms,
+    }
+    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return content.encode("utf-8"), "application/json"
+
+
+async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) -> Response:
+    """Admit, read the image, run :func:`run_pose` in a worker thread, answer."""
+    settings = state.settings
+    request_id = request_id_of(request.scope)
+    pipeline = state.require_ready()
+    state.enter()
+    try:
+        data = await extract_image(request, settings.max_image_bytes, settings.request_timeout_s)
+        options = query.options(state.options(), settings.default_max_persons)
+        content, media_type = await anyio.to_thread.run_sync(
+            partial(run_pose, state, pipeline, data, options, query.render, request_id),
+            limiter=state.limiter(),
+        )
+    finally:
+        state.leave()
+    return Response(content, media_type=media_type)
+
+
+def build_router(person_cap: int) -> APIRouter:
+    """The ``POST /pose`` router; ``person_cap`` bounds the ``max_persons`` query (a setting).
+
+    (No ``from __future__ import annotations`` in this module: the bound is read from the
+    enclosing scope when FastAPI evaluates the signature.)
+    """
+    router = APIRouter()
+
+    @router.post(
+        "/pose",
+        response_model=PoseResponse,
+        summary="Estimate the poses of all persons in an image",
+        responses={
+            200: {
+                "description": "persons as JSON, or the overlay PNG when render=true",
+                "content": {"image/png": BINARY},
+            },
+            **error_responses(400, 408, 413, 415, 422, 500, 503),
+        },
+        openapi_extra=POSE_REQUEST_BODY,
+    )
+    async def pose(
+        request: Request,
+        state: StateDep,
+        decode: Annotated[
+            Literal["argmax", "standard", "dark"] | None,
+            Query(description="heatmap decoding (default: the service setting)"),
+        ] = None,
+        flip: Annotated[bool | None, Query(description="flip test-time augmentation")] = None,
+        score_threshold: Annotated[
+            float | None, Query(ge=0.0, le=1.0, description="person detection score threshold")
+        ] = None,
+        keypoint_threshold: Annotated[
+            float | None,
+            Query(ge=0.0, le=1.0, description="keypoint score threshold used in rescoring"),
+        ] = None,
+        max_persons: Annotated[
+            int | None,
+            Query(ge=1, le=person_cap, description="most persons returned"),
+        ] = None,
+        render: Annotated[
+            bool, Query(description="return the skeleton overlay as PNG instead of JSON")
+        ] = False,
+    ) -> Any:
+        query = PoseQuery(decode, flip, score_threshold, keypoint_threshold, max_persons, render)
+        return await serve_pose(request, state, query)
+
+    return router
