@@ -41,9 +41,17 @@ class Settings(BaseSettings):
         "(heatmaps averaged before decoding)",
     )
     detector: str = Field(
-        "yolox", description="detector config: yolox | htc | fused(yolox@1x,yolox@chips,...)"
+        "yolox",
+        description="detector config: picodet | yolox | onnx(model=...) | htc | chips(...) | "
+        "fused(picodet,yolox,...)",
     )
-    detector_model: str = Field("yolox_nano_416.onnx", description="YOLOX ONNX file")
+    detector_model: str = Field("yolox_nano_416.onnx", description="YOLOX ONNX file (yolox)")
+    picodet_model: str = Field(
+        "picodet_s_416_pedestrian.onnx", description="PicoDet ONNX file (picodet)"
+    )
+    det_max_detections: int = Field(
+        100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
+    )
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
     inter_op_threads: int = Field(0, ge=0)

@@ -24,7 +24,6 @@ The pipeline holds no mutable state: it may be called from several threads at on
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -298,13 +297,6 @@ class Pipeline:
         self.pose_models: list[PoseModel] = models
         self.spec: ModelSpec = spec0
         self.options = options or PipelineOptions()
-        self._detector_takes_threshold = False
-        if detector is not None:
-            try:
-                params = inspect.signature(detector.detect).parameters
-                self._detector_takes_threshold = "score_threshold" in params
-            except (TypeError, ValueError):
-                self._detector_takes_threshold = False
         k = spec0.num_keypoints
         if len(COCO_SIGMAS) == k:
             self.sigmas: npt.NDArray[np.float64] = np.asarray(COCO_SIGMAS, np.float64)
@@ -334,10 +326,7 @@ class Pipeline:
             raise InvalidParameter(
                 "boxes: expected boxes (this pipeline has no detector), got none"
             )
-        if self._detector_takes_threshold:
-            det = self.detector.detect(image, score_threshold=opts.det_score_threshold)  # type: ignore[call-arg]
-        else:
-            det = self.detector.detect(image)
+        det = self.detector.detect(image, score_threshold=opts.det_score_threshold)
         b = np.asarray(det.boxes, np.float32).reshape(-1, 4)
         s = np.asarray(det.scores, np.float32).reshape(-1)
         keep = s >= opts.det_score_threshold

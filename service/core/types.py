@@ -182,9 +182,16 @@ class Detections:
 
 @runtime_checkable
 class Detector(Protocol):
-    """Anything that finds persons in a BGR uint8 image (H, W, 3)."""
+    """Anything that finds persons in a BGR uint8 image (H, W, 3).
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections: ...
+    ``detect(image, score_threshold=None)``: boxes scoring below ``score_threshold`` are
+    dropped (``None`` = the detector's own threshold); composite detectors (chips, fused,
+    scaled) pass it down to the detectors they run.
+    """
+
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections: ...
 
 
 @runtime_checkable

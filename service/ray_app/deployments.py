@@ -199,9 +199,11 @@ class DetectorDeployment:
         self._detector = build_detector(make_settings(settings))
         self._calls = 0
 
-    async def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    async def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
         self._calls += 1
-        return await asyncio.to_thread(self._detector.detect, image)
+        return await asyncio.to_thread(self._detector.detect, image, score_threshold)
 
     def stats(self) -> dict[str, Any]:
         return {"calls": self._calls, **_node_and_replica()}
@@ -227,9 +229,11 @@ class RemoteDetector:
         self._handle = handle
         self._timeout_s = timeout_s
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
         dets: Detections = _result(
-            self._handle.detect.remote(image), self._timeout_s, DETECTOR_NAME
+            self._handle.detect.remote(image, score_threshold), self._timeout_s, DETECTOR_NAME
         )
         return Detections(_writeable(dets.boxes), _writeable(dets.scores))
 

@@ -124,11 +124,13 @@ class ScaledDetector:
     def __repr__(self) -> str:
         return f"ScaledDetector({self.detector!r}, factor={self.factor:g})"
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
         _check_image(image)
         size = (int(image.shape[1]), int(image.shape[0]))
         level, fx, fy = resize_level(image, self.factor)
-        det = self.detector.detect(level)
+        det = self.detector.detect(level, score_threshold=score_threshold)
         if len(det) == 0:
             return Detections.empty()
         boxes = clip_boxes(level_to_image(np.asarray(det.boxes, np.float32), fx, fy), size)
@@ -282,7 +284,11 @@ class MultiScaleChipDetector:
             cut |= y2 >= chip.h - m
         return cut
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
+        """Persons in ``image``: every chip through the inner detector (with
+        ``score_threshold``), boxes mapped back, range-filtered and merged by NMS."""
         _check_image(image)
         size = (int(image.shape[1]), int(image.shape[0]))
         chips = self.plan(size)
@@ -297,7 +303,7 @@ class MultiScaleChipDetector:
             crop = np.ascontiguousarray(
                 level[chip.y0 : chip.y0 + chip.h, chip.x0 : chip.x0 + chip.w]
             )
-            det = self.detector.detect(crop)
+            det = self.detector.detect(crop, score_threshold=score_threshold)
             if len(det) == 0:
                 continue
             boxes = np.asarray(det.boxes, np.float32)

@@ -1,4 +1,4 @@
-"""Detector configuration strings: ``yolox | htc | chips(yolox) | fused(yolox@1x,yolox@chips,htc)``.
+"""Detector configuration strings: ``picodet | yolox | chips(picodet) | fused(picodet,yolox)``.
 
 Grammar (whitespace is ignored)::
 
@@ -10,7 +10,11 @@ Grammar (whitespace is ignored)::
 
 Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
 
-* ``yolox`` — the ONNX YOLOX of the settings; ``model=<file>``, ``score=<thr>``, ``nms=<iou>``.
+* ``picodet`` — the ONNX PicoDet of the settings (``DARKPOSE_PICODET_MODEL``); ``model=<file>``,
+  ``score=<thr>``, ``nms=<iou>``.
+* ``yolox`` — the ONNX YOLOX of the settings (``DARKPOSE_DETECTOR_MODEL``); same options.
+* ``onnx`` — any ONNX detector with a model card (:mod:`service.runtime.cards`):
+  ``model=<file>`` (required), ``score=<thr>``, ``nms=<iou>``.
 * ``htc`` — mmdet HTC (extra ``mmdet``); ``config=<file or shipped name>``,
   ``checkpoint=<.pth>``, ``scale=1333x800`` (or ``800``), ``device=cpu|cuda``, ``score=<thr>``,
   ``random=1`` (random weights: smoke tests only), ``trusted=1`` (unpickle checkpoint metadata).
@@ -21,6 +25,12 @@ Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
   box area in image px), ``nms=<iou>`` (default DARKPOSE_DET_NMS_IOU, 0.65), ``margin=2``.
 * ``fused(<expr>, <expr>, ...)`` — :class:`~service.runtime.fusion.FusedDetector` (weighted
   boxes fusion); ``weights=2/1/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
+
+Every detector kind is one entry of :data:`DETECTORS` (name → options, number of
+sub-detectors, builder): adding a kind is a builder function plus one line there.  Leaves cap
+their output at ``DARKPOSE_DET_MAX_DETECTIONS`` (the detector's own cap; a request's person cap is
+``max_persons`` and applies afterwards, in the pipeline).  Every kind honours a per-call
+``detect(image, score_threshold)``.
 
 Syntax errors and unknown names/options raise :class:`InvalidParameter`; configurations that
 parse but cannot be built (missing files, mmdet not installed) raise :class:`ModelError`.
@@ -35,7 +45,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,15 +54,11 @@ from service.core.types import Detector
 from service.runtime.htc import DEFAULT_HTC_CONFIG
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.runtime.detectors import OnnxDetector
+
 logger = logging.getLogger(__name__)
 
-NAMES = ("yolox", "htc", "chips", "fused")
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "yolox": ("model", "score", "nms"),
-    "htc": ("config", "checkpoint", "scale", "device", "score", "random", "trusted"),
-    "chips": ("scales", "chip", "stride", "ranges", "nms", "margin"),
-    "fused": ("weights", "iou", "skip", "conf"),
-}
 _PUNCT = "(),=@"
 _TOKEN = re.compile(r"[(),=@]|[^\s(),=@]+")
 
@@ -145,11 +151,12 @@ class _Parser:
     def expr(self) -> DetectorSpec:
         start = self.at()
         name = self.word("a detector name").lower()
-        if name not in NAMES:
+        if name not in DETECTORS:
             raise InvalidParameter(
                 f"detector config {self.text!r}: expected a detector name (one of "
-                f"{', '.join(NAMES)}) at position {start}, got {name!r}"
+                f"{', '.join(DETECTORS)}) at position {start}, got {name!r}"
             )
+        kind = DETECTORS[name]
         children: list[DetectorSpec] = []
         options: list[tuple[str, str]] = []
         if self.peek() == "(":
@@ -160,10 +167,10 @@ class _Parser:
                     key = self.word("an option name").lower()
                     self.expect("=")
                     value = self.word(f"a value for {key}")
-                    if key not in OPTIONS[name]:
+                    if key not in kind.options:
                         raise InvalidParameter(
                             f"detector config {self.text!r}: expected an option of {name} "
-                            f"({', '.join(OPTIONS[name])}) at position {key_at}, got {key!r}"
+                            f"({', '.join(kind.options)}) at position {key_at}, got {key!r}"
                         )
                     if any(k == key for k, _ in options):
                         raise self.error(f"{key} given once", key_at)
@@ -185,22 +192,30 @@ class _Parser:
                     f"'<factor>x' (e.g. 2x) after '@', got {variant!r}"
                 )
         spec = DetectorSpec(name, tuple(children), tuple(options), variant)
-        if name in ("yolox", "htc") and children:
+        lo, hi = kind.children
+        if not (lo <= len(children) and (hi is None or len(children) <= hi)):
+            want = (
+                "no sub-detectors"
+                if hi == 0
+                else f"exactly {_count(lo)} detector"
+                if lo == hi
+                else f"at least {_count(lo)} detector"
+            )
             raise InvalidParameter(
-                f"detector config {self.text!r}: expected no sub-detectors in {name}(...), "
+                f"detector config {self.text!r}: expected {want} in {name}(...), "
                 f"got {len(children)}"
             )
-        if name == "chips" and len(children) != 1:
-            raise InvalidParameter(
-                f"detector config {self.text!r}: expected exactly one detector in chips(...), "
-                f"got {len(children)}"
-            )
-        if name == "fused" and len(children) < 1:
-            raise InvalidParameter(
-                f"detector config {self.text!r}: expected at least one detector in "
-                f"fused(...), got none"
-            )
+        for key in kind.required:
+            if spec.option(key) is None:
+                raise InvalidParameter(
+                    f"detector config {self.text!r}: expected option {key}=... in {name}(...), "
+                    "got none"
+                )
         return spec
+
+
+def _count(n: int) -> str:
+    return {1: "one", 2: "two"}.get(n, str(n))
 
 
 def _parse_factor(variant: str) -> float | None:
@@ -355,30 +370,42 @@ class _Builder:
             from service.runtime.chips import ScaledDetector
 
             return ScaledDetector(inner, factor)
-        makers: dict[str, Callable[[DetectorSpec], Detector]] = {
-            "yolox": self.yolox,
-            "htc": self.htc,
-            "chips": lambda s: self.chips(self.build(s.children[0]), s),
-            "fused": self.fused,
-        }
-        return makers[spec.name](spec)
+        return DETECTORS[spec.name].build(self, spec)
 
-    def yolox(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.detectors import YoloxDetector
-
+    def onnx_leaf(
+        self, spec: DetectorSpec, cls: type[OnnxDetector], default_model: str
+    ) -> Detector:
         s = self.settings
-        path = s.resolve_model(spec.option("model") or s.detector_model)
+        path = s.resolve_model(spec.option("model") or default_model)
         if not Path(path).is_file():
-            raise ModelError(f"yolox model: expected an existing ONNX file, got {str(path)!r}")
-        return YoloxDetector(
+            raise ModelError(
+                f"{spec.name} model: expected an existing ONNX file, got {str(path)!r}"
+            )
+        nms = spec.option("nms")
+        return cls(
             path,
             score_threshold=_num(spec, "score", s.det_score_threshold, 0.0, 1.0),
-            nms_iou=_num(spec, "nms", s.det_nms_iou, 1e-6, 1.0),
-            max_detections=s.max_persons,
+            nms_iou=None if nms is None else _num(spec, "nms", s.det_nms_iou, 1e-6, 1.0),
+            max_detections=s.det_max_detections,
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
             inter_op_threads=s.inter_op_threads,
         )
+
+    def yolox(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.detectors import YoloxDetector
+
+        return self.onnx_leaf(spec, YoloxDetector, self.settings.detector_model)
+
+    def picodet(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.detectors import PicoDetDetector
+
+        return self.onnx_leaf(spec, PicoDetDetector, self.settings.picodet_model)
+
+    def onnx(self, spec: DetectorSpec) -> Detector:
+        from service.runtime.detectors import OnnxDetector
+
+        return self.onnx_leaf(spec, OnnxDetector, spec.option("model") or "")
 
     def htc(self, spec: DetectorSpec) -> Detector:
         from service.runtime.htc import HtcDetector, parse_test_scale
@@ -392,7 +419,7 @@ class _Builder:
             random_weights=_flag(spec, "random"),
             trusted_checkpoint=_flag(spec, "trusted"),
             score_threshold=_num(spec, "score", self.settings.det_score_threshold, 0.0, 1.0),
-            max_detections=self.settings.max_persons,
+            max_detections=self.settings.det_max_detections,
             device=spec.option("device", d.device) or "cpu",
             test_scale=None if scale is None else parse_test_scale(scale),
             num_threads=self.settings.intra_op_threads,
@@ -409,7 +436,7 @@ class _Builder:
             stride=_int(spec, "stride", ch.DEFAULT_STRIDE, 1, 4096),
             nms_iou=_num(spec, "nms", self.settings.det_nms_iou, 1e-6, 1.0),
             border_margin=_num(spec, "margin", 2.0, 0.0, 64.0),
-            max_detections=self.settings.max_persons,
+            max_detections=self.settings.det_max_detections,
         )
 
     def fused(self, spec: DetectorSpec) -> Detector:
@@ -421,15 +448,59 @@ class _Builder:
             iou_thr=_num(spec, "iou", 0.55, 1e-6, 1.0),
             skip_box_thr=_num(spec, "skip", 0.0, 0.0, 1.0),
             conf_type=spec.option("conf", "avg") or "avg",
-            max_detections=self.settings.max_persons,
+            max_detections=self.settings.det_max_detections,
         )
 
 
 def build_detector_from_config(config: str | DetectorSpec, settings: Settings) -> Detector:
     """The :class:`~service.core.types.Detector` described by ``config`` (a string in the
     grammar of this module, or a parsed :class:`DetectorSpec`), built with ``settings``
-    (model paths, providers, thresholds, ``max_persons``)."""
+    (model paths, providers, thresholds, ``det_max_detections``)."""
     spec = parse_detector_config(config) if isinstance(config, str) else config
     detector = _Builder(settings).build(spec)
     logger.info("detector: %s → %r", spec, detector)
     return detector
+
+
+@dataclass(frozen=True)
+class DetectorKind:
+    """One detector kind of the config grammar: its ``KEY=VALUE`` options (``required`` ones
+    must be given), how many sub-detectors it takes (min, max; ``None`` = unbounded) and its
+    builder ``(builder, spec) -> Detector``."""
+
+    options: tuple[str, ...]
+    build: Callable[[_Builder, DetectorSpec], Detector]
+    children: tuple[int, int | None] = (0, 0)
+    required: tuple[str, ...] = ()
+    help: str = ""
+
+
+_ONNX_OPTIONS = ("model", "score", "nms")
+
+#: The detector table: name → options, sub-detectors, builder (parser and builder read it).
+DETECTORS: dict[str, DetectorKind] = {
+    "picodet": DetectorKind(_ONNX_OPTIONS, _Builder.picodet, help="PicoDet ONNX (card-driven)"),
+    "yolox": DetectorKind(_ONNX_OPTIONS, _Builder.yolox, help="YOLOX ONNX (raw grid head)"),
+    "onnx": DetectorKind(
+        _ONNX_OPTIONS, _Builder.onnx, required=("model",), help="any ONNX detector with a card"
+    ),
+    "htc": DetectorKind(
+        ("config", "checkpoint", "scale", "device", "score", "random", "trusted"),
+        _Builder.htc,
+        help="mmdet HTC (extra mmdet)",
+    ),
+    "chips": DetectorKind(
+        ("scales", "chip", "stride", "ranges", "nms", "margin"),
+        lambda b, s: b.chips(b.build(s.children[0]), s),
+        children=(1, 1),
+        help="SNIPER chips around one detector",
+    ),
+    "fused": DetectorKind(
+        ("weights", "iou", "skip", "conf"),
+        _Builder.fused,
+        children=(1, None),
+        help="weighted boxes fusion of several detectors",
+    ),
+}
+#: Detector names (the keys of :data:`DETECTORS`).
+NAMES: tuple[str, ...] = tuple(DETECTORS)

@@ -1,15 +1,28 @@
-"""Person detectors on onnxruntime.
+"""Card-driven person detectors on onnxruntime.
 
-:class:`YoloxDetector` runs a YOLOX ONNX export with raw head outputs (``decode_in_inference``
-off): input (1, 3, S, S) float32 **BGR 0–255**, letterboxed to the top-left corner with pad value
-114; output (1, A, 5 + C) with, per anchor, (cx, cy, w, h) in grid units, objectness and C class
-scores (both already sigmoid-ed).  The grid decode over strides 8/16/32 happens here:
-``xy = (xy + grid) * stride``, ``wh = exp(wh) * stride``.  Person = class 0, score = obj × cls.
+:class:`OnnxDetector` runs any single-input ONNX detector its :class:`~service.core.cards.ModelCard`
+describes: pre-processing from ``card.input`` (``letterbox`` = aspect-preserving resize pasted
+top-left on a canvas of ``pad_value``, or ``stretch`` = plain resize to the input size; colour
+order; ``(pixel * pixel_scale - mean) / std``) and post-processing from the output layout
+(:data:`OUTPUT_LAYOUTS`):
+
+* ``yolox`` — raw YOLOX head (1, A, 5 + C): per anchor (cx, cy, w, h) in grid units, objectness
+  and C class scores (already sigmoid-ed); grid decode over ``detector.strides``:
+  ``xy = (xy + grid) * stride``, ``wh = exp(wh) * stride``; score = obj × cls[person_class];
+* ``boxes_scores`` — ``boxes`` (1, A, 4) xyxy in input px and ``scores`` (1, C, A) (PicoDet
+  exported without NMS); score = scores[person_class].
+
+Then: score threshold, boxes mapped from input px to image px (letterbox: ``/ ratio``; stretch:
+``* (W / input_W, H / input_H)``), clipped, empty ones dropped, NMS in numpy
+(:func:`service.core.nms.nms_boxes`), at most ``max_detections``.
+:class:`YoloxDetector` / :class:`PicoDetDetector` are the two shipped kinds (a YOLOX file without
+a card gets :data:`YOLOX_CARD`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +30,38 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from service.core.cards import ModelCard, parse_card
 from service.core.errors import InvalidImage, InvalidParameter, ModelError
 from service.core.nms import nms_boxes
 from service.core.types import F32, Detections
+from service.runtime.cards import load_card, resolve_card
 from service.runtime.onnx import create_session
 
 logger = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 STRIDES: tuple[int, ...] = (8, 16, 32)
+
+#: The card of a YOLOX file that has none (the shared YOLOX-nano's values but its size).
+YOLOX_CARD = parse_card(
+    {
+        "kind": "detector",
+        "name": "yolox",
+        "arch": "YOLOX",
+        "input": {
+            "size": [416, 416],
+            "channel_order": "BGR",
+            "pixel_scale": 1.0,
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "resize": "letterbox",
+            "pad_value": PAD_VALUE,
+        },
+        "outputs": [{"layout": "yolox"}],
+        "detector": {"person_class": 0, "strides": list(STRIDES)},
+    },
+    "YOLOX_CARD",
+)
 
 
 def clip_boxes(boxes: npt.NDArray[Any], image_size: tuple[int, int]) -> npt.NDArray[Any]:
@@ -55,19 +91,39 @@ def check_image(image: npt.NDArray[np.uint8]) -> None:
 
 
 def letterbox(
-    image: npt.NDArray[np.uint8], size: tuple[int, int]
+    image: npt.NDArray[np.uint8], size: tuple[int, int], pad_value: float = PAD_VALUE
 ) -> tuple[npt.NDArray[np.float32], float]:
     """Resize ``image`` (H, W, 3) to fit ``size`` (W, H) keeping its aspect, paste it top-left on
-    a canvas of ``PAD_VALUE``; returns ((1, 3, H, W) float32 BGR 0–255, ratio)."""
+    a canvas of ``pad_value``; returns ((1, 3, H, W) float32 BGR 0–255, ratio)."""
     h, w = image.shape[:2]
     tw, th = size
     r = min(tw / w, th / h)
     # as YOLOX's ValTransform: floor of the scaled size, bilinear
     nw, nh = min(max(1, int(w * r)), tw), min(max(1, int(h * r)), th)
-    canvas = np.full((th, tw, 3), PAD_VALUE, np.uint8)
+    canvas = np.full((th, tw, 3), pad_value, np.float32)
     canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    blob = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+    blob = canvas.transpose(2, 0, 1)[None]
     return np.ascontiguousarray(blob), r
+
+
+def stretch(
+    image: npt.NDArray[np.uint8], size: tuple[int, int]
+) -> tuple[npt.NDArray[np.float32], tuple[float, float]]:
+    """Plain bilinear resize of ``image`` (H, W, 3) to ``size`` (W, H), ignoring the aspect;
+    returns ((1, 3, H, W) float32 BGR 0–255, (sx, sy) = input px per image px)."""
+    h, w = image.shape[:2]
+    tw, th = size
+    resized = cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR)
+    blob = resized.transpose(2, 0, 1)[None].astype(np.float32)
+    return np.ascontiguousarray(blob), (tw / w, th / h)
+
+
+def input_to_image(boxes: F32, scale: tuple[float, float]) -> F32:
+    """(M, 4) xyxy boxes in network-input px → image px, ``scale`` = (sx, sy) input px per image
+    px (letterbox: (r, r); stretch: (input_W / W, input_H / H))."""
+    sx, sy = scale
+    out: F32 = (boxes / np.asarray([sx, sy, sx, sy], np.float32)).astype(np.float32)
+    return out
 
 
 def make_grids(size: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> tuple[F32, F32]:
@@ -85,35 +141,66 @@ def make_grids(size: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> tup
     )
 
 
-class YoloxDetector:
-    """YOLOX person detector (implements :class:`service.core.types.Detector`).
+def _normaliser(card: ModelCard) -> Callable[[F32], F32]:
+    """BGR 0–255 (1, 3, H, W) → the network input the card describes."""
+    inp = card.input
+    rgb = inp.channel_order == "RGB"
+    scale = np.float32(inp.pixel_scale)
+    mean = np.asarray(inp.mean, np.float32).reshape(1, 3, 1, 1)
+    inv_std = (1.0 / np.asarray(inp.std, np.float32)).reshape(1, 3, 1, 1)
+    identity = not rgb and scale == 1.0 and not mean.any() and np.all(inv_std == 1.0)
 
-    ``detect(image)``: ``image`` BGR uint8 (H, W, 3) → :class:`Detections` (boxes (M, 4) xyxy
-    float32 image px, clipped to the image, sorted by score; M ≤ ``max_detections``).
+    def run(blob: F32) -> F32:
+        if identity:
+            return blob
+        x = blob[:, ::-1] if rgb else blob
+        out: F32 = np.ascontiguousarray((x * scale - mean) * inv_std, dtype=np.float32)
+        return out
+
+    return run
+
+
+class OnnxDetector:
+    """A person detector described by its model card (implements
+    :class:`service.core.types.Detector`).
+
+    ``detect(image, score_threshold=None)``: ``image`` BGR uint8 (H, W, 3) → :class:`Detections`
+    (boxes (M, 4) xyxy float32 image px, clipped to the image, sorted by score; M ≤
+    ``max_detections``).  ``card=None`` reads the file's card (:mod:`service.runtime.cards`).
     """
+
+    kind = "onnx"
 
     def __init__(
         self,
         path: str | Path,
         score_threshold: float = 0.3,
-        nms_iou: float = 0.65,
+        nms_iou: float | None = None,
         max_detections: int = 100,
         providers: str = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
-        person_class: int = 0,
+        card: ModelCard | None = None,
     ) -> None:
+        self.path = Path(path)
+        self.card: ModelCard = card or load_card(self.path, "detector")
+        if self.card.kind != "detector":
+            raise ModelError(
+                f"detector {self.path.name}: expected a detector card, got kind={self.card.kind}"
+            )
+        if nms_iou is None:
+            nms_iou = self.card.detector_options.nms_iou or 0.65
         if not 0.0 <= score_threshold <= 1.0:
             raise InvalidParameter(f"score_threshold: expected [0, 1], got {score_threshold}")
         if not 0.0 < nms_iou <= 1.0:
             raise InvalidParameter(f"nms_iou: expected (0, 1], got {nms_iou}")
         if max_detections < 1:
             raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
-        self.path = Path(path)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.max_detections = int(max_detections)
-        self.person_class = int(person_class)
+        self.person_class = self.card.detector_options.person_class
+        self.layout = self.card.output_layout
         self.session = create_session(
             self.path,
             providers=providers,
@@ -121,52 +208,79 @@ class YoloxDetector:
             inter_op_threads=inter_op_threads,
         )
         self.providers: list[str] = list(self.session.get_providers())
-        inp = self.session.get_inputs()[0]
-        shape = inp.shape
-        if len(shape) != 4 or not isinstance(shape[2], int) or not isinstance(shape[3], int):
-            raise ModelError(f"YOLOX {self.path.name}: expected input (1, 3, H, W), got {shape}")
-        self.input_name: str = inp.name
-        self.input_size: tuple[int, int] = (int(shape[3]), int(shape[2]))
-        self.grid, self.strides = make_grids(self.input_size)
-        out_shape = self.session.get_outputs()[0].shape
-        n_anchors = self.grid.shape[0]
-        if len(out_shape) != 3 or (isinstance(out_shape[1], int) and out_shape[1] != n_anchors):
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
             raise ModelError(
-                f"YOLOX {self.path.name}: expected output (1, {n_anchors}, 5 + C), got {out_shape}"
+                f"detector {self.path.name}: expected 1 graph input, got {[i.name for i in inputs]}"
             )
+        shape = inputs[0].shape
+        if len(shape) != 4 or not isinstance(shape[2], int) or not isinstance(shape[3], int):
+            raise ModelError(
+                f"detector {self.path.name}: expected a fixed input (1, 3, H, W), got {shape}"
+            )
+        self.input_name: str = self.card.input.name or inputs[0].name
+        if self.input_name != inputs[0].name:
+            raise ModelError(
+                f"detector {self.path.name}: card input {self.input_name!r}, expected the "
+                f"graph's {inputs[0].name!r}"
+            )
+        self.input_size: tuple[int, int] = (int(shape[3]), int(shape[2]))
+        if self.input_size != tuple(self.card.input.size):
+            raise ModelError(
+                f"detector {self.path.name}: card input size {tuple(self.card.input.size)}, "
+                f"expected the graph's {self.input_size}"
+            )
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names: list[str] = [
+            self.card.output_name(layout) or outputs[i]
+            for i, layout in enumerate(OUTPUT_LAYOUTS[self.layout].outputs)
+        ]
+        missing = [n for n in self.output_names if n not in outputs]
+        if missing:
+            raise ModelError(
+                f"detector {self.path.name}: card outputs {self.output_names}, expected names "
+                f"of the graph, got {outputs}"
+            )
+        self._normalise = _normaliser(self.card)
+        self._decode = OUTPUT_LAYOUTS[self.layout].build(self)
         self.name = self.path.stem
 
     def __repr__(self) -> str:
-        return f"YoloxDetector({self.path.name!r}, providers={self.providers})"
+        return f"{type(self).__name__}({self.path.name!r}, providers={self.providers})"
 
-    def infer_raw(self, image: npt.NDArray[np.uint8]) -> tuple[F32, float]:
-        """Letterbox + session run: raw output (A, 5 + C) float32 and the resize ratio."""
+    def preprocess(
+        self, image: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32], tuple[float, float]]:
+        """``image`` → (network input (1, 3, H, W) float32, (sx, sy) input px per image px)."""
         check_image(image)
-        blob, ratio = letterbox(image, self.input_size)
-        out = self.session.run(None, {self.input_name: blob})[0]
-        return np.asarray(out[0], dtype=np.float32), ratio
+        if self.card.input.resize == "letterbox":
+            blob, r = letterbox(image, self.input_size, self.card.input.pad_value)
+            return self._normalise(blob), (r, r)
+        blob, scale = stretch(image, self.input_size)
+        return self._normalise(blob), scale
 
-    def decode(
-        self, raw: F32, ratio: float, image_size: tuple[int, int], score_threshold: float
+    def run(self, blob: npt.NDArray[np.float32]) -> list[F32]:
+        """One session run: the card's outputs, batch dimension dropped."""
+        outs = self.session.run(self.output_names, {self.input_name: blob})
+        return [np.asarray(o[0], dtype=np.float32) for o in outs]
+
+    def postprocess(
+        self,
+        outputs: list[F32],
+        scale: tuple[float, float],
+        image_size: tuple[int, int],
+        score_threshold: float,
     ) -> Detections:
-        """Grid-decode raw output (A, 5 + C) → person :class:`Detections` in an image of
-        ``image_size`` (W, H): score threshold, NMS, clip, ``max_detections``."""
-        scores = raw[:, 4] * raw[:, 5 + self.person_class]
-        idx = np.flatnonzero(scores > score_threshold)
-        if idx.size == 0:
+        """Raw outputs → :class:`Detections` in an image of ``image_size`` (W, H)."""
+        boxes, scores = self._decode(outputs, score_threshold)
+        if scores.size == 0:
             return Detections.empty()
-        cand = raw[idx]
-        stride = self.strides[idx]
-        cxy = (cand[:, :2] + self.grid[idx]) * stride
-        wh = np.exp(np.minimum(cand[:, 2:4], 20.0)) * stride
-        boxes = np.concatenate((cxy - wh / 2, cxy + wh / 2), axis=1) / ratio
-        boxes = clip_boxes(boxes, image_size)
-        sc = scores[idx]
+        boxes = clip_boxes(input_to_image(boxes, scale), image_size)
         ok = non_empty(boxes)
         if not ok.any():
             return Detections.empty()
         kept: F32 = boxes[ok].astype(np.float32)
-        sc = sc[ok].astype(np.float32)
+        sc = scores[ok].astype(np.float32)
         keep = nms_boxes(kept, sc, self.nms_iou)[: self.max_detections]
         return Detections(kept[keep], sc[keep])
 
@@ -176,5 +290,168 @@ class YoloxDetector:
         """Persons in ``image`` (BGR uint8 (H, W, 3)); ``score_threshold`` overrides the
         constructor's for this call."""
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
-        raw, ratio = self.infer_raw(image)
-        return self.decode(raw, ratio, (int(image.shape[1]), int(image.shape[0])), thr)
+        blob, scale = self.preprocess(image)
+        outputs = self.run(blob)
+        return self.postprocess(outputs, scale, (int(image.shape[1]), int(image.shape[0])), thr)
+
+
+# -------------------------------------------------------------------------- output layouts
+Decode = Callable[[list[F32], float], tuple[F32, F32]]
+
+
+class _Layout:
+    """An output layout: its output roles (in card order) and a builder of its decode
+    ``(outputs, score_threshold) -> (boxes (M, 4) xyxy input px, scores (M,))``."""
+
+    def __init__(self, outputs: tuple[str, ...], build: Callable[[OnnxDetector], Decode]) -> None:
+        self.outputs = outputs
+        self.build = build
+
+
+def _yolox_decode(det: OnnxDetector) -> Decode:
+    strides = det.card.detector_options.strides
+    grid, stride = make_grids(det.input_size, strides)
+    person = det.person_class
+
+    def decode(outputs: list[F32], thr: float) -> tuple[F32, F32]:
+        raw = outputs[0]
+        if raw.ndim != 2 or raw.shape[0] != grid.shape[0] or raw.shape[1] <= 5 + person:
+            raise ModelError(
+                f"YOLOX {det.path.name}: expected output (1, {grid.shape[0]}, 5 + C), "
+                f"got {(1, *raw.shape)}"
+            )
+        return decode_yolox(raw, grid, stride, person, thr)
+
+    return decode
+
+
+def decode_yolox(
+    raw: F32, grid: F32, stride: F32, person_class: int, score_threshold: float
+) -> tuple[F32, F32]:
+    """Raw YOLOX head (A, 5 + C) → person boxes (M, 4) xyxy input px and scores (M,) above
+    ``score_threshold``."""
+    scores = raw[:, 4] * raw[:, 5 + person_class]
+    idx = np.flatnonzero(scores > score_threshold)
+    cand = raw[idx]
+    s = stride[idx]
+    cxy = (cand[:, :2] + grid[idx]) * s
+    wh = np.exp(np.minimum(cand[:, 2:4], 20.0)) * s
+    boxes = np.concatenate((cxy - wh / 2, cxy + wh / 2), axis=1).astype(np.float32)
+    return boxes, scores[idx].astype(np.float32)
+
+
+def _boxes_scores_decode(det: OnnxDetector) -> Decode:
+    person = det.person_class
+
+    def decode(outputs: list[F32], thr: float) -> tuple[F32, F32]:
+        boxes, scores = outputs
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.ndim != 2:
+            raise ModelError(
+                f"detector {det.path.name}: expected boxes (1, A, 4) and scores (1, C, A), "
+                f"got {(1, *boxes.shape)} and {(1, *scores.shape)}"
+            )
+        if scores.shape[1] != boxes.shape[0] or scores.shape[0] <= person:
+            raise ModelError(
+                f"detector {det.path.name}: expected scores (1, C > {person}, "
+                f"{boxes.shape[0]}), got {(1, *scores.shape)}"
+            )
+        return decode_boxes_scores(boxes, scores, person, thr)
+
+    return decode
+
+
+def decode_boxes_scores(
+    boxes: F32, scores: F32, person_class: int, score_threshold: float
+) -> tuple[F32, F32]:
+    """``boxes`` (A, 4) xyxy input px + ``scores`` (C, A) → person boxes (M, 4), scores (M,)
+    above ``score_threshold``."""
+    sc = scores[person_class]
+    idx = np.flatnonzero(sc > score_threshold)
+    return boxes[idx].astype(np.float32), sc[idx].astype(np.float32)
+
+
+#: Output layout (``ModelCard.output_layout``) → how its outputs decode to boxes.
+OUTPUT_LAYOUTS: dict[str, _Layout] = {
+    "yolox": _Layout(("yolox",), _yolox_decode),
+    "boxes_scores": _Layout(("boxes", "scores"), _boxes_scores_decode),
+}
+
+
+class PicoDetDetector(OnnxDetector):
+    """PicoDet (boxes + scores outputs, no NMS in the graph): an :class:`OnnxDetector` whose
+    card is required (the shipped one for ``picodet_s_416_pedestrian.onnx``)."""
+
+    kind = "picodet"
+
+
+class YoloxDetector(OnnxDetector):
+    """YOLOX person detector: an :class:`OnnxDetector` with the ``yolox`` output layout.
+
+    The card is the file's (:mod:`service.runtime.cards`) or, when it has none,
+    :data:`YOLOX_CARD` with the graph's input size and name.
+    """
+
+    kind = "yolox"
+
+    def __init__(
+        self,
+        path: str | Path,
+        score_threshold: float = 0.3,
+        nms_iou: float | None = None,
+        max_detections: int = 100,
+        providers: str = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        card: ModelCard | None = None,
+    ) -> None:
+        if card is None:
+            found = resolve_card(path, kind="detector")
+            card = found.card if found is not None else None
+        if card is None:
+            logger.info("YOLOX %s: no model card, using the built-in YOLOX card", Path(path).name)
+            card = _yolox_card_for(path)
+        if card.output_layout != "yolox":
+            raise ModelError(
+                f"YOLOX {Path(path).name}: expected a card with the 'yolox' output layout, "
+                f"got {card.output_layout!r}"
+            )
+        super().__init__(
+            path,
+            score_threshold=score_threshold,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            card=card,
+        )
+        self.grid, self.strides = make_grids(self.input_size, card.detector_options.strides)
+
+    def infer_raw(self, image: npt.NDArray[np.uint8]) -> tuple[F32, float]:
+        """Letterbox + session run: raw output (A, 5 + C) float32 and the resize ratio."""
+        blob, scale = self.preprocess(image)
+        return self.run(blob)[0], scale[0]
+
+    def decode(
+        self, raw: F32, ratio: float, image_size: tuple[int, int], score_threshold: float
+    ) -> Detections:
+        """Grid-decode raw output (A, 5 + C) → person :class:`Detections` in an image of
+        ``image_size`` (W, H): score threshold, NMS, clip, ``max_detections``."""
+        return self.postprocess([raw], (ratio, ratio), image_size, score_threshold)
+
+
+def _yolox_card_for(path: str | Path) -> ModelCard:
+    """:data:`YOLOX_CARD` with the input size and name of the graph at ``path``."""
+    from service.runtime.onnx import graph_inputs, load_model, read_model_bytes, static_shape
+
+    model = load_model(read_model_bytes(path))
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        raise ModelError(f"YOLOX {Path(path).name}: expected 1 graph input, got {len(inputs)}")
+    shape = static_shape(inputs[0])
+    if len(shape) != 4 or not isinstance(shape[2], int) or not isinstance(shape[3], int):
+        raise ModelError(f"YOLOX {Path(path).name}: expected input (1, 3, H, W), got {shape}")
+    data = YOLOX_CARD.model_dump(by_alias=True)
+    data["name"] = Path(path).stem
+    data["input"]["size"] = [shape[3], shape[2]]
+    return parse_card(data, f"YOLOX_CARD for {Path(path).name}")

@@ -150,10 +150,13 @@ class FusedDetector:
     def __repr__(self) -> str:
         return f"FusedDetector({self.detectors!r}, weights={self.weights})"
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
+        """Fused persons in ``image``; ``score_threshold`` goes to every member detector."""
         check_image(image)
         size = (int(image.shape[1]), int(image.shape[0]))
-        results = [d.detect(image) for d in self.detectors]
+        results = [d.detect(image, score_threshold=score_threshold) for d in self.detectors]
         return fuse_detections(
             results,
             size,

@@ -248,8 +248,12 @@ class HtcDetector:
         self.pipeline = Compose(_test_pipeline(cfg, test_scale))
         self._torch = torch
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
+        """Persons in ``image``; ``score_threshold`` overrides the constructor's for this call."""
         check_image(image)
+        thr = self.score_threshold if score_threshold is None else float(score_threshold)
         h, w = image.shape[:2]
         data = self.pipeline({"img": np.ascontiguousarray(image), "img_id": 0})
         batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
@@ -259,7 +263,7 @@ class HtcDetector:
         boxes = inst.bboxes.float().cpu().numpy().reshape(-1, 4)
         scores = inst.scores.float().cpu().numpy().reshape(-1)
         labels = inst.labels.cpu().numpy().reshape(-1)
-        keep = (labels == self.person_label) & (scores >= self.score_threshold)
+        keep = (labels == self.person_label) & (scores >= thr)
         keep &= np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         boxes, scores = boxes[keep].astype(np.float64), scores[keep].astype(np.float64)
         boxes = clip_boxes(boxes, (w, h))

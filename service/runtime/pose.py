@@ -1,10 +1,12 @@
 """onnxruntime pose backend: one batched call for all crops of an image.
 
-:class:`OnnxPoseModel` implements :class:`service.core.types.PoseModel`.  Its ``spec`` comes
-from the file's ``metadata_props`` (``darkpose.*``) when present; missing keys fall back to the
-shared SimpleBaseline model's values, except the input/heatmap sizes which are read from the
-ONNX input/output shapes when the metadata lacks them.  A fixed batch dimension is made symbolic
-in memory (:func:`service.runtime.onnx.make_batch_dynamic`) so crops run in one call.
+:class:`OnnxPoseModel` implements :class:`service.core.types.PoseModel`.  Its ``card`` (and the
+``spec`` derived from it) comes from :func:`service.runtime.cards.resolve_card`: the file's
+``metadata_props``, a ``<model>.card.json`` beside it, or a card shipped in ``service/cards``.
+Without a card the input/heatmap sizes are read from the ONNX input/output shapes and the rest
+falls back to the shared SimpleBaseline model's values (logged as a warning).  A fixed batch
+dimension is made symbolic in memory (:func:`service.runtime.onnx.make_batch_dynamic`) so crops
+run in one call.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.cards import ModelCard
 from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, ModelSpec
+from service.runtime.cards import card_beside, card_from_metadata, resolve_card
 from service.runtime.onnx import (
     CPU,
     create_session,
@@ -34,11 +38,12 @@ logger = logging.getLogger(__name__)
 CPU_MAX_BATCH = 4
 
 
-def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
-    """The :class:`ModelSpec` of serialised ONNX ``model_bytes`` (metadata, then shapes, then
-    the shared model's defaults)."""
+def _shape_defaults(model_bytes: bytes, name: str) -> dict[str, object]:
+    """Input/heatmap sizes (W, H) read from the graph's static shapes (where they are fixed)."""
     model = load_model(model_bytes)
-    meta = {p.key: p.value for p in model.metadata_props}
+    decoded = any(
+        p.key == "darkpose.decoded_output" and p.value == "1" for p in model.metadata_props
+    )
     defaults: dict[str, object] = {"name": name}
     inputs = graph_inputs(model)
     if len(inputs) != 1:
@@ -52,7 +57,6 @@ def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
         defaults["input_size"] = (in_shape[3], in_shape[2])
     if model.graph.output:
         out_shape = static_shape(model.graph.output[0])
-        decoded = meta.get("darkpose.decoded_output") == "1"
         if (
             not decoded
             and len(out_shape) == 4
@@ -60,7 +64,55 @@ def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
             and isinstance(out_shape[3], int)
         ):
             defaults["heatmap_size"] = (out_shape[3], out_shape[2])
-    return ModelSpec.from_metadata(meta, **defaults)
+    return defaults
+
+
+def card_from_model(model_bytes: bytes, path: str | Path) -> tuple[ModelCard, str]:
+    """The :class:`ModelCard` of the pose model at ``path`` (bytes already read) and where it
+    came from: its card (:func:`service.runtime.cards.resolve_card`), else one built from the
+    graph's shapes and the shared SimpleBaseline model's defaults (``"graph"``, logged)."""
+    p = Path(path)
+    found = resolve_card(p, model_bytes, kind="pose")
+    defaults = _shape_defaults(model_bytes, p.stem)
+    if found is None:
+        logger.warning(
+            "pose model %s: no model card (metadata, %s or a shipped card); using the graph's "
+            "shapes and SimpleBaseline defaults",
+            p.name,
+            card_beside(p).name,
+        )
+        card = ModelCard.from_spec(
+            ModelSpec.from_metadata({}, **defaults),
+            provenance={"notes": "no card: graph shapes + defaults"},
+        )
+        return card, "graph"
+    card = found.card
+    checks = [("input_size", card.input.size)]
+    if (
+        card.pose is not None
+        and card.pose.heatmap_size is not None
+        and not card.to_spec().decoded_output
+    ):
+        checks.append(("heatmap_size", card.pose.heatmap_size))
+    for key, value in checks:
+        graph_value = defaults.get(key)
+        if graph_value is not None and tuple(value) != graph_value:
+            raise ModelError(
+                f"pose model {p.name}: card ({found.where}) {key}: expected the graph's "
+                f"{graph_value}, got {tuple(value)}"
+            )
+    return card, found.source
+
+
+def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
+    """The :class:`ModelSpec` of serialised ONNX ``model_bytes`` from its metadata, then the
+    graph's shapes, then the shared model's defaults (no card files: :func:`card_from_model`)."""
+    model = load_model(model_bytes)
+    meta = {p.key: p.value for p in model.metadata_props}
+    card = card_from_metadata(meta, name)
+    if card is not None:
+        return card.to_spec()
+    return ModelSpec.from_metadata(meta, **_shape_defaults(model_bytes, name))
 
 
 class OnnxPoseModel:
@@ -83,7 +135,12 @@ class OnnxPoseModel:
     ) -> None:
         self.path = Path(path)
         raw = read_model_bytes(self.path)
-        self.spec: ModelSpec = spec or spec_from_model(raw, name=self.path.stem)
+        if spec is None:
+            self.card, self.card_source = card_from_model(raw, self.path)
+            spec = self.card.to_spec()
+        else:
+            self.card, self.card_source = ModelCard.from_spec(spec), "given"
+        self.spec: ModelSpec = spec
         dynamic = make_batch_dynamic(raw)
         if dynamic is not raw:
             logger.info("pose model %s: batch dimension made dynamic", self.path.name)
@@ -95,8 +152,17 @@ class OnnxPoseModel:
             name=str(self.path),
         )
         self.providers: list[str] = list(self.session.get_providers())
-        self.input_name: str = self.session.get_inputs()[0].name
-        self.output_name: str = self.session.get_outputs()[0].name
+        self.input_name: str = self.card.input.name or self.session.get_inputs()[0].name
+        layout = "keypoints" if self.spec.decoded_output else "heatmaps"
+        self.output_name: str = self.card.output_name(layout) or self.session.get_outputs()[0].name
+        names_in = [i.name for i in self.session.get_inputs()]
+        names_out = [o.name for o in self.session.get_outputs()]
+        if self.input_name not in names_in or self.output_name not in names_out:
+            raise ModelError(
+                f"pose model {self.path.name}: card names input {self.input_name!r} / output "
+                f"{self.output_name!r}, expected names of the graph, got inputs {names_in} "
+                f"and outputs {names_out}"
+            )
         if max_batch is None:
             on_cpu = self.providers[0] == CPU
             max_batch = CPU_MAX_BATCH if on_cpu else 0

@@ -35,8 +35,12 @@ class BlobDetector:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
         self.calls.append((image.shape[1], image.shape[0]))
+        if score_threshold is not None and score_threshold > 0.9:
+            return Detections.empty()
         mask = (image[:, :, 0] > 127).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         if n <= 1:

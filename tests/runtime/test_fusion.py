@@ -24,8 +24,13 @@ class FixedDetector:
             np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
         )
 
-    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
-        return self.det
+    def detect(
+        self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
+    ) -> Detections:
+        if score_threshold is None:
+            return self.det
+        keep = self.det.scores >= score_threshold
+        return Detections(self.det.boxes[keep], self.det.scores[keep])
 
 
 @st.composite
