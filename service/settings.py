@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypedDict
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.types import DecodeMethod
@@ -87,6 +87,23 @@ class Settings(BaseSettings):
     retry_after_s: float = Field(1.0, gt=0.0)
     request_timeout_s: float = Field(30.0, gt=0.0)
     warmup: bool = True
+
+    # --- access control and fair use (service/api/access.py; README "Securing the service") -
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="comma-separated API keys; empty and no file = no keys"
+    )
+    api_keys_file: Path | None = Field(
+        None, description="one API key per line (# comments); re-read on SIGHUP or change"
+    )
+    metrics_key: SecretStr | None = Field(
+        None, description="key GET /metrics requires (unset: /metrics is open)"
+    )
+    rate_limit: float = Field(0.0, ge=0.0, description="requests/s per client; 0 = off")
+    rate_burst: int = Field(0, ge=0, description="token bucket size; 0 = ceil(rate_limit)")
+    max_inflight_per_client: int = Field(0, ge=0, description="0 = no per-client cap")
+    trusted_proxies: str = Field(
+        "", description="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is honoured"
+    )
 
     # --- server -----------------------------------------------------------------------------
     host: str = "127.0.0.1"

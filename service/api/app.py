@@ -23,6 +23,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from starlette.types import Scope
 
+from service.api.access import install_access_control
 from service.api.errors import RequestContextMiddleware, install_error_handlers
 from service.api.routes import health, ops, pose
 from service.api.state import ServiceState
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     def on_done(scope: Scope, status: int, seconds: float) -> None:
         state.metrics.observe_request(_route_label(scope), status, seconds)
 
+    # access control runs inside the request context (request id, route metrics) and before
+    # any body is read; nothing is added when no key or limit is configured
+    install_access_control(app, settings, state.metrics.registry)
     app.add_middleware(RequestContextMiddleware, on_done=on_done)
     app.include_router(pose.build_router(settings.max_persons))
     app.include_router(health.router)

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.api.access import warn_if_open
     from service.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.malloc_mmap_threshold > 0 and pin_mmap_threshold(args.malloc_mmap_threshold):
         logger.info("glibc mmap threshold pinned at %d bytes", args.malloc_mmap_threshold)
     app = create_app(settings)
+    warn_if_open(settings, settings.host)
     graceful = args.graceful_timeout
     if graceful is None:
         graceful = settings.request_timeout_s + 5.0
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(max(1.0, graceful)),
         access_log=False,
+        proxy_headers=False,  # X-Forwarded-For: only from DARKPOSE_TRUSTED_PROXIES (access.py)
     )
     uvicorn.Server(config).run()
     return 0

@@ -150,7 +150,9 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m service.cli serve`` on 127.0.0.1:<free port>."""
 
-    def __init__(self, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, log: Path | None = None, log_level: str = "WARNING"
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = {
@@ -166,7 +168,7 @@ class ServerProcess:
         self.log_path = log
         self._log = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+            [sys.executable, "-m", "service.cli", "--log-level", log_level, "serve"],
             cwd=REPO,
             env=full_env,
             stdout=self._log,
