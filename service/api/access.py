@@ -110,8 +110,8 @@ def parse_key_file(text: str, source: str = "key file") -> list[str]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        key, _, rest = stripped.partition(" ") if " " in stripped else stripped.partition("\t")
-        rest = rest.strip()
+        key, *more = stripped.split(None, 1)
+        rest = more[0] if more else ""
         if rest and not rest.startswith("#"):
             raise AccessConfigError(
                 f"{source} line {n}: expected one key optionally followed by '# comment', "
@@ -423,7 +423,9 @@ class AccessPolicy:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
             buckets = TokenBuckets(settings.rate_limit, burst)
         trusted = parse_networks(settings.trusted_proxies)
-        if not (keys.enabled or metrics_key or buckets or settings.max_inflight_per_client):
+        if not (
+            keys.enabled or metrics_key or buckets is not None or settings.max_inflight_per_client
+        ):
             return None
         policy = cls(
             keys=keys,
