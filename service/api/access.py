@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response, request_id_of
@@ -546,19 +545,33 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+class _RouteLabel:
+    """Stands in for ``scope["route"]`` of a refused request (only its ``path`` is read)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 class AccessMiddleware:
     """Pure ASGI: authenticate, then per-client fair use, before the app reads the body.
 
-    ``routes``: the app's routes, used only to label a refused request with its route (so
-    ``darkpose_requests_total{route="/pose",status="401"}`` and not ``unmatched``).
+    ``route_paths``: returns the app's route paths (called once, on the first refusal), used
+    only to label a refused request with its route, so that it counts as
+    ``darkpose_requests_total{route="/pose",status="401"}`` rather than ``unmatched`` (a
+    refusal happens before routing; unknown paths stay ``unmatched``: bounded labels).
     """
 
     def __init__(
-        self, app: ASGIApp, *, policy: AccessPolicy, routes: Sequence[BaseRoute] = ()
+        self,
+        app: ASGIApp,
+        *,
+        policy: AccessPolicy,
+        route_paths: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
-        self.routes = routes
+        self._route_paths_fn = route_paths
+        self._route_paths: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -609,11 +622,16 @@ class AccessMiddleware:
 
     # --- refusals --------------------------------------------------------------------------
     def _label_route(self, scope: Scope) -> None:
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                scope["route"] = child.get("route", route)
-                return
+        if self._route_paths is None:
+            try:
+                fn = self._route_paths_fn
+                self._route_paths = frozenset(fn() if fn is not None else ())
+            except Exception:  # labels must never break a refusal
+                logger.exception("route paths for refusal labels unavailable")
+                self._route_paths = frozenset()
+        path = _route_path(scope)
+        if path in self._route_paths:
+            scope["route"] = _RouteLabel(path)
 
     async def _unauthorized(
         self, scope: Scope, receive: Receive, send: Send, had_key: bool, peer: str = ""
@@ -727,7 +745,11 @@ def install_access_control(app: Any, settings: Settings, registry: CollectorRegi
     if policy is None:
         return False
     app.state.access = policy
-    app.add_middleware(AccessMiddleware, policy=policy, routes=app.router.routes)
+    app.add_middleware(
+        AccessMiddleware,
+        policy=policy,
+        route_paths=lambda: app.openapi().get("paths", {}).keys(),
+    )
     return True
 
 
