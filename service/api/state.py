@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -41,6 +42,10 @@ class ServiceState:
         self.batchers: list[MicroBatcher] = []
         self.ready = threading.Event()
         self.load_error: str | None = None
+        #: Called (in the loader thread) with the one-line error when loading fails for good;
+        #: ``darkpose serve`` sets it to stop the server and exit non-zero.  When it is set the
+        #: caller reports the error, otherwise it is logged here.
+        self.on_load_error: Callable[[str], None] | None = None
         self.loaded_at: float | None = None
         self._inflight = 0
         self._lock = threading.Lock()
@@ -102,10 +107,25 @@ class ServiceState:
             )
             self.loaded_at = time.time()
             self.ready.set()
-            logger.info("models loaded and warmed in %.2f s", time.perf_counter() - t0)
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("loading the models failed")
+            logger.info(
+                "models loaded and warmed in %.2f s (providers: %s)",
+                time.perf_counter() - t0,
+                info["providers"],
+            )
+        except Exception as exc:  # every load failure is final: nothing retries it
+            from service.core.errors import DarkPoseError
+
+            if isinstance(exc, DarkPoseError):
+                message = exc.message
+                logger.debug("loading the models failed", exc_info=True)
+            else:  # not one of ours: a bug or an environment problem, keep the traceback
+                message = f"{type(exc).__name__}: {exc}"
+                logger.error("loading the models failed", exc_info=True)
+            self.load_error = " ".join(message.split())  # one line
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
+            else:
+                logger.error("loading the models failed: %s", self.load_error)
 
     def _warmup(self) -> None:
         pipeline = self.pipeline

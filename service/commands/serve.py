@@ -3,6 +3,11 @@
 Scale out with replicas (containers / processes behind a load balancer), not uvicorn workers:
 each process holds its own models and its own micro-batcher.  Settings come from the
 environment (``DARKPOSE_*``); the flags below override the most common ones.
+
+Fail fast: the models load in the background (``/healthz`` answers at once, ``/readyz`` is 503
+until they are warm); a load that fails (missing or broken model file, ``providers=cuda``
+without a working CUDA provider) stops the server and ends the process with one error line and
+exit status :data:`EXIT_LOAD_FAILED`, so restart policies and orchestrators see it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import logging
 import os
 
 logger = logging.getLogger(__name__)
+
+#: Exit status of ``darkpose serve`` when the models fail to load (2, like every other
+#: ``DarkPoseError`` of the CLI: bad settings, parameters or model files).
+EXIT_LOAD_FAILED = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,5 +122,17 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For: only from DARKPOSE_TRUSTED_PROXIES (access.py)
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    state = app.state.service
+    failed: list[str] = []
+
+    def on_load_error(message: str) -> None:  # loader thread: stop the server, exit below
+        failed.append(message)
+        server.should_exit = True
+
+    state.on_load_error = on_load_error
+    server.run()
+    if failed:
+        logger.error("models: failed to load, exiting: %s", failed[0])
+        return EXIT_LOAD_FAILED
     return 0

@@ -3,13 +3,20 @@
 ``create_session`` picks execution providers from the ``providers`` setting
 (``auto`` = CUDA when onnxruntime has it, else CPU; ``cpu``; ``cuda`` = CUDA or a
 :class:`~service.core.errors.ModelError`), applies the thread settings and logs the providers the
-session actually got.  ``make_batch_dynamic`` renames a fixed batch dimension (dim 0 of every
-graph input/output) to a symbolic ``dim_param`` so that a model exported with batch 1 runs batched.
+session actually got.  ``cuda`` is checked on the real session (``session.get_providers()``):
+onnxruntime-gpu lists CUDA as available whenever it was compiled in and silently falls back to
+the CPU when the CUDA libraries or the device are missing, so a session without CUDA is a
+``ModelError`` there.  ``auto`` runs on the CPU then, with one warning per process.
+
+``make_batch_dynamic`` renames a fixed batch dimension (dim 0 of every graph input/output) to a
+symbolic ``dim_param`` so that a model exported with batch 1 runs batched.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,6 +35,60 @@ CUDA = "CUDAExecutionProvider"
 
 #: Symbolic name given to the batch dimension by :func:`make_batch_dynamic`.
 BATCH_DIM = "batch"
+
+_fallback_lock = threading.Lock()
+_fallback_warned = False
+
+
+def ort_cuda_version() -> str | None:
+    """The CUDA version this onnxruntime build was compiled for (``'12.8'``), ``None`` for a
+    build without CUDA (onnxruntime-gpu ≥ 1.21 records it in ``capi/build_and_package_info``)."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    version = getattr(info, "cuda_version", None)
+    return str(version) if version else None
+
+
+def cuda_diagnosis() -> str:
+    """One line on why CUDA may not load: the build's CUDA version vs the CUDA runtime of the
+    image (``CUDA_VERSION``, set by the nvidia/cuda base images)."""
+    built = ort_cuda_version()
+    runtime = os.environ.get("CUDA_VERSION")
+    parts = [
+        f"onnxruntime {ort.__version__} built for CUDA {built}"
+        if built
+        else f"onnxruntime {ort.__version__} built without CUDA"
+    ]
+    if runtime:
+        parts.append(f"CUDA runtime {runtime} in this image")
+    provider_lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if built and provider_lib.is_file():
+        import ctypes
+
+        try:  # the dynamic loader names the first missing library
+            ctypes.CDLL(str(provider_lib))
+        except OSError as exc:
+            parts.append(f"missing library: {' '.join(str(exc).split())}")
+        else:
+            parts.append("CUDA libraries load: no visible GPU or a driver too old?")
+    elif built:
+        parts.append("check the NVIDIA driver, a visible GPU and the CUDA/cuDNN libraries")
+    else:
+        parts.append("install the [gpu] extra (onnxruntime-gpu) for CUDA")
+    return "; ".join(parts)
+
+
+def warn_cpu_fallback_once(reason: str) -> bool:
+    """Log the ``providers=auto`` CPU fallback once per process; True when this call logged."""
+    global _fallback_warned
+    with _fallback_lock:
+        if _fallback_warned:
+            return False
+        _fallback_warned = True
+    logger.warning("providers=auto: running on %s, %s", CPU, reason)
+    return True
 
 
 def resolve_providers(providers: str) -> list[str]:
@@ -100,7 +161,7 @@ def create_session(
         raise ModelError(
             f"model {name}: expected a model onnxruntime can load, got {type(exc).__name__}: {exc}"
         ) from exc
-    used = session.get_providers()
+    used = list(session.get_providers())
     logger.info(
         "onnxruntime session %s: providers requested=%s used=%s intra_op_threads=%d "
         "inter_op_threads=%d spinning=%s",
@@ -111,8 +172,17 @@ def create_session(
         inter_op_threads,
         allow_spinning,
     )
-    if wanted[0] not in used:
-        logger.warning("model %s: %s unavailable at run time, running on %s", name, wanted[0], used)
+    if CUDA in wanted and CUDA not in used:
+        if providers == "cuda":
+            raise ModelError(
+                f"providers: expected {CUDA} in use for providers=cuda, got {used} for model "
+                f"{name} ({cuda_diagnosis()})"
+            )
+        warn_cpu_fallback_once(f"{CUDA} did not load ({cuda_diagnosis()})")
+    elif providers == "auto" and CUDA not in used:
+        warn_cpu_fallback_once(
+            f"this onnxruntime build has no {CUDA} (install the [gpu] extra for a GPU)"
+        )
     return session
 
 

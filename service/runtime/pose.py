@@ -135,13 +135,18 @@ class OnnxPoseModel:
     ) -> None:
         self.path = Path(path)
         raw = read_model_bytes(self.path)
-        if spec is None:
-            self.card, self.card_source = card_from_model(raw, self.path)
-            spec = self.card.to_spec()
-        else:
-            self.card, self.card_source = ModelCard.from_spec(spec), "given"
-        self.spec: ModelSpec = spec
-        dynamic = make_batch_dynamic(raw)
+        try:
+            if spec is None:
+                self.card, self.card_source = card_from_model(raw, self.path)
+                spec = self.card.to_spec()
+            else:
+                self.card, self.card_source = ModelCard.from_spec(spec), "given"
+            self.spec: ModelSpec = spec
+            dynamic = make_batch_dynamic(raw)
+        except ModelError as exc:  # name the file when the message only describes the bytes
+            if self.path.stem in exc.message or str(self.path) in exc.message:
+                raise
+            raise ModelError(f"pose model {self.path}: {exc.message}") from exc
         if dynamic is not raw:
             logger.info("pose model %s: batch dimension made dynamic", self.path.name)
         self.session = create_session(

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+import service.runtime.onnx as onnx_mod
 from service.core.errors import ModelError
 from service.runtime.onnx import (
     BATCH_DIM,
@@ -86,3 +87,22 @@ def test_make_batch_dynamic_renames_dim0_and_runs_batched() -> None:
 def test_make_batch_dynamic_rejects_garbage() -> None:
     with pytest.raises(ModelError, match="expected serialised ONNX"):
         make_batch_dynamic(b"\x00\x01garbage")
+
+
+def test_cpu_fallback_warning_is_logged_once_per_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(onnx_mod, "_fallback_warned", False)
+    with caplog.at_level(logging.WARNING, logger="service.runtime.onnx"):
+        assert onnx_mod.warn_cpu_fallback_once("first") is True
+        assert onnx_mod.warn_cpu_fallback_once("second") is False
+        if not HAS_CUDA:  # auto on a CPU build: the same single warning, not one per session
+            create_session(YOLOX_ONNX, providers="auto", intra_op_threads=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"providers=auto: running on {CPU}, first"]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+def test_cuda_diagnosis_of_a_cpu_build() -> None:
+    assert onnx_mod.ort_cuda_version() is None
+    assert "built without CUDA" in onnx_mod.cuda_diagnosis()

@@ -1,0 +1,148 @@
+"""``darkpose serve`` fails fast: a model load that fails for good ends the process.
+
+A missing or broken model file, or ``DARKPOSE_PROVIDERS=cuda`` where no CUDA provider loads
+(this machine: onnxruntime's CPU build), must end ``darkpose serve`` with one error line and a
+non-zero exit instead of a server whose ``/healthz`` says 200 while every ``/pose`` is a 503.
+``auto`` serves on the CPU with exactly one warning, and the providers in use show in the
+startup log, ``/v1/models`` and ``darkpose_model_info{providers}``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import onnxruntime as ort
+import pytest
+
+from service.commands.serve import EXIT_LOAD_FAILED
+from tests.api.conftest import free_port
+from tests.conftest import MODELS, POSE_ONNX, REPO
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def serve_env(port: int, **env: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DARKPOSE_MODEL_DIR": str(MODELS),
+        "DARKPOSE_PROVIDERS": "cpu",
+        "DARKPOSE_INTRA_OP_THREADS": "1",
+        "DARKPOSE_INTER_OP_THREADS": "1",
+        "DARKPOSE_HOST": "127.0.0.1",
+        "DARKPOSE_PORT": str(port),
+        **env,
+    }
+
+
+def serve_until_exit(
+    env: dict[str, str], python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    """``darkpose serve`` that is expected to end by itself (a 90 s limit only against hangs)."""
+    return subprocess.run(
+        [python, "-m", "service.cli", "serve"],
+        cwd=REPO,
+        env=serve_env(free_port(), **env),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def darkpose_lines(output: str, level: str) -> list[str]:
+    """Lines of our own loggers (``<date> <time> LEVEL service.…: message``) at ``level``."""
+    return [ln for ln in output.splitlines() if f" {level} service." in ln]
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_LOAD_FAILED, out
+    errors = darkpose_lines(out, "ERROR")
+    assert len(errors) == 1, out
+    assert "Traceback" not in out, out
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def _truncated_model(tmp_path: Path) -> Path:
+    path = tmp_path / "truncated.onnx"
+    data = POSE_ONNX.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def _not_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "not_onnx.onnx"
+    path.write_bytes(b"this is not an ONNX model\n" * 100)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (_truncated_model, "truncated.onnx"),
+        (_not_onnx, "not_onnx.onnx"),
+        (lambda tmp: tmp / "missing.onnx", "missing.onnx"),
+    ],
+    ids=["truncated", "not-onnx", "missing"],
+)
+def test_bad_pose_model_ends_serve(tmp_path: Path, make: object, needle: str) -> None:
+    path = make(tmp_path)  # type: ignore[operator]
+    proc = serve_until_exit({"DARKPOSE_POSE_MODELS": f'["{path}"]'})
+    line = assert_one_line_failure(proc, "models: failed to load", needle)
+    assert "expected" in line and "got" in line, line
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has the CUDA provider")
+def test_cuda_without_a_cuda_provider_ends_serve() -> None:
+    proc = serve_until_exit({"DARKPOSE_PROVIDERS": "cuda"})
+    assert_one_line_failure(proc, "CUDAExecutionProvider", "providers=auto|cpu")
+
+
+def test_auto_serves_on_cpu_with_one_warning(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "--log-level", "INFO", "serve"],
+            cwd=REPO,
+            env=serve_env(port, DARKPOSE_PROVIDERS="auto"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                try:
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            models = httpx.get(base + "/v1/models", timeout=5).json()
+            metrics = httpx.get(base + "/metrics", timeout=5).text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(30)
+    text = log.read_text()
+    assert returncode in (0, -signal.SIGTERM), text  # uvicorn re-raises SIGTERM after draining
+    used = "CUDAExecutionProvider" if HAS_CUDA else "CPUExecutionProvider"
+    assert models["providers"].split(",")[0] == used, models
+    assert f'providers="{models["providers"]}"' in metrics
+    loaded = [ln for ln in darkpose_lines(text, "INFO") if "models loaded" in ln]
+    assert len(loaded) == 1 and f"(providers: {models['providers']})" in loaded[0], text
+    warnings = [ln for ln in darkpose_lines(text, "WARNING") if "providers=auto" in ln]
+    assert len(warnings) == (0 if HAS_CUDA else 1), text
+    if warnings:
+        assert "running on CPUExecutionProvider" in warnings[0], warnings
+    assert not darkpose_lines(text, "ERROR"), text
