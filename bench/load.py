@@ -137,7 +137,9 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def start_server(batching: bool, threads: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    batching: bool, threads: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
@@ -147,6 +149,7 @@ def start_server(batching: bool, threads: int) -> tuple[subprocess.Popen[bytes],
         "DARKPOSE_BATCHING": "true" if batching else "false",
         "DARKPOSE_LOG_LEVEL": "warning",
         **_threads_env(threads),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
