@@ -2,8 +2,11 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and imports its
 heavy dependencies inside ``run`` so that ``darkpose --help`` stays fast.  A
-``DarkPoseError`` or a ``Settings`` validation error escaping ``run`` is logged as one line and
-ends the command with exit status 2.
+``DarkPoseError`` or a settings error (a bad ``DARKPOSE_*`` value or flag) escaping ``run`` is
+logged as one line and ends the command with exit status 2.
+
+``--log-level`` may come before or after the command; without it ``DARKPOSE_LOG_LEVEL`` sets the
+level of every logger of the process (the service's own and uvicorn's), default INFO.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,11 +27,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "COCO keypoint AP for decode/flip/box-source combinations"),
     "eval-det": ("eval_det", "COCO person-box AP for detector configurations"),
 }
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def package_version() -> str:
+    """The installed distribution's version (``darkpose-service``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("darkpose-service")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)} "
+        "(default: DARKPOSE_LOG_LEVEL, else INFO); before or after the command",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkpose", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"darkpose {package_version()}")
+    _add_log_level(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -36,30 +64,54 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"service.commands.{module_name}":
                 raise
             continue  # command not available in this build
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=getattr(module, "DESCRIPTION", help_text),
+            epilog=getattr(module, "epilog", lambda: None)(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        # SUPPRESS: a level given before the command is kept when none follows it
+        _add_log_level(p, argparse.SUPPRESS)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
+def resolve_log_level(flag: str | None) -> str:
+    """The flag, else ``DARKPOSE_LOG_LEVEL``, else INFO (upper case); ``ValueError`` with an
+    "expected X, got Y" message for an unknown name."""
+    from_env = os.environ.get("DARKPOSE_LOG_LEVEL", "").strip()
+    level = (flag or from_env or "INFO").upper()
+    if level not in LOG_LEVELS:
+        source = "--log-level" if flag else "DARKPOSE_LOG_LEVEL"
+        raise ValueError(f"{source}: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format=LOG_FORMAT)
+    try:
+        args.log_level = resolve_log_level(args.log_level)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    logging.getLogger().setLevel(args.log_level)
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from service.core.errors import DarkPoseError
+    from service.settings import settings_error_line
 
     try:
         return int(args._module.run(args))
     except DarkPoseError as exc:  # bad input, parameters or model files: no traceback
         logger.error("%s", exc.message)
         return 2
-    except ValidationError as exc:  # Settings from the flags and the DARKPOSE_* environment
-        logger.error("%s", exc)
+    except (ValidationError, SettingsError) as exc:  # Settings from flags and DARKPOSE_*
+        logger.error("%s", settings_error_line(exc))
         return 2
 
 

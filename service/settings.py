@@ -1,22 +1,118 @@
 """Service settings (pydantic-settings, environment prefix ``DARKPOSE_``).
 
 Example: ``DARKPOSE_MODEL_DIR=/models DARKPOSE_PROVIDERS=cuda darkpose serve``.
+
+List settings (``DARKPOSE_POSE_MODELS``) accept what a person types: one value
+(``/path/m.onnx``), a comma list (``a.onnx,b.onnx``) or a JSON list (``["a.onnx", "b.onnx"]``).
+:func:`settings_error_line` turns any settings error into one line (the CLI logs it and exits 2).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_origin
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from service.core.types import DecodeMethod
 
-#: Repository root (this file is service/settings.py).
+#: Repository root when running from a checkout (this file is service/settings.py); after a
+#: non-editable install this is site-packages.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ``../shared/models`` next to the checkout: the embedded default models.
 DEFAULT_MODEL_DIR = (REPO_ROOT.parent / "shared" / "models").resolve()
+ENV_PREFIX = "DARKPOSE_"
+
+
+def model_dir_candidates() -> list[Path]:
+    """Where the default model directory is looked for, in order: ``../shared/models`` next to
+    the checkout (only when this package runs from a checkout, i.e. ``pyproject.toml`` is next
+    to it), then ``../shared/models`` and ``./shared/models`` relative to the working directory
+    (what works after ``pip install .`` or a wheel, run from the checkout)."""
+    found: list[Path] = []
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        found.append(DEFAULT_MODEL_DIR)
+    cwd = Path.cwd()
+    for p in (cwd.parent / "shared" / "models", cwd / "shared" / "models"):
+        r = p.resolve()
+        if r not in found:
+            found.append(r)
+    return found
+
+
+def find_model_dir() -> Path:
+    """The first existing directory of :func:`model_dir_candidates` (the first candidate when
+    none exists: loading a model then fails with :meth:`Settings.model_dir_hint`)."""
+    candidates = model_dir_candidates()
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+def split_list(value: str) -> list[Any]:
+    """``'a,b'`` → ``['a', 'b']``, ``'a'`` → ``['a']``, ``'["a", "b"]'`` (JSON) → its list."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON list, got {text[:60]!r} ({exc.msg})") from None
+        if not isinstance(parsed, list):
+            raise ValueError(f"expected a JSON list, got {text[:60]!r}")
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class _PlainTextEnvSource(EnvSettingsSource):
+    """The environment source, except that a complex (list) value that does not look like JSON
+    is passed on as text for :meth:`Settings._split_lists` instead of failing ``json.loads``."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
+            return value
+        return super().decode_complex_value(field_name, field, value)
+
+
+def settings_error_line(exc: Exception) -> str:
+    """One line for a settings error (``ValidationError`` or ``SettingsError``), naming the
+    setting and its environment variable: ``settings: det_score_threshold
+    (DARKPOSE_DET_SCORE_THRESHOLD): expected ..., got 2``."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            msg = msg.removeprefix("Input should be ")
+            if not loc:  # a cross-field check: its message names the fields
+                parts.append(msg)
+                continue
+            name = loc[0]
+            got = err.get("input")
+            got_s = json.dumps(got, default=str) if got is not None else "nothing"
+            if len(got_s) > 80:
+                got_s = got_s[:77] + "..."
+            where = f"{'.'.join(loc)} ({ENV_PREFIX}{name.upper()})"
+            parts.append(f"{where}: expected {msg[:1].lower() + msg[1:]}, got {got_s}")
+        return "settings: " + "; ".join(parts)
+    if isinstance(exc, SettingsError):
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        m = re.search(r'field "(\w+)"', str(exc))
+        if m is None:
+            return f"settings: {exc}{cause}".replace("\n", " ")
+        name = m.group(1)
+        return (
+            f"settings: {name} ({ENV_PREFIX}{name.upper()}): expected a plain value, a comma "
+            f"list or valid JSON, got a value that does not parse{cause}"
+        ).replace("\n", " ")
+    return f"settings: {exc}".replace("\n", " ")
 
 
 class ImageLimits(TypedDict):
@@ -34,7 +130,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DARKPOSE_", env_file=None, extra="ignore")
 
     # --- models -----------------------------------------------------------------------------
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="directory holding the ONNX files")
+    model_dir: Path = Field(
+        default_factory=find_model_dir,
+        description="directory holding the ONNX files (default: the first existing of "
+        "../shared/models next to the checkout, ../shared/models or ./shared/models from the "
+        "working directory)",
+    )
     pose_models: list[str] = Field(
         default_factory=lambda: ["pose_simplepose_256x192.onnx"],
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
@@ -110,6 +211,35 @@ class Settings(BaseSettings):
     port: int = Field(8000, gt=0, lt=65536)
     log_level: str = "info"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _PlainTextEnvSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_lists(cls, data: Any) -> Any:
+        """Text given to a list setting (environment or keyword) → :func:`split_list`."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            value = out.get(name)
+            if isinstance(value, str) and get_origin(info.annotation) in (list, tuple, set):
+                out[name] = split_list(value)
+        return out
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.default_max_persons > self.max_persons:
@@ -133,3 +263,17 @@ class Settings(BaseSettings):
         """``name`` if absolute, else ``model_dir / name``."""
         p = Path(name)
         return p if p.is_absolute() else self.model_dir / p
+
+    def model_dir_hint(self) -> str:
+        """How to point the service at its models, for "model file not found" errors."""
+        if self.model_dir.is_dir():
+            return (
+                f"; model_dir is {self.model_dir}: set {ENV_PREFIX}MODEL_DIR to the directory "
+                f"holding the ONNX files, or give an absolute path"
+            )
+        searched = ", ".join(str(p) for p in model_dir_candidates())
+        return (
+            f"; no model directory found (model_dir {self.model_dir} does not exist; the "
+            f"default searches {searched}): set {ENV_PREFIX}MODEL_DIR=/path/to/models, the "
+            f"directory holding the ONNX files (in a checkout: ../shared/models)"
+        )

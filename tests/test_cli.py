@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -11,7 +17,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from service.cli import main
-from tests.conftest import IMAGES, KPT_ANN, match_persons, upright_and_sideways_jpeg
+from tests.api.conftest import free_port
+from tests.conftest import IMAGES, KPT_ANN, MODELS, REPO, match_persons, upright_and_sideways_jpeg
 
 
 @pytest.fixture()
@@ -156,3 +163,117 @@ def test_infer_without_out_prints_json_with_file_names(
     results = json.loads(capsys.readouterr().out)
     assert results and {r["file_name"] for r in results} == {"000000370162.jpg"}
     assert {r["image_id"] for r in results} == {370162}
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert re.fullmatch(r"darkpose \d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+@pytest.fixture()
+def root_level() -> Iterator[None]:
+    root = logging.getLogger()
+    before = root.level
+    yield
+    root.setLevel(before)
+
+
+@pytest.mark.usefixtures("root_level")
+@pytest.mark.parametrize(
+    ("argv", "env", "level"),
+    [
+        (["--log-level", "ERROR", "infer"], None, logging.ERROR),
+        (["infer", "--log-level", "warning"], None, logging.WARNING),
+        (["infer"], "WARNING", logging.WARNING),
+        (["--log-level", "DEBUG", "infer"], "ERROR", logging.DEBUG),
+    ],
+)
+def test_log_level_before_or_after_the_command_and_from_the_environment(
+    argv: list[str], env: str | None, level: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The level applies to the service's own loggers (the root logger they propagate to)."""
+    if env is not None:
+        monkeypatch.setenv("DARKPOSE_LOG_LEVEL", env)
+    assert main([*argv, "/nonexistent/dir"]) == 2  # a fast command: missing input
+    assert logging.getLogger("service.commands.infer").getEffectiveLevel() == level
+
+
+def test_unknown_log_level_is_exit_2(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DARKPOSE_LOG_LEVEL", "loud")
+    assert main(["infer", "/nonexistent/dir"]) == 2
+    assert "DARKPOSE_LOG_LEVEL: expected one of" in caplog.text
+
+
+def test_serve_help_shows_real_defaults_and_model_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "default: settings." not in out  # no "default: settings.host" placeholders
+    for needle in (
+        "127.0.0.1",
+        "8000",
+        "DARKPOSE_MODEL_DIR",
+        "DARKPOSE_POSE_MODELS",
+        "pose_simplepose_256x192.onnx",
+        "DARKPOSE_DETECTOR_MODEL",
+    ):
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize(
+    "pose_models",
+    [
+        str(MODELS / "pose_simplepose_256x192.onnx"),
+        "pose_simplepose_256x192.onnx," + str(MODELS / "pose_simplepose_256x192.onnx"),
+    ],
+    ids=["absolute path", "comma list"],
+)
+def test_plain_path_settings(
+    pose_models: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DARKPOSE_POSE_MODELS", pose_models)
+    out = tmp_path / "r.json"
+    argv = ["infer", str(IMAGES / "000000211325.jpg"), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert len(json.loads(out.read_text())) >= 1
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"DARKPOSE_POSE_MODELS": "[broken"}, "DARKPOSE_POSE_MODELS"),
+        ({"DARKPOSE_PORT": "abc"}, "DARKPOSE_PORT"),
+        ({"DARKPOSE_DET_SCORE_THRESHOLD": "2"}, "DARKPOSE_DET_SCORE_THRESHOLD"),
+    ],
+)
+def test_serve_settings_errors_are_one_line_and_exit_2(env: dict[str, str], needle: str) -> None:
+    """A real ``darkpose serve`` process: a bad setting ends it with one line, status 2."""
+    port = {} if "DARKPOSE_PORT" in env else {"DARKPOSE_PORT": str(free_port())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        cwd=REPO,
+        env={**os.environ, **port, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    assert len([ln for ln in lines if " ERROR " in ln]) == 1, proc.stderr
+    assert needle in proc.stderr
+
+
+def test_missing_model_dir_says_how_to_set_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DARKPOSE_MODEL_DIR", "/nonexistent-models")
+    assert main(["infer", str(IMAGES / "000000211325.jpg"), "--no-progress"]) == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "set DARKPOSE_MODEL_DIR=" in errors[0].getMessage()

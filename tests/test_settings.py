@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -46,3 +48,67 @@ def test_image_limits_are_decode_image_keywords() -> None:
     keywords = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
     assert set(limits) == keywords - {"exif_orientation"}
     assert limits["max_side"] == 1234
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/models/m.onnx", ["/models/m.onnx"]),
+        ("a.onnx,b.onnx", ["a.onnx", "b.onnx"]),
+        (" a.onnx , b.onnx ,", ["a.onnx", "b.onnx"]),
+        ('["a.onnx", "b.onnx"]', ["a.onnx", "b.onnx"]),
+    ],
+)
+def test_list_settings_take_what_a_person_types(
+    text: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DARKPOSE_POSE_MODELS", text)
+    assert Settings().pose_models == expected
+    monkeypatch.delenv("DARKPOSE_POSE_MODELS")
+    assert Settings(pose_models=text).pose_models == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("DARKPOSE_POSE_MODELS", "[broken", "pose_models (DARKPOSE_POSE_MODELS)"),
+        ("DARKPOSE_PORT", "abc", "port (DARKPOSE_PORT): expected a valid integer"),
+        ("DARKPOSE_MAX_PERSONS", "5", "default_max_persons: expected at most max_persons (5)"),
+    ],
+)
+def test_settings_errors_are_one_line(
+    env: str, value: str, needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic_settings import SettingsError
+
+    from service.settings import settings_error_line
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises((ValidationError, SettingsError)) as exc:
+        Settings()
+    line = settings_error_line(exc.value)
+    assert "\n" not in line
+    assert needle in line, line
+
+
+def test_default_model_dir_is_searched_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a non-editable install the package is not in a checkout: ../shared/models and
+    ./shared/models relative to the working directory are searched; none → a clear hint."""
+    import service.settings as settings_module
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.setattr(settings_module, "REPO_ROOT", site)  # no pyproject.toml: installed
+    checkout = tmp_path / "work" / "checkout"
+    checkout.mkdir(parents=True)
+    monkeypatch.chdir(checkout)
+    missing = Settings()
+    assert not missing.model_dir.is_dir()
+    hint = missing.model_dir_hint()
+    assert "DARKPOSE_MODEL_DIR=" in hint and str(checkout.parent / "shared" / "models") in hint
+    (tmp_path / "work" / "shared" / "models").mkdir(parents=True)
+    assert Settings().model_dir == tmp_path / "work" / "shared" / "models"
+    monkeypatch.chdir(tmp_path / "work")
+    assert Settings().model_dir == tmp_path / "work" / "shared" / "models"

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         results.extend({**r, "file_name": path.name} for r in result.to_coco(image_id))
         persons += len(result.persons)
-        logger.debug("%s: %d persons, timings %s", path.name, len(result.persons), result.timings)
+        timings = " ".join(f"{k}={1000 * v:.1f}ms" for k, v in result.timings.items())
+        logger.debug("%s: %d persons, %s", path.name, len(result.persons), timings)
         if args.vis is not None:
             overlay = draw_poses(image, result.persons)
             cv2.imwrite(str(args.vis / f"{path.stem}.png"), overlay)

@@ -23,23 +23,91 @@ logger = logging.getLogger(__name__)
 EXIT_LOAD_FAILED = 2
 
 
+def _default(name: str) -> object:
+    """The built-in default of a :class:`~service.settings.Settings` field (no environment)."""
+    from service.settings import Settings, find_model_dir
+
+    if name == "model_dir":
+        return find_model_dir()
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return field.default_factory()  # type: ignore[call-arg]
+    return field.default
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+#: Settings listed by ``darkpose serve --help`` (environment variable DARKPOSE_<NAME>).
+HELP_SETTINGS = (
+    "model_dir",
+    "pose_models",
+    "detector",
+    "detector_model",
+    "providers",
+    "decode",
+    "flip",
+    "batching",
+    "max_batch",
+    "max_wait_ms",
+    "max_inflight_requests",
+    "max_image_bytes",
+    "request_timeout_s",
+    "host",
+    "port",
+    "log_level",
+)
+
+
+def epilog() -> str:
+    """The settings table of ``serve --help``: each setting's environment variable, built-in
+    default and, when the environment sets it, the value in effect."""
+    lines = ["settings (environment variables; the flags above override some of them):"]
+    for name in HELP_SETTINGS:
+        env = "DARKPOSE_" + name.upper()
+        line = f"  {env:<34} default {_shown(_default(name))}"
+        if env in os.environ:
+            line += f"  (set here: {os.environ[env]})"
+        lines.append(line)
+    lines.append(
+        "  list settings take a path, a comma list (a.onnx,b.onnx) or JSON; all settings: "
+        "service/settings.py"
+    )
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=None, help="bind address (default: settings.host)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: settings.port)")
+    host, port, batching = _default("host"), _default("port"), _shown(_default("batching"))
+    parser.add_argument(
+        "--host", default=None, help=f"bind address (default: {host}, DARKPOSE_HOST)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help=f"port (default: {port}, DARKPOSE_PORT)"
+    )
     parser.add_argument(
         "--batching",
         choices=("on", "off"),
         default=None,
-        help="dynamic micro-batching across requests (default: settings.batching)",
+        help="dynamic micro-batching across requests "
+        f"(default: {'on' if batching == 'true' else 'off'}, DARKPOSE_BATCHING)",
     )
     parser.add_argument(
-        "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
+        "--providers",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help=f"onnxruntime providers (default: {_default('providers')}, DARKPOSE_PROVIDERS)",
     )
     parser.add_argument(
         "--graceful-timeout",
         type=float,
         default=None,
-        help="seconds to let in-flight requests finish on SIGTERM (default: request timeout + 5)",
+        help="seconds to let in-flight requests finish on SIGTERM (default: "
+        f"DARKPOSE_REQUEST_TIMEOUT_S + 5 = {float(_default('request_timeout_s')) + 5:g})",  # type: ignore[arg-type]
     )
     parser.add_argument(
         "--malloc-mmap-threshold",
@@ -117,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         workers=1,
-        log_level=settings.log_level.lower(),
+        log_level=str(getattr(args, "log_level", None) or settings.log_level).lower(),
         timeout_graceful_shutdown=int(max(1.0, graceful)),
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For: only from DARKPOSE_TRUSTED_PROXIES (access.py)

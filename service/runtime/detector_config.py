@@ -379,7 +379,7 @@ class _Builder:
         path = s.resolve_model(spec.option("model") or default_model)
         if not Path(path).is_file():
             raise ModelError(
-                f"{spec.name} model: expected an existing ONNX file, got {str(path)!r}"
+                f"{spec.name} model: expected an existing ONNX file, got {path}{s.model_dir_hint()}"
             )
         nms = spec.option("nms")
         return cls(

@@ -26,14 +26,20 @@ def build_pose_models(settings: Settings) -> list[PoseModel]:
 
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
+    paths = [settings.resolve_model(name) for name in settings.pose_models]
+    for path in paths:
+        if not path.is_file():
+            raise ModelError(
+                f"pose model: expected an existing ONNX file, got {path}{settings.model_dir_hint()}"
+            )
     return [
         OnnxPoseModel(
-            settings.resolve_model(name),
+            path,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-        for name in settings.pose_models
+        for path in paths
     ]
 
 
@@ -41,10 +47,15 @@ def build_pipeline(settings: Settings | None = None) -> Pipeline:
     """Detector + pose model(s) + default :class:`PipelineOptions` from ``settings``."""
     s = settings or Settings()  # type: ignore[call-arg]
     pipeline = Pipeline(build_detector(s), build_pose_models(s), PipelineOptions.from_settings(s))
+    o = pipeline.options
     logger.info(
-        "pipeline: detector=%s pose_models=%s options=%s",
+        "pipeline: detector=%s pose_models=%s decode=%s flip=%s det_score_threshold=%g "
+        "max_persons=%d",
         s.detector,
-        list(s.pose_models),
-        pipeline.options,
+        ",".join(str(m) for m in s.pose_models),
+        o.decode,
+        "on" if o.flip else "off",
+        o.det_score_threshold,
+        o.max_persons,
     )
     return pipeline
