@@ -1,34 +1,49 @@
-"""Scale-out: the single-process service vs the Ray Serve application (1 and 2 local nodes).
+"""Scale-out: the single-process service vs the Ray Serve application, same total CPUs.
 
-Every phase gets the same load and is measured in this one run:
+Phases (``--cpus N`` CPUs in every one):
 
-1. ``single``: ``darkpose serve`` (uvicorn subprocess on 127.0.0.1, in-process micro-batching).
-2. ``ray1`` / ``ray2``: a real local Ray cluster of 1 or 2 nodes (service/ray_app/local_cluster,
-   everything on 127.0.0.1) running ``service.ray_app.builder.build_app`` — one ``Detector`` and
-   one ``PoseModel`` replica per node (``@serve.batch``), one ``Ingress``, Serve's proxy on the
-   head.
+* ``single`` — ``darkpose serve`` (uvicorn subprocess on 127.0.0.1, in-process micro-batching
+  with N batcher threads), pinned to N cores when the machine has more.
+* ``ray1`` — a real local Ray cluster of 1 node with N CPUs (service/ray_app/local_cluster).
+* ``ray2`` — 2 local nodes with N/2 CPUs each.
 
-Per phase: ``--clients`` concurrent keep-alive clients POST coco-mini images for ``--duration``
-seconds after ``--warmup`` seconds (throughput, p50/p99, errors), then ``--seq-requests``
-requests from one client (unloaded latency).  The per-request overhead Ray adds is the
-difference of the unloaded median latencies (ray − single): two extra hops (proxy → Ingress →
-Detector/PoseModel) plus (de)serialisation of the image and the crops/heatmaps.
+In each Ray phase every ``--topologies`` entry is deployed in turn:
 
-    python bench/scale.py                               # 16 clients, 15 s per phase
-    python bench/scale.py --duration 5 --phases single,ray2
+* ``pipeline`` (default topology) — one 1-CPU ``Ingress`` replica per CPU, each running the
+  whole pipeline (its own detector, micro-batcher and decoding);
+* ``split`` — per node one ``Ingress`` (detector + uint8 crops) and one ``PoseModel`` replica
+  (pose + decoding), half the node's CPUs each.
 
-All nodes of the local cluster share this machine's cores, so ``ray2`` shows the cost of the
-distribution, not the gain of a second machine; compare ratios, not absolute figures.
+Per measurement: ``--clients`` keep-alive clients POST coco-mini images for ``--duration`` s
+after ``--warmup`` s (images/s, p50/p99, errors), then ``--seq-requests`` requests from one
+client (unloaded median latency).  The Ray apps run with ``measure_bytes``: each ``Ingress``
+replica counts the pickled size of every message crossing the proxy → replica hop (the
+request's scope and body messages in, the response messages out) and, in ``split``, the
+``PoseJob``/``PoseAnswer`` of every pose call; they are printed per image next to the mean
+encoded image and JSON answer sizes.
+
+Noise: the single process is measured before, between and after the Ray clusters (never
+while one is up) and each Ray phase is compared with the mean of the single-process runs
+around it; ``--repeat R`` repeats the whole sequence and reports the median ratio.
+
+    python bench/scale.py                                   # 2 CPUs, 8 s per measurement
+    python bench/scale.py --duration 5 --warmup 2 --repeat 2 --topologies pipeline
+
+All local nodes share this machine's cores, so ``ray2`` shows what the distribution costs,
+not what a second machine adds; compare ratios within one run, not absolute figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
+import logging
 import os
+import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,72 +59,79 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from load import get, load_images, run_clients, start_server, stop_server  # noqa: E402
 
+logger = logging.getLogger("bench.scale")
 
-def ray_options(nodes: int, cpus_per_node: float) -> dict[str, dict[str, Any]]:
-    """One Detector and one PoseModel replica per node, one Ingress: fits ``cpus_per_node``."""
-    share = cpus_per_node / 3.0
+#: Targets of issue 17 (ratios measured in one run; bytes per image in the default topology).
+TARGETS = {
+    "ray1_vs_single": 0.8,
+    "ray2_vs_ray1": 0.8,
+    "overhead_ms": 10.0,
+    "bytes_vs_payload": 1.5,
+}
+
+
+def ray_options(topology: str, nodes: int, cpus_per_node: float) -> dict[str, dict[str, Any]]:
+    """Deployment options filling ``nodes`` × ``cpus_per_node`` CPUs exactly."""
+    if topology == "pipeline":
+        per_node = max(1, int(cpus_per_node))
+        return {
+            "Ingress": {
+                "num_replicas": nodes * per_node,
+                "max_replicas_per_node": per_node,
+                "ray_actor_options": {"num_cpus": cpus_per_node / per_node},
+            }
+        }
+    half = cpus_per_node / 2.0
     return {
-        "Ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": share}},
-        "Detector": {
+        "Ingress": {
             "num_replicas": nodes,
             "max_replicas_per_node": 1,
-            "ray_actor_options": {"num_cpus": share},
+            "ray_actor_options": {"num_cpus": half},
         },
         "PoseModel": {
             "num_replicas": nodes,
             "max_replicas_per_node": 1,
-            "ray_actor_options": {"num_cpus": share},
+            "ray_actor_options": {"num_cpus": half},
         },
     }
 
 
 @contextmanager
-def single_process(threads: int) -> Iterator[int]:
-    proc, port = start_server(True, threads)
+def pinned(cores: list[int] | None) -> Iterator[None]:
+    """Run the block (and the processes it starts) on ``cores`` (no-op for ``None``)."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
     try:
-        yield port
+        yield
     finally:
-        stop_server(proc)
+        os.sched_setaffinity(0, before)
 
 
-@contextmanager
-def ray_app(nodes: int, cpus_per_node: int, threads: int) -> Iterator[int]:
-    from ray import serve
-
-    from service.ray_app import APP_NAME
-    from service.ray_app.builder import build_app
-    from service.ray_app.local_cluster import local_ray_cluster
-
-    settings: dict[str, Any] = {"providers": "cpu", "log_level": "warning"}
-    if threads > 0:
-        settings["intra_op_threads"] = threads
-    with local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node) as lr:
-        serve.run(
-            build_app(settings, ray_options(nodes, cpus_per_node)),
-            name=APP_NAME,
-            route_prefix="/",
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if get(lr.port, "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.25)
-        else:
-            raise SystemExit("Ray application not ready within 120 s")
-        yield lr.port
+def wait_ready(port: int, seconds: float = 180.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if get(port, "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"application on port {port} not ready within {seconds:g} s")
 
 
 def load(port: int, images: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
     results: list[dict[str, Any]] = [{} for _ in range(clients)]
     t0 = time.perf_counter()
-    stop = t0 + seconds
-    run_clients(port, images, stop, results)
+    run_clients(port, images, t0 + seconds, results)
     elapsed = time.perf_counter() - t0
     lat = np.array([x for r in results for x in r["lat"]], np.float64)
-    errors = sum(sum(r["errors"].values()) for r in results)
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
     return {
         "ok": int(lat.size),
         "images_per_s": lat.size / elapsed,
@@ -126,8 +148,12 @@ def sequential(port: int, images: list[bytes], n: int) -> float:
     try:
         for k in range(n):
             t0 = time.perf_counter()
-            data = images[k % len(images)]
-            conn.request("POST", "/pose", body=data, headers={"Content-Type": "image/jpeg"})
+            conn.request(
+                "POST",
+                "/pose",
+                body=images[k % len(images)],
+                headers={"Content-Type": "image/jpeg"},
+            )
             r = conn.getresponse()
             r.read()
             if r.status == 200:
@@ -137,39 +163,191 @@ def sequential(port: int, images: list[bytes], n: int) -> float:
     return float(np.median(lat) * 1000) if lat else float("nan")
 
 
-def run_phase(
-    name: str,
-    server: Callable[[], Any],
-    images: list[bytes],
-    args: argparse.Namespace,
+#: Ray process titles → role, for CPU time per image by role.
+_ROLES = (("ray::ProxyActor", "proxy"), ("ray::ServeReplica", "replicas"))
+
+
+def _descendants(root: int) -> set[int]:
+    """Pids of every process below ``root`` (the local cluster's raylets, GCS and workers are
+    started by this process; other users' Ray processes are not counted)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out: set[int] = set()
+    todo = [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds so far of ``server_pid``, or of this process's Ray processes by role:
+    ``proxy`` (Serve's HTTP proxies), ``replicas`` (Serve replicas), ``ray_other``
+    (controller, raylets, GCS, idle workers)."""
+    from load import cpu_seconds
+
+    if server_pid is not None:
+        return {"server": cpu_seconds(server_pid)}
+    out: dict[str, float] = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cpu = cpu_seconds(pid)
+        except OSError:
+            continue
+        cmd = raw.split(b"\0")[0].decode(errors="replace")
+        role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "ray_other")
+        out[role] = out.get(role, 0.0) + cpu
+    return out
+
+
+def measure(
+    port: int, images: list[bytes], args: argparse.Namespace, server_pid: int | None = None
 ) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    with server() as port:
-        started = time.perf_counter() - t0
-        load(port, images, args.clients, args.warmup)
-        res = load(port, images, args.clients, args.duration)
-        res["seq_p50_ms"] = sequential(port, images, args.seq_requests)
-    res["phase"] = name
-    res["startup_s"] = started
-    print(
-        f"  {name:7s} {res['images_per_s']:7.2f} img/s  p50 {res['p50_ms']:7.1f} ms  "
-        f"p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  "
-        f"unloaded p50 {res['seq_p50_ms']:6.1f} ms  startup {started:5.1f} s",
-        flush=True,
-    )
+    load(port, images, args.clients, args.warmup)
+    cpu0 = cpu_by_role(server_pid)
+    res = load(port, images, args.clients, args.duration)
+    cpu1 = cpu_by_role(server_pid)
+    res["cpu_ms_per_image"] = {
+        k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0)) / max(res["ok"], 1) for k in cpu1
+    }
+    res["seq_p50_ms"] = sequential(port, images, args.seq_requests)
     return res
+
+
+def boundary_bytes() -> dict[str, float]:
+    """Bytes per image crossing each hop, summed over the ``Ingress`` replicas' counters."""
+    from ray import serve
+
+    from service.ray_app import APP_NAME, INGRESS_NAME
+
+    got = serve.get_deployment_handle(INGRESS_NAME, APP_NAME).broadcast("stats").results()
+    stats = list(got.values()) if isinstance(got, dict) else list(got)
+    totals: dict[str, dict[str, int]] = {}
+    for s in stats:
+        for hop, counts in s["bytes"].items():
+            t = totals.setdefault(hop, {})
+            for k, v in counts.items():
+                t[k] = t.get(k, 0) + v
+    proxy = totals.get("proxy", {})
+    images = max(proxy.get("calls", 0), 1)
+    out = {
+        "images": float(proxy.get("calls", 0)),
+        "image_bytes": proxy.get("image", 0) / images,
+        "json_bytes": proxy.get("answer", 0) / images,
+        "proxy_bytes": (proxy.get("received", 0) + proxy.get("sent", 0)) / images,
+    }
+    pose = totals.get("pose")
+    if pose:
+        out["pose_bytes"] = (pose.get("sent", 0) + pose.get("received", 0)) / images
+        out["crops_per_image"] = pose.get("crops", 0) / images
+    out["crossing_bytes"] = out["proxy_bytes"] + out.get("pose_bytes", 0.0)
+    out["crossing_vs_payload"] = out["crossing_bytes"] / max(
+        out["image_bytes"] + out["json_bytes"], 1.0
+    )
+    return out
+
+
+def run_single(images: list[bytes], args: argparse.Namespace, cores: list[int] | None) -> Any:
+    os.environ["DARKPOSE_BATCH_WORKERS"] = str(args.cpus)
+    with pinned(cores):
+        proc, port = start_server(True, args.threads)
+    try:
+        return measure(port, images, args, proc.pid)
+    finally:
+        stop_server(proc)
+
+
+def run_ray(
+    nodes: int, images: list[bytes], args: argparse.Namespace, cores: list[int] | None
+) -> dict[str, dict[str, Any]]:
+    from ray import serve
+
+    from service.ray_app import APP_NAME
+    from service.ray_app.builder import build_app
+    from service.ray_app.local_cluster import local_ray_cluster
+
+    cpus_per_node = args.cpus // nodes
+    settings: dict[str, Any] = {"providers": "cpu", "log_level": "warning"}
+    if args.threads > 0:
+        settings["intra_op_threads"] = args.threads
+    out: dict[str, dict[str, Any]] = {}
+    with pinned(cores):
+        cluster = local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node)
+        lr = cluster.__enter__()
+    try:
+        for topology in args.topologies:
+            t0 = time.perf_counter()
+            app = build_app(
+                settings,
+                ray_options(topology, nodes, cpus_per_node),
+                topology=topology,
+                measure_bytes=True,
+            )
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            wait_ready(lr.port)
+            res = measure(lr.port, images, args)
+            res["startup_s"] = time.perf_counter() - t0
+            res["bytes"] = boundary_bytes()
+            out[topology] = res
+            serve.delete(APP_NAME)
+    finally:
+        cluster.__exit__(None, None, None)
+    return out
+
+
+def line(name: str, r: dict[str, Any]) -> str:
+    errors = sum(r["errors"].values())
+    text = (
+        f"  {name:15s} {r['images_per_s']:7.2f} img/s  p50 {r['p50_ms']:7.1f} ms  "
+        f"p99 {r['p99_ms']:7.1f} ms  errors {errors}  unloaded p50 {r['seq_p50_ms']:6.1f} ms"
+    )
+    cpu = r.get("cpu_ms_per_image")
+    if cpu:
+        text += (
+            "\n  "
+            + " " * 15
+            + " CPU ms/image: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
+        )
+    b = r.get("bytes")
+    if b:
+        text += (
+            f"\n  {'':15s} bytes/image: image {b['image_bytes'] / 1e3:.1f} kB + JSON "
+            f"{b['json_bytes'] / 1e3:.1f} kB; crossing {b['crossing_bytes'] / 1e3:.1f} kB "
+            f"(proxy hop {b['proxy_bytes'] / 1e3:.1f} kB"
+            + (
+                f", pose hop {b['pose_bytes'] / 1e3:.1f} kB for {b['crops_per_image']:.2f} crops"
+                if "pose_bytes" in b
+                else ""
+            )
+            + f") = x{b['crossing_vs_payload']:.3f} of image + JSON"
+        )
+    return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpus", type=int, default=min(2, os.cpu_count() or 1), help="N (even)")
     ap.add_argument("--phases", default="single,ray1,ray2", help="comma list of single,ray1,ray2")
+    ap.add_argument("--topologies", default="pipeline,split", help="Ray topologies to deploy")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds of measured load")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds of measured load")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before")
     ap.add_argument("--seq-requests", type=int, default=30, help="unloaded-latency requests")
     ap.add_argument("--images", type=int, default=16, help="coco-mini images cycled")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    ap.add_argument("--cpus-per-node", type=int, default=1, help="logical CPUs per Ray node")
+    ap.add_argument("--repeat", type=int, default=1, help="repeat the whole sequence")
+    ap.add_argument("--json", type=Path, default=None, help="write every result here")
     args = ap.parse_args()
     for name, v in (("duration", args.duration), ("warmup", args.warmup)):
         if not 0 <= v <= 600:
@@ -178,39 +356,107 @@ def main() -> int:
         ap.error(f"--clients: expected 1..256, got {args.clients}")
     if not 1 <= args.seq_requests <= 1000:
         ap.error(f"--seq-requests: expected 1..1000, got {args.seq_requests}")
+    if args.cpus < 2 or args.cpus % 2:
+        ap.error(f"--cpus: expected an even number >= 2 (ray2 halves it), got {args.cpus}")
+    if not 1 <= args.repeat <= 10:
+        ap.error(f"--repeat: expected 1..10, got {args.repeat}")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    known = {"single", "ray1", "ray2"}
-    if not phases or set(phases) - known:
-        ap.error(f"--phases: expected a comma list of {sorted(known)}, got {args.phases!r}")
+    if not phases or set(phases) - {"single", "ray1", "ray2"}:
+        ap.error(f"--phases: expected a comma list of single,ray1,ray2, got {args.phases!r}")
+    args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    if not args.topologies or set(args.topologies) - {"pipeline", "split"}:
+        ap.error(f"--topologies: expected pipeline and/or split, got {args.topologies!r}")
+    logging.basicConfig(level=logging.WARNING)
 
+    ncores = os.cpu_count() or 1
+    server_cores = list(range(args.cpus)) if ncores > args.cpus else None
     images = load_images(args.images)
     print(
-        f"{args.clients} clients, {args.duration:g} s per phase (+{args.warmup:g} s warm-up), "
-        f"{len(images)} images, {os.cpu_count()} cores, onnxruntime threads {args.threads}"
+        f"{args.clients} clients, {args.duration:g} s per measurement (+{args.warmup:g} s "
+        f"warm-up), {len(images)} images, N = {args.cpus} CPUs per phase on a {ncores}-core "
+        f"machine{' (servers pinned to cores 0..N-1)' if server_cores else ''}, onnxruntime "
+        f"threads {args.threads}, repeat {args.repeat}",
+        flush=True,
     )
-    servers: dict[str, Callable[[], Any]] = {
-        "single": lambda: single_process(args.threads),
-        "ray1": lambda: ray_app(1, args.cpus_per_node, args.threads),
-        "ray2": lambda: ray_app(2, args.cpus_per_node, args.threads),
-    }
-    results = {p: run_phase(p, servers[p], images, args) for p in phases}
+    ray_phases = [p for p in phases if p != "single"]
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.repeat):
+        rnd: dict[str, Any] = {"single": []}
+        if "single" in phases:
+            rnd["single"].append(run_single(images, args, server_cores))
+            print(line(f"single#{r}.0", rnd["single"][-1]), flush=True)
+        for k, phase in enumerate(ray_phases):
+            res = run_ray(1 if phase == "ray1" else 2, images, args, server_cores)
+            for topology, v in res.items():
+                rnd[f"{phase}/{topology}"] = v
+                print(line(f"{phase}/{topology}", v), flush=True)
+            if "single" in phases:
+                rnd["single"].append(run_single(images, args, server_cores))
+                print(line(f"single#{r}.{k + 1}", rnd["single"][-1]), flush=True)
+        rounds.append(rnd)
 
-    if "single" in results:
-        base = results["single"]
-        print("ratios to the single-process service (same load, this run):")
-        for p, r in results.items():
-            if p == "single":
-                continue
-            print(
-                f"  {p}: throughput x{r['images_per_s'] / base['images_per_s']:.2f}, "
-                f"p50 x{r['p50_ms'] / base['p50_ms']:.2f}, "
-                f"overhead per request {r['seq_p50_ms'] - base['seq_p50_ms']:+.1f} ms "
-                f"(unloaded p50 {r['seq_p50_ms']:.1f} vs {base['seq_p50_ms']:.1f} ms)"
+    def around(rnd: dict[str, Any], phase: str) -> dict[str, float]:
+        """Mean of the single-process runs just before and after ``phase``."""
+        i = ray_phases.index(phase)
+        pair = rnd["single"][i : i + 2]
+        return {k: statistics.fmean(s[k] for s in pair) for k in ("images_per_s", "seq_p50_ms")}
+
+    ratios: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        ratios.setdefault(key, []).append(value)
+
+    for rnd in rounds:
+        for phase in ray_phases:
+            for topology in args.topologies:
+                r = rnd[f"{phase}/{topology}"]
+                if rnd["single"]:
+                    base = around(rnd, phase)
+                    add(f"{phase}/{topology} vs single", r["images_per_s"] / base["images_per_s"])
+                    add(f"{phase}/{topology} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
+                add(f"{phase}/{topology} bytes vs payload", r["bytes"]["crossing_vs_payload"])
+        if "ray1" in ray_phases and "ray2" in ray_phases:
+            for topology in args.topologies:
+                add(
+                    f"ray2/{topology} vs ray1",
+                    rnd[f"ray2/{topology}"]["images_per_s"]
+                    / rnd[f"ray1/{topology}"]["images_per_s"],
+                )
+    print("medians over the repeats (same machine, same run):")
+    for key, values in ratios.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {key:34s} {statistics.median(values):7.2f}   [{shown}]")
+
+    checks = []
+    med = {k: statistics.median(v) for k, v in ratios.items()}
+    if "ray1/pipeline vs single" in med:
+        checks.append(
+            ("ray1 >= 0.8x single", med["ray1/pipeline vs single"], TARGETS["ray1_vs_single"], True)
+        )
+    if "ray2/pipeline vs ray1" in med:
+        checks.append(
+            ("ray2 >= 0.8x ray1", med["ray2/pipeline vs ray1"], TARGETS["ray2_vs_ray1"], True)
+        )
+    for phase in ray_phases:
+        key = f"{phase}/pipeline overhead ms"
+        if key in med:
+            checks.append((f"{phase} overhead <= 10 ms", med[key], TARGETS["overhead_ms"], False))
+        key = f"{phase}/pipeline bytes vs payload"
+        if key in med:
+            checks.append(
+                (f"{phase} bytes <= 1.5x payload", med[key], TARGETS["bytes_vs_payload"], False)
             )
-    if "ray1" in results and "ray2" in results:
-        r1, r2 = results["ray1"], results["ray2"]
-        print(f"  ray2 / ray1 throughput x{r2['images_per_s'] / r1['images_per_s']:.2f}")
-    return 0 if all(r["errors"] == 0 for r in results.values()) else 1
+    if checks:
+        print("targets (default topology 'pipeline'):")
+    for name, value, target, at_least in checks:
+        ok = value >= target if at_least else value <= target
+        print(f"  {'PASS' if ok else 'MISS'}  {name:28s} measured {value:.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rounds": rounds, "ratios": ratios}, indent=1))
+    errors = sum(
+        sum(v["errors"].values()) for rnd in rounds for key, v in rnd.items() if key != "single"
+    ) + sum(sum(s["errors"].values()) for rnd in rounds for s in rnd["single"])
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ MIN_BOX_SIZE = 1.0
 __all__ = [
     "MIN_BOX_SIZE",
     "boxes_to_center_scale",
+    "cut_crops",
     "get_affine_matrices",
     "heatmap_to_image",
     "image_to_heatmap",
+    "normalize_crops",
     "warp_crops",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
@@ -156,20 +158,18 @@ def get_affine_matrices(
     return m
 
 
-def warp_crops(
+def cut_crops(
     image: npt.NDArray[np.generic],
     centers: npt.ArrayLike,
     scales: npt.ArrayLike,
     input_size: tuple[int, int],
-    spec: ModelSpec | None = None,
-) -> F32:
-    """Cut N crops out of ``image`` (bilinear, constant-0 border).
+) -> npt.NDArray[np.generic]:
+    """Cut N crops out of ``image`` (bilinear, constant-0 border), pixels left as they are.
 
     image: (H_img, W_img, 3) BGR (uint8 normally); centers/scales: (N, 2); input_size: (W, H).
-    Returns ``(N, 3, H, W) float32``: with ``spec=None`` raw BGR values (0–255 for uint8);
-    with a :class:`ModelSpec` the network input: channels in ``spec.channel_order``, then
-    ``(pixel * spec.pixel_scale - mean) / std``.  Boxes partly or fully outside the image give
-    zero-padded (black before normalisation) crops.
+    Returns ``(N, H, W, 3)`` in the image's dtype (uint8 stays uint8: a compact crop to ship
+    to another process; other dtypes become float32).  :func:`normalize_crops` turns it into
+    the network input; :func:`warp_crops` does both.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -194,10 +194,18 @@ def warp_crops(
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=(0, 0, 0),
         )
+    return crops
+
+
+def normalize_crops(crops: npt.NDArray[np.generic], spec: ModelSpec) -> F32:
+    """(N, H, W, 3) BGR crops (uint8 or float32, from :func:`cut_crops`) → the network input
+    ``(N, 3, H, W) float32``: channels in ``spec.channel_order``, then
+    ``(pixel * spec.pixel_scale - mean) / std``."""
+    c = np.asarray(crops)
+    if c.ndim != 4 or c.shape[3] != 3:
+        raise InvalidParameter(f"crops: expected shape (N, H, W, 3), got {c.shape}")
+    n, H, W = c.shape[:3]
     out = np.empty((n, 3, H, W), np.float32)
-    if spec is None:
-        out[:] = crops.transpose(0, 3, 1, 2)
-        return out
     order = (2, 1, 0) if spec.channel_order == "RGB" else (0, 1, 2)
     mean = np.asarray(spec.mean, np.float64)
     std = np.asarray(spec.std, np.float64)
@@ -206,9 +214,34 @@ def warp_crops(
     gain = (spec.pixel_scale / std).astype(np.float32)
     bias = (-mean / std).astype(np.float32)
     for dst_c, src_c in enumerate(order):
-        np.multiply(crops[..., src_c], gain[dst_c], out=out[:, dst_c], casting="unsafe")
+        np.multiply(c[..., src_c], gain[dst_c], out=out[:, dst_c], casting="unsafe")
         out[:, dst_c] += bias[dst_c]
     return out
+
+
+def warp_crops(
+    image: npt.NDArray[np.generic],
+    centers: npt.ArrayLike,
+    scales: npt.ArrayLike,
+    input_size: tuple[int, int],
+    spec: ModelSpec | None = None,
+) -> F32:
+    """Cut N crops out of ``image`` (bilinear, constant-0 border).
+
+    image: (H_img, W_img, 3) BGR (uint8 normally); centers/scales: (N, 2); input_size: (W, H).
+    Returns ``(N, 3, H, W) float32``: with ``spec=None`` raw BGR values (0–255 for uint8);
+    with a :class:`ModelSpec` the network input: channels in ``spec.channel_order``, then
+    ``(pixel * spec.pixel_scale - mean) / std``.  Boxes partly or fully outside the image give
+    zero-padded (black before normalisation) crops.  Same as :func:`cut_crops` followed by
+    :func:`normalize_crops`.
+    """
+    crops = cut_crops(image, centers, scales, input_size)
+    if spec is None:
+        n, H, W = crops.shape[:3]
+        out = np.empty((n, 3, H, W), np.float32)
+        out[:] = crops.transpose(0, 3, 1, 2)
+        return out
+    return normalize_crops(crops, spec)
 
 
 def _check_points(

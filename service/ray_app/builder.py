@@ -1,15 +1,18 @@
-"""Build the Ray Serve application: ``Ingress`` → (``Detector``, ``PoseModel`` …).
+"""Build the Ray Serve application in one of two topologies.
 
-``deploy/serve_config.yaml`` names :func:`app_builder` as its ``import_path``; its ``args``
-(``settings``: :class:`~service.settings.Settings` field overrides) reach every replica.
-From Python::
+``pipeline`` (default): ``Ingress`` only — each replica runs the whole pipeline (detector,
+crops, pose with the in-process micro-batcher, decoding) on the requests it is routed; only the
+encoded image and the JSON answer cross process or node boundaries.
+``split``: ``Ingress`` (decode, detector, uint8 crops) → ``PoseModel`` pool (normalise, pose,
+decode, OKS-NMS; keypoints and scores come back) — for a separate, e.g. GPU, pose pool.
+
+``deploy/serve_config.yaml`` (pipeline) and ``deploy/serve_config.split.yaml`` name
+:func:`app_builder` as their ``import_path``; their ``args`` (:class:`BuildArgs`) reach every
+replica.  From Python::
 
     from ray import serve
     from service.ray_app.builder import build_app
     serve.run(build_app({"providers": "cpu"}), name="darkpose", route_prefix="/")
-
-Several ``pose_models`` (an ensemble) become one ``PoseModel`` deployment each (named
-``PoseModel``, ``PoseModel1``, …), so each model batches and scales on its own.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from pydantic import BaseModel, Field
 from ray.serve import Application, Deployment
 
 from service.core.errors import InvalidParameter, ModelError
-from service.ray_app import DETECTOR_NAME, INGRESS_NAME, POSE_NAME
+from service.ray_app import INGRESS_NAME, POSE_NAME, TOPOLOGIES, Topology
 from service.ray_app.deployments import (
-    DetectorDeployment,
-    IngressDeployment,
+    PipelineIngress,
     PoseDeployment,
+    SplitIngress,
     make_settings,
     parse_address,
 )
@@ -34,6 +37,11 @@ from service.ray_app.deployments import (
 class BuildArgs(BaseModel):
     """``args`` of the application in the Serve config."""
 
+    topology: Topology = Field(
+        "pipeline",
+        description="pipeline: every Ingress replica runs the whole pipeline (default); "
+        "split: Ingress detects and crops, a PoseModel pool runs pose + decoding",
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Settings overrides (field name → value); the replicas' DARKPOSE_* "
@@ -44,17 +52,19 @@ class BuildArgs(BaseModel):
         description="'host:port' where every Ingress replica also serves its own /metrics "
         "(scrape each replica; needs max_replicas_per_node: 1 on Ingress)",
     )
-
-
-def pose_deployment_name(index: int) -> str:
-    """``PoseModel`` for the first pose model, ``PoseModel<i>`` for the others."""
-    return POSE_NAME if index == 0 else f"{POSE_NAME}{index}"
+    measure_bytes: bool = Field(
+        False,
+        description="count the serialised bytes crossing each hop (Ingress stats(); "
+        "bench/scale.py); costs one pickle of every message",
+    )
 
 
 def build_app(
     settings: Mapping[str, Any] | None = None,
     deployment_options: Mapping[str, Mapping[str, Any]] | None = None,
     metrics_address: str | None = None,
+    topology: str = "pipeline",
+    measure_bytes: bool = False,
 ) -> Application:
     """The bound application.
 
@@ -63,7 +73,11 @@ def build_app(
     ``ray_actor_options``, ``max_replicas_per_node``, ``user_config``, …) — what a Serve config's
     ``deployments:`` section sets, for ``serve.run`` from Python (tests, bench/scale.py).
     metrics_address: ``"host:port"`` where each ``Ingress`` replica also serves its metrics.
+    topology: ``"pipeline"`` (default) or ``"split"`` (see the module docstring).
+    measure_bytes: count the serialised bytes per hop (read with the Ingress's ``stats()``).
     """
+    if topology not in TOPOLOGIES:
+        raise InvalidParameter(f"topology: expected one of {sorted(TOPOLOGIES)}, got {topology!r}")
     if metrics_address is not None:
         parse_address(metrics_address)
     overrides = dict(settings or {})
@@ -71,30 +85,32 @@ def build_app(
     if not resolved.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
     opts = {k: dict(v) for k, v in (deployment_options or {}).items()}
-    known = {INGRESS_NAME, DETECTOR_NAME} | {
-        pose_deployment_name(i) for i in range(len(resolved.pose_models))
-    }
+    known = set(TOPOLOGIES[topology])
     unknown = sorted(set(opts) - known)
     if unknown:
         raise InvalidParameter(
-            f"deployment_options: expected names among {sorted(known)}, got {unknown}"
+            f"deployment_options: expected names among {sorted(known)} for topology "
+            f"{topology!r}, got {unknown}"
         )
-    pose = [
-        cast(Deployment, PoseDeployment)
-        .options(name=pose_deployment_name(i), **opts.get(pose_deployment_name(i), {}))
-        .bind(overrides, i)
-        for i in range(len(resolved.pose_models))
-    ]
-    detector = (
-        cast(Deployment, DetectorDeployment).options(**opts.get(DETECTOR_NAME, {})).bind(overrides)
-    )
+    if topology == "pipeline":
+        return (
+            cast(Deployment, PipelineIngress)
+            .options(**opts.get(INGRESS_NAME, {}))
+            .bind(overrides, metrics_address, measure_bytes)
+        )
+    pose = cast(Deployment, PoseDeployment).options(**opts.get(POSE_NAME, {})).bind(overrides)
     return (
-        cast(Deployment, IngressDeployment)
+        cast(Deployment, SplitIngress)
         .options(**opts.get(INGRESS_NAME, {}))
-        .bind(detector, pose, overrides, metrics_address)
+        .bind(pose, overrides, metrics_address, measure_bytes)
     )
 
 
 def app_builder(args: BuildArgs) -> Application:
     """Serve's application builder (``import_path: service.ray_app.builder:app_builder``)."""
-    return build_app(args.settings, metrics_address=args.metrics_address)
+    return build_app(
+        args.settings,
+        metrics_address=args.metrics_address,
+        topology=args.topology,
+        measure_bytes=args.measure_bytes,
+    )

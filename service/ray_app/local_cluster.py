@@ -4,7 +4,10 @@ Ray writes an auth token under ``~/.ray`` and its session state under its temp d
 point into a fresh short directory under /tmp (Unix socket paths must stay < 108 bytes), and
 everything is shut down and removed at the end.  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
 keeps every address on 127.0.0.1 (otherwise Ray swaps loopback for the host's interface
-address).  Serve's HTTP proxy runs on the head only, on a free 127.0.0.1 port.
+address).  Serve's HTTP proxies listen on a free 127.0.0.1 port: by default one per node
+(``EveryNode``, as in production), all on the same port — Ray binds it with ``SO_REUSEPORT``,
+so the kernel spreads connections over the nodes' proxies like a load balancer in front of a
+cluster would, and each proxy prefers its own node's replicas.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def free_port() -> int:
 
 @dataclass
 class LocalRay:
-    """A running local cluster with Serve started (HTTP on 127.0.0.1:``port``, head only)."""
+    """A running local cluster with Serve started (HTTP on 127.0.0.1:``port``)."""
 
     cluster: Any
     port: int
@@ -49,10 +52,14 @@ class LocalRay:
 
 @contextlib.contextmanager
 def local_ray_cluster(
-    num_nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 150
+    num_nodes: int = 2,
+    cpus_per_node: int = 1,
+    object_store_mb: int = 150,
+    proxy_location: str = "EveryNode",
 ) -> Iterator[LocalRay]:
     """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine (``object_store_mb`` MiB of
-    object store each), Serve on a free port."""
+    object store each), Serve on a free port with a proxy on every node (``"EveryNode"``) or
+    on the head only (``"HeadOnly"``)."""
     import ray
     from ray import serve
     from ray._private import ray_constants
@@ -88,7 +95,7 @@ def local_ray_cluster(
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
         port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve.start(proxy_location=proxy_location, http_options={"host": "127.0.0.1", "port": port})
         node_ids = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         yield LocalRay(cluster=cluster, port=port, node_ids=node_ids)
     finally:

@@ -15,9 +15,11 @@ from service.core.errors import InvalidParameter
 from service.core.transforms import (
     MIN_BOX_SIZE,
     boxes_to_center_scale,
+    cut_crops,
     get_affine_matrices,
     heatmap_to_image,
     image_to_heatmap,
+    normalize_crops,
     warp_crops,
     xywh_to_xyxy,
     xyxy_to_xywh,
@@ -197,6 +199,23 @@ def test_warp_crops_normalisation_and_channel_order() -> None:
     bgr = warp_crops(img, c, s, (48, 64), bgr_spec)
     ref_bgr = (raw - np.array([1.0, 2, 3])[:, None, None]) / 2.0
     np.testing.assert_allclose(bgr, ref_bgr, atol=1e-5)
+
+
+@pytest.mark.parametrize("channel_order", ["RGB", "BGR"])
+def test_cut_then_normalize_equals_warp_crops_bit_for_bit(channel_order: str) -> None:
+    """The uint8 crops a Ray pose replica receives normalise to exactly the local input."""
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    c, s = boxes_to_center_scale([[10, 5, 70, 110], [-20, 30, 60, 150]], 0.75)
+    spec = ModelSpec(input_size=(48, 64), heatmap_size=(12, 16), channel_order=channel_order)
+    crops = cut_crops(img, c, s, (48, 64))
+    assert crops.shape == (2, 64, 48, 3) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(
+        normalize_crops(crops, spec), warp_crops(img, c, s, (48, 64), spec)
+    )
+    np.testing.assert_array_equal(crops.transpose(0, 3, 1, 2), warp_crops(img, c, s, (48, 64)))
+    with pytest.raises(InvalidParameter, match=r"crops: expected shape \(N, H, W, 3\), got"):
+        normalize_crops(crops.transpose(0, 3, 1, 2), spec)
 
 
 def test_warp_crops_off_image_and_degenerate_boxes() -> None:

@@ -1,4 +1,4 @@
-"""deploy/serve_config.yaml and deploy/kuberay/rayservice.yaml, checked with Ray's own schema.
+"""deploy/serve_config*.yaml and deploy/kuberay/rayservice.yaml, checked with Ray's own schema.
 
 The YAML-only checks run without Ray; the schema checks skip when the `ray` extra is absent.
 """
@@ -15,6 +15,8 @@ import yaml
 from tests.conftest import REPO
 
 SERVE_CONFIG = REPO / "deploy" / "serve_config.yaml"
+SPLIT_CONFIG = REPO / "deploy" / "serve_config.split.yaml"
+CONFIGS = {"pipeline": SERVE_CONFIG, "split": SPLIT_CONFIG}
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
 
 
@@ -22,8 +24,8 @@ def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-def _deployments() -> dict[str, dict[str, Any]]:
-    app = _load(SERVE_CONFIG)["applications"][0]
+def _deployments(path: Path = SERVE_CONFIG) -> dict[str, dict[str, Any]]:
+    app = _load(path)["applications"][0]
     return {d["name"]: d for d in app["deployments"]}
 
 
@@ -71,17 +73,44 @@ def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
-def test_serve_config_names_the_three_deployments_and_the_builder() -> None:
-    app = _load(SERVE_CONFIG)["applications"][0]
+@pytest.mark.parametrize(
+    ("topology", "names"), [("pipeline", {"Ingress"}), ("split", {"Ingress", "PoseModel"})]
+)
+def test_each_serve_config_names_its_topology_and_the_builder(
+    topology: str, names: set[str]
+) -> None:
+    app = _load(CONFIGS[topology])["applications"][0]
     assert app["import_path"] == "service.ray_app.builder:app_builder"
-    assert set(_deployments()) == {"Ingress", "Detector", "PoseModel"}
+    assert app["args"]["topology"] == topology
+    # Serve refuses a config naming a deployment the application does not have.
+    assert set(_deployments(CONFIGS[topology])) == names
+
+
+def test_serve_configs_differ_only_in_topology_where_shared() -> None:
+    """Both files carry the same proxy/HTTP options and the same base settings."""
+    a, b = _load(SERVE_CONFIG), _load(SPLIT_CONFIG)
+    for key in ("proxy_location", "http_options", "logging_config"):
+        assert a[key] == b[key], key
+    sa, sb = (c["applications"][0]["args"]["settings"] for c in (a, b))
+    assert {k: sa[k] for k in ("providers", "intra_op_threads")} == {
+        k: sb[k] for k in ("providers", "intra_op_threads")
+    }
 
 
 def test_pose_max_ongoing_requests_is_above_the_batch_size() -> None:
-    pose = _deployments()["PoseModel"]
+    pose = _deployments(SPLIT_CONFIG)["PoseModel"]
     # Serve sends a replica at most max_ongoing_requests calls: a lower value caps every batch.
     assert pose["max_ongoing_requests"] >= pose["user_config"]["max_batch_size"]
     assert pose["max_ongoing_requests"] > 5
+
+
+def test_pipeline_ingress_autoscales_one_cpu_replicas() -> None:
+    ingress = _deployments()["Ingress"]
+    auto = ingress["autoscaling_config"]
+    assert 1 <= auto["min_replicas"] < auto["max_replicas"]
+    assert ingress["ray_actor_options"]["num_cpus"] == 1
+    # Room above the autoscaling target, or the router never sees a replica as busy.
+    assert ingress["max_ongoing_requests"] > auto["target_ongoing_requests"]
 
 
 # --- Ray's own schema ------------------------------------------------------------------------
@@ -92,10 +121,11 @@ def schema() -> Any:
     return pytest.importorskip("ray.serve.schema", reason="needs the optional `ray` extra")
 
 
-def test_serve_config_parses_with_ray_serve_deploy_schema(schema: Any) -> None:
+@pytest.mark.parametrize("topology", sorted(CONFIGS))
+def test_serve_config_parses_with_ray_serve_deploy_schema(schema: Any, topology: str) -> None:
     from ray.serve.config import AutoscalingConfig
 
-    cfg = schema.ServeDeploySchema.model_validate(_load(SERVE_CONFIG))
+    cfg = schema.ServeDeploySchema.model_validate(_load(CONFIGS[topology]))
     (app,) = cfg.applications
     assert isinstance(app, schema.ServeApplicationSchema)
     assert app.route_prefix == "/"
@@ -112,16 +142,25 @@ def test_serve_config_matches_the_installed_ray(schema: Any) -> None:
     assert ray.__version__ == _pinned_ray_version()
 
 
-def test_serve_config_args_and_user_config_are_accepted_by_the_app(schema: Any) -> None:
-    from service.ray_app.builder import BuildArgs
+@pytest.mark.parametrize("topology", sorted(CONFIGS))
+def test_serve_config_args_and_user_config_are_accepted_by_the_app(
+    schema: Any, topology: str
+) -> None:
+    from service.ray_app import TOPOLOGIES
+    from service.ray_app.builder import BuildArgs, app_builder
     from service.ray_app.deployments import make_settings, parse_batch_config
 
-    app = _load(SERVE_CONFIG)["applications"][0]
+    app = _load(CONFIGS[topology])["applications"][0]
     args = BuildArgs.model_validate(app["args"])
+    assert args.topology == topology
+    assert set(TOPOLOGIES[topology]) == set(_deployments(CONFIGS[topology]))
     settings = make_settings(args.settings)
     assert settings.intra_op_threads == 1
-    size, wait = parse_batch_config(_deployments()["PoseModel"]["user_config"])
-    assert size == 32 and wait == pytest.approx(0.005)
+    bound = app_builder(args)._bound_deployment
+    assert bound.name == "Ingress"
+    if topology == "split":
+        size, wait = parse_batch_config(_deployments(SPLIT_CONFIG)["PoseModel"]["user_config"])
+        assert size == 32 and wait == pytest.approx(0.005)
 
 
 @pytest.mark.parametrize(
@@ -165,15 +204,17 @@ def test_bad_pose_user_config_is_refused(schema: Any, config: dict[str, Any], ma
 
 
 @pytest.mark.parametrize(
-    ("settings", "options", "match"),
+    ("settings", "options", "topology", "match"),
     [
-        ({}, {"Pose": {"num_replicas": 2}}, r"deployment_options: expected names among .*Pose'"),
-        ({"pose_models": []}, {}, None),
-        ({"max_batch": 0}, {}, None),
+        ({}, {"Pose": {"num_replicas": 2}}, "split", r"expected names among .*, got \['Pose'\]"),
+        ({}, {"PoseModel": {}}, "pipeline", r"expected names among \['Ingress'\] .*PoseModel"),
+        ({}, {}, "tensors", r"topology: expected one of \['pipeline', 'split'\], got 'tensors'"),
+        ({"pose_models": []}, {}, "pipeline", None),
+        ({"max_batch": 0}, {}, "pipeline", None),
     ],
 )
 def test_build_app_validates_before_deploying(
-    schema: Any, settings: dict[str, Any], options: dict[str, Any], match: str | None
+    schema: Any, settings: dict[str, Any], options: dict[str, Any], topology: str, match: str | None
 ) -> None:
     from pydantic import ValidationError
 
@@ -181,7 +222,7 @@ def test_build_app_validates_before_deploying(
     from service.ray_app.builder import build_app
 
     with pytest.raises((DarkPoseError, ValidationError), match=match):
-        build_app(settings, options)
+        build_app(settings, options, topology=topology)
 
 
 @pytest.mark.parametrize("address", ["9100", "host:", ":9100", "h:0", "h:70000", "h:x"])
@@ -193,17 +234,21 @@ def test_bad_metrics_address_is_refused(schema: Any, address: str) -> None:
         build_app({}, metrics_address=address)
 
 
-def test_build_app_binds_one_pose_deployment_per_model(schema: Any) -> None:
-    from service.ray_app.builder import build_app, pose_deployment_name
+def test_build_app_binds_each_topology(schema: Any) -> None:
+    from service.ray_app.builder import build_app
 
-    app = build_app({"pose_models": ["a.onnx", "b.onnx"]}, {"PoseModel1": {"num_replicas": 2}})
-    ingress = app._bound_deployment
-    assert ingress.name == "Ingress"
-    detector, pose, _, metrics = ingress.init_args
-    assert metrics is None
-    assert detector._bound_deployment.name == "Detector"
-    assert [p._bound_deployment.name for p in pose] == [
-        pose_deployment_name(0),
-        pose_deployment_name(1),
-    ]
-    assert pose[1]._bound_deployment.num_replicas == 2
+    pipeline = build_app({}, {"Ingress": {"num_replicas": 3}}, measure_bytes=True)
+    ingress = pipeline._bound_deployment
+    assert ingress.name == "Ingress" and ingress.num_replicas == 3
+    settings, metrics, measure = ingress.init_args
+    assert settings == {} and metrics is None and measure is True  # no other deployment
+
+    split = build_app(
+        {"pose_models": ["a.onnx", "b.onnx"]}, {"PoseModel": {"num_replicas": 2}}, topology="split"
+    )
+    ingress = split._bound_deployment
+    pose, settings, _, measure = ingress.init_args
+    assert ingress.name == "Ingress" and measure is False
+    assert pose._bound_deployment.name == "PoseModel"  # one pool hosts the whole ensemble
+    assert pose._bound_deployment.num_replicas == 2
+    assert settings["pose_models"] == ["a.onnx", "b.onnx"]
