@@ -63,6 +63,8 @@ ANONYMOUS = "anonymous"
 FILE_CHECK_INTERVAL_S = 1.0
 #: Most clients whose token bucket is remembered (least recently seen are forgotten).
 MAX_TRACKED_CLIENTS = 100_000
+#: Keys shorter than this are accepted with a warning at load.
+MIN_KEY_LENGTH = 16
 #: Seconds during which repeated refusals of one client are not logged again.
 LOG_EVERY_S = 60.0
 
@@ -166,10 +168,20 @@ class KeyStore:
 
     def _set(self, keys: Iterable[str]) -> None:
         seen: dict[bytes, str] = {}
+        short = []
         for k in keys:
             raw = k.encode("ascii")
             seen[_digest(raw)] = key_id(raw)
+            if len(raw) < MIN_KEY_LENGTH:
+                short.append(key_id(raw))
         self._entries = list(seen.items())
+        if short:
+            logger.warning(
+                "API key(s) %s shorter than %d characters: use long random keys "
+                "(e.g. `openssl rand -hex 24`)",
+                ", ".join(sorted(set(short))),
+                MIN_KEY_LENGTH,
+            )
 
     def _stat(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -750,7 +762,62 @@ def install_access_control(app: Any, settings: Settings, registry: CollectorRegi
         policy=policy,
         route_paths=lambda: app.openapi().get("paths", {}).keys(),
     )
+    _document_access(app, policy)
     return True
+
+
+def _document_access(app: Any, policy: AccessPolicy) -> None:
+    """With keys: declare the two key headers in the OpenAPI document (``securitySchemes``)
+    on every operation except the open probes and ``/metrics`` (generated clients send them),
+    with their 401; with fair-use limits: the 429 on the same operations."""
+    keys, limits = policy.keys.enabled, policy.buckets is not None or policy.max_inflight > 0
+    if not (keys or limits):
+        return
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return dict(app.openapi_schema)
+        schema = build()
+        if keys:
+            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
+                {
+                    "bearerKey": {"type": "http", "scheme": "bearer", "description": "API key"},
+                    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                }
+            )
+        paths = schema.get("paths", {})
+        error_content = next(  # the JSON error shape as the app documents its other errors
+            (
+                r["content"]
+                for ops in paths.values()
+                for op in ops.values()
+                if isinstance(op, dict)
+                for code, r in op.get("responses", {}).items()
+                if str(code).startswith("5") and isinstance(r, dict) and "content" in r
+            ),
+            None,
+        )
+
+        def doc(text: str) -> dict[str, Any]:
+            return {"description": text, **({"content": error_content} if error_content else {})}
+
+        for path, ops in paths.items():
+            if path in OPEN_PATHS or path == METRICS_PATH:
+                continue
+            for op in ops.values():
+                if not isinstance(op, dict):
+                    continue
+                responses = op.setdefault("responses", {})
+                if keys:
+                    op["security"] = [{"bearerKey": []}, {"apiKeyHeader": []}]
+                    responses.setdefault("401", doc("missing or unknown API key"))
+                if limits:
+                    responses.setdefault("429", doc("over the client's rate or concurrency cap"))
+        app.openapi_schema = schema
+        return dict(schema)
+
+    app.openapi = openapi
 
 
 def warn_if_open(settings: Settings, host: str) -> bool:

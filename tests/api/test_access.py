@@ -318,3 +318,43 @@ def test_settings_keep_keys_out_of_their_repr() -> None:
     assert policy.keys.ids == sorted([key_id("very-secret-1"), key_id("very-secret-2")])
     assert "very-secret" not in policy.describe() and key_id("very-secret-1") in policy.describe()
     assert policy.buckets is None and policy.max_inflight == 0
+
+
+def test_short_keys_are_accepted_with_a_warning_naming_their_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="service.api.access"):
+        store = KeyStore(["short-key", "a-long-enough-random-key-0123"])
+    assert store.lookup(b"short-key") == key_id("short-key")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and key_id("short-key") in warned[0]
+    assert "short-key" not in warned[0] and key_id("a-long-enough-random-key-0123") not in warned[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "security", "codes"),
+    [
+        ({}, False, set()),
+        ({"api_keys": SecretStr("k" * 20)}, True, {"401"}),
+        ({"max_inflight_per_client": 2}, False, {"429"}),
+        ({"api_keys": SecretStr("k" * 20), "rate_limit": 1.0}, True, {"401", "429"}),
+    ],
+)
+def test_openapi_documents_keys_and_limits(
+    overrides: dict[str, object], security: bool, codes: set[str]
+) -> None:
+    from service.api import create_app
+
+    schema = create_app(api_settings(warmup=False, **overrides)).openapi()
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    assert ("bearerKey" in schemes and "apiKeyHeader" in schemes) is security
+    for path, method in (("/pose", "post"), ("/v1/models", "get")):
+        op = schema["paths"][path][method]
+        assert ("security" in op) is security
+        assert codes <= set(op["responses"]) and not ({"401", "429"} - codes) & set(op["responses"])
+        for code in codes:
+            ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse")
+    for path in ("/healthz", "/readyz", "/metrics"):
+        op = schema["paths"][path]["get"]
+        assert "security" not in op and not {"401", "429"} & set(op["responses"])
