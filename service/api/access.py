@@ -88,7 +88,7 @@ def _check_key(key: str, where: str) -> str:
     if not key or any(not (0x21 <= ord(ch) <= 0x7E) for ch in key):
         raise AccessConfigError(
             f"{where}: expected a key of printable ASCII without spaces, got "
-            f"{len(key)} characters with others (key id {key_id(key)})"
+            f"{len(key)} characters including spaces or non-ASCII ones (key id {key_id(key)})"
         )
     return key
 
