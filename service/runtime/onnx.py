@@ -146,6 +146,7 @@ def create_session(
     model = path if isinstance(path, bytes) else read_model_bytes(path)
     if name is None:
         name = "<bytes>" if isinstance(path, bytes) else str(path)
+    model = drop_per_channel_bn_spatial(model, name=name)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:
@@ -212,6 +213,39 @@ def load_model(data: bytes) -> onnx.ModelProto:
         return onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelError(f"model: expected serialised ONNX, got unparsable bytes ({exc})") from exc
+
+
+def drop_per_channel_bn_spatial(model_bytes: bytes, *, name: str = "<bytes>") -> bytes:
+    """Remove ``spatial=0`` from opset ≤ 8 ``BatchNormalization`` nodes whose scale is 1-D.
+
+    ``spatial=0`` declares scale/bias/mean/var of shape (C, D1, …, Dn), but exporters (MXNet,
+    e.g. the shared SimpleBaseline) wrote it with per-channel (C,) tensors.  onnxruntime ≥ 1.27
+    applies them per channel; 1.21–1.26 (the CUDA 12 builds of onnxruntime-gpu) reject the
+    node at run time ("Invalid input scale: NumDimensions() != 3").  Dropping the attribute
+    gives the per-channel meaning the weights have on every version.  Returns ``model_bytes``
+    unchanged when no node needs it (without parsing unless the bytes mention ``spatial``).
+    """
+    if b"spatial" not in model_bytes:
+        return model_bytes
+    model = load_model(model_bytes)
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or len(node.input) < 2:
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "spatial" and attr.i == 0 and ranks.get(node.input[1]) == 1:
+                node.attribute.remove(attr)
+                changed += 1
+    if not changed:
+        return model_bytes
+    logger.info(
+        "model %s: %d BatchNormalization nodes with spatial=0 and per-channel (1-D) scale run "
+        "per channel",
+        name,
+        changed,
+    )
+    return model.SerializeToString()
 
 
 def make_batch_dynamic(model_bytes: bytes, dim_name: str = BATCH_DIM) -> bytes:

@@ -87,9 +87,9 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint: Path, tmp_path: Path) -> No
                  ("RUN", "python3.11"), ("RUN", '"/src[gpu]"'),
                  ("ENV", "DARKPOSE_PROVIDERS=cuda")]),
         ("cpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
-                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/healthz")]),
+                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/readyz")]),
         ("gpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
-                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/healthz")]),
+                 ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/readyz")]),
     ],
 )  # fmt: skip
 def test_dockerfile_requirements(variant: str, required: list[tuple[str, str]]) -> None:

@@ -106,3 +106,31 @@ def test_cpu_fallback_warning_is_logged_once_per_process(
 def test_cuda_diagnosis_of_a_cpu_build() -> None:
     assert onnx_mod.ort_cuda_version() is None
     assert "built without CUDA" in onnx_mod.cuda_diagnosis()
+
+
+def _bn_spatial_zero(model: onnx.ModelProto) -> int:
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == "BatchNormalization"
+        for a in n.attribute
+        if a.name == "spatial" and a.i == 0
+    )
+
+
+def test_per_channel_bn_spatial_is_dropped_without_changing_outputs() -> None:
+    """The shared SimpleBaseline (opset 8, MXNet) has spatial=0 BatchNorms with (C,) weights:
+    rewritten to per-channel, which is what this onnxruntime computes for the original."""
+    raw = POSE_ONNX.read_bytes()
+    assert _bn_spatial_zero(onnx.load_model_from_string(raw)) > 0
+    fixed = onnx_mod.drop_per_channel_bn_spatial(raw)
+    assert _bn_spatial_zero(onnx.load_model_from_string(fixed)) == 0
+    assert onnx_mod.drop_per_channel_bn_spatial(fixed) is fixed  # idempotent, no re-serialise
+    yolox = YOLOX_ONNX.read_bytes()
+    assert onnx_mod.drop_per_channel_bn_spatial(yolox) is yolox  # nothing to do: not parsed
+    x = np.random.default_rng(0).standard_normal((2, 3, 256, 192)).astype(np.float32)
+    outs = []
+    for data in (make_batch_dynamic(raw), make_batch_dynamic(fixed)):
+        sess = ort.InferenceSession(data, providers=[CPU])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
