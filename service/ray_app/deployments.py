@@ -575,21 +575,18 @@ class RemotePose:
         return answer
 
 
-class SplitPipeline:
-    """A :class:`~service.core.pipeline.Pipeline` look-alike for the split ingress: detect and
-    cut uint8 crops here, everything after on the ``PoseModel`` pool.
+class SplitPipeline(Pipeline):
+    """The split ingress's :class:`~service.core.pipeline.Pipeline`: detect and cut uint8 crops
+    here, everything after on the ``PoseModel`` pool.
 
     ``pipeline(image (H, W, 3) BGR uint8, options=None) -> PoseResult``; answers equal the
     single-process pipeline's (same detector, same crops, same decoding code on the replica).
+    ``pose_models`` is ``[RemotePose]`` (spec, warm-up, ``/v1/models``).
     """
 
     def __init__(self, detector: Any, pose: RemotePose, options: PipelineOptions) -> None:
-        self.detector = detector
+        super().__init__(detector, [pose], options)
         self.pose = pose
-        self.pose_models: list[Any] = [pose]
-        self.spec: ModelSpec = pose.spec
-        self.options = options
-        self._local = Pipeline(detector, [pose], options)  # its detect(): thresholds, protocol
 
     def __call__(
         self,
@@ -611,7 +608,7 @@ class SplitPipeline:
         img = as_bgr_uint8(image)
         size = (int(img.shape[1]), int(img.shape[0]))
         timings = dict.fromkeys(STAGES, 0.0)
-        b, s = self._local.detect(img, opts)
+        b, s = self.detect(img, opts)
         if b.shape[0] > opts.max_persons:
             order = np.argsort(-s, kind="stable")[: opts.max_persons]
             b, s = b[order], s[order]
