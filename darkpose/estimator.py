@@ -1,0 +1,243 @@
+"""``PoseEstimator``: settings → pipeline, then ``estimator(image) -> Poses``.
+
+Accepted images:
+
+* a path (``str`` / ``os.PathLike``) or encoded bytes (JPEG/PNG/WebP/BMP): decoded with the
+  service's limits, turned upright per EXIF orientation (``exif_orientation=False``: as stored);
+* a ``PIL.Image.Image``: its mode says the colours (converted to BGR), EXIF orientation applied
+  the same way;
+* a numpy array ``(H, W, 3)`` / ``(H, W, 4)`` uint8 (or uint16): **the channel order must be
+  stated**, ``channel_order="BGR"`` (``cv2.imread``, OpenCV video frames) or ``"RGB"`` (PIL,
+  imageio, matplotlib) — per call or once in the constructor.  A colour array without a declared
+  order is refused (:class:`~service.core.errors.InvalidImage`): silently reading RGB as BGR
+  changes the persons found.  Grayscale ``(H, W)`` / ``(H, W, 1)`` needs no order; a 4th
+  channel (alpha) is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from service.core.errors import InvalidImage, InvalidParameter
+from service.core.io import apply_exif_orientation, decode_image, read_image_file
+from service.core.pipeline import Person, Pipeline, PipelineOptions, as_bgr_uint8
+from service.core.types import COCO_KEYPOINTS
+from service.settings import Settings
+
+ChannelOrder = Literal["BGR", "RGB"]
+U8 = npt.NDArray[np.uint8]
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PipelineOptions))
+
+
+@dataclass
+class Poses:
+    """The persons found in one image, in the coordinates of ``image`` (the upright photo).
+
+    persons: sorted by ``score`` (each: ``bbox`` (4,) xyxy, ``keypoints`` (K, 3) x, y, score in
+    image pixels with pixel centres at integers, ``box_score``, ``score``); image: BGR uint8
+    (H, W, 3), what the model saw; timings: seconds per stage; source: the file name when the
+    input was a path.
+    """
+
+    persons: list[Person]
+    image: U8
+    timings: dict[str, float] = field(default_factory=dict)
+    keypoint_names: tuple[str, ...] = COCO_KEYPOINTS
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.persons)
+
+    def __iter__(self) -> Iterator[Person]:
+        return iter(self.persons)
+
+    def __getitem__(self, index: int) -> Person:
+        return self.persons[index]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(W, H) of :attr:`image`."""
+        return (int(self.image.shape[1]), int(self.image.shape[0]))
+
+    @property
+    def keypoints(self) -> npt.NDArray[np.float32]:
+        """All persons' keypoints, (N, K, 3) float32: x, y (image px), score."""
+        k = len(self.keypoint_names)
+        if not self.persons:
+            return np.zeros((0, k, 3), np.float32)
+        return np.stack([p.keypoints for p in self.persons]).astype(np.float32)
+
+    @property
+    def boxes(self) -> npt.NDArray[np.float32]:
+        """All persons' boxes, (N, 4) float32 xyxy."""
+        if not self.persons:
+            return np.zeros((0, 4), np.float32)
+        return np.stack([p.bbox for p in self.persons]).astype(np.float32)
+
+    def to_coco(self, image_id: int | None = None) -> list[dict[str, Any]]:
+        """COCO keypoint results (``image_id``, ``category_id`` 1, flat ``keypoints``,
+        ``score``, ``bbox`` xywh), plus ``file_name`` when the input was a path."""
+        out = [p.to_coco(image_id) for p in self.persons]
+        if self.source is not None:
+            out = [{**r, "file_name": self.source} for r in out]
+        return out
+
+    def draw(
+        self, path: str | os.PathLike[str] | None = None, *, keypoint_threshold: float = 0.2
+    ) -> U8:
+        """The overlay (boxes, scores, skeletons) on a copy of :attr:`image`, BGR uint8
+        (H, W, 3); written to ``path`` too when given (format from its suffix)."""
+        from service.core.visualize import draw_poses
+
+        overlay = draw_poses(self.image, self.persons, keypoint_threshold=keypoint_threshold)
+        if path is not None:
+            p = Path(path)
+            ok, enc = cv2.imencode(p.suffix or ".png", overlay)
+            if not ok:
+                raise InvalidParameter(
+                    f"draw path: expected a suffix OpenCV can write (.png, .jpg), got {p.name}"
+                )
+            p.write_bytes(enc.tobytes())
+        return overlay
+
+
+class PoseEstimator:
+    """Detector + pose model(s) built once; call it on images (see the module docstring).
+
+    ``PoseEstimator()`` uses :class:`~service.settings.Settings` (``DARKPOSE_*`` environment,
+    the shared models by default); keyword arguments override settings fields
+    (``PoseEstimator(providers="cpu", pose_models="pp_tinypose_256x192.onnx", flip=True)``) or
+    a given ``settings`` object.  ``channel_order`` is the default order of colour arrays;
+    ``exif_orientation`` whether files and bytes are turned upright (default yes).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        channel_order: ChannelOrder | None = None,
+        exif_orientation: bool = True,
+        **overrides: Any,
+    ) -> None:
+        from service.runtime.factory import build_pipeline
+
+        if settings is None:
+            settings = Settings(**overrides)
+        elif overrides:
+            settings = Settings(**{**settings.model_dump(), **overrides})
+        self.settings = settings
+        self.channel_order = _check_order(channel_order)
+        self.exif_orientation = bool(exif_orientation)
+        self.pipeline: Pipeline = build_pipeline(settings)
+
+    @property
+    def options(self) -> PipelineOptions:
+        """The default per-call options (from the settings)."""
+        return self.pipeline.options
+
+    def __call__(
+        self,
+        image: Any,
+        *,
+        channel_order: ChannelOrder | None = None,
+        exif_orientation: bool | None = None,
+        **options: Any,
+    ) -> Poses:
+        """Persons in ``image``; ``options`` override :class:`PipelineOptions` fields
+        (``decode``, ``flip``, ``det_score_threshold``, ``max_persons``, …) for this call."""
+        unknown = sorted(set(options) - set(_OPTION_NAMES))
+        if unknown:
+            raise InvalidParameter(
+                f"options: expected names among {', '.join(_OPTION_NAMES)}, "
+                f"got {', '.join(unknown)}"
+            )
+        upright = self.exif_orientation if exif_orientation is None else bool(exif_orientation)
+        bgr, source = self.load(image, channel_order=channel_order, exif_orientation=upright)
+        opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
+        result = self.pipeline(bgr, opts)
+        return Poses(
+            persons=result.persons,
+            image=bgr,
+            timings=dict(result.timings),
+            keypoint_names=tuple(self.pipeline.spec.keypoint_names),
+            source=source,
+        )
+
+    def load(
+        self,
+        image: Any,
+        *,
+        channel_order: ChannelOrder | None = None,
+        exif_orientation: bool = True,
+    ) -> tuple[U8, str | None]:
+        """``image`` (any accepted kind) → (BGR uint8 (H, W, 3), file name or None)."""
+        limits = self.settings.image_limits
+        if isinstance(image, str | os.PathLike):
+            if channel_order is not None:
+                raise InvalidParameter(
+                    "channel_order: expected it only with an array, got it with a file path"
+                )
+            path = Path(image)
+            return read_image_file(path, **limits, exif_orientation=exif_orientation), path.name
+        if isinstance(image, bytes | bytearray | memoryview):
+            if channel_order is not None:
+                raise InvalidParameter(
+                    "channel_order: expected it only with an array, got it with encoded bytes"
+                )
+            return decode_image(bytes(image), **limits, exif_orientation=exif_orientation), None
+        if _is_pil_image(image):
+            return _from_pil(image, exif_orientation), None
+        if isinstance(image, np.ndarray):
+            order = _check_order(channel_order) or self.channel_order
+            return _from_array(image, order), None
+        raise InvalidImage(
+            "image: expected a file path, encoded bytes, a PIL image or a numpy array, "
+            f"got {type(image).__name__}"
+        )
+
+
+def _check_order(order: Any) -> ChannelOrder | None:
+    if order is None:
+        return None
+    if order not in get_args(ChannelOrder):
+        raise InvalidParameter(f"channel_order: expected 'BGR' or 'RGB', got {order!r}")
+    return order  # type: ignore[no-any-return]
+
+
+def _is_pil_image(obj: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(obj, Image.Image)
+
+
+def _from_pil(im: Any, exif_orientation: bool) -> U8:
+    """A PIL image → BGR (its mode defines the colours); upright per its EXIF orientation."""
+    from service.core.io import exif_orientation_of
+
+    rgb = np.asarray(im.convert("RGB"))
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    return apply_exif_orientation(bgr, exif_orientation_of(im)) if exif_orientation else bgr
+
+
+def _from_array(image: npt.NDArray[Any], order: ChannelOrder | None) -> U8:
+    colour = image.ndim == 3 and image.shape[2] in (3, 4)
+    if colour and order is None:
+        raise InvalidImage(
+            f"image: expected channel_order='BGR' (cv2.imread, OpenCV frames) or 'RGB' (PIL, "
+            f"imageio, matplotlib) for a {image.shape[2]}-channel array, got none; "
+            "e.g. estimator(frame, channel_order='BGR')"
+        )
+    if colour and order == "RGB":
+        image = image[..., 2::-1]  # RGB(A) → BGR, alpha dropped
+    return as_bgr_uint8(image)
