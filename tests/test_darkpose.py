@@ -101,3 +101,21 @@ def test_settings_keywords_override() -> None:
         Settings(model_dir=MODELS, providers="cpu"), intra_op_threads=1, det_score_threshold=0.9
     )
     assert est.settings.det_score_threshold == 0.9 and est.options.det_score_threshold == 0.9
+
+
+def test_readme_python_one_liner_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's Python block, as written (the photo path made absolute)."""
+    import re
+
+    from tests.conftest import REPO, SHARED
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```python\n(from darkpose import PoseEstimator\n.*?)```", readme, re.S)
+    assert block is not None, "expected the Python one-liner block in README.md"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DARKPOSE_PROVIDERS", "cpu")
+    exec(block.group(1).replace("../shared", str(SHARED)), {})  # noqa: S102
+    assert capsys.readouterr().out.startswith("6 (6, 17, 3) ")
+    assert (tmp_path / "overlay.png").is_file()
