@@ -1,4 +1,4 @@
-"""docker/Dockerfile.ray and the compose ``ray`` profile, with the real linters (no daemon)."""
+"""docker/Dockerfile.ray and docker-compose.ray.yml, with the real linters (no daemon)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.conftest import REPO
 from tests.docker.conftest import COMPOSE_FILE, DOCKERIGNORE, find_tool
 
 DOCKERFILE = REPO / "docker" / "Dockerfile.ray"
+RAY_COMPOSE_FILE = REPO / "docker-compose.ray.yml"
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -67,10 +68,10 @@ def test_dockerfile_ray_copies_only_what_dockerignore_lets_in() -> None:
             assert (REPO / src).exists(), src
 
 
-def _compose(*args: str) -> dict[str, Any]:
+def _compose(file: Path, *args: str) -> dict[str, Any]:
     compose = find_tool("docker-compose")
     proc = subprocess.run(
-        [compose, "-f", COMPOSE_FILE, *args, "config", "--format", "json"],
+        [compose, "-f", file, *args, "config", "--format", "json"],
         capture_output=True,
         text=True,
         check=False,
@@ -81,9 +82,11 @@ def _compose(*args: str) -> dict[str, Any]:
     return data
 
 
-def test_compose_ray_profile_starts_a_head_and_a_worker() -> None:
-    assert not {"ray-head", "ray-worker"} & set(_compose()["services"]), "ray must be opt-in"
-    services = _compose("--profile", "ray")["services"]
+def test_compose_ray_file_starts_a_head_and_a_worker() -> None:
+    assert not {"ray-head", "ray-worker"} & set(_compose(COMPOSE_FILE)["services"]), (
+        "ray must be opt-in (its own compose file)"
+    )
+    services = _compose(RAY_COMPOSE_FILE)["services"]
     head, worker = services["ray-head"], services["ray-worker"]
     assert head["build"]["dockerfile"] == "docker/Dockerfile.ray"
     assert head["image"] == worker["image"] == "darkpose-service:ray"
@@ -97,5 +100,5 @@ def test_compose_ray_profile_starts_a_head_and_a_worker() -> None:
         assert mounts["/models"]["read_only"] is True
         assert Path(mounts["/app/deploy"]["source"]) == REPO / "deploy"
     published = {p["published"] for p in head["ports"] if p["target"] == 8000}
-    others = {p["published"] for p in services["pose"]["ports"]}
+    others = {p["published"] for p in _compose(COMPOSE_FILE)["services"]["pose"]["ports"]}
     assert published and not published & others, "Serve must not take the CPU service's port"
