@@ -74,6 +74,27 @@ def load_coco(ann_file: str | Path) -> COCO:
         return COCO(str(path))
 
 
+def check_evaluable(coco: COCO, images_dir: str | Path) -> None:
+    """:class:`InvalidParameter` (CLI exit 2) unless ``coco`` has keypoint annotations and at
+    least one of its images is a file under ``images_dir`` (an all-zero table is no result)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InvalidParameter(f"--images: expected a directory, got {images_dir}")
+    anns = coco.loadAnns(coco.getAnnIds())
+    if not any(a.get("num_keypoints", 0) > 0 for a in anns):
+        raise InvalidParameter(
+            f"--ann: expected COCO keypoint annotations (num_keypoints > 0), got "
+            f"{len(anns)} annotations without keypoints (a detection file?)"
+        )
+    infos = coco.loadImgs(coco.getImgIds())
+    if not any((images_dir / info["file_name"]).is_file() for info in infos):
+        example = infos[0]["file_name"] if infos else "?"
+        raise InvalidParameter(
+            f"--images: expected the annotated images (e.g. {example}) in {images_dir}, "
+            f"got none of the {len(infos)}"
+        )
+
+
 def gt_boxes(coco: COCO, image_id: int) -> tuple[F32, F32]:
     """GT person boxes of ``image_id`` (``num_keypoints > 0``, not crowd): (M, 4) xyxy, scores
     (M,) = 1."""

@@ -10,11 +10,12 @@ List settings (``DARKPOSE_POSE_MODELS``) accept what a person types: one value
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -124,6 +125,23 @@ class ImageLimits(TypedDict):
     min_side: int
 
 
+def split_weight(entry: str) -> tuple[str, float]:
+    """``"model.onnx@0.7"`` → ``("model.onnx", 0.7)``; no ``@`` → weight 1.  ``ValueError``
+    ("expected ..., got ...") for an empty name or a weight that is not a finite number > 0."""
+    name, sep, raw = entry.rpartition("@")
+    if not sep:
+        name, raw = entry, "1"
+    try:
+        weight = float(raw)
+    except ValueError:
+        weight = math.nan
+    if not name.strip() or not (math.isfinite(weight) and weight > 0):
+        raise ValueError(
+            f"pose model entry: expected 'file.onnx' or 'file.onnx@<weight > 0>', got {entry!r}"
+        )
+    return name.strip(), weight
+
+
 class Settings(BaseSettings):
     """All tunables of the pipeline and the HTTP service."""
 
@@ -139,7 +157,8 @@ class Settings(BaseSettings):
     pose_models: list[str] = Field(
         default_factory=lambda: ["pose_simplepose_256x192.onnx"],
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
-        "(heatmaps averaged before decoding)",
+        "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
+        "(default 1; the weights are normalised)",
     )
     detector: str = Field(
         "yolox",
@@ -158,12 +177,23 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0)
 
     # --- pipeline defaults ----------------------------------------------------------------
-    decode: DecodeMethod = "dark"
-    blur_kernel: int = Field(11, ge=1)
+    decode: DecodeMethod | None = Field(
+        None, description="heatmap decoder (service.core.codec.DECODERS); None = the model card's"
+    )
+    blur_kernel: int | None = Field(
+        None, ge=1, description="DARK blur kernel (odd); None = the model card's"
+    )
     flip: bool = False
     flip_shift: bool = True
     det_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     det_nms_iou: float = Field(0.65, gt=0.0, le=1.0)
+    eval_det_score_threshold: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
+        "uses det_score_threshold",
+    )
     oks_nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
     keypoint_score_threshold: float = Field(0.2, ge=0.0, le=1.0)
     box_padding: float = Field(1.25, gt=0.0)
@@ -239,6 +269,39 @@ class Settings(BaseSettings):
             if isinstance(value, str) and get_origin(info.annotation) in (list, tuple, set):
                 out[name] = split_list(value)
         return out
+
+    @field_validator("pose_models")
+    @classmethod
+    def _weighted_entries(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            split_weight(entry)
+        return v
+
+    @property
+    def pose_model_files(self) -> list[str]:
+        """``pose_models`` without their ``@weight`` suffixes."""
+        return [split_weight(e)[0] for e in self.pose_models]
+
+    @property
+    def pose_model_weights(self) -> list[float]:
+        """The ensemble weight of each ``pose_models`` entry (1 unless ``file@weight``)."""
+        return [split_weight(e)[1] for e in self.pose_models]
+
+    @field_validator("decode")
+    @classmethod
+    def _known_decoder(cls, v: str | None) -> str | None:
+        from service.core.codec import DECODERS
+
+        if v is not None and v not in DECODERS:
+            raise ValueError(f"expected one of {', '.join(DECODERS)}, got {v!r}")
+        return v
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd_kernel(cls, v: int | None) -> int | None:
+        if v is not None and v % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

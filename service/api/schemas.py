@@ -41,7 +41,9 @@ class PersonOut(BaseModel):
 class ModelInfo(BaseModel):
     pose_models: list[str]
     detector: str
-    decode: str
+    decode: str = Field(description="the decode that ran (the model card's unless overridden)")
+    blur_kernel: int = Field(0, description="DARK blur kernel used")
+    decode_in_graph: bool = Field(False, description="the pose model decodes in its own graph")
     flip: bool
     keypoint_names: list[str]
     input_size: list[int] = Field(description="pose network input [W, H]")

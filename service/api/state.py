@@ -84,7 +84,7 @@ class ServiceState:
         if s.batching:
             self.batchers = [self._make_batcher(m) for m in models]
             models = list(self.batchers)
-        return Pipeline(detector, models, self.default_options)
+        return Pipeline(detector, models, self.default_options, weights=s.pose_model_weights)
 
     def _load(self) -> None:
         t0 = time.perf_counter()
@@ -103,7 +103,7 @@ class ServiceState:
                 pose_model=",".join(m["name"] for m in info["pose_models"]),
                 detector=info["detector"],
                 providers=info["providers"],
-                decode=str(self.settings.decode),
+                decode=self.resolved_decode(),
             )
             self.loaded_at = time.time()
             self.ready.set()
@@ -203,6 +203,12 @@ class ServiceState:
             self._response_info = out
         return out
 
+    def resolved_decode(self) -> str:
+        """The default decode method: the setting, else the (first) pose model's card."""
+        if self.settings.decode is not None or self.pipeline is None:
+            return str(self.settings.decode or "model card")
+        return str(self.pipeline.resolve_options(self.pipeline.options).decode)
+
     def keypoint_names(self) -> tuple[str, ...]:
         models = _pose_models_of(self.pipeline)
         return tuple(models[0].spec.keypoint_names) if models else ()
@@ -237,7 +243,7 @@ class ServiceState:
             "pose_models": entries,
             "detector": det_name,
             "providers": ",".join(sorted(providers)) or s.providers,
-            "decode": s.decode,
+            "decode": self.resolved_decode(),
             "batching": {
                 "enabled": bool(self.batchers),
                 "max_batch": s.max_batch,

@@ -8,6 +8,13 @@ Example (the README's table)::
 
 The network runs once per image and box source; every decoder and flip variant reuses those
 heatmaps.  Prints one table (AP, AP50, AP75, APM, APL, AR) or, with ``--json``, a JSON list.
+
+Protocol: detector boxes are kept down to ``DARKPOSE_EVAL_DET_SCORE_THRESHOLD`` (default 0.05,
+as COCO keypoint evaluations keep low-scoring detections; the serving threshold
+``DARKPOSE_DET_SCORE_THRESHOLD`` is a separate setting); ``--det-threshold`` overrides it.
+``--decode`` defaults to every decoder of :data:`service.core.codec.DECODERS` (a model that
+decodes in its graph: its card's decode).  Exit status 2 with a message when the annotation
+file has no keypoint annotations or none of its images is found under ``--images``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.core.codec import DECODERS
+
     parser.add_argument("--images", type=Path, required=True, help="image directory")
     parser.add_argument(
         "--ann", type=Path, required=True, help="COCO person_keypoints annotation JSON"
@@ -45,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decode",
-        type=_csv(("argmax", "standard", "dark")),
-        default=["argmax", "standard", "dark"],
-        help="decoders (default argmax,standard,dark)",
+        type=_csv(tuple(DECODERS)),
+        default=None,
+        help=f"decoders: {','.join(DECODERS)} (default: all; an in-graph decode: the card's)",
     )
     parser.add_argument(
         "--flip", type=_csv(("off", "on")), default=["off"], help="flip test: off,on (default off)"
@@ -59,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with flip on: the 1-pixel shift, on,off to compare (default settings.flip_shift)",
     )
     parser.add_argument(
-        "--det-threshold", type=float, default=None, help="detector score threshold"
+        "--det-threshold",
+        type=float,
+        default=None,
+        help="detector score threshold (default DARKPOSE_EVAL_DET_SCORE_THRESHOLD, 0.05)",
     )
     parser.add_argument(
         "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
@@ -71,8 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.core.codec import DECODERS
     from service.core.pipeline import Pipeline, PipelineOptions
-    from service.evaluation import evaluate, expand_configs, format_table, load_coco
+    from service.evaluation import (
+        check_evaluable,
+        evaluate,
+        expand_configs,
+        format_table,
+        load_coco,
+    )
     from service.runtime.factory import build_detector, build_pose_models
     from service.settings import Settings
 
@@ -85,12 +104,21 @@ def run(args: argparse.Namespace) -> int:
         if args.flip_shift is not None
         else [settings.flip_shift]
     )
-    configs = expand_configs(args.boxes, args.decode, [f == "on" for f in args.flip], shifts)
-    opt = {} if args.det_threshold is None else {"det_score_threshold": args.det_threshold}
-    base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons, **opt)
+    threshold = (
+        settings.eval_det_score_threshold if args.det_threshold is None else args.det_threshold
+    )
+    base = PipelineOptions.from_settings(
+        settings, max_persons=settings.max_persons, det_score_threshold=threshold
+    )
     coco = load_coco(args.ann)
+    check_evaluable(coco, args.images)
     detector = build_detector(settings) if "detector" in args.boxes else None
-    pipeline = Pipeline(detector, build_pose_models(settings), base)
+    pipeline = Pipeline(detector, build_pose_models(settings), base, settings.pose_model_weights)
+    decodes = args.decode
+    if decodes is None:
+        spec = pipeline.spec
+        decodes = [spec.codec] if spec.decoded_output else list(DECODERS)
+    configs = expand_configs(args.boxes, decodes, [f == "on" for f in args.flip], shifts)
     rows, results = evaluate(
         pipeline,
         args.images,

@@ -24,13 +24,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.core.codec import DECODERS
+
     parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
     parser.add_argument(
         "--out", type=Path, default=None, help="COCO results JSON to write (default: stdout)"
     )
     parser.add_argument("--vis", type=Path, default=None, help="directory for overlay PNGs")
     parser.add_argument(
-        "--decode", choices=("argmax", "standard", "dark"), default=None, help="decoder"
+        "--decode", choices=tuple(DECODERS), default=None, help="decoder (default: the card's)"
     )
     parser.add_argument("--flip", choices=("on", "off"), default=None, help="flip test")
     parser.add_argument(

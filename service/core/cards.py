@@ -97,7 +97,7 @@ class PoseCard(_Strict):
 
 
 class CodecCard(_Strict):
-    method: DecodeMethod = "dark"
+    method: DecodeMethod = Field("dark", description="a decoder of service.core.codec.DECODERS")
     sigma: float = Field(2.0, gt=0.0, description="Gaussian sigma of the training targets")
     unbiased: bool = Field(True, description="sub-pixel (DARK) training targets")
     blur_kernel: int = Field(11, ge=1, description="DARK modulation kernel (odd)")
@@ -105,6 +105,10 @@ class CodecCard(_Strict):
 
     @model_validator(mode="after")
     def _odd(self) -> CodecCard:
+        from service.core.codec import DECODERS
+
+        if self.method not in DECODERS:
+            raise ValueError(f"method: expected one of {', '.join(DECODERS)}, got {self.method!r}")
         if self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel: expected an odd size, got {self.blur_kernel}")
         return self

@@ -38,16 +38,23 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from service.core.errors import InputError, InvalidParameter
-from service.core.types import DecodeMethod
 
-__all__ = ["decode_heatmaps", "encode_heatmaps", "gaussian_blur_heatmaps", "DECODE_METHODS"]
+__all__ = [
+    "DECODERS",
+    "DECODE_METHODS",
+    "Decoder",
+    "check_decode_method",
+    "decode_heatmaps",
+    "encode_heatmaps",
+    "gaussian_blur_heatmaps",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +62,6 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-DECODE_METHODS: tuple[str, ...] = get_args(DecodeMethod)
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 #: mmpose's clamp before ``log``.
 _LOG_EPS = 1e-10
@@ -415,25 +421,42 @@ def _newton_offsets(L: F64) -> tuple[F64, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 
 
+#: A decoder: validated heatmaps (N, K, H, W) (any float dtype) and an odd blur kernel →
+#: coords (N, K, 2) float32 heatmap px, scores (N, K) float32.
+Decoder = Callable[[npt.NDArray[Any], int], tuple[F32, F32]]
+
+
 def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) -> tuple[F32, F32]:
-    """Decode keypoints from heatmaps.
+    """Decode keypoints from heatmaps with the decoder ``method`` of :data:`DECODERS`.
 
     heatmaps: (N, K, H, W) float32 (float16/float64 and non-contiguous arrays accepted; the
     argmax runs on the input dtype so ties behave as the input).
-    method: ``"argmax"`` | ``"standard"`` | ``"dark"``; blur_kernel: odd >= 1 (dark only, but
-    always validated).
+    method: a key of :data:`DECODERS` (``"argmax"`` | ``"standard"`` | ``"dark"``);
+    blur_kernel: odd >= 1 (dark only, but always validated).
 
     Returns ``coords`` (N, K, 2) float32 (x, y) in heatmap pixels (pixel centres at integer
     positions; ``(-1, -1)`` where the map's maximum is <= 0) and ``scores`` (N, K) float32, the
     maxima.  Raises :class:`InputError` for a wrong ndim/dtype, empty maps or any NaN/+-inf,
     :class:`InvalidParameter` for an unknown method or a bad kernel.
     """
-    if method not in DECODE_METHODS:
-        raise InvalidParameter(
-            f"method: expected one of {', '.join(DECODE_METHODS)}, got {method!r}"
-        )
+    decoder = DECODERS.get(method) if isinstance(method, str) else None
+    if decoder is None:
+        raise InvalidParameter(f"method: expected one of {', '.join(DECODERS)}, got {method!r}")
     kernel = _check_kernel(blur_kernel)
-    arr = _as_heatmaps(heatmaps)
+    return decoder(_as_heatmaps(heatmaps), kernel)
+
+
+def _decode_max(method: str) -> Decoder:
+    """The argmax-based decoders of mmpose: argmax, + quarter-pixel shift, + DARK."""
+
+    def decode(arr: npt.NDArray[Any], kernel: int) -> tuple[F32, F32]:
+        return _decode_builtin(arr, method, kernel)
+
+    decode.__name__ = f"decode_{method}"
+    return decode
+
+
+def _decode_builtin(arr: npt.NDArray[Any], method: str, kernel: int) -> tuple[F32, F32]:
     N, K, H, W = arr.shape
     if N == 0 or K == 0:
         return np.zeros((N, K, 2), np.float32), np.zeros((N, K), np.float32)
@@ -589,3 +612,26 @@ def encode_heatmaps(
     gx = gx * keep[..., None]
     heatmaps = (gy[..., :, None] * gx[..., None, :]).astype(np.float32)
     return heatmaps, weights
+
+
+# ----------------------------------------------------------------------------------------------
+# the decoder table
+# ----------------------------------------------------------------------------------------------
+
+#: Every heatmap decoder by name (``DecodeMethod``): the API, the CLIs, the evaluation, the
+#: settings and the model cards read this table.  Adding a decoder = a :data:`Decoder` function
+#: plus one line here.
+DECODERS: dict[str, Decoder] = {
+    "argmax": _decode_max("argmax"),
+    "standard": _decode_max("standard"),
+    "dark": _decode_max("dark"),
+}
+#: The decoder names at import time (use :data:`DECODERS` itself where a late addition counts).
+DECODE_METHODS: tuple[str, ...] = tuple(DECODERS)
+
+
+def check_decode_method(method: Any, what: str = "decode") -> str:
+    """``method`` when it names a decoder of :data:`DECODERS`, else :class:`InvalidParameter`."""
+    if not isinstance(method, str) or method not in DECODERS:
+        raise InvalidParameter(f"{what}: expected one of {', '.join(DECODERS)}, got {method!r}")
+    return method

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.codec import DECODE_METHODS, decode_heatmaps
+from service.core.codec import DECODERS, decode_heatmaps
 from service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
 from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
 from service.core.nms import oks_nms, rescore
@@ -54,13 +54,15 @@ STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
 class PipelineOptions:
     """Per-call knobs of :class:`Pipeline` (defaults mirror :class:`service.settings.Settings`).
 
-    ``max_persons`` bounds the boxes sent to the pose model (highest box scores first);
+    ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
+    (:meth:`Pipeline.resolve_options`); ``max_persons`` bounds the boxes sent to the pose model
+    (highest box scores first; the detector's own cap is a separate setting);
     ``oks_nms_threshold`` ≥ 1 disables OKS-NMS; ``box_padding`` enlarges each box around its
     centre before cropping (1.25 as in HRNet/mmpose).
     """
 
-    decode: DecodeMethod = "dark"
-    blur_kernel: int = 11
+    decode: DecodeMethod | None = None
+    blur_kernel: int | None = None
     flip: bool = False
     flip_shift: bool = True
     det_score_threshold: float = 0.3
@@ -74,15 +76,16 @@ class PipelineOptions:
 
     def validate(self) -> None:
         """Raise :class:`InvalidParameter` ("expected X, got Y") on an out-of-range value."""
-        if self.decode not in DECODE_METHODS:
+        if self.decode is not None and self.decode not in DECODERS:
             raise InvalidParameter(
-                f"decode: expected one of {', '.join(DECODE_METHODS)}, got {self.decode!r}"
+                f"decode: expected one of {', '.join(DECODERS)}, got {self.decode!r}"
             )
         k = self.blur_kernel
-        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
-            raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {k!r}")
-        if k % 2 == 0:
-            raise InvalidParameter(f"blur_kernel: expected an odd size, got {k}")
+        if k is not None:
+            if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
+                raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {k!r}")
+            if k % 2 == 0:
+                raise InvalidParameter(f"blur_kernel: expected an odd size, got {k}")
         for name in ("det_score_threshold", "keypoint_score_threshold"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0):
@@ -257,7 +260,8 @@ class Pipeline:
     """Detector + pose model(s) → persons.
 
     ``pose_models``: one :class:`PoseModel` or several (an ensemble: same heatmap size and input
-    aspect ratio; heatmaps averaged before decoding).  ``detector`` may be ``None`` when every
+    aspect ratio; heatmaps averaged before decoding, weighted by ``weights`` (one number > 0
+    per model, normalised; default equal)).  ``detector`` may be ``None`` when every
     call passes ``boxes``.  Call as ``pipeline(image, options=None, boxes=None,
     box_scores=None, image_id=None) -> PoseResult``; ``image`` BGR uint8 (H, W, 3).
     """
@@ -267,6 +271,7 @@ class Pipeline:
         detector: Detector | None,
         pose_models: PoseModel | Sequence[PoseModel],
         options: PipelineOptions | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         models = [pose_models] if isinstance(pose_models, PoseModel) else list(pose_models)
         if not models:
@@ -293,6 +298,16 @@ class Pipeline:
                     f"pose_models: expected the same keypoints in an ensemble, got "
                     f"{spec0.num_keypoints} and {m.spec.num_keypoints}"
                 )
+        if weights is None:
+            weights = [1.0] * len(models)
+        w = np.asarray(list(weights), np.float64)
+        if w.shape != (len(models),) or not (np.all(np.isfinite(w)) and np.all(w > 0)):
+            raise ModelError(
+                f"ensemble weights: expected {len(models)} finite numbers > 0 (one per pose "
+                f"model), got {list(weights)}"
+            )
+        #: (n_models,) ensemble weights, normalised to sum 1.
+        self.weights: npt.NDArray[np.float32] = (w / w.sum()).astype(np.float32)
         self.detector = detector
         self.pose_models: list[PoseModel] = models
         self.spec: ModelSpec = spec0
@@ -313,9 +328,41 @@ class Pipeline:
         image_id: int | None = None,
     ) -> PoseResult:
         """image (H, W, 3) BGR uint8 → :class:`PoseResult` (persons sorted by score)."""
-        opts = options or self.options
+        opts = self.resolve_options(options)
         stage = self.run_models(image, opts, boxes=boxes, box_scores=box_scores, image_id=image_id)
         return self.finish(stage, opts)
+
+    def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
+        """``options`` (default: the pipeline's) with ``decode`` / ``blur_kernel`` taken from the
+        pose model's card where they are ``None`` (an ensemble: the first model's card).
+
+        A model whose graph decodes (``spec.decoded_output``) ran its card's decode: asking for
+        another decode method or blur kernel is an :class:`InvalidParameter` (422), never
+        silently ignored.
+        """
+        opts = options or self.options
+        spec = self.spec
+        if spec.decoded_output:
+            if opts.decode is not None and opts.decode != spec.codec:
+                raise InvalidParameter(
+                    f"decode: expected {spec.codec!r} (pose model {spec.name} decodes in its "
+                    f"graph), got {opts.decode!r}"
+                )
+            if (
+                spec.codec == "dark"
+                and opts.blur_kernel is not None
+                and opts.blur_kernel != spec.blur_kernel
+            ):
+                raise InvalidParameter(
+                    f"blur_kernel: expected {spec.blur_kernel} (pose model {spec.name} decodes "
+                    f"in its graph), got {opts.blur_kernel}"
+                )
+        if opts.decode is not None and opts.blur_kernel is not None:
+            return opts
+        return opts.replace(
+            decode=opts.decode if opts.decode is not None else spec.codec,
+            blur_kernel=opts.blur_kernel if opts.blur_kernel is not None else spec.blur_kernel,
+        )
 
     def detect(
         self, image: npt.NDArray[np.uint8], options: PipelineOptions | None = None
@@ -375,14 +422,14 @@ class Pipeline:
             for m in self.pose_models
         ]
         total = outs[0]
-        for out in outs[1:]:
+        if len(outs) > 1:
+            total = total * self.weights[0]
+        for out, weight in zip(outs[1:], self.weights[1:], strict=True):
             if out.shape != total.shape:
                 raise ModelError(
                     f"ensemble outputs: expected equal shapes, got {total.shape} and {out.shape}"
                 )
-            total = total + out
-        if len(outs) > 1:
-            total = total / np.float32(len(self.pose_models))
+            total = total + out * weight
         expect = 2 * n if opts.flip else n
         if total.shape[0] != expect:
             raise ModelError(
@@ -397,7 +444,7 @@ class Pipeline:
     def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> PoseResult:
         """Decode + postprocess a :class:`PoseStage`.  ``options.flip`` uses the flipped outputs
         when the stage has them (a stage run with flip can be finished with or without it)."""
-        opts = options or self.options
+        opts = self.resolve_options(options)
         if opts.flip and stage.outputs_flipped is None and stage.boxes.shape[0] > 0:
             raise InvalidParameter(
                 "options.flip: expected a stage computed with flip=True, got one without"
@@ -418,7 +465,7 @@ class Pipeline:
                     back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
                     hm = fuse_flip(hm, back)
                 coords, scores = decode_heatmaps(
-                    hm, method=opts.decode, blur_kernel=opts.blur_kernel
+                    hm, method=opts.decode or self.spec.codec, blur_kernel=opts.blur_kernel or 11
                 )
             xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
         except InputError as exc:

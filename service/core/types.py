@@ -39,7 +39,9 @@ COCO_SKELETON: tuple[tuple[int, int], ...] = (
     (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )  # fmt: skip
 
-DecodeMethod = Literal["argmax", "standard", "dark"]
+#: A heatmap decoder's name: a key of :data:`service.core.codec.DECODERS` (the one table of
+#: decoders; ``argmax`` | ``standard`` | ``dark`` are built in).
+DecodeMethod = str
 ChannelOrder = Literal["RGB", "BGR"]
 
 
@@ -139,8 +141,10 @@ class ModelSpec:
             return raw
 
         def method(raw: str) -> str:
-            if raw not in get_args(DecodeMethod):
-                raise ValueError("expected argmax, standard or dark")
+            from service.core.codec import DECODERS
+
+            if raw not in DECODERS:
+                raise ValueError(f"expected one of {', '.join(DECODERS)}")
             return raw
 
         spec = cls(

@@ -420,7 +420,12 @@ class PoseDeployment:
             for i, m in enumerate(models)
         ]
         self._models = models
-        self._pipeline = Pipeline(None, list(self._batchers), PipelineOptions.from_settings(s))
+        self._pipeline = Pipeline(
+            None,
+            list(self._batchers),
+            PipelineOptions.from_settings(s),
+            weights=s.pose_model_weights,
+        )
         self._pool = ThreadPoolExecutor(POSE_MAX_ONGOING, thread_name_prefix="pose-call")
         logger.info("PoseModel replica ready: %s", [m.spec.name for m in models])
 
@@ -587,6 +592,10 @@ class SplitPipeline(Pipeline):
     def __init__(self, detector: Any, pose: RemotePose, options: PipelineOptions) -> None:
         super().__init__(detector, [pose], options)
         self.pose = pose
+
+    def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
+        """As :meth:`Pipeline.resolve_options` (decode / blur kernel from the model card)."""
+        return self._local.resolve_options(options or self.options)
 
     def __call__(
         self,

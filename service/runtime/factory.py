@@ -21,12 +21,13 @@ def build_detector(settings: Settings) -> Detector:
 
 
 def build_pose_models(settings: Settings) -> list[PoseModel]:
-    """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble)."""
+    """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble;
+    their weights: ``settings.pose_model_weights``)."""
     from service.runtime.pose import OnnxPoseModel
 
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
-    paths = [settings.resolve_model(name) for name in settings.pose_models]
+    paths = [settings.resolve_model(name) for name in settings.pose_model_files]
     for path in paths:
         if not path.is_file():
             raise ModelError(
@@ -46,8 +47,13 @@ def build_pose_models(settings: Settings) -> list[PoseModel]:
 def build_pipeline(settings: Settings | None = None) -> Pipeline:
     """Detector + pose model(s) + default :class:`PipelineOptions` from ``settings``."""
     s = settings or Settings()  # type: ignore[call-arg]
-    pipeline = Pipeline(build_detector(s), build_pose_models(s), PipelineOptions.from_settings(s))
-    o = pipeline.options
+    pipeline = Pipeline(
+        build_detector(s),
+        build_pose_models(s),
+        PipelineOptions.from_settings(s),
+        weights=s.pose_model_weights,
+    )
+    o = pipeline.resolve_options()
     logger.info(
         "pipeline: detector=%s pose_models=%s decode=%s flip=%s det_score_threshold=%g "
         "max_persons=%d",

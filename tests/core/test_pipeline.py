@@ -204,12 +204,70 @@ def test_decoded_output_models_skip_decoding(
 ) -> None:
     boxes, _ = gt
     heat = Pipeline(None, pose)(crowd, PipelineOptions(decode="dark"), boxes)
-    dec = Pipeline(None, DecodedPose(pose))(crowd, PipelineOptions(decode="argmax"), boxes)
+    decoded = Pipeline(None, DecodedPose(pose))
+    dec = decoded(crowd, PipelineOptions(), boxes)  # the card's decode (dark)
+    assert decoded.resolve_options().decode == "dark"
     assert len(heat.persons) == len(dec.persons)
     for a, b in zip(heat.persons, dec.persons, strict=True):
         np.testing.assert_allclose(a.keypoints, b.keypoints, rtol=1e-5, atol=1e-3)
     flipped = Pipeline(None, DecodedPose(pose))(crowd, PipelineOptions(flip=True), boxes)
     assert len(flipped.persons) >= 1
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (PipelineOptions(decode="argmax"), "decode: expected 'dark' (pose model"),
+        (PipelineOptions(blur_kernel=3), "blur_kernel: expected 11 (pose model"),
+    ],
+)
+def test_decoded_output_model_refuses_another_decode(
+    pose: OnnxPoseModel, crowd: np.ndarray, gt: Any, options: PipelineOptions, needle: str
+) -> None:
+    """The graph decoded with its card's codec: asking for another one is a 422, not ignored."""
+    boxes, _ = gt
+    with pytest.raises(InvalidParameter, match="expected") as exc:
+        Pipeline(None, DecodedPose(pose))(crowd, options, boxes)
+    assert needle in exc.value.message and "decodes in its graph" in exc.value.message
+
+
+def test_blur_kernel_follows_the_model_card(pose: OnnxPoseModel) -> None:
+    import dataclasses
+
+    three = dataclasses.replace(pose.spec, blur_kernel=3)
+
+    class Three:
+        spec = three
+
+        def infer(self, batch: F32) -> F32:
+            return pose.infer(batch)
+
+    pipe = Pipeline(None, Three())
+    assert pipe.resolve_options().blur_kernel == 3 and pipe.resolve_options().decode == "dark"
+    # an explicit setting or request still wins
+    assert pipe.resolve_options(PipelineOptions(blur_kernel=11)).blur_kernel == 11
+
+
+def test_weighted_ensemble_averages_with_weights(
+    tmp_path: Path, pose: OnnxPoseModel, crowd: np.ndarray, gt: Any
+) -> None:
+    boxes, _ = gt
+    other = OnnxPoseModel(perturbed(tmp_path / "w.onnx", scale=1.3), providers="cpu")
+    a = Pipeline(None, pose).run_models(crowd, boxes=boxes).outputs
+    b = Pipeline(None, other).run_models(crowd, boxes=boxes).outputs
+    mixed = Pipeline(None, [pose, other], weights=[3.0, 1.0]).run_models(crowd, boxes=boxes)
+    np.testing.assert_allclose(mixed.outputs, 0.75 * a + 0.25 * b, atol=1e-5)
+    # equal weights = the plain average; the weights are normalised
+    even = Pipeline(None, [pose, other], weights=[2.0, 2.0]).run_models(crowd, boxes=boxes)
+    np.testing.assert_allclose(even.outputs, (a + b) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, 0.0], [1.0, -1.0], [1.0, float("nan")]])
+def test_ensemble_weights_are_checked(
+    tmp_path: Path, pose: OnnxPoseModel, weights: list[float]
+) -> None:
+    with pytest.raises(ModelError, match="ensemble weights: expected 2 finite numbers > 0"):
+        Pipeline(None, [pose, pose], weights=weights)
 
 
 def test_oks_nms_removes_duplicate_boxes(pose: OnnxPoseModel, crowd: np.ndarray, gt: Any) -> None:

@@ -6,12 +6,13 @@ state's capacity limiter.  The router is built per app by :func:`build_router` b
 ``max_persons`` bound of the query is a setting and is part of the OpenAPI document.
 """
 
+import enum
 import json
 import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
@@ -24,6 +25,7 @@ from service.api.deps import StateDep
 from service.api.errors import request_id_of
 from service.api.schemas import PoseResponse, Timings, error_responses
 from service.api.state import ServiceState
+from service.core.codec import DECODERS
 from service.core.errors import InvalidImage
 from service.core.pipeline import Person, Pipeline, PipelineOptions
 from service.core.types import DecodeMethod
@@ -128,6 +130,9 @@ def run_pose(
     t0 = time.perf_counter()
     image = decode_image(data, **s.image_limits)
     decode_s = time.perf_counter() - t0
+    # decode / blur kernel from the model card where the request and settings leave them open
+    # (a request asking an in-graph-decoded model for another decode: 422 here)
+    options = pipeline.resolve_options(options)
     result = pipeline(image, options=options)
     timings = result.timings
     state.metrics.observe_timings(timings)
@@ -152,6 +157,8 @@ def run_pose(
         "model": {
             **state.response_model_info(),
             "decode": str(options.decode),
+            "blur_kernel": int(options.blur_kernel or 0),
+            "decode_in_graph": bool(pipeline.spec.decoded_output),
             "flip": bool(options.flip),
         },
         "timings_ms": stage_ms,
@@ -185,6 +192,8 @@ def build_router(person_cap: int) -> APIRouter:
     enclosing scope when FastAPI evaluates the signature.)
     """
     router = APIRouter()
+    # the query's choices are the decoder table's keys (one table: service.core.codec.DECODERS)
+    decode_choice = enum.Enum("DecodeMethod", {m: m for m in DECODERS}, type=str)  # type: ignore[misc]
 
     @router.post(
         "/pose",
@@ -203,8 +212,11 @@ def build_router(person_cap: int) -> APIRouter:
         request: Request,
         state: StateDep,
         decode: Annotated[
-            Literal["argmax", "standard", "dark"] | None,
-            Query(description="heatmap decoding (default: the service setting)"),
+            decode_choice | None,  # type: ignore[valid-type]
+            Query(
+                description="heatmap decoding (default: the service setting, else the pose "
+                "model's card; a model that decodes in its graph accepts only its own: 422)"
+            ),
         ] = None,
         flip: Annotated[bool | None, Query(description="flip test-time augmentation")] = None,
         score_threshold: Annotated[
@@ -222,7 +234,8 @@ def build_router(person_cap: int) -> APIRouter:
             bool, Query(description="return the skeleton overlay as PNG instead of JSON")
         ] = False,
     ) -> Any:
-        query = PoseQuery(decode, flip, score_threshold, keypoint_threshold, max_persons, render)
+        method = None if decode is None else str(decode.value)
+        query = PoseQuery(method, flip, score_threshold, keypoint_threshold, max_persons, render)
         return await serve_pose(request, state, query)
 
     return router
