@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -111,6 +112,40 @@ def test_eval_bad_arguments(bad: list[str]) -> None:
 def test_eval_missing_annotations(tmp_path: Path) -> None:
     rc = main(["eval", "--images", str(IMAGES), "--ann", str(tmp_path / "none.json")])
     assert rc == 2
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        # a detection file (no keypoints): an all-zero table would mean nothing
+        (lambda d: (IMAGES, KPT_ANN.parent / "instances_train2017.json"), "expected COCO keypoint"),
+        # the right annotations, but none of their images in --images
+        (lambda d: (d, KPT_ANN), "expected the annotated images"),
+    ],
+)
+def test_eval_refuses_to_score_nothing(
+    make: Any, needle: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images, ann = make(tmp_path)
+    rc = main(["eval", "--images", str(images), "--ann", str(ann), "--no-progress"])
+    assert rc == 2
+    assert needle in caplog.text
+
+
+def test_eval_keeps_low_scoring_detector_boxes_by_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """COCO protocol: the evaluation threshold (eval_det_score_threshold) is not the serving one;
+    a low one keeps more boxes (results) than the serving threshold does."""
+    argv = ["eval", "--images", str(IMAGES), "--ann", str(KPT_ANN), "--limit", "6"]
+    argv += ["--boxes", "detector", "--decode", "dark", "--json", "--no-progress"]
+    monkeypatch.setenv("DARKPOSE_DETECTOR", "yolox")
+    monkeypatch.setenv("DARKPOSE_POSE_MODELS", '["pose_simplepose_256x192.onnx"]')
+    assert main(argv) == 0
+    default = json.loads(capsys.readouterr().out)[0]["num_results"]
+    assert main([*argv, "--det-threshold", "0.3"]) == 0
+    serving = json.loads(capsys.readouterr().out)[0]["num_results"]
+    assert default > serving > 0
 
 
 @pytest.mark.parametrize("command", ["infer", "eval"])

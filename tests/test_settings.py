@@ -112,3 +112,21 @@ def test_default_model_dir_is_searched_from_the_working_directory(
     assert Settings().model_dir == tmp_path / "work" / "shared" / "models"
     monkeypatch.chdir(tmp_path / "work")
     assert Settings().model_dir == tmp_path / "work" / "shared" / "models"
+
+
+def test_weighted_pose_model_entries() -> None:
+    s = Settings(pose_models=["a.onnx@0.7", "dir/b.onnx", "/abs/c@d.onnx@2"])  # type: ignore[call-arg]
+    assert s.pose_model_files == ["a.onnx", "dir/b.onnx", "/abs/c@d.onnx"]
+    assert s.pose_model_weights == [0.7, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("entry", ["a.onnx@0", "a.onnx@-1", "a.onnx@x", "@1", "a.onnx@nan"])
+def test_bad_weighted_entries(entry: str) -> None:
+    with pytest.raises(ValidationError, match="expected 'file.onnx' or 'file.onnx@<weight > 0>'"):
+        Settings(pose_models=[entry])  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("field", "value"), [("blur_kernel", 4), ("decode", "soft")])
+def test_decode_settings_are_checked(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match="expected"):
+        Settings(**{field: value})  # type: ignore[arg-type]

@@ -153,11 +153,12 @@ class FusedDetector:
     def detect(
         self, image: npt.NDArray[np.uint8], score_threshold: float | None = None
     ) -> Detections:
-        """Fused persons in ``image``; ``score_threshold`` goes to every member detector."""
+        """Fused persons in ``image``; ``score_threshold`` goes to every member detector and
+        applies to the fused scores."""
         check_image(image)
         size = (int(image.shape[1]), int(image.shape[0]))
         results = [d.detect(image, score_threshold=score_threshold) for d in self.detectors]
-        return fuse_detections(
+        fused = fuse_detections(
             results,
             size,
             weights=self.weights,
@@ -166,3 +167,9 @@ class FusedDetector:
             conf_type=self.conf_type,
             max_detections=self.max_detections,
         )
+        if score_threshold is None:
+            return fused
+        # fusion can lower a score (conf=avg: a box only some members found), so the per-call
+        # threshold applies to the fused scores too
+        keep = fused.scores >= score_threshold
+        return Detections(fused.boxes[keep], fused.scores[keep])
