@@ -593,10 +593,6 @@ class SplitPipeline(Pipeline):
         super().__init__(detector, [pose], options)
         self.pose = pose
 
-    def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
-        """As :meth:`Pipeline.resolve_options` (decode / blur kernel from the model card)."""
-        return self._local.resolve_options(options or self.options)
-
     def __call__(
         self,
         image: npt.NDArray[Any],
