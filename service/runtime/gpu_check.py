@@ -81,11 +81,11 @@ def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
         raise CudaMismatch(f"onnxruntime {ort.__version__}: {why}")
     summary = f"onnxruntime {ort.__version__} built for CUDA {built}, image CUDA {runtime_cuda}"
     if load_libraries:
-        import ctypes
+        from service.runtime.onnx import load_cuda_provider_library
 
         lib = provider_library()
         try:
-            ctypes.CDLL(str(lib))
+            load_cuda_provider_library(lib)
         except OSError as exc:
             raise CudaMismatch(
                 f"CUDA provider libraries: expected {lib.name} to load, got "

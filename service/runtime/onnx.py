@@ -65,10 +65,8 @@ def cuda_diagnosis() -> str:
         parts.append(f"CUDA runtime {runtime} in this image")
     provider_lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     if built and provider_lib.is_file():
-        import ctypes
-
         try:  # the dynamic loader names the first missing library
-            ctypes.CDLL(str(provider_lib))
+            load_cuda_provider_library(provider_lib)
         except OSError as exc:
             parts.append(f"missing library: {' '.join(str(exc).split())}")
         else:
@@ -78,6 +76,19 @@ def cuda_diagnosis() -> str:
     else:
         parts.append("install the [gpu] extra (onnxruntime-gpu) for CUDA")
     return "; ".join(parts)
+
+
+def load_cuda_provider_library(provider_lib: Path) -> None:
+    """``dlopen`` onnxruntime's CUDA provider library the way onnxruntime does (its host
+    symbols come from ``libonnxruntime_providers_shared.so``, loaded globally first), which
+    resolves every CUDA/cuDNN library and symbol it needs; no GPU needed.  ``OSError`` names
+    the first missing library or symbol."""
+    import ctypes
+
+    shared = provider_lib.with_name("libonnxruntime_providers_shared.so")
+    if shared.is_file():
+        ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(provider_lib))
 
 
 def warn_cpu_fallback_once(reason: str) -> bool:
