@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -93,8 +94,10 @@ def _not_onnx(tmp_path: Path) -> Path:
     ],
     ids=["truncated", "not-onnx", "missing"],
 )
-def test_bad_pose_model_ends_serve(tmp_path: Path, make: object, needle: str) -> None:
-    path = make(tmp_path)  # type: ignore[operator]
+def test_bad_pose_model_ends_serve(
+    tmp_path: Path, make: Callable[[Path], Path], needle: str
+) -> None:
+    path = make(tmp_path)
     proc = serve_until_exit({"DARKPOSE_POSE_MODELS": f'["{path}"]'})
     line = assert_one_line_failure(proc, "models: failed to load", needle)
     assert "expected" in line and "got" in line, line
