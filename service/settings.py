@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     log_level: str = "info"
+    access_log: bool = Field(
+        True, description="one INFO line per request: method, path, status, ms, request id"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
 from service.api.access import install_access_control
+from service.api.deps import reject_unknown_query
 from service.api.errors import RequestContextMiddleware, install_error_handlers
-from service.api.routes import health, ops, pose
+from service.api.routes import docs, health, ops, pose
 from service.api.state import ServiceState
 from service.core.pipeline import Pipeline
 from service.settings import Settings
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         version="0.1.0",
         description="Top-down human pose estimation (COCO 17 keypoints) with DARK decoding.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by service.api.routes.docs
+        redoc_url=None,
     )
     app.state.service = state
     install_error_handlers(app)
@@ -69,8 +72,10 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     # access control runs inside the request context (request id, route metrics) and before
     # any body is read; nothing is added when no key or limit is configured
     install_access_control(app, settings, state.metrics.registry)
-    app.add_middleware(RequestContextMiddleware, on_done=on_done)
-    app.include_router(pose.build_router(settings.max_persons))
-    app.include_router(health.router)
-    app.include_router(ops.router)
+    app.add_middleware(RequestContextMiddleware, on_done=on_done, access_log=settings.access_log)
+    strict_query = [Depends(reject_unknown_query)]  # 422 for undeclared query parameters
+    app.include_router(pose.build_router(settings.max_persons), dependencies=strict_query)
+    app.include_router(health.router, dependencies=strict_query)
+    app.include_router(ops.router, dependencies=strict_query)
+    docs.install(app)
     return app

@@ -28,6 +28,28 @@ def _limb_colour(a: int, b: int) -> tuple[int, int, int]:
     return CENTRE
 
 
+def label_origin(
+    text: str,
+    corner: tuple[float, float],
+    image_size: tuple[int, int],
+    font_scale: float,
+    thickness: int,
+) -> tuple[int, int]:
+    """Bottom-left origin for ``cv2.putText(text, FONT_HERSHEY_SIMPLEX, font_scale, thickness)``
+    at a box's top-left ``corner`` (x, y): just above the box when it fits, else just inside
+    it below the top edge, and shifted so the whole text box stays inside the image
+    (``image_size`` (W, H); clamped at the top-left when the image is smaller than the text)."""
+    (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    w, h = image_size
+    x = int(round(corner[0])) + 2
+    y = int(round(corner[1])) - 4  # baseline just above the box
+    if y - th < 0:  # no room above: inside the box, below its top edge
+        y = int(round(corner[1])) + th + 4
+    x = max(0, min(x, w - 1 - tw))
+    y = max(th, min(y, h - 1 - baseline))
+    return x, y
+
+
 def draw_poses(
     image: npt.NDArray[np.uint8],
     persons: Sequence[Person],
@@ -39,7 +61,8 @@ def draw_poses(
     edges whose two keypoints score ≥ ``keypoint_threshold`` and those keypoints drawn."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InvalidImage(
-            f"image: expected BGR uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
+            f"image: expected BGR uint8 (H, W, 3), got {image.dtype} "
+            f"{'x'.join(str(d) for d in image.shape)}"
         )
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
@@ -64,7 +87,7 @@ def draw_poses(
             cv2.putText(
                 out,
                 label,
-                (int(x1) + 2, max(int(y1) - 4, 10)),
+                label_origin(label, (x1, y1), (w, h), 0.4 * thick, thick),
                 cv2.FONT_HERSHEY_SIMPLEX,
                 0.4 * thick,
                 BOX,

@@ -82,10 +82,10 @@ def test_query_options_are_applied(client: TestClient, jpeg_bytes: bytes) -> Non
     )
 
 
-def test_render_returns_png_overlay(client: TestClient, jpeg_bytes: bytes) -> None:
+def test_render_returns_the_overlay(client: TestClient, jpeg_bytes: bytes) -> None:
     r = client.post("/pose?render=true", content=jpeg_bytes, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png"
+    assert r.headers["content-type"] == "image/jpeg"  # render_format=png for a PNG
     overlay = imdecode(r.content)
     original = imdecode(jpeg_bytes)
     assert overlay.shape == original.shape

@@ -20,6 +20,10 @@ EXPECTED_MODULES = {
     "/readyz": "service.api.routes.health",
     "/metrics": "service.api.routes.ops",
     "/v1/models": "service.api.routes.ops",
+    "/": "service.api.routes.docs",
+    "/docs": "service.api.routes.docs",
+    "/docs/oauth2-redirect": "service.api.routes.docs",
+    "/redoc": "service.api.routes.docs",
 }
 
 
