@@ -65,11 +65,14 @@ def test_infer_single_image_options(tmp_path: Path) -> None:
     "argv_tail",
     [["/nonexistent/dir"], []],
 )
-def test_infer_missing_input(tmp_path: Path, argv_tail: list[str]) -> None:
+def test_infer_missing_input(
+    tmp_path: Path, argv_tail: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     target = argv_tail or [str(empty)]
     assert main(["infer", *target, "--out", str(tmp_path / "r.json")]) == 2
+    assert "('" not in caplog.text  # suffixes listed as words, not a Python tuple
 
 
 def test_eval_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,3 +315,18 @@ def test_missing_model_dir_says_how_to_set_it(
     assert main(["infer", str(IMAGES / "000000211325.jpg"), "--no-progress"]) == 2
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "set DARKPOSE_MODEL_DIR=" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [("empty.jpg", b"", "empty file"), ("notes.png", b"plain text\n" * 10, "not a recognised")],
+)
+def test_cli_messages_say_file_not_body(
+    name: str, content: bytes, needle: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / name).write_bytes(content)
+    assert main(["infer", str(tmp_path / name), "--no-progress", "--out", str(tmp_path / "r")]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and needle in errors[0] and name in errors[0]
+    assert "body" not in errors[0]
+    assert not re.search(r"\('\.|\(\d+, \d+", errors[0])  # no Python tuples
