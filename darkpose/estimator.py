@@ -163,11 +163,15 @@ class PoseEstimator:
         upright = self.exif_orientation if exif_orientation is None else bool(exif_orientation)
         bgr, source = self.load(image, channel_order=channel_order, exif_orientation=upright)
         opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
-        result = self.pipeline(bgr, opts)
+        if min(bgr.shape[:2]) < self.settings.min_image_side:  # valid, too small for a person
+            persons, timings = [], {}
+        else:
+            result = self.pipeline(bgr, opts)
+            persons, timings = result.persons, dict(result.timings)
         return Poses(
-            persons=result.persons,
+            persons=persons,
             image=bgr,
-            timings=dict(result.timings),
+            timings=timings,
             keypoint_names=tuple(self.pipeline.spec.keypoint_names),
             source=source,
         )
@@ -181,6 +185,7 @@ class PoseEstimator:
     ) -> tuple[U8, str | None]:
         """``image`` (any accepted kind) → (BGR uint8 (H, W, 3), file name or None)."""
         limits = self.settings.image_limits
+        limits["min_side"] = 1  # smaller than min_image_side: a valid image, no persons
         if isinstance(image, str | os.PathLike):
             if channel_order is not None:
                 raise InvalidParameter(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
@@ -330,3 +331,11 @@ def test_cli_messages_say_file_not_body(
     assert len(errors) == 1 and needle in errors[0] and name in errors[0]
     assert "body" not in errors[0]
     assert not re.search(r"\('\.|\(\d+, \d+", errors[0])  # no Python tuples
+
+
+def test_infer_tiny_valid_image_is_no_persons_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
+    assert main(["infer", str(tmp_path / "dot.png"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -119,3 +119,11 @@ def test_readme_python_one_liner_runs(
     exec(block.group(1).replace("../shared", str(SHARED)), {})  # noqa: S102
     assert capsys.readouterr().out.startswith("6 (6, 17, 3) ")
     assert (tmp_path / "overlay.png").is_file()
+
+
+def test_tiny_valid_image_has_no_persons(estimator: PoseEstimator) -> None:
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    poses = estimator(png.tobytes())
+    assert len(poses) == 0 and poses.image_size == (1, 1) and poses.to_coco() == []

@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
+from schemathesis import GenerationMode
 
 from service.api import create_app
 from tests.api.conftest import api_settings
@@ -43,6 +44,9 @@ schemathesis.openapi.format("binary", encoded_images())  # the multipart field `
 
 APP = create_app(api_settings(max_wait_ms=1.0))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# positive data (every request must be accepted) and negative data (every schema-invalid
+# request must be refused with a 4xx)
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 
 
 @schema.parametrize()
