@@ -148,7 +148,7 @@ def main() -> int:
     print(f"image {args.image.name}: {image.shape[1]}x{image.shape[0]}, {n} persons detected")
     print(
         f"onnxruntime providers={pose.providers} intra_op_threads={args.threads} "
-        f"CPU_MAX_BATCH={CPU_MAX_BATCH} rounds={args.rounds} (medians)"
+        f"CPU_MAX_BATCH={CPU_MAX_BATCH['onnxruntime']} rounds={args.rounds} (medians)"
     )
     print(f"{'configuration':<24}{'ms/image':>10}{'persons/s':>11}")
     for k, v in med.items():

@@ -176,6 +176,18 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
     inter_op_threads: int = Field(0, ge=0)
 
+    # --- runtime backend / precision (README "Reduced precision") ---------------------------
+    pose_backend: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="pose-model runtime; openvino = optional extra, CPU only"
+    )
+    pose_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="pose float precision; bf16 needs backend openvino and a CPU with native "
+        "bf16; int8 = a model file from `darkpose quantize`",
+    )
+    detector_backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    detector_precision: Literal["fp32", "bf16"] = "fp32"
+
     # --- pipeline defaults ----------------------------------------------------------------
     decode: DecodeMethod | None = Field(
         None, description="heatmap decoder (service.core.codec.DECODERS); None = the model card's"

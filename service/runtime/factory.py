@@ -39,6 +39,8 @@ def build_pose_models(settings: Settings) -> list[PoseModel]:
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            backend=settings.pose_backend,
+            precision=settings.pose_precision,
         )
         for path in paths
     ]

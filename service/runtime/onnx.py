@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import onnx
 import onnxruntime as ort
@@ -29,6 +29,12 @@ from service.core.errors import ModelError
 logger = logging.getLogger(__name__)
 
 ProviderSetting = Literal["auto", "cpu", "cuda"]
+#: Runtime behind a model session (``openvino``: optional extra, :mod:`service.runtime.openvino`).
+BackendSetting = Literal["onnxruntime", "openvino"]
+#: Float compute precision (int8 is a property of the model file: ``darkpose quantize``).
+PrecisionSetting = Literal["fp32", "bf16"]
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -132,6 +138,19 @@ def read_model_bytes(path: str | Path) -> bytes:
         raise ModelError(f"model file: expected a readable ONNX file, got {p} ({exc})") from exc
 
 
+class Session(Protocol):
+    """What the pose model and the detectors use of a session (``ort.InferenceSession`` or
+    :class:`service.runtime.openvino.OpenVinoSession`)."""
+
+    def run(self, output_names: Any, input_feed: Any) -> list[Any]: ...
+
+    def get_inputs(self) -> Any: ...
+
+    def get_outputs(self) -> Any: ...
+
+    def get_providers(self) -> list[str]: ...
+
+
 def create_session(
     path: str | Path | bytes,
     providers: str = "auto",
@@ -140,8 +159,15 @@ def create_session(
     *,
     name: str | None = None,
     allow_spinning: bool = False,
-) -> ort.InferenceSession:
-    """An ``ort.InferenceSession`` for ``path`` (a file, or the serialised model as ``bytes``).
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+) -> Session:
+    """A session for ``path`` (a file, or the serialised model as ``bytes``).
+
+    ``backend``: ``onnxruntime`` (an ``ort.InferenceSession``; ``precision`` must be ``fp32``:
+    onnxruntime's CPU provider has no bf16 convolutions) or ``openvino`` (an
+    :class:`~service.runtime.openvino.OpenVinoSession` on the CPU, ``precision`` fp32 | bf16,
+    ``intra_op_threads`` = its thread count; ``providers`` cuda is refused there).
 
     ``intra_op_threads`` / ``inter_op_threads``: 0 = onnxruntime's default.  Logs the
     providers actually used (onnxruntime silently falls back to CPU when CUDA fails to load);
@@ -154,10 +180,25 @@ def create_session(
         raise ModelError(
             f"threads: expected >= 0, got intra={intra_op_threads} inter={inter_op_threads}"
         )
+    if backend not in BACKENDS:
+        raise ModelError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     model = path if isinstance(path, bytes) else read_model_bytes(path)
     if name is None:
         name = "<bytes>" if isinstance(path, bytes) else str(path)
     model = drop_per_channel_bn_spatial(model, name=name)
+    if backend == "openvino":
+        if providers == "cuda":
+            raise ModelError("backend openvino: expected providers auto or cpu, got cuda")
+        from service.runtime.openvino import OpenVinoSession
+
+        return OpenVinoSession(model, precision, intra_op_threads, name=name)
+    if precision != "fp32":
+        raise ModelError(
+            f"precision {precision}: expected fp32 with backend onnxruntime (its CPU provider "
+            "has no bf16 kernels), got onnxruntime; use backend openvino for bf16"
+        )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:

@@ -29,13 +29,16 @@ from service.runtime.onnx import (
     read_model_bytes,
     static_shape,
 )
+from service.runtime.openvino import OPENVINO_CPU
 
 logger = logging.getLogger(__name__)
 
-#: Crops per session run on CPU (``max_batch=None``).  Measured on the shared model, 2 shared
-#: cores, 1 intra-op thread: 9.1 ms/crop for runs of 1-4 crops, 11.1 ms/crop for runs of 6-12
-#: (activations of large batches fall out of cache), so CPU batches are cut into runs of 4.
-CPU_MAX_BATCH = 4
+#: Crops per session run on CPU (``max_batch=None``), per backend.  onnxruntime, measured on
+#: the SimpleBaseline model, 2 shared cores, 1 intra-op thread: 9.1 ms/crop for runs of 1-4
+#: crops, 11.1 ms/crop for runs of 6-12 (activations of large batches fall out of cache), so
+#: its CPU batches are cut into runs of 4.  OpenVINO (bf16 above all) gains per crop up to
+#: batch 8 on PP-TinyPose (README, "Reduced precision").
+CPU_MAX_BATCH: dict[str, int] = {"onnxruntime": 4, "openvino": 8}
 
 
 def _shape_defaults(model_bytes: bytes, name: str) -> dict[str, object]:
@@ -132,6 +135,8 @@ class OnnxPoseModel:
         inter_op_threads: int = 0,
         spec: ModelSpec | None = None,
         max_batch: int | None = None,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
         self.path = Path(path)
         raw = read_model_bytes(self.path)
@@ -155,7 +160,11 @@ class OnnxPoseModel:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             name=str(self.path),
+            backend=backend,
+            precision=precision,
         )
+        self.backend = backend
+        self.precision = precision
         self.providers: list[str] = list(self.session.get_providers())
         self.input_name: str = self.card.input.name or self.session.get_inputs()[0].name
         layout = "keypoints" if self.spec.decoded_output else "heatmaps"
@@ -169,8 +178,8 @@ class OnnxPoseModel:
                 f"and outputs {names_out}"
             )
         if max_batch is None:
-            on_cpu = self.providers[0] == CPU
-            max_batch = CPU_MAX_BATCH if on_cpu else 0
+            on_cpu = self.providers[0] in (CPU, OPENVINO_CPU)
+            max_batch = CPU_MAX_BATCH[backend] if on_cpu else 0
         self.max_batch = int(max_batch)
         self.name = self.spec.name
         w, h = self.spec.heatmap_size
@@ -178,7 +187,10 @@ class OnnxPoseModel:
         self._empty_shape: tuple[int, ...] = (0, k, 3) if self.spec.decoded_output else (0, k, h, w)
 
     def __repr__(self) -> str:
-        return f"OnnxPoseModel({self.path.name!r}, providers={self.providers})"
+        return (
+            f"OnnxPoseModel({self.path.name!r}, providers={self.providers}, "
+            f"precision={self.precision})"
+        )
 
     def infer(self, batch: F32) -> F32:
         """``batch`` (N, 3, H, W) float32 → heatmaps (N, K, h, w) float32 (one session call)."""

@@ -66,3 +66,39 @@ def tiny_pose_model(dst: Path, k: int = 5, size: tuple[int, int] = (32, 64)) -> 
     model.ir_version = 8
     onnx.save(model, str(dst))
     return dst
+
+
+def small_pose_model(dst: Path, k: int = 17, size: tuple[int, int] = (192, 256)) -> Path:
+    """A small synthetic pose network with the layer kinds of a real one: a 4×4/stride-4 conv,
+    ReLU, a depthwise 3×3 conv (group = channels), ReLU, a 1×1 conv to ``k`` heatmaps.  Input
+    ``image`` (N, 3, H, W) with a symbolic batch, output ``heatmaps`` (N, k, H/4, W/4)."""
+    w, h = size
+    c = 8
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (c, 3, 4, 4)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (c, 1, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (k, c, 1, 1)).astype(np.float32), "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["a"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["d"], kernel_shape=[3, 3], pads=[1] * 4, group=c),
+        helper.make_node("Relu", ["d"], ["e"]),
+        helper.make_node("Conv", ["e", "w3"], ["heatmaps"], kernel_shape=[1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, h, w])],
+        [
+            helper.make_tensor_value_info(
+                "heatmaps", TensorProto.FLOAT, ["batch", k, h // 4, w // 4]
+            )
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(dst))
+    return dst
