@@ -321,3 +321,22 @@ def test_dashboard_queries_are_valid_promql(promtool: Path, tmp_path: Path) -> N
         yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x:y", "expr": broken}]}]})
     )
     assert _run([promtool, "check", "rules", path]).returncode != 0
+
+
+def test_dockerfiles_copy_every_installed_package() -> None:
+    """Every top-level package of pyproject's packages list is copied into each image (a package
+    left out installs silently without it: ``from darkpose import ...`` would fail there)."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
+    for dockerfile in [*DOCKERFILES.values(), REPO / "docker" / "Dockerfile.ray"]:
+        copied = {
+            src.rstrip("/")
+            for word, args in _instructions(dockerfile)
+            if word == "COPY" and not args.startswith("--from")
+            for src in args.split()[:-1]
+        }
+        assert packages <= copied, f"{dockerfile.name}: expected {packages} copied, got {copied}"
