@@ -10,16 +10,15 @@ model on the same crops, and keypoint AP (GT boxes, DARK) of both models.
 Quantiser: NNCF (optional extra ``openvino``) post-training quantisation of the ONNX graph into
 a QDQ ONNX file that onnxruntime and OpenVINO both run; ``keep_float`` leaves chosen layers in
 float (``depthwise`` = every grouped convolution; other words are ONNX op types, e.g. ``Resize``).
-The result carries its card in ``metadata_props``: the float model's ``darkpose.*`` keys plus
-``darkpose.precision=int8`` and ``darkpose.quantization`` (JSON: tool, preset, calibration set,
-kept-float layers, measured parity).
+The result carries its card in ``metadata_props`` (``darkpose.card``): the float model's card
+with ``precision=int8`` and a ``quantization`` record (tool, preset, calibration set, layers
+kept in float, measured parity).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy.typing as npt
 import onnx
 from pycocotools.coco import COCO
 
+from service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
 from service.core.codec import decode_heatmaps
 from service.core.errors import InvalidParameter, ModelError
 from service.core.pipeline import Pipeline, PipelineOptions
@@ -247,19 +247,28 @@ def quantize_onnx(
     return quantized, record
 
 
-def write_card(
-    model: onnx.ModelProto, spec: ModelSpec, quantization: dict[str, Any]
-) -> onnx.ModelProto:
-    """Store ``spec`` (``darkpose.*`` keys), ``darkpose.precision=int8`` and
-    ``darkpose.quantization`` (JSON) in ``model.metadata_props``."""
-    meta = {
-        **spec.to_metadata(),
-        "darkpose.precision": "int8",
-        "darkpose.quantization": json.dumps(quantization, sort_keys=True),
-    }
-    keep = [p for p in model.metadata_props if p.key not in meta]
+def int8_card(card: ModelCard, out_name: str, quantization: dict[str, Any]) -> ModelCard:
+    """The card of the int8 file ``out_name`` made from the float model of ``card``:
+    ``precision=int8``, no ``sha256`` (it travels inside the file), the quantisation record."""
+    data = card.model_dump(by_alias=True, exclude_none=True)
+    data.update(
+        {
+            "name": f"{card.name}-int8",
+            "file": out_name,
+            "precision": "int8",
+            "quantization": quantization,
+        }
+    )
+    data.pop("sha256", None)
+    return parse_card(data, f"int8 card of {out_name}")
+
+
+def write_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
+    """Store ``card`` as JSON under ``darkpose.card`` in ``model.metadata_props`` (the first
+    place :func:`service.runtime.cards.resolve_card` looks), dropping older ``darkpose.*``
+    keys so they cannot contradict it."""
+    keep = [p for p in model.metadata_props if not p.key.startswith("darkpose.")]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
+    model.metadata_props.add(key=CARD_METADATA_KEY, value=card.to_json())
     return model

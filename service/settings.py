@@ -177,16 +177,22 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0)
 
     # --- runtime backend / precision (README "Reduced precision") ---------------------------
-    pose_backend: Literal["onnxruntime", "openvino"] = Field(
-        "onnxruntime", description="pose-model runtime; openvino = optional extra, CPU only"
+    pose_backend: Literal["onnxruntime", "openvino"] | None = Field(
+        None,
+        description="pose-model runtime (None = the model card's, onnxruntime by default); "
+        "openvino = optional extra, CPU only",
     )
-    pose_precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="pose float precision; bf16 needs backend openvino and a CPU with native "
-        "bf16; int8 = a model file from `darkpose quantize`",
+    pose_precision: Literal["fp32", "bf16"] | None = Field(
+        None,
+        description="pose float precision (None = the card's); bf16 needs backend openvino and "
+        "a CPU with native bf16; int8 = a model file from `darkpose quantize`",
     )
-    detector_backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
-    detector_precision: Literal["fp32", "bf16"] = "fp32"
+    detector_backend: Literal["onnxruntime", "openvino"] | None = Field(
+        None, description="detector runtime (None = the card's)"
+    )
+    detector_precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="detector float precision (None = the card's)"
+    )
 
     # --- pipeline defaults ----------------------------------------------------------------
     decode: DecodeMethod | None = Field(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.cli import main
+from service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
 from service.core.errors import InvalidParameter
 from service.core.types import ModelSpec
 from service.evaluation import gt_boxes, load_coco
@@ -19,11 +19,13 @@ from service.quantize import (
     annotated_image_ids,
     calibration_crops,
     float_nodes,
+    int8_card,
     measure_parity,
     name_nodes,
     split_images,
     write_card,
 )
+from service.runtime.cards import card_from_metadata, resolve_card
 from tests.conftest import IMAGES, KPT_ANN
 from tests.runtime.onnx_fixtures import small_pose_model
 
@@ -93,14 +95,23 @@ def test_keep_float_words(tmp_path: Path) -> None:
         float_nodes(model, ["Softmax"])
 
 
-def test_card_round_trip(tmp_path: Path) -> None:
+def test_int8_card_round_trip(tmp_path: Path) -> None:
     model = onnx.load(str(small_pose_model(tmp_path / "m.onnx")))
-    spec = ModelSpec(name="m", blur_kernel=7)
-    write_card(model, spec, {"parity": {"heatmap_max_abs": 0.1}})
+    model.metadata_props.add(key="darkpose.blur_kernel", value="9")  # stale keys are dropped
+    card = int8_card(
+        ModelCard.from_spec(ModelSpec(name="m", blur_kernel=7)),
+        "m.int8.onnx",
+        {"tool": "nncf x", "parity": {"held_out": {"heatmap_max_abs": 0.1}}},
+    )
+    write_card(model, card)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["darkpose.precision"] == "int8"
-    assert json.loads(meta["darkpose.quantization"])["parity"]["heatmap_max_abs"] == 0.1
-    assert ModelSpec.from_metadata(meta).blur_kernel == 7
+    assert list(meta) == [CARD_METADATA_KEY]
+    back = card_from_metadata(meta, "m")
+    assert back is not None and back == card
+    assert back.precision == "int8" and back.float_precision == "fp32"
+    assert back.quantization is not None
+    assert back.quantization.parity["held_out"]["heatmap_max_abs"] == 0.1
+    assert back.to_spec().blur_kernel == 7 and back.file == "m.int8.onnx"
 
 
 @pytest.mark.slow
@@ -110,7 +121,7 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = tmp_path / "small.int8.onnx"
     argv = ["quantize", "--model", str(src), "--out", str(out), "--calib-fraction", "0.1"]
     assert main([*argv, "--backend", "onnxruntime"]) == 0
-    record = json.loads(capsys.readouterr().out)
+    printed = parse_card(capsys.readouterr().out, "stdout")
     model = onnx.load(str(out))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -118,13 +129,15 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     (dw,) = [n for n in model.graph.node if any(a.name == "group" for a in n.attribute)]
     assert dw.input[0] not in dq_outputs
-    meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["darkpose.precision"] == "int8"
-    card = json.loads(meta["darkpose.quantization"])
-    assert card == record
-    assert card["calibration"]["boxes"] == "gt" and card["calibration"]["crops"] > 0
+    found = resolve_card(out, kind="pose")
+    assert found is not None and found.source == "metadata" and found.card == printed
+    card = found.card
+    assert card.precision == "int8" and card.quantization is not None
+    q = card.quantization
+    assert q.source_model == "small.onnx" and q.keep_float == ("depthwise",)
+    assert q.calibration["boxes"] == "gt" and q.calibration["crops"] > 0
     for part in ("calibration", "held_out"):
-        p = card["parity"][part]
+        p = q.parity[part]
         assert p["crops"] > 0 and p["heatmap_max_abs"] > 0.0
         assert 0.0 <= p["ap_int8"] <= 1.0 and 0.0 <= p["ap_fp32"] <= 1.0
 

@@ -14,7 +14,6 @@ measured on both parts with ``--backend`` and written into the output's card (ON
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -64,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from service.quantize import (
         annotated_image_ids,
         calibration_crops,
+        int8_card,
         keypoint_ap,
         measure_parity,
         quantize_onnx,
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameter(f"--out: expected a new file, got the input model {model_path}")
     keep_float = [w.strip() for w in str(args.keep_float).split(",") if w.strip()]
     runtime = {"providers": "cpu", "intra_op_threads": settings.intra_op_threads}
-    fp32 = OnnxPoseModel(model_path, backend=args.backend, **runtime)  # type: ignore[arg-type]
+    fp32 = OnnxPoseModel(model_path, backend=args.backend, precision="fp32", **runtime)  # type: ignore[arg-type]
     spec = fp32.spec
     coco = load_coco(args.ann)
     calib_ids, held_ids = split_images(annotated_image_ids(coco), args.calib_fraction)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     quantized, record = quantize_onnx(raw, calib, keep_float, args.preset)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(quantized.SerializeToString())
-    int8 = OnnxPoseModel(args.out, backend=args.backend, spec=spec, **runtime)  # type: ignore[arg-type]
+    int8 = OnnxPoseModel(args.out, backend=args.backend, precision="fp32", **runtime)  # type: ignore[arg-type]
     parity: dict[str, object] = {"backend": args.backend}
     for part, ids in (("calibration", calib_ids), ("held_out", held_ids)):
         if not ids:
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             "parity": parity,
         }
     )
-    args.out.write_bytes(write_card(quantized, spec, record).SerializeToString())
-    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+    card = int8_card(fp32.card, args.out.name, record)
+    args.out.write_bytes(write_card(quantized, card).SerializeToString())
+    sys.stdout.write(card.to_json())
     return 0

@@ -15,7 +15,10 @@ is data (an ONNX file + its card), not code:
   DARK blur kernel, whether the decode is in the graph;
 * ``detector`` — person class, anchor strides (``yolox``), NMS IoU;
 * ``provenance`` — source, licence, notes; ``backend`` / ``precision`` — which runtime runs the
-  file and at what precision (``onnxruntime`` / ``fp32`` unless the card says otherwise);
+  file and at what precision (``onnxruntime`` / ``fp32`` unless the card says otherwise;
+  ``openvino`` + ``bf16`` = float weights run in bfloat16; ``int8`` = a quantised QDQ file);
+* ``quantization`` — for an int8 file made by ``darkpose quantize``: tool, calibration set,
+  layers kept in float and the measured parity against the float model;
 * ``sha256`` — optional: a card shipped for a file *name* applies only to the file with that hash.
 
 Cards are JSON files validated by :class:`ModelCard` (``ModelCard.model_json_schema()`` is the
@@ -45,8 +48,8 @@ CARD_METADATA_KEY = "darkpose.card"
 ModelKind = Literal["pose", "detector"]
 ResizeMode = Literal["affine", "letterbox", "stretch"]
 OutputLayout = Literal["heatmaps", "keypoints", "yolox", "boxes", "scores"]
-Backend = Literal["onnxruntime"]
-Precision = Literal["fp32", "fp16", "int8"]
+Backend = Literal["onnxruntime", "openvino"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 Size = tuple[PositiveInt, PositiveInt]
 Triple = tuple[float, float, float]
@@ -126,6 +129,25 @@ class Provenance(_Strict):
     notes: str = ""
 
 
+class QuantizationCard(_Strict):
+    """How an int8 file was made and what it costs in accuracy (``darkpose quantize``)."""
+
+    tool: str = Field(description="quantiser and version, e.g. 'nncf 3.4.0'")
+    preset: str = ""
+    source_model: str = Field("", description="the float model file it was made from")
+    keep_float: tuple[str, ...] = Field((), description="layer groups left in float")
+    float_nodes: int = Field(0, ge=0, description="nodes kept in float by name")
+    float_op_types: tuple[str, ...] = ()
+    quantized_nodes: int = Field(0, ge=0, description="QuantizeLinear nodes in the result")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="annotation file, image ids, crops, box source"
+    )
+    parity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per image split: heatmap / keypoint max |d| vs float, keypoint AP of both",
+    )
+
+
 class ModelCard(_Strict):
     """One model file, described as data (see the module docstring)."""
 
@@ -143,6 +165,7 @@ class ModelCard(_Strict):
     codec: CodecCard | None = None
     detector: DetectorCard | None = None
     provenance: Provenance = Provenance()
+    quantization: QuantizationCard | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -244,6 +267,12 @@ class ModelCard(_Strict):
         }
         data.update(fields)
         return parse_card(data, f"metadata of {spec.name}")
+
+    @property
+    def float_precision(self) -> str:
+        """The float compute precision the card asks of the runtime: ``bf16`` for a bf16 card,
+        else ``fp32`` (an int8 file's float ops and an fp16 file's graph run as written)."""
+        return "bf16" if self.precision == "bf16" else "fp32"
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2, exclude_none=True) + "\n"

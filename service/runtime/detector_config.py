@@ -390,6 +390,8 @@ class _Builder:
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
             inter_op_threads=s.inter_op_threads,
+            backend=s.detector_backend,
+            precision=s.detector_precision,
         )
 
     def yolox(self, spec: DetectorSpec) -> Detector:

@@ -181,6 +181,8 @@ class OnnxDetector:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         card: ModelCard | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.card: ModelCard = card or load_card(self.path, "detector")
@@ -201,11 +203,15 @@ class OnnxDetector:
         self.max_detections = int(max_detections)
         self.person_class = self.card.detector_options.person_class
         self.layout = self.card.output_layout
+        self.backend = backend or self.card.backend
+        self.precision = precision or self.card.float_precision
         self.session = create_session(
             self.path,
             providers=providers,
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
+            backend=self.backend,
+            precision=self.precision,
         )
         self.providers: list[str] = list(self.session.get_providers())
         inputs = self.session.get_inputs()
@@ -403,6 +409,8 @@ class YoloxDetector(OnnxDetector):
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         card: ModelCard | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         if card is None:
             found = resolve_card(path, kind="detector")
@@ -424,6 +432,8 @@ class YoloxDetector(OnnxDetector):
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             card=card,
+            backend=backend,
+            precision=precision,
         )
         self.grid, self.strides = make_grids(self.input_size, card.detector_options.strides)
 

@@ -125,6 +125,8 @@ class OnnxPoseModel:
     heatmaps (N, K, h, w) float32, or keypoints (N, K, 3) when ``spec.decoded_output``.
     One ``infer`` = one batched session run per ``max_batch`` crops (0 = all crops in one run;
     ``None`` = :data:`CPU_MAX_BATCH` on CPU, unlimited on CUDA), never a loop per crop.
+    ``backend`` / ``precision``: ``None`` = the card's (``onnxruntime`` / ``fp32`` by default;
+    :func:`service.runtime.onnx.create_session`).
     """
 
     def __init__(
@@ -135,8 +137,8 @@ class OnnxPoseModel:
         inter_op_threads: int = 0,
         spec: ModelSpec | None = None,
         max_batch: int | None = None,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         self.path = Path(path)
         raw = read_model_bytes(self.path)
@@ -154,6 +156,8 @@ class OnnxPoseModel:
             raise ModelError(f"pose model {self.path}: {exc.message}") from exc
         if dynamic is not raw:
             logger.info("pose model %s: batch dimension made dynamic", self.path.name)
+        backend = backend or self.card.backend
+        precision = precision or self.card.float_precision
         self.session = create_session(
             dynamic,
             providers=providers,

@@ -48,3 +48,16 @@ def test_serving_works_without_openvino() -> None:
     assert out.returncode == 0, out.stderr
     assert "ort CPUExecutionProvider" in out.stdout
     assert "expected the optional openvino package" in out.stdout
+
+
+def test_card_precision_values() -> None:
+    from service.core.cards import ModelCard
+    from service.core.types import ModelSpec
+
+    for precision, runtime in [("fp32", "fp32"), ("bf16", "bf16"), ("int8", "fp32")]:
+        card = ModelCard.from_spec(ModelSpec(), precision=precision)
+        assert card.float_precision == runtime
+    with pytest.raises(ModelError, match="precision"):
+        ModelCard.from_spec(ModelSpec(), precision="int4")
+    with pytest.raises(ModelError, match="backend"):
+        ModelCard.from_spec(ModelSpec(), backend="tensorrt")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,23 @@ def test_settings_build_an_openvino_pose_model() -> None:
     )
     (pose,) = build_pose_models(s)
     assert isinstance(pose, OnnxPoseModel) and pose.backend == "openvino"
+
+
+def test_card_chooses_backend_and_precision(tmp_path: Path) -> None:
+    """A card beside the model saying openvino + bf16 is obeyed; settings/arguments win."""
+    from service.runtime.cards import resolve_card
+
+    found = resolve_card(TINYPOSE, kind="pose")
+    assert found is not None
+    data = found.card.model_dump(by_alias=True, exclude_none=True)
+    data.update(backend="openvino", precision="bf16" if has_native_bf16() else "fp32")
+    data.pop("sha256", None)
+    model = tmp_path / "tp.onnx"
+    model.write_bytes(TINYPOSE.read_bytes())
+    (tmp_path / "tp.card.json").write_text(json.dumps(data))
+    pose = OnnxPoseModel(model, providers="cpu", intra_op_threads=1)
+    assert pose.backend == "openvino" and pose.precision == data["precision"]
+    forced = OnnxPoseModel(
+        model, providers="cpu", intra_op_threads=1, backend="onnxruntime", precision="fp32"
+    )
+    assert forced.providers == ["CPUExecutionProvider"]
