@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out.resolve() == model_path.resolve():
         raise InvalidParameter(f"--out: expected a new file, got the input model {model_path}")
     keep_float = [w.strip() for w in str(args.keep_float).split(",") if w.strip()]
-    runtime = {"providers": "cpu", "intra_op_threads": settings.intra_op_threads}
-    fp32 = OnnxPoseModel(model_path, backend=args.backend, precision="fp32", **runtime)  # type: ignore[arg-type]
+    threads = settings.intra_op_threads
+    fp32 = OnnxPoseModel(model_path, "cpu", threads, backend=args.backend, precision="fp32")
     spec = fp32.spec
     coco = load_coco(args.ann)
     calib_ids, held_ids = split_images(annotated_image_ids(coco), args.calib_fraction)
@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     quantized, record = quantize_onnx(raw, calib, keep_float, args.preset)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(quantized.SerializeToString())
-    int8 = OnnxPoseModel(args.out, backend=args.backend, precision="fp32", **runtime)  # type: ignore[arg-type]
+    int8 = OnnxPoseModel(
+        args.out, "cpu", threads, spec=spec, backend=args.backend, precision="fp32"
+    )
     parity: dict[str, object] = {"backend": args.backend}
     for part, ids in (("calibration", calib_ids), ("held_out", held_ids)):
         if not ids:
