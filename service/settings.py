@@ -155,7 +155,7 @@ class Settings(BaseSettings):
         "working directory)",
     )
     pose_models: list[str] = Field(
-        default_factory=lambda: ["pose_simplepose_256x192.onnx"],
+        default_factory=lambda: ["pp_tinypose_256x192.onnx"],
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
         "(default 1; the weights are normalised)",
