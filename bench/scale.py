@@ -70,6 +70,10 @@ TARGETS = {
 }
 
 
+#: As deploy/serve_config*.yaml: no per-request access log lines.
+QUIET = {"logging_config": {"enable_access_log": False, "log_level": "WARNING"}}
+
+
 def ray_options(topology: str, nodes: int, cpus_per_node: float) -> dict[str, dict[str, Any]]:
     """Deployment options filling ``nodes`` × ``cpus_per_node`` CPUs exactly."""
     if topology == "pipeline":
@@ -79,6 +83,7 @@ def ray_options(topology: str, nodes: int, cpus_per_node: float) -> dict[str, di
                 "num_replicas": nodes * per_node,
                 "max_replicas_per_node": per_node,
                 "ray_actor_options": {"num_cpus": cpus_per_node / per_node},
+                **QUIET,
             }
         }
     half = cpus_per_node / 2.0
@@ -87,11 +92,13 @@ def ray_options(topology: str, nodes: int, cpus_per_node: float) -> dict[str, di
             "num_replicas": nodes,
             "max_replicas_per_node": 1,
             "ray_actor_options": {"num_cpus": half},
+            **QUIET,
         },
         "PoseModel": {
             "num_replicas": nodes,
             "max_replicas_per_node": 1,
             "ray_actor_options": {"num_cpus": half},
+            **QUIET,
         },
     }
 
@@ -164,7 +171,29 @@ def sequential(port: int, images: list[bytes], n: int) -> float:
 
 
 #: Ray process titles → role, for CPU time per image by role.
-_ROLES = (("ray::ProxyActor", "proxy"), ("ray::ServeReplica", "replicas"))
+_ROLES = (
+    ("ray::ProxyActor", "proxy"),
+    ("ray::ServeReplica", "replicas"),
+    ("/usr/sbin/haproxy", "proxy"),
+    ("haproxy", "proxy"),
+)
+
+
+def haproxy_env(binary: str) -> dict[str, str]:
+    """Ray 2.60's (experimental) HAProxy ingress: HAProxy on each node forwards HTTP straight
+    to the replicas' own HTTP servers instead of Serve's Python proxy; its files go to a
+    private temp directory."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="hapx", dir="/tmp")
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{root}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{root}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": root,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{root}/server-state",
+    }
 
 
 def _descendants(root: int) -> set[int]:
@@ -191,7 +220,7 @@ def _descendants(root: int) -> set[int]:
 
 def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
     """CPU seconds so far of ``server_pid``, or of this process's Ray processes by role:
-    ``proxy`` (Serve's HTTP proxies), ``replicas`` (Serve replicas), ``ray_other``
+    ``proxy`` (Serve's HTTP proxies), ``replica <deployment>`` (Serve replicas), ``ray_other``
     (controller, raylets, GCS, idle workers)."""
     from load import cpu_seconds
 
@@ -206,6 +235,8 @@ def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
             continue
         cmd = raw.split(b"\0")[0].decode(errors="replace")
         role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "ray_other")
+        if role == "replicas":  # "ray::ServeReplica:<app>:<deployment>"
+            role = f"replica {cmd.rsplit(':', 1)[-1].split()[0]}"
         out[role] = out.get(role, 0.0) + cpu
     return out
 
@@ -214,11 +245,21 @@ def measure(
     port: int, images: list[bytes], args: argparse.Namespace, server_pid: int | None = None
 ) -> dict[str, Any]:
     load(port, images, args.clients, args.warmup)
+    # CPU the processes burn with no traffic (Ray's health checks, metrics, long polls): a cost
+    # per second, not per image; subtracted for the marginal CPU per image.
+    idle0 = cpu_by_role(server_pid)
+    time.sleep(args.idle)
     cpu0 = cpu_by_role(server_pid)
+    idle = {k: (cpu0[k] - idle0.get(k, 0.0)) / max(args.idle, 1e-9) for k in cpu0}
+    t0 = time.perf_counter()
     res = load(port, images, args.clients, args.duration)
+    elapsed = time.perf_counter() - t0
     cpu1 = cpu_by_role(server_pid)
-    res["cpu_ms_per_image"] = {
-        k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0)) / max(res["ok"], 1) for k in cpu1
+    n = max(res["ok"], 1)
+    res["cpu_ms_per_image"] = {k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0)) / n for k in cpu1}
+    res["idle_cpu_cores"] = idle
+    res["marginal_cpu_ms_per_image"] = {
+        k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0) - idle.get(k, 0.0) * elapsed) / n for k in cpu1
     }
     res["seq_p50_ms"] = sequential(port, images, args.seq_requests)
     return res
@@ -313,12 +354,11 @@ def line(name: str, r: dict[str, Any]) -> str:
     )
     cpu = r.get("cpu_ms_per_image")
     if cpu:
-        text += (
-            "\n  "
-            + " " * 15
-            + " CPU ms/image: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
-        )
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
+        text += f"\n  {'':15s} CPU ms/image {sum(cpu.values()):.1f}: {parts}"
+        marginal = r.get("marginal_cpu_ms_per_image", {})
+        idle = sum(r.get("idle_cpu_cores", {}).values())
+        text += f"; minus idle ({idle:.2f} cores) {sum(marginal.values()):.1f}"
     b = r.get("bytes")
     if b:
         text += (
@@ -347,7 +387,21 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=16, help="coco-mini images cycled")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--repeat", type=int, default=1, help="repeat the whole sequence")
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured")
     ap.add_argument("--json", type=Path, default=None, help="write every result here")
+    ap.add_argument(
+        "--haproxy",
+        default=None,
+        metavar="BINARY",
+        help="use Ray's experimental HAProxy ingress with this haproxy binary (1-node phases)",
+    )
+    ap.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the Ray processes (repeatable), e.g. RAY_SERVE_* tuning flags",
+    )
     args = ap.parse_args()
     for name, v in (("duration", args.duration), ("warmup", args.warmup)):
         if not 0 <= v <= 600:
@@ -366,6 +420,13 @@ def main() -> int:
     args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     if not args.topologies or set(args.topologies) - {"pipeline", "split"}:
         ap.error(f"--topologies: expected pipeline and/or split, got {args.topologies!r}")
+    for item in args.ray_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--ray-env: expected NAME=VALUE, got {item!r}")
+        os.environ[name] = value  # before Ray starts: every Ray process inherits it
+    if args.haproxy:
+        os.environ.update(haproxy_env(args.haproxy))
     logging.basicConfig(level=logging.WARNING)
 
     ncores = os.cpu_count() or 1
@@ -399,7 +460,9 @@ def main() -> int:
         """Mean of the single-process runs just before and after ``phase``."""
         i = ray_phases.index(phase)
         pair = rnd["single"][i : i + 2]
-        return {k: statistics.fmean(s[k] for s in pair) for k in ("images_per_s", "seq_p50_ms")}
+        out = {k: statistics.fmean(s[k] for s in pair) for k in ("images_per_s", "seq_p50_ms")}
+        out["cpu_ms"] = statistics.fmean(s["marginal_cpu_ms_per_image"]["server"] for s in pair)
+        return out
 
     ratios: dict[str, list[float]] = {}
 
@@ -414,13 +477,19 @@ def main() -> int:
                     base = around(rnd, phase)
                     add(f"{phase}/{topology} vs single", r["images_per_s"] / base["images_per_s"])
                     add(f"{phase}/{topology} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
+                    # What the throughput ratio is on N otherwise idle cores, where CPU time
+                    # per image decides: single's marginal CPU per image / all Ray processes'.
+                    ray_cpu = sum(r["marginal_cpu_ms_per_image"].values())
+                    add(f"{phase}/{topology} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
                 add(f"{phase}/{topology} bytes vs payload", r["bytes"]["crossing_vs_payload"])
         if "ray1" in ray_phases and "ray2" in ray_phases:
             for topology in args.topologies:
+                r1, r2 = rnd[f"ray1/{topology}"], rnd[f"ray2/{topology}"]
+                add(f"ray2/{topology} vs ray1", r2["images_per_s"] / r1["images_per_s"])
                 add(
-                    f"ray2/{topology} vs ray1",
-                    rnd[f"ray2/{topology}"]["images_per_s"]
-                    / rnd[f"ray1/{topology}"]["images_per_s"],
+                    f"ray2/{topology} cpu-bound vs ray1",
+                    sum(r1["marginal_cpu_ms_per_image"].values())
+                    / sum(r2["marginal_cpu_ms_per_image"].values()),
                 )
     print("medians over the repeats (same machine, same run):")
     for key, values in ratios.items():
@@ -433,9 +502,19 @@ def main() -> int:
         checks.append(
             ("ray1 >= 0.8x single", med["ray1/pipeline vs single"], TARGETS["ray1_vs_single"], True)
         )
+    if "ray1/pipeline cpu-bound vs single" in med:
+        t = TARGETS["ray1_vs_single"]
+        checks.append(
+            ("ray1 >= 0.8x single (CPU-bound)", med["ray1/pipeline cpu-bound vs single"], t, True)
+        )
     if "ray2/pipeline vs ray1" in med:
         checks.append(
             ("ray2 >= 0.8x ray1", med["ray2/pipeline vs ray1"], TARGETS["ray2_vs_ray1"], True)
+        )
+    if "ray2/pipeline cpu-bound vs ray1" in med:
+        t = TARGETS["ray2_vs_ray1"]
+        checks.append(
+            ("ray2 >= 0.8x ray1 (CPU-bound)", med["ray2/pipeline cpu-bound vs ray1"], t, True)
         )
     for phase in ray_phases:
         key = f"{phase}/pipeline overhead ms"

@@ -50,7 +50,7 @@ class BuildArgs(BaseModel):
     metrics_address: str | None = Field(
         None,
         description="'host:port' where every Ingress replica also serves its own /metrics "
-        "(scrape each replica; needs max_replicas_per_node: 1 on Ingress)",
+        "(several replicas on a node take port, port+1, ...: scrape that range per node)",
     )
     measure_bytes: bool = Field(
         False,

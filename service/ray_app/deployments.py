@@ -54,6 +54,9 @@ DEFAULT_POSE_BATCH: dict[str, Any] = {"max_batch_size": 32, "batch_wait_timeout_
 #: ``max_ongoing_requests`` of ``PoseModel``: calls in flight per replica (worker threads);
 #: must stay above the batch size in calls or it caps every batch.
 POSE_MAX_ONGOING = 64
+#: Ports an ingress replica tries for its own metrics, from ``metrics_address``'s port on
+#: (one per replica on a node: scrape ``port .. port + replicas per node - 1``).
+METRICS_PORTS = 32
 #: Longest a new ingress replica's first health check waits for its models to load and warm
 #: (below Serve's default ``health_check_timeout_s`` of 30 s).
 LOAD_WAIT_S = 20.0
@@ -215,6 +218,7 @@ class _IngressBase:
     _bytes: ByteCounter | None
     _metrics_bind: tuple[str, int] | None
     _metrics_server: Any
+    metrics_port: int | None = None
 
     def _setup(
         self, settings: Mapping[str, Any] | None, metrics_address: str | None, measure: bool
@@ -231,10 +235,24 @@ class _IngressBase:
         if self._metrics_bind is not None:
             from prometheus_client import start_http_server
 
-            host, port = self._metrics_bind
+            host, first = self._metrics_bind
             registry = app.state.service.metrics.registry
-            self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
-            logger.info("Ingress metrics on http://%s:%d/metrics", host, port)
+            # Several replicas on one node: each takes the next free port of the range.
+            for port in range(first, min(first + METRICS_PORTS, 65536)):
+                try:
+                    self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+                except OSError:
+                    continue
+                self.metrics_port = port
+                logger.info("Ingress metrics on http://%s:%d/metrics", host, port)
+                break
+            else:
+                logger.warning(
+                    "Ingress metrics: expected a free port in %s:%d..%d, got none",
+                    host,
+                    first,
+                    first + METRICS_PORTS - 1,
+                )
         self._app = app
         return app
 
@@ -254,7 +272,11 @@ class _IngressBase:
         """Where this replica runs, its ``POST /pose`` count, in-process batching counters
         (``pose_pieces`` queued, ``pose_batches`` model calls: fewer calls than pieces means
         pieces of different requests shared a call) and the bytes per hop (``measure_bytes``)."""
-        out: dict[str, Any] = {**_node_and_replica(), "bytes": {}}
+        out: dict[str, Any] = {
+            **_node_and_replica(),
+            "bytes": {},
+            "metrics_port": self.metrics_port,
+        }
         if self._bytes is not None:
             out["bytes"] = self._bytes.snapshot()
         state = self._app.state.service if self._app is not None else None
@@ -293,7 +315,7 @@ class PipelineIngress(_IngressBase):
     ``create_app(settings)`` builds its detector and pose model(s), wraps the pose models in
     the in-process MicroBatcher (``settings.batching``; batches across the requests of this
     replica) and warms them.  ``metrics_address`` (``"host:port"``, optional): also serve this
-    replica's registry there (one replica per node, ``max_replicas_per_node: 1``).
+    replica's registry there; several replicas on a node take the next free ports.
     """
 
     def __init__(

@@ -28,6 +28,9 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
     # Each replica process would otherwise start one onnxruntime/OpenMP thread per core.
     "OMP_NUM_THREADS": "1",
+    # As docker/Dockerfile.ray and the KubeRay pods: encoded images (~150 kB, above Ray's
+    # 100 kB default) ride inline in the proxy ↔ replica RPCs instead of the object store.
+    "RAY_max_direct_call_object_size": str(1024 * 1024),
 }
 
 

@@ -128,7 +128,7 @@ def deploy(ray_two_nodes: Any) -> Iterator[Callable[[str], Any]]:
     def _deploy(topology: str) -> Any:
         if current.get("topology") == topology:
             return current["app"]
-        metrics = f"127.0.0.1:{free_port()}" if topology == "split" else None
+        metrics = f"127.0.0.1:{free_port()}"
         options = PIPELINE_OPTIONS if topology == "pipeline" else SPLIT_OPTIONS
         app = build_app(
             APP_SETTINGS, options, metrics_address=metrics, topology=topology, measure_bytes=True
@@ -144,7 +144,7 @@ def deploy(ray_two_nodes: Any) -> Iterator[Callable[[str], Any]]:
         current["app"] = SimpleNamespace(
             url=ray_two_nodes.url,
             node_ids=ray_two_nodes.node_ids,
-            metrics_url=f"http://{metrics}/metrics" if metrics else None,
+            metrics_url=f"http://{metrics}/metrics",
         )
         return current["app"]
 
@@ -231,6 +231,14 @@ def test_pipeline_serves_the_same_routes_and_metrics_per_replica(
     texts = serve.get_deployment_handle("Ingress", APP_NAME).broadcast("metrics_text").results()
     texts = list(texts.values()) if isinstance(texts, dict) else list(texts)
     assert len(texts) == 2
+    # Each replica also serves its registry on its own port (both replicas share this host,
+    # so the second one took the next port of the range).
+    ports = sorted(s["metrics_port"] for s in _stats("Ingress"))
+    first = int(app.metrics_url.rsplit(":", 1)[1].split("/")[0])
+    assert ports == [first, first + 1]
+    for port in ports:
+        status, direct = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b"darkpose_stage_seconds_count" in direct
     for text in [body.decode(), *texts]:
         for stage in ("detect", "crop", "pose", "decode", "postprocess"):
             assert f'darkpose_stage_seconds_count{{stage="{stage}"}}' in text, stage

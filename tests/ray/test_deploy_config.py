@@ -64,6 +64,8 @@ def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
         assert container["image"].startswith("darkpose-service:ray")
         env = {e["name"]: e for e in container["env"]}
         assert env["DARKPOSE_MODEL_DIR"]["value"] == "/models"
+        # Encoded images ride inline in Serve's RPCs (Ray's default limit is 100 kB).
+        assert int(env["RAY_max_direct_call_object_size"]["value"]) >= 1024 * 1024
         # Token auth: every node reads the same token from one Secret.
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "darkpose-ray-auth"

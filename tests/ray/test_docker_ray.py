@@ -53,6 +53,8 @@ def test_dockerfile_ray_installs_the_ray_extra_and_runs_non_root() -> None:
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     envs = " ".join(a for w, a in last if w == "ENV")
     assert "DARKPOSE_MODEL_DIR=/models" in envs
+    assert "RAY_max_direct_call_object_size=1048576" in envs  # images inline, not via plasma
+    assert "haproxy" in " ".join(a for w, a in last if w == "RUN")  # the HAProxy ingress option
     (health,) = [a for w, a in last if w == "HEALTHCHECK"]
     assert "/-/healthz" in health and "curl" not in health
 
