@@ -123,6 +123,8 @@ class ImageLimits(TypedDict):
     max_pixels: int
     max_side: int
     min_side: int
+    max_jpeg_scans: int
+    max_png_chunks: int
 
 
 def split_weight(entry: str) -> tuple[str, float]:
@@ -254,6 +256,34 @@ class Settings(BaseSettings):
         "", description="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is honoured"
     )
 
+    # --- hostile input and slow clients (README "Reliability") ----------------------------------
+    max_jpeg_scans: int = Field(100, gt=0, description="most scans (SOS) a JPEG may have")
+    max_png_chunks: int = Field(20_000, gt=0, description="most chunks a PNG may have")
+    work_timeout_s: float = Field(
+        30.0, gt=0.0, description="deadline of a request's work once its body arrived (503)"
+    )
+    memory_budget_mb: int = Field(
+        3072, gt=0, description="estimated memory of the requests being worked on (503 beyond)"
+    )
+    max_concurrent_uploads: int = Field(
+        128, gt=0, description="request bodies being received at once (503 beyond)"
+    )
+    max_render_side: int = Field(
+        2048, gt=0, description="longest side of a render=true overlay (downscaled beyond)"
+    )
+    max_connections: int = Field(
+        1024, gt=0, description="open HTTP connections (new ones are closed at once beyond)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, description="time a connection has to send a request's headers"
+    )
+    response_write_timeout_s: float = Field(
+        30.0, gt=0.0, description="time a client may leave a response unread before it is cut"
+    )
+    min_body_chunk_bytes: int = Field(
+        256, ge=0, description="mean body chunk size below which a many-chunk upload is cut"
+    )
+
     # --- server -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -341,6 +371,8 @@ class Settings(BaseSettings):
             "max_pixels": self.max_image_pixels,
             "max_side": self.max_image_side,
             "min_side": self.min_image_side,
+            "max_jpeg_scans": self.max_jpeg_scans,
+            "max_png_chunks": self.max_png_chunks,
         }
 
     def resolve_model(self, name: str) -> Path:

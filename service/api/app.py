@@ -9,8 +9,8 @@ pipeline is ready.  When ``settings.batching`` is on, every pose model of a buil
 wrapped in a :class:`~service.api.batching.MicroBatcher`; an injected pipeline is used as it
 is (its pose models may batch elsewhere, e.g. Ray Serve).
 
-Pose work runs in worker threads (``anyio.to_thread.run_sync`` with a capacity limiter of
-``max_inflight_requests``); the event loop only reads bodies and writes answers.
+Pose work runs in the state's worker threads (``max_inflight_requests`` of them, see
+:mod:`service.api.routes.pose`); the event loop only reads bodies and writes answers.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.limiter()
         state.start_loading()
         try:
             yield
@@ -62,6 +61,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         lifespan=lifespan,
         docs_url=None,  # served offline by service.api.routes.docs
         redoc_url=None,
+        redirect_slashes=False,  # a redirect would be built from the Host header (open redirect)
     )
     app.state.service = state
     install_error_handlers(app)

@@ -1,7 +1,8 @@
 """Reading the uploaded image from a request, with the byte limit enforced while streaming.
 
-Accepted: ``multipart/form-data`` with exactly one file field named ``image``, or a raw body
-with ``Content-Type`` image/jpeg, image/png, image/webp, image/bmp (or
+Accepted: ``multipart/form-data`` with exactly one file part named ``image`` (a filename is
+optional; parsed by :mod:`service.api.multipart`, in a worker thread for large bodies), or a raw
+body with ``Content-Type`` image/jpeg, image/png, image/webp, image/bmp (or
 application/octet-stream; the bytes' magic decides the format either way).  A raw body with any
 other Content-Type (``curl --data-binary`` without ``-H`` sends
 ``application/x-www-form-urlencoded``) is accepted when its bytes are an accepted image format;
@@ -13,10 +14,10 @@ from __future__ import annotations
 import logging
 
 import anyio
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 
+from service.api.multipart import parse_multipart
 from service.core.errors import InputError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.core.io import ACCEPTED, ACCEPTED_TEXT, sniff_format
 
@@ -96,8 +97,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return bytes(buf)
 
 
-async def _single_chunk(data: bytes):  # type: ignore[no-untyped-def]
-    yield data
+#: Bodies larger than this are parsed in a worker thread (the event loop stays free).
+PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -105,7 +106,12 @@ async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> b
     mtype = media_type(request)
     if mtype == MULTIPART:
         body = await read_body(request, max_bytes + MULTIPART_OVERHEAD, timeout_s)
-        return await _image_from_multipart(request, body, max_bytes)
+        content_type = request.headers.get("content-type", "")
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            return await anyio.to_thread.run_sync(
+                image_from_multipart, body, content_type, max_bytes
+            )
+        return image_from_multipart(body, content_type, max_bytes)
     if mtype in RAW_IMAGE_TYPES:
         body = await read_body(request, max_bytes, timeout_s)
         if not body:
@@ -126,39 +132,26 @@ async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> b
     )
 
 
-async def _image_from_multipart(request: Request, body: bytes, max_bytes: int) -> bytes:
+def image_from_multipart(body: bytes, content_type: str, max_bytes: int) -> bytes:
+    """The ``image`` part of a complete multipart body (with or without a filename); other
+    parts may be text fields, but no second file."""
     if not body:
         raise InvalidImage("multipart body: expected a field 'image', got an empty body")
-    parser = MultiPartParser(
-        request.headers, _single_chunk(body), max_files=4, max_fields=16, max_part_size=64 * 1024
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
+    parts = parse_multipart(body, content_type)
+    files = [p for p in parts if p.filename is not None or p.name == "image"]
+    images = [p for p in files if p.name == "image"]
+    if len(files) > 1:
+        names = [p.name for p in files]
         raise InvalidImage(
-            f"multipart body: expected valid multipart data, got {exc.message}"
-        ) from None
-    except Exception as exc:  # python-multipart raises its own errors on garbage
+            f"multipart body: expected exactly one file (field 'image'), got {len(files)} "
+            f"files in fields {names}"
+        )
+    if not images:
+        fields = sorted({p.name for p in parts})
         raise InvalidImage(
-            f"multipart body: expected valid multipart data, got {type(exc).__name__}"
-        ) from None
-    try:
-        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-        images = [v for k, v in files if k == "image"]
-        if len(files) > 1:
-            names = [k for k, _ in files]
-            raise InvalidImage(
-                f"multipart body: expected exactly one file (field 'image'), got {len(files)} "
-                f"files in fields {names}"
-            )
-        if not images:
-            fields = sorted(set(form.keys()))
-            raise InvalidImage(
-                f"multipart body: expected a file field 'image', got fields {fields or 'none'}"
-            )
-        data = await images[0].read()
-    finally:
-        await form.close()
+            f"multipart body: expected a file field 'image', got fields {fields or 'none'}"
+        )
+    data = images[0].data
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"image: expected at most {max_bytes} bytes, got {len(data)}")
     if not data:

@@ -10,6 +10,7 @@ same shape; anything unexpected is logged with the request id and answered 500 b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -184,6 +185,22 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:  # shutdown past the grace period: 503 in the usual shape
+            status = 503
+            if not started:
+                response = error_response(
+                    503,
+                    "shutting_down",
+                    "the server is shutting down and cancelled this request; expected an "
+                    "answer within the grace period, got none; retry",
+                    request_id,
+                    {"Retry-After": "1", "Connection": "close"},
+                )
+                try:
+                    await response(scope, receive, send_wrapper)
+                except Exception:  # noqa: BLE001 - the connection may be gone already
+                    logger.debug("request %s: no 503 sent at shutdown", request_id)
+            raise
         except Exception as exc:  # the last line of defence: log, answer 500 JSON
             logger.exception("request %s: unhandled %s", request_id, type(exc).__name__)
             status = 500

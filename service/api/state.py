@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 
 from service.api.batching import MicroBatcher
 from service.api.metrics import Metrics
+from service.api.work import MB, MemoryBudget
 from service.core.errors import NotReady, Overloaded
 from service.core.pipeline import Pipeline, PipelineOptions
 from service.core.types import PoseModel
@@ -51,7 +54,9 @@ class ServiceState:
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._response_info: dict[str, Any] | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._uploads = 0
+        self.memory = MemoryBudget(settings.memory_budget_mb * MB, settings.retry_after_s)
+        self._executor: ThreadPoolExecutor | None = None
 
     # --- loading ----------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -137,8 +142,19 @@ class ServiceState:
         pipeline(np.full((256, 256, 3), 114, np.uint8), options=self.default_options)
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         for b in self.batchers:
             b.close()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Worker threads of pose work (``max_inflight_requests`` of them)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.max_inflight_requests, thread_name_prefix="darkpose-work"
+            )
+        return self._executor
 
     # --- request accounting --------------------------------------------------------------
     def require_ready(self) -> Pipeline:
@@ -154,15 +170,10 @@ class ServiceState:
             raise NotReady("pipeline options: expected them set by loading, got none yet")
         return self.default_options
 
-    def limiter(self) -> anyio.CapacityLimiter:
-        """Worker threads for pose work (``max_inflight_requests``), created on first use in
-        the event loop."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.settings.max_inflight_requests)
-        return self._limiter
-
     def enter(self) -> None:
-        """Admit one request or raise ``Overloaded`` when ``max_inflight_requests`` are in."""
+        """Admit one request's work or raise ``Overloaded`` when ``max_inflight_requests`` are
+        in (the ``darkpose_inflight_requests`` gauge counts requests in the handler instead,
+        uploads included)."""
         limit = self.settings.max_inflight_requests
         with self._lock:
             if self._inflight >= limit:
@@ -171,12 +182,40 @@ class ServiceState:
                     retry_after=self.settings.retry_after_s,
                 )
             self._inflight += 1
-        self.metrics.inflight.inc()
 
     def leave(self) -> None:
         with self._lock:
             self._inflight -= 1
-        self.metrics.inflight.dec()
+
+    @contextmanager
+    def upload_slot(self) -> Iterator[None]:
+        """One of ``max_concurrent_uploads`` request bodies being received, else ``Overloaded``
+        (separate from the in-flight slots, which are taken only once a body has arrived)."""
+        limit = self.settings.max_concurrent_uploads
+        with self._lock:
+            if self._uploads >= limit:
+                raise Overloaded(
+                    f"uploads in progress: expected at most {limit}, got {self._uploads + 1}",
+                    retry_after=self.settings.retry_after_s,
+                )
+            self._uploads += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._uploads -= 1
+
+    def check_queue_room(self, crops: int) -> None:
+        """Refuse (``Overloaded``) before any work when a pose batcher's queue holds crops and
+        cannot take ``crops`` more (the batcher would refuse them only after detection)."""
+        for b in self.batchers:
+            pending = b.pending
+            if pending > 0 and pending + crops > b.queue_size:
+                raise Overloaded(
+                    f"pose queue full: expected at most {b.queue_size} waiting crops, got "
+                    f"{pending} waiting + up to {crops} new",
+                    retry_after=self.settings.retry_after_s,
+                )
 
     @property
     def inflight(self) -> int:
@@ -224,7 +263,7 @@ class ServiceState:
             entries.append(
                 {
                     "name": spec.name,
-                    "path": str(getattr(inner, "path", spec.name)),
+                    "path": Path(str(getattr(inner, "path", spec.name))).name,
                     "arch": spec.arch,
                     "input_size": list(spec.input_size),
                     "heatmap_size": list(spec.heatmap_size),

@@ -15,6 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +152,23 @@ def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
         return False
 
 
+def _http_protocol(settings: Settings) -> Any:
+    """uvicorn's httptools protocol with the connection limits of README "Reliability" (cap,
+    head/write timeouts, tiny-chunk uploads); plain ``"auto"`` when httptools is missing."""
+    try:
+        from service.api.protocol import ConnectionLimits, guarded_protocol, prepare_process
+    except ImportError as exc:  # httptools is a dependency; a broken install still serves
+        logger.warning("connection limits off: %s (pip install httptools)", exc)
+        return "auto"
+    limits = ConnectionLimits(
+        max_connections=prepare_process(settings.max_connections),
+        header_timeout_s=settings.header_timeout_s,
+        write_timeout_s=settings.response_write_timeout_s,
+        min_body_chunk_bytes=settings.min_body_chunk_bytes,
+    )
+    return guarded_protocol(limits)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -184,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        http=_http_protocol(settings),
         workers=1,
         log_level=str(getattr(args, "log_level", None) or settings.log_level).lower(),
         timeout_graceful_shutdown=int(max(1.0, graceful)),

@@ -18,6 +18,15 @@ known to be acceptable):
    errors, not half-grey images: this relies on PIL's default
    ``ImageFile.LOAD_TRUNCATED_IMAGES = False`` (never switch it on in this process).
 
+Before step 3 the container structure is walked (:mod:`service.core.imageguard`): a JPEG with
+more than ``max_jpeg_scans`` scans or too few entropy-coded bytes for its declared size, a PNG
+with more than ``max_png_chunks`` chunks and RLE or negative-width BMPs are refused before a
+decoder spends time on them; a JPEG whose last rows decode as libjpeg's grey fill (data
+missing, end-of-image marker appended) is refused after decoding.  ``on_header(width, height,
+mode)`` (optional) is called once the header passed the limits and before pixels are decoded:
+the service admits the request's memory there.  Decoding keeps one copy of the pixels besides
+the decoder's own (16-bit data is narrowed through a byte view, no wide temporaries).
+
 Conversions to BGR uint8 ``(H, W, 3)`` C-contiguous:
 
 * **EXIF orientation is applied** by default (``exif_orientation=True``), as image viewers,
@@ -38,6 +47,8 @@ import io
 import logging
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -46,6 +57,15 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.core.imageguard import (
+    DEFAULT_MAX_JPEG_SCANS,
+    DEFAULT_MAX_PNG_CHUNKS,
+    check_bmp,
+    check_jpeg,
+    check_png,
+    jpeg_tail_is_fill,
+    jpeg_with_probe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +82,9 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 16384
 DEFAULT_MIN_SIDE = 8
+
+#: ``on_header(width, height, mode)``: called after the header checks, before decoding.
+HeaderHook = Callable[[int, int, str], None]
 
 #: EXIF tag number of ``Orientation``.
 EXIF_ORIENTATION_TAG = 0x0112
@@ -124,29 +147,70 @@ def _cvt(src: npt.NDArray[np.uint8], code: int) -> U8:
     return np.asarray(cv2.cvtColor(src, code), dtype=np.uint8)
 
 
+def _pixels(im: Image.Image) -> npt.NDArray[np.generic]:
+    """The decoded pixels of ``im`` as a new writable array (PIL's shape and dtype), filled
+    from PIL's raw encoder piece by piece: no intermediate ``bytes`` copy of the image, unlike
+    ``np.asarray(im)`` (which joins ``tobytes()`` chunks)."""
+    shape, typestr = Image._conv_type_shape(im)
+    out = np.empty(shape, dtype=np.dtype(typestr))
+    flat = out.reshape(-1).view(np.uint8)
+    encoder = Image._getencoder(im.mode, "raw", im.mode)
+    encoder.setimage(im.im, (0, 0, *im.size))
+    bufsize = max(1 << 20, im.size[0] * 4)
+    pos = 0
+    while True:
+        _, errcode, chunk = encoder.encode(bufsize)
+        flat[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        pos += len(chunk)
+        if errcode:
+            break
+    if errcode < 0 or pos != flat.size:
+        raise InvalidImage(
+            f"decoded {im.mode} pixels: expected {flat.size} bytes, got {pos} (error {errcode})"
+        )
+    return out
+
+
 def _to_bgr(im: Image.Image) -> U8:
-    """Decoded PIL image of any mode → BGR uint8 (H, W, 3) C-contiguous."""
+    """Decoded PIL image of any mode → BGR uint8 (H, W, 3) C-contiguous.
+
+    ``im`` is closed (its pixel memory freed) as soon as its pixels are copied out, so at most
+    one extra full-size copy exists at a time."""
     mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(im).astype(np.int64)  # astype handles big-endian I;16B too
-        gray = np.clip(wide >> 8, 0, 255).astype(np.uint8)
-        return _cvt(np.ascontiguousarray(gray), cv2.COLOR_GRAY2BGR)
     if mode == "1":
-        im = im.convert("L")
-        mode = "L"
-    if mode == "L":
-        return _cvt(np.ascontiguousarray(np.asarray(im)), cv2.COLOR_GRAY2BGR)
-    if mode == "LA":
-        gray = np.ascontiguousarray(np.asarray(im)[..., 0])
-        return _cvt(gray, cv2.COLOR_GRAY2BGR)
-    if mode in ("RGBA", "RGBX", "RGBa"):
-        rgba = np.asarray(im)
-        return _cvt(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2BGR)
-    if mode != "RGB":
+        converted = im.convert("L")
+        im.close()
+        im, mode = converted, "L"
+    elif mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "RGBa", "I") and not mode.startswith(
+        "I;16"
+    ):
         # P, PA, CMYK, YCbCr, LAB, HSV, F, …: let PIL convert (palette alpha is ignored).
-        im = im.convert("RGB")
-    rgb = np.asarray(im)
-    return _cvt(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+        converted = im.convert("RGB")
+        im.close()
+        im, mode = converted, "RGB"
+    a = _pixels(im)
+    im.close()
+    if mode.startswith("I;16") or mode == "I":
+        if a.dtype.itemsize == 2:  # uint16 in either byte order: keep the high byte (>> 8)
+            order = a.dtype.byteorder
+            big = order == ">" or (order in "=|" and sys.byteorder == "big")
+            high = 0 if big else 1
+            gray = np.ascontiguousarray(a.view(np.uint8).reshape(*a.shape, 2)[..., high])
+        else:  # 32-bit "I": clip in place, shift in place, narrow once
+            np.clip(a, 0, 65535, out=a)
+            np.right_shift(a, 8, out=a)
+            gray = a.astype(np.uint8)
+        del a
+        return _cvt(gray, cv2.COLOR_GRAY2BGR)
+    if mode == "L":
+        return _cvt(np.asarray(a, dtype=np.uint8), cv2.COLOR_GRAY2BGR)
+    if mode == "LA":
+        return _cvt(np.ascontiguousarray(a[..., 0], dtype=np.uint8), cv2.COLOR_GRAY2BGR)
+    if mode in ("RGBA", "RGBX", "RGBa"):
+        return _cvt(np.asarray(a, dtype=np.uint8), cv2.COLOR_RGBA2BGR)
+    rgb = np.asarray(a, dtype=np.uint8)
+    cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb)  # in place: no second copy
+    return rgb
 
 
 def exif_orientation_of(im: Image.Image) -> int:
@@ -187,14 +251,19 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
     min_side: int = DEFAULT_MIN_SIDE,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
     exif_orientation: bool = True,
+    on_header: HeaderHook | None = None,
 ) -> U8:
     """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring),
     upright per the EXIF orientation unless ``exif_orientation=False`` (pixels as stored).
 
     Raises :class:`InvalidImage` (empty, unreadable, corrupt, truncated, too small),
-    :class:`PayloadTooLarge` (bytes, pixels or a side over the limit — checked before
-    decoding) or :class:`UnsupportedMediaType` (GIF, TIFF, animations, …).
+    :class:`PayloadTooLarge` (bytes, pixels, a side, JPEG scans or PNG chunks over the limit —
+    checked before decoding) or :class:`UnsupportedMediaType` (GIF, TIFF, animations, RLE
+    BMP, …).  ``on_header(width, height, mode)`` runs after the header checks and before
+    decoding; what it raises propagates.
     """
     if not data:
         raise InvalidImage(f"empty image data; expected {ACCEPTED_TEXT}")
@@ -209,6 +278,13 @@ def decode_image(
         )
     if fmt not in _ACCEPTED_FORMATS:
         raise UnsupportedMediaType(f"image format {fmt} is not supported; expected {ACCEPTED_TEXT}")
+    eoi = -1
+    if fmt == "JPEG":
+        eoi = check_jpeg(data, max_jpeg_scans).eoi
+    elif fmt == "PNG":
+        check_png(data, max_png_chunks)
+    elif fmt == "BMP":
+        check_bmp(data)
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
@@ -223,16 +299,53 @@ def decode_image(
             f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
         ) from exc
     try:
-        out = _check_and_load(im, fmt, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
-        return apply_exif_orientation(out, exif_orientation_of(im)) if exif_orientation else out
+        out, orientation = _check_and_load(
+            im,
+            fmt,
+            max_pixels=max_pixels,
+            max_side=max_side,
+            min_side=min_side,
+            hook=on_header,
+            exif_orientation=exif_orientation,
+        )
+        if fmt == "JPEG" and jpeg_tail_is_fill(out) and _jpeg_truncated(data, eoi, out):
+            raise InvalidImage(
+                "JPEG data ends before the image does (its last blocks decode as the decoder's "
+                "grey fill); expected a complete, valid JPEG image"
+            )
+        return apply_exif_orientation(out, orientation)
     finally:
         im.close()
 
 
+def _jpeg_truncated(data: bytes, eoi: int, decoded: U8) -> bool:
+    """Decode ``data`` again with a probe before its end-of-image marker (see
+    :func:`service.core.imageguard.jpeg_with_probe`): different pixels mean missing data."""
+    if eoi < 0:
+        return True
+    try:
+        with Image.open(io.BytesIO(jpeg_with_probe(data, eoi)), formats=["JPEG"]) as im:
+            im.load()
+            again = _to_bgr(im)
+    except Exception:  # noqa: BLE001 - a complete file decodes with the probe as without it
+        return True
+    return again.shape != decoded.shape or not np.array_equal(again, decoded)
+
+
 def _check_and_load(
-    im: Image.Image, fmt: str, *, max_pixels: int, max_side: int, min_side: int
-) -> U8:
+    im: Image.Image,
+    fmt: str,
+    *,
+    max_pixels: int,
+    max_side: int,
+    min_side: int,
+    hook: HeaderHook | None = None,
+    exif_orientation: bool = True,
+) -> tuple[U8, int]:
+    """Limits, then decode: ``(BGR pixels as stored, EXIF orientation or 1)``."""
     w, h = im.size
+    if w <= 0 or h <= 0:
+        raise InvalidImage(f"image is {w}x{h}; expected positive dimensions")
     if w * h > max_pixels:
         raise PayloadTooLarge(
             f"image is {w}x{h} = {w * h} pixels; expected at most {max_pixels} pixels"
@@ -252,8 +365,12 @@ def _check_and_load(
             f"animated {fmt} with {n_frames} frames is not supported; expected a still "
             f"{ACCEPTED_TEXT[2:]}"
         )
+    if hook is not None:
+        hook(w, h, im.mode)
     try:
         im.load()
+        # read after load (PNG keeps eXIf after the pixels) and before _to_bgr closes ``im``
+        orientation = exif_orientation_of(im) if exif_orientation else 1
         out = _to_bgr(im)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
@@ -266,7 +383,7 @@ def _check_and_load(
         raise InvalidImage(
             f"decoded {fmt} has shape {out.shape} {out.dtype}; expected ({h}, {w}, 3) uint8"
         )
-    return out
+    return out, orientation
 
 
 def read_image_file(
@@ -276,6 +393,8 @@ def read_image_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
     min_side: int = DEFAULT_MIN_SIDE,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
     exif_orientation: bool = True,
 ) -> U8:
     """Read and decode an image file for the CLI (same limits, orientation handling and errors
@@ -300,5 +419,7 @@ def read_image_file(
         max_pixels=max_pixels,
         max_side=max_side,
         min_side=min_side,
+        max_jpeg_scans=max_jpeg_scans,
+        max_png_chunks=max_png_chunks,
         exif_orientation=exif_orientation,
     )

@@ -151,7 +151,12 @@ class ServerProcess:
     """``python -m service.cli serve`` on 127.0.0.1:<free port>."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, log: Path | None = None, log_level: str = "WARNING"
+        self,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        log_level: str = "WARNING",
+        args: list[str] | None = None,
+        preexec_fn: Any = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -168,11 +173,12 @@ class ServerProcess:
         self.log_path = log
         self._log = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--log-level", log_level, "serve"],
+            [sys.executable, "-m", "service.cli", "--log-level", log_level, "serve", *(args or [])],
             cwd=REPO,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:

@@ -109,10 +109,10 @@ CASES = [
         content_type=None,
     ),
     Case(
-        "multipart with image as a text field",
+        "multipart image part without a filename, not an image",
         400,
         "invalid_image",
-        "expected a file field 'image', got fields ['image']",
+        "not a recognised image",
         files=None,
         data={"image": "not a file"},
         content_type=None,

@@ -1,30 +1,34 @@
 """``POST /pose``: one image in, the persons as JSON (or the overlay PNG) out.
 
-The route is thin: :func:`serve_pose` admits the request, reads the body on the event loop and
-runs :func:`run_pose` (decode → pipeline → response body) in a worker thread bounded by the
-state's capacity limiter.  The router is built per app by :func:`build_router` because the
-``max_persons`` bound of the query is a setting and is part of the OpenAPI document.
+The route is thin: :func:`serve_pose` reads the body under an upload slot, admits the request
+(an in-flight slot) and runs :func:`run_pose` (decode → pipeline → response body) in one of the
+state's worker threads, cancelling it when the client leaves or its deadline passes.  The
+router is built per app by :func:`build_router` because the ``max_persons`` bound of the query
+is a setting and is part of the OpenAPI document.
 """
 
+import asyncio
+import concurrent.futures
+import dataclasses
 import enum
 import json
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated, Any, Literal
 
-import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.types import Receive
 
-from service.api.body import extract_image
+from service.api.body import ClientGoneError, extract_image
 from service.api.deps import StateDep
 from service.api.errors import request_id_of
 from service.api.schemas import PoseResponse, Timings, error_responses
 from service.api.state import ServiceState
+from service.api.work import Job, estimate_request_bytes
 from service.core.codec import DECODERS
 from service.core.errors import InvalidImage
 from service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult
@@ -118,6 +122,44 @@ def persons_json(persons: list[Person]) -> list[dict[str, Any]]:
     return out
 
 
+def _scaled_persons(persons: list[Person], scale: float) -> list[Person]:
+    """Persons with coordinates multiplied by ``scale`` (for a downscaled overlay)."""
+    out = []
+    for p in persons:
+        kp = np.array(p.keypoints, dtype=np.float32, copy=True)
+        kp[:, :2] *= scale
+        bbox = np.asarray(p.bbox, dtype=np.float32) * np.float32(scale)
+        out.append(dataclasses.replace(p, keypoints=kp, bbox=bbox))
+    return out
+
+
+def render_overlay(
+    image: npt.NDArray[np.uint8], persons: list[Person], max_side: int, render_format: str
+) -> tuple[bytes, str]:
+    """The skeleton overlay, encoded per ``render_format`` and downscaled so its longest side is
+    at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin)."""
+    import cv2
+
+    from service.core.visualize import draw_poses
+
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
+        persons = _scaled_persons(persons, scale)
+    suffix, flags, media = RENDER_ENCODINGS[render_format]
+    ok, enc = cv2.imencode(suffix, draw_poses(image, persons), flags)
+    if not ok:
+        raise InvalidImage(f"render: expected an encodable overlay, got a {suffix} encoder failure")
+    return enc.tobytes(), media
+
+
+def crops_upper_bound(options: PipelineOptions) -> int:
+    """Most crops one request may send to each pose model (flip doubles them)."""
+    return options.max_persons * (2 if options.flip else 1)
+
+
 def run_pose(
     state: ServiceState,
     pipeline: Pipeline,
@@ -125,6 +167,7 @@ def run_pose(
     options: PipelineOptions,
     query: PoseQuery,
     request_id: str,
+    job: Job | None = None,
 ) -> tuple[bytes, str]:
     """Worker-thread part of ``POST /pose``: decode → pipeline → metrics → the response body
     (``PoseResponse`` JSON, or the overlay JPEG/PNG) as ``(content, media type)``.
@@ -132,78 +175,164 @@ def run_pose(
     The image is turned upright per its EXIF orientation unless ``query.exif_orientation`` is
     false.  A valid image with a side under ``min_image_side`` holds no detectable person: it
     is answered with no persons (the pipeline does not run).  ``timings_ms.total`` spans
-    decoding and the pipeline.  The body is built as plain JSON here, off the event loop; its
-    schema is ``PoseResponse`` (OpenAPI document, tests) and skipping pydantic validation of
-    our own output saves CPU.
+    decoding and the pipeline.  ``job`` (optional) is checked between stages; the request's
+    estimated memory is reserved in ``state.memory`` once the image header is known (before
+    decoding) and released when this returns; a full pose queue refuses before detection.
+    The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
+    (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
     """
-    import cv2
-
     from service.core.io import decode_image
 
     s = state.settings
-    t0 = time.perf_counter()
-    limits = s.image_limits  # a fresh dict
-    limits["min_side"] = 1  # smaller than min_image_side: a valid image with no persons
-    image = decode_image(data, **limits, exif_orientation=query.exif_orientation)
-    decode_s = time.perf_counter() - t0
-    # decode / blur kernel from the model card where the request and settings leave them open
-    # (a request asking an in-graph-decoded model for another decode: 422 here)
-    options = pipeline.resolve_options(options)
-    h, w = image.shape[:2]
-    if min(h, w) < s.min_image_side:
-        result = PoseResult([], (int(w), int(h)), {})
-    else:
-        result = pipeline(image, options=options)
-    total_s = time.perf_counter() - t0
-    timings = {**result.timings, "image_decode": decode_s, "total": total_s}
-    state.metrics.observe_timings(timings)
-    state.metrics.persons.observe(len(result.persons))
-    if query.render:
-        from service.core.visualize import draw_poses
+    check = job.check if job is not None else (lambda: None)
+    reserved = 0
+    spec = pipeline.spec
+    crops = crops_upper_bound(options)
 
-        suffix, flags, media = RENDER_ENCODINGS[query.render_format]
-        ok, enc = cv2.imencode(suffix, draw_poses(image, result.persons), flags)
-        if not ok:
-            raise InvalidImage(
-                f"render: expected an encodable overlay, got a {suffix} encoder failure"
+    def admit(width: int, height: int, mode: str) -> None:
+        nonlocal reserved
+        check()
+        render_px = min(width * height, s.max_render_side**2) if query.render else 0
+        need = estimate_request_bytes(
+            width,
+            height,
+            mode,
+            crops=crops,
+            crop_size=spec.input_size,
+            heatmap_size=spec.heatmap_size,
+            keypoints=spec.num_keypoints,
+            models=len(pipeline.pose_models),
+            render_pixels=render_px,
+        )
+        state.memory.reserve(need)
+        reserved = need
+
+    try:
+        check()
+        t0 = time.perf_counter()
+        limits = s.image_limits  # a fresh dict
+        limits["min_side"] = 1  # smaller than min_image_side: a valid image with no persons
+        image = decode_image(
+            data, **limits, exif_orientation=query.exif_orientation, on_header=admit
+        )
+        decode_s = time.perf_counter() - t0
+        check()
+        # decode / blur kernel from the model card where the request and settings leave them
+        # open (a request asking an in-graph-decoded model for another decode: 422 here)
+        options = pipeline.resolve_options(options)
+        h, w = image.shape[:2]
+        if min(h, w) < s.min_image_side:
+            result = PoseResult([], (int(w), int(h)), {})
+        else:
+            state.check_queue_room(crops)
+            result = pipeline(image, options=options)
+        total_s = time.perf_counter() - t0
+        timings = {**result.timings, "image_decode": decode_s, "total": total_s}
+        state.metrics.observe_timings(timings)
+        state.metrics.persons.observe(len(result.persons))
+        check()
+        if query.render:
+            return render_overlay(
+                image, list(result.persons), s.max_render_side, query.render_format
             )
-        return enc.tobytes(), media
-    stage_ms = dict.fromkeys(Timings.model_fields, 0.0)
-    for k, v in timings.items():
-        if k in stage_ms:
-            stage_ms[k] = 1000.0 * float(v)
-    body = {
-        "request_id": request_id,
-        "image": {"width": int(w), "height": int(h)},
-        "persons": persons_json(list(result.persons)),
-        "model": {
-            **state.response_model_info(),
-            "decode": str(options.decode),
-            "blur_kernel": int(options.blur_kernel or 0),
-            "decode_in_graph": bool(pipeline.spec.decoded_output),
-            "flip": bool(options.flip),
-        },
-        "timings_ms": stage_ms,
-    }
-    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return content.encode("utf-8"), "application/json"
+        stage_ms = dict.fromkeys(Timings.model_fields, 0.0)
+        for k, v in timings.items():
+            if k in stage_ms:
+                stage_ms[k] = 1000.0 * float(v)
+        body = {
+            "request_id": request_id,
+            "image": {"width": int(w), "height": int(h)},
+            "persons": persons_json(list(result.persons)),
+            "model": {
+                **state.response_model_info(),
+                "decode": str(options.decode),
+                "blur_kernel": int(options.blur_kernel or 0),
+                "decode_in_graph": bool(pipeline.spec.decoded_output),
+                "flip": bool(options.flip),
+            },
+            "timings_ms": stage_ms,
+        }
+        content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return content.encode("utf-8"), "application/json"
+    finally:
+        if reserved:
+            state.memory.release(reserved)
+
+
+async def _next_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (``http.disconnect``); the body was read before."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
+
+
+async def await_work(
+    future: concurrent.futures.Future[tuple[bytes, str]], job: Job, receive: Receive
+) -> tuple[bytes, str]:
+    """The worker's result, or: the client left → cancel the job, ``ClientGoneError``; the
+    deadline passed → cancel the job, ``DeadlineExceeded``.  A cancelled job's worker stops at
+    its next check and only then frees its slot (the future's done-callback)."""
+    work: asyncio.Future[Any] = asyncio.wrap_future(future)
+    work.add_done_callback(_retrieve)  # an abandoned job's error is expected, not "unretrieved"
+    gone: asyncio.Future[Any] = asyncio.ensure_future(_next_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    except BaseException:  # cancelled (shutdown past the grace period): stop the work too
+        job.cancel("request cancelled")
+        future.cancel()
+        gone.cancel()
+        raise
+    if work in done:
+        gone.cancel()
+        return work.result()
+    future.cancel()  # not started yet: never starts
+    if gone in done:
+        job.cancel("client disconnected")
+        raise ClientGoneError("response: expected the client to wait for it, the client left")
+    gone.cancel()
+    job.cancel("deadline exceeded")
+    raise job.deadline_error()
 
 
 async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) -> Response:
-    """Admit, read the image, run :func:`run_pose` in a worker thread, answer."""
+    """Admit, read the image, run :func:`run_pose` in a worker thread, answer.
+
+    Order: ready? → an upload slot while the body arrives (``max_concurrent_uploads``) → an
+    in-flight slot once it has (``max_inflight_requests``) → the work, bounded by
+    ``work_timeout_s`` and cancelled when the client leaves.
+    """
     settings = state.settings
     request_id = request_id_of(request.scope)
     pipeline = state.require_ready()
-    state.enter()
+    state.metrics.inflight.inc()
     try:
-        data = await extract_image(request, settings.max_image_bytes, settings.request_timeout_s)
+        with state.upload_slot():
+            data = await extract_image(
+                request, settings.max_image_bytes, settings.request_timeout_s
+            )
         options = query.options(state.options(), settings.default_max_persons)
-        content, media_type = await anyio.to_thread.run_sync(
-            partial(run_pose, state, pipeline, data, options, query, request_id),
-            limiter=state.limiter(),
-        )
+        job = Job(settings.work_timeout_s, settings.retry_after_s)
+        state.enter()
+        try:
+            future = state.executor.submit(
+                run_pose, state, pipeline, data, options, query, request_id, job
+            )
+        except BaseException:
+            state.leave()
+            raise
+        future.add_done_callback(lambda _: state.leave())
+        del data
+        content, media_type = await await_work(future, job, request.receive)
     finally:
-        state.leave()
+        state.metrics.inflight.dec()
     return Response(content, media_type=media_type)
 
 
