@@ -186,7 +186,7 @@ def test_slow_uploads_do_not_starve_real_requests(srv: ServerProcess) -> None:
 # --- 5. slow readers ------------------------------------------------------------------------------
 def test_render_is_downscaled_to_max_render_side(srv: ServerProcess) -> None:
     big = hp.noisy_jpeg(3000, 2000)
-    r = _post(srv, big, query="?render=true")
+    r = _post(srv, big, query="?render=true&render_format=png")
     assert r.status_code == 200, r.text[:300]
     assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(r.content[16:20], "big"), int.from_bytes(r.content[20:24], "big")
@@ -197,7 +197,7 @@ def test_unread_response_is_cut_after_the_write_timeout(srv: ServerProcess) -> N
     big = hp.noisy_jpeg(3000, 2000, seed=1)
     s = _connect(srv.port, rcvbuf=4096)
     try:
-        s.sendall(_head(srv.port, len(big), query="?render=true") + big)
+        s.sendall(_head(srv.port, len(big), query="?render=true&render_format=png") + big)
         time.sleep(5.0)  # work (~1-2 s) + write timeout (1 s) + margin, reading nothing
         data = _read_all(s)
     finally:
