@@ -166,3 +166,16 @@ def multipart_without_filename(image: bytes, boundary: str = "b0undary") -> tupl
     ).encode()
     body += image + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def smooth_jpeg(width: int = 6324, height: int = 6324) -> bytes:
+    """A large smooth colour JPEG (a few MB): the biggest image the default limits allow."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[..., 0] = x
+    rgb[..., 1] = y
+    rgb[..., 2] = (x + y) / 2
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=80)
+    return buf.getvalue()

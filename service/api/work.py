@@ -19,7 +19,7 @@ from service.core.errors import Overloaded, PayloadTooLarge
 
 MB = 1024 * 1024
 #: Fixed part of every estimate: detector input and outputs, JSON, Python objects.
-BASE_BYTES = 16 * MB
+BASE_BYTES = 8 * MB
 
 
 class DeadlineExceeded(Overloaded):

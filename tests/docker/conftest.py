@@ -53,6 +53,15 @@ def find_tool(name: str) -> Path:
     )
 
 
+#: docker-compose.yml requires it (``${GRAFANA_ADMIN_PASSWORD:?}``); set for every test here.
+TEST_GRAFANA_PASSWORD = "test-only-grafana-password"
+
+
+@pytest.fixture(autouse=True)
+def _grafana_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAFANA_ADMIN_PASSWORD", TEST_GRAFANA_PASSWORD)
+
+
 @pytest.fixture(scope="session")
 def hadolint() -> Path:
     return find_tool("hadolint")

@@ -205,6 +205,35 @@ def test_compose_gpu_profile(docker_compose: Path) -> None:
     ), "CPU and GPU services must publish different host ports"
 
 
+def test_compose_requires_the_grafana_password(docker_compose: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    proc = _run([docker_compose, "-f", COMPOSE_FILE, "config", "-q"], env=env)
+    assert proc.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr
+    cfg = _compose_config(docker_compose)
+    grafana_env = cfg["services"]["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == os.environ["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_compose_binds_monitoring_to_loopback_and_limits_memory(docker_compose: Path) -> None:
+    cfg = _compose_config(docker_compose, "--profile", "gpu")
+    services = cfg["services"]
+    for name in ("prometheus", "grafana"):
+        assert [p.get("host_ip") for p in services[name]["ports"]] == ["127.0.0.1"], name
+    for name, svc in services.items():
+        assert int(svc.get("mem_limit", 0)) > 0, f"{name}: expected a memory limit"
+    budget = int(services["pose"]["environment"]["DARKPOSE_MEMORY_BUDGET_MB"]) * 1024 * 1024
+    assert budget < int(services["pose"]["mem_limit"])
+
+
+def test_ray_compose_binds_the_dashboard_to_loopback() -> None:
+    ray = yaml.safe_load((REPO / "docker-compose.ray.yml").read_text())
+    head = ray["services"]["ray-head"]
+    dashboard = [p for p in head["ports"] if str(p).endswith(":8265")]
+    assert dashboard and all(str(p).startswith("127.0.0.1:") for p in dashboard), dashboard
+    assert all("mem_limit" in svc for svc in ray["services"].values())
+
+
 def test_compose_models_dir_override(docker_compose: Path, tmp_path: Path) -> None:
     cfg = _compose_config(docker_compose, DARKPOSE_MODELS=str(tmp_path))
     models = [v for v in cfg["services"]["pose"]["volumes"] if v["target"] == "/models"]

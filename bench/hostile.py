@@ -1,0 +1,427 @@
+"""Hostile clients against a real ``darkpose serve`` (issue 15), one attack after another.
+
+Starts the server (default settings, CPU, 127.0.0.1:<free port>) unless ``--url``/``--pid``
+name a running one, then runs each attack for a few seconds while
+
+* a prober requests ``/healthz`` every 50 ms (its p50 and worst latency during the attack),
+* a sampler reads the server's CPU seconds and RSS every 50 ms (CPU used during the attack,
+  RSS peak above the value at its start),
+* one real request (a coco-mini photo) is sent in the middle of the attack (its status).
+
+Payloads are generated (tests/hostile_payloads.py); nothing is read from disk but the photo.
+
+    python bench/hostile.py                       # all attacks, ~2 minutes
+    python bench/hostile.py --only bomb,slow_upload --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.load import cpu_seconds, free_port, rss_mb  # noqa: E402
+from tests import hostile_payloads as hp  # noqa: E402
+
+PHOTO = REPO.parent / "shared" / "data" / "coco-mini" / "train2017" / "000000129648.jpg"
+
+
+@dataclass
+class Result:
+    name: str
+    answers: Counter[str] = field(default_factory=Counter)
+    cpu_s: float = 0.0
+    rss_growth_mb: float = 0.0
+    healthz_p50_ms: float = 0.0
+    healthz_max_ms: float = 0.0
+    real_status: str = "-"
+    real_ms: float = 0.0
+    seconds: float = 0.0
+
+
+class Server:
+    def __init__(self, url: str | None, pid: int | None, env: dict[str, str]) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if url is not None:
+            if pid is None:
+                raise SystemExit("--url needs --pid (the server's process id, for CPU and RSS)")
+            self.base, self.pid = url.rstrip("/"), pid
+        else:
+            port = free_port()
+            full = {
+                **os.environ,
+                "DARKPOSE_HOST": "127.0.0.1",
+                "DARKPOSE_PORT": str(port),
+                "DARKPOSE_PROVIDERS": "cpu",
+                **env,
+            }
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+                cwd=REPO,
+                env=full,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.base, self.pid = f"http://127.0.0.1:{port}", self.proc.pid
+        host, _, port_s = self.base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port_s or 80)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}")
+            time.sleep(0.2)
+        raise SystemExit("server not ready within 180 s")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --- measuring ----------------------------------------------------------------------------------
+class Monitor:
+    """CPU/RSS sampler and /healthz prober for the duration of one attack."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.stop = threading.Event()
+        self.rss: list[float] = []
+        self.healthz: list[float] = []
+        self.threads = [
+            threading.Thread(target=self._sample, daemon=True),
+            threading.Thread(target=self._probe, daemon=True),
+        ]
+
+    def __enter__(self) -> Monitor:
+        self.cpu0 = cpu_seconds(self.srv.pid)
+        self.rss0 = rss_mb(self.srv.pid)
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+        self.cpu_s = cpu_seconds(self.srv.pid) - self.cpu0
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.rss.append(rss_mb(self.srv.pid))
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def _probe(self) -> None:
+        with httpx.Client(timeout=30) as c:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                with contextlib.suppress(httpx.HTTPError):
+                    c.get(self.srv.base + "/healthz")
+                self.healthz.append(time.perf_counter() - t0)
+                time.sleep(0.05)
+
+
+def real_request(srv: Server, out: Result) -> None:
+    t0 = time.perf_counter()
+    try:
+        r = httpx.post(
+            srv.base + "/pose",
+            content=PHOTO.read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        out.real_status = str(r.status_code)
+    except httpx.HTTPError as exc:
+        out.real_status = type(exc).__name__
+    out.real_ms = 1000 * (time.perf_counter() - t0)
+
+
+# --- attack building blocks -------------------------------------------------------------------
+def connect(srv: Server, timeout: float = 30.0, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((srv.host, srv.port))
+    return s
+
+
+def head(srv: Server, length: int | None, ctype: str = "image/jpeg", query: str = "") -> bytes:
+    chunked = "Transfer-Encoding: chunked\r\n"
+    size = f"Content-Length: {length}\r\n" if length is not None else chunked
+    return (
+        f"POST /pose{query} HTTP/1.1\r\nHost: {srv.host}\r\nContent-Type: {ctype}\r\n"
+        f"{size}Connection: close\r\n\r\n"
+    ).encode()
+
+
+def status_of(data: bytes) -> str:
+    if not data:
+        return "closed"
+    return data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else "garbage"
+
+
+def read_status(s: socket.socket) -> str:
+    data = b""
+    try:
+        while len(data) < 32:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return status_of(data)
+
+
+def post_many(srv: Server, payloads: list[tuple[bytes, str, str]], answers: Counter[str]) -> None:
+    """POST each (body, content type, query) from its own thread; count the statuses."""
+
+    def one(body: bytes, ctype: str, query: str) -> None:
+        try:
+            url = srv.base + "/pose" + query
+            r = httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=120)
+            answers[str(r.status_code)] += 1
+        except httpx.HTTPError as exc:
+            answers[type(exc).__name__] += 1
+
+    threads = [threading.Thread(target=one, args=p) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+# --- the attacks ----------------------------------------------------------------------------------
+def attack_bomb(srv: Server, res: Result) -> None:
+    """8 progressive JPEGs of ~60 KB declaring 4096² with 1000 scans each."""
+    bomb = hp.jpeg_scan_bomb(4096, 1000)
+    post_many(srv, [(bomb, "image/jpeg", "")] * 8, res.answers)
+
+
+def attack_abandon(srv: Server, res: Result) -> None:
+    """4 clients send a costly valid JPEG (4096², 100 scans) and leave at once."""
+    slow = hp.jpeg_scan_bomb(4096, 100)
+    for _ in range(4):
+        s = connect(srv)
+        s.sendall(head(srv, len(slow)) + slow)
+        time.sleep(0.05)
+        s.close()
+        res.answers["abandoned"] += 1
+    time.sleep(4.0)
+
+
+def attack_memory(srv: Server, res: Result) -> None:
+    """4 × 16-bit grey PNG 6000², 4 × lossless WebP 6000², 16 photos with max_persons=100,
+    score_threshold=0, flip=true, all at once."""
+    png16 = hp.png16_gray(6000)
+    webp = hp.webp_lossless(6000)
+    photo = PHOTO.read_bytes()
+    q = "?max_persons=100&score_threshold=0&flip=true"
+    payloads = [(png16, "image/png", "")] * 4 + [(webp, "image/webp", "")] * 4
+    payloads += [(photo, "image/jpeg", q)] * 16
+    post_many(srv, payloads, res.answers)
+
+
+def attack_slow_upload(srv: Server, res: Result) -> None:
+    """64 connections send headers and 2 body bytes, then wait 6 s."""
+    photo = PHOTO.read_bytes()
+    socks = []
+    for _ in range(64):
+        s = connect(srv)
+        s.sendall(head(srv, len(photo)) + photo[:2])
+        socks.append(s)
+    time.sleep(6.0)
+    for s in socks:
+        s.close()
+    res.answers["held"] += len(socks)
+
+
+def attack_slow_reader(srv: Server, res: Result) -> None:
+    """10 clients ask render=true&render_format=png for a 2.5 MB noisy JPEG and read nothing
+    for 8 s."""
+    noisy = hp.noisy_jpeg(2400, 1600)
+    socks = []
+    for _ in range(10):
+        s = connect(srv, rcvbuf=4096)
+        s.sendall(head(srv, len(noisy), query="?render=true&render_format=png") + noisy)
+        socks.append(s)
+    time.sleep(8.0)
+    for s in socks:
+        res.answers[read_status(s)] += 1
+        s.close()
+
+
+def attack_multipart(srv: Server, res: Result) -> None:
+    """8 multipart uploads of 19 MB of near-boundary bytes at once."""
+    body, ctype = hp.near_boundary_multipart(19 * 1024 * 1024)
+    post_many(srv, [(body, ctype, "")] * 8, res.answers)
+
+
+def attack_chunks(srv: Server, res: Result) -> None:
+    """4 clients upload in 1-byte chunks for 6 s."""
+    stop = time.monotonic() + 6.0
+
+    def one() -> None:
+        s = connect(srv, timeout=10)
+        try:
+            s.sendall(head(srv, None))
+            while time.monotonic() < stop:
+                s.sendall(b"1\r\nx\r\n" * 200)
+            s.sendall(b"0\r\n\r\n")
+            res.answers[read_status(s)] += 1
+        except OSError:
+            res.answers["cut"] += 1
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def attack_idle(srv: Server, res: Result) -> None:
+    """1500 connections that send nothing, held for 12 s (header timeout 10 s)."""
+    socks = []
+    for _ in range(1500):
+        try:
+            socks.append(connect(srv, timeout=2))
+        except OSError:
+            res.answers["connect failed"] += 1
+    time.sleep(12.0)
+    for s in socks:
+        s.settimeout(0.01)
+        try:
+            res.answers["closed by server" if s.recv(1) == b"" else "open"] += 1
+        except TimeoutError:
+            res.answers["open"] += 1
+        except OSError:
+            res.answers["closed by server"] += 1
+        s.close()
+
+
+def attack_corrupt(srv: Server, res: Result) -> None:
+    """Corrupt and costly encodings: truncated + EOI, header-only 6324², RLE BMP, PNG of
+    1.6 M chunks, negative-width BMP (4 each)."""
+    photo = PHOTO.read_bytes()
+    payloads = [
+        (hp.truncated_jpeg_with_eoi(photo), "image/jpeg", ""),
+        (hp.jpeg_header_only(6324), "image/jpeg", ""),
+        (hp.bmp_rle8(2048), "image/bmp", ""),
+        (hp.png_many_chunks(1_600_000), "image/png", ""),
+        (hp.bmp_negative_width(), "image/bmp", ""),
+    ]
+    post_many(srv, payloads * 4, res.answers)
+
+
+def attack_worst(srv: Server, res: Result) -> None:
+    """One worst-case legitimate request: a 6324×6324 photo-sized JPEG (40 MP, the pixel limit)
+    with max_persons=100, flip=true, render=true&render_format=png."""
+    big = hp.smooth_jpeg(6324, 6324)
+    q = "?max_persons=100&score_threshold=0&flip=true&render=true&render_format=png"
+    post_many(srv, [(big, "image/jpeg", q)], res.answers)
+
+
+ATTACKS: dict[str, Callable[[Server, Result], None]] = {
+    "worst": attack_worst,
+    "bomb": attack_bomb,
+    "abandon": attack_abandon,
+    "memory": attack_memory,
+    "slow_upload": attack_slow_upload,
+    "slow_reader": attack_slow_reader,
+    "multipart": attack_multipart,
+    "chunks": attack_chunks,
+    "idle": attack_idle,
+    "corrupt": attack_corrupt,
+}
+
+
+def run_attack(srv: Server, name: str) -> Result:
+    res = Result(name)
+    t0 = time.perf_counter()
+    with Monitor(srv) as mon:
+        worker = threading.Thread(target=ATTACKS[name], args=(srv, res))
+        worker.start()
+        time.sleep(1.0)
+        real_request(srv, res)
+        worker.join()
+        time.sleep(0.5)
+    res.seconds = time.perf_counter() - t0
+    res.cpu_s = mon.cpu_s
+    res.rss_growth_mb = max(mon.rss, default=mon.rss0) - mon.rss0
+    lat = mon.healthz or [0.0]
+    res.healthz_p50_ms = 1000 * statistics.median(lat)
+    res.healthz_max_ms = 1000 * max(lat)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", default="", help=f"comma list of: {','.join(ATTACKS)}")
+    ap.add_argument("--url", default=None, help="a running server (default: start one)")
+    ap.add_argument("--pid", type=int, default=None, help="its process id (with --url)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(ATTACKS)
+    unknown = set(names) - set(ATTACKS)
+    if unknown:
+        raise SystemExit(f"--only: expected names from {', '.join(ATTACKS)}, got {sorted(unknown)}")
+    srv = Server(args.url, args.pid, {})
+    results = []
+    try:
+        httpx.post(  # warm the pipeline once
+            srv.base + "/pose",
+            content=PHOTO.read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        for name in names:
+            res = run_attack(srv, name)
+            results.append(res)
+            answers = ", ".join(f"{k}×{v}" for k, v in sorted(res.answers.items()))
+            print(
+                f"{name:12s} cpu {res.cpu_s:6.1f} s | rss +{res.rss_growth_mb:6.0f} MB | "
+                f"/healthz p50 {res.healthz_p50_ms:6.0f} ms max {res.healthz_max_ms:6.0f} ms | "
+                f"real request {res.real_status} in {res.real_ms:5.0f} ms | {res.seconds:4.1f} s | "
+                f"answers: {answers}",
+                flush=True,
+            )
+    finally:
+        srv.close()
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([{**r.__dict__, "answers": dict(r.answers)} for r in results], indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
