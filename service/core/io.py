@@ -147,10 +147,18 @@ def _cvt(src: npt.NDArray[np.uint8], code: int) -> U8:
     return np.asarray(cv2.cvtColor(src, code), dtype=np.uint8)
 
 
+#: Images up to this many pixels are copied out with ``np.asarray`` (fastest; the transient
+#: ``bytes`` copy is small); larger ones piece by piece (:func:`_pixels`).
+LEAN_ABOVE_PIXELS = 4_000_000
+
+
 def _pixels(im: Image.Image) -> npt.NDArray[np.generic]:
-    """The decoded pixels of ``im`` as a new writable array (PIL's shape and dtype), filled
-    from PIL's raw encoder piece by piece: no intermediate ``bytes`` copy of the image, unlike
-    ``np.asarray(im)`` (which joins ``tobytes()`` chunks)."""
+    """The decoded pixels of ``im`` as an array (PIL's shape and dtype).  Large images are
+    filled from PIL's raw encoder piece by piece into a new writable array: no intermediate
+    ``bytes`` copy of the whole image, unlike ``np.asarray(im)`` (which joins ``tobytes()``
+    chunks and may be read-only)."""
+    if im.size[0] * im.size[1] <= LEAN_ABOVE_PIXELS:
+        return np.asarray(im)
     shape, typestr = Image._conv_type_shape(im)
     out = np.empty(shape, dtype=np.dtype(typestr))
     flat = out.reshape(-1).view(np.uint8)
@@ -197,6 +205,8 @@ def _to_bgr(im: Image.Image) -> U8:
             high = 0 if big else 1
             gray = np.ascontiguousarray(a.view(np.uint8).reshape(*a.shape, 2)[..., high])
         else:  # 32-bit "I": clip in place, shift in place, narrow once
+            if not a.flags.writeable:
+                a = a.copy()
             np.clip(a, 0, 65535, out=a)
             np.right_shift(a, 8, out=a)
             gray = a.astype(np.uint8)
@@ -209,6 +219,8 @@ def _to_bgr(im: Image.Image) -> U8:
     if mode in ("RGBA", "RGBX", "RGBa"):
         return _cvt(np.asarray(a, dtype=np.uint8), cv2.COLOR_RGBA2BGR)
     rgb = np.asarray(a, dtype=np.uint8)
+    if not rgb.flags.writeable:  # a small image: a converted copy
+        return _cvt(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb)  # in place: no second copy
     return rgb
 
