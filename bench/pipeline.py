@@ -38,7 +38,7 @@ from service.core.transforms import (  # noqa: E402
     warp_crops,
 )
 from service.core.types import COCO_SIGMAS  # noqa: E402
-from service.runtime.detectors import YoloxDetector, letterbox  # noqa: E402
+from service.runtime.detectors import YoloxDetector  # noqa: E402
 from service.runtime.pose import CPU_MAX_BATCH, OnnxPoseModel  # noqa: E402
 from service.settings import DEFAULT_MODEL_DIR  # noqa: E402
 
@@ -57,7 +57,9 @@ def per_box_loop(
         c, s = boxes_to_center_scale(boxes[i : i + 1], spec.aspect_ratio, opts.box_padding)
         crop = warp_crops(image, c, s, spec.input_size, spec=spec)
         hm = pose.session.run([pose.output_name], {pose.input_name: crop})[0]
-        xy, sc = decode_heatmaps(hm, method=opts.decode, blur_kernel=opts.blur_kernel)
+        xy, sc = decode_heatmaps(
+            hm, method=opts.decode or "dark", blur_kernel=opts.blur_kernel or 11
+        )
         xy = heatmap_to_image(xy, c, s, spec.heatmap_size)
         kpts.append(np.concatenate([xy, sc[..., None]], axis=2)[0])
     if not kpts:
@@ -82,6 +84,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--providers", default="cpu", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument(
+        "--pose-model", default="pp_tinypose_256x192.onnx", help="pose model file (the default)"
+    )
     args = ap.parse_args()
 
     loaded = cv2.imread(str(args.image))
@@ -91,17 +96,17 @@ def main() -> int:
     image = np.asarray(loaded, dtype=np.uint8)
     kw = {"providers": args.providers, "intra_op_threads": args.threads}
     det = YoloxDetector(args.models / "yolox_nano_416.onnx", **kw)  # type: ignore[arg-type]
-    pose = OnnxPoseModel(args.models / "pose_simplepose_256x192.onnx", **kw)  # type: ignore[arg-type]
+    pose = OnnxPoseModel(args.models / args.pose_model, **kw)  # type: ignore[arg-type]
     pose_one_run = OnnxPoseModel(
-        args.models / "pose_simplepose_256x192.onnx",
+        args.models / args.pose_model,
         max_batch=0,
         **kw,  # type: ignore[arg-type]
     )
-    opts = PipelineOptions(decode="dark", flip=False)
-    pipe = Pipeline(det, pose, opts)
+    pipe = Pipeline(det, pose, PipelineOptions(decode="dark", flip=False))
+    opts = pipe.resolve_options()  # the blur kernel from the model card
 
     # the same inputs the pipeline feeds its models, for "inference alone"
-    blob, _ = letterbox(image, det.input_size)
+    blob, _ = det.preprocess(image)
     boxes, _ = pipe.detect(image, opts)
     n = int(boxes.shape[0])
     c, s = boxes_to_center_scale(boxes, pose.spec.aspect_ratio, opts.box_padding)
@@ -110,7 +115,7 @@ def main() -> int:
         print(f"warning: only {n} persons detected; the brief asks for >= 6", file=sys.stderr)
 
     def models_alone() -> None:
-        det.session.run(None, {det.input_name: blob})
+        det.run(blob)
         pose.infer(crops)
 
     def pose_per_crop() -> None:
