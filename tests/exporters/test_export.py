@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -256,3 +257,33 @@ def test_full_hrnet_w32_export_256x192(tmp_path: Path) -> None:
     assert model.spec.input_size == (192, 256) and model.spec.heatmap_size == (48, 64)
     out = model.infer(np.zeros((2, 3, 256, 192), np.float32))
     assert out.shape == (2, 17, 64, 48)
+
+
+def test_in_graph_decode_is_reported_and_other_decodes_refused(decoded_onnx: Path) -> None:
+    """An export with the decode in its graph serves with its card from the ONNX metadata; the
+    response says which decode ran, and asking for another one is a 422 (issue 12)."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.settings import Settings
+
+    model = OnnxPoseModel(decoded_onnx, providers="cpu")
+    assert model.card_source == "metadata" and model.card.codec is not None
+    assert model.card.codec.in_graph and model.card.outputs[0].layout == "keypoints"
+    settings = Settings(  # type: ignore[call-arg]
+        pose_models=[str(decoded_onnx)], providers="cpu", intra_op_threads=1, batching=False
+    )
+    jpeg = (IMAGES / "000000129648.jpg").read_bytes()
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ok = client.post("/pose", content=jpeg, headers={"Content-Type": "image/jpeg"})
+        assert ok.status_code == 200, ok.text
+        info = ok.json()["model"]
+        assert (info["decode"], info["blur_kernel"], info["decode_in_graph"]) == ("dark", 11, True)
+        bad = client.post(
+            "/pose?decode=argmax", content=jpeg, headers={"Content-Type": "image/jpeg"}
+        )
+        assert bad.status_code == 422
+        assert "decodes in its graph" in bad.text and "got 'argmax'" in bad.text
