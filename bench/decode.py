@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.core.codec import decode_heatmaps  # noqa: E402
+from service.core.codec import DECODERS, decode_heatmaps  # noqa: E402
 
 GOLDEN = ROOT.parent / "shared" / "golden" / "mmpose_decode_coco_mini_train.npz"
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw np.argmax": partial(flat.argmax, axis=1),
         "mmpose get_heatmap_maximum": partial(mmpose_get_heatmap_maximum, hm),
     }
-    for m in ("argmax", "standard", "dark"):
+    for m in DECODERS:  # the decoder table
         fns[f"decode_heatmaps({m})"] = partial(decode_heatmaps, hm, m, args.kernel)
     ts = interleaved(fns, args.repeat)
     ts["mmpose-style loop (dark)"] = interleaved(
