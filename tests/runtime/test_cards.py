@@ -197,3 +197,21 @@ def test_card_json_schema_is_available() -> None:
     schema = ModelCard.model_json_schema(by_alias=True)
     assert {"kind", "input", "outputs"} <= set(schema["required"])
     assert "codec" in schema["properties"] and "precision" in schema["properties"]
+
+
+def test_card_command_prints_the_resolved_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.cli import main
+
+    assert main(["card", str(MODELS / "picodet_s_416_pedestrian.onnx")]) == 0
+    out = capsys.readouterr()
+    card = parse_card(out.out, "stdout")
+    assert card.name == "picodet_s_416_pedestrian" and "card from shipped" in out.err
+    assert main(["card", "--schema"]) == 0
+    assert "ModelCard" in json.loads(capsys.readouterr().out)["title"]
+    path = _link(tmp_path, "anon.onnx", MODELS / "picodet_s_416_pedestrian.onnx")
+    assert main(["card", str(path)]) == 2
+    assert "expected a model card" in caplog.text
+    assert main(["card", str(MODELS / "yolox_nano_416.onnx"), "--kind", "pose"]) == 2
+    assert "expected a pose card, got a detector card" in caplog.text
