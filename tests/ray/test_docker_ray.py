@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
-from tests.docker.conftest import COMPOSE_FILE, DOCKERIGNORE, find_tool
+from tests.docker.conftest import COMPOSE_FILE, DOCKERIGNORE, TEST_GRAFANA_PASSWORD, find_tool
 
 DOCKERFILE = REPO / "docker" / "Dockerfile.ray"
 RAY_COMPOSE_FILE = REPO / "docker-compose.ray.yml"
@@ -77,7 +77,12 @@ def _compose(file: Path, *args: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "RAY_AUTH_TOKEN": "t0ken"},
+        # docker-compose.yml requires a Grafana password (tests/docker/conftest.py sets it there).
+        env={
+            **os.environ,
+            "RAY_AUTH_TOKEN": "t0ken",
+            "GRAFANA_ADMIN_PASSWORD": TEST_GRAFANA_PASSWORD,
+        },
     )
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
