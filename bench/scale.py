@@ -393,7 +393,7 @@ def main() -> int:
         "--haproxy",
         default=None,
         metavar="BINARY",
-        help="use Ray's experimental HAProxy ingress with this haproxy binary (1-node phases)",
+        help="Ray's experimental HAProxy ingress (this haproxy binary) instead of Serve's proxy",
     )
     ap.add_argument(
         "--ray-env",

@@ -18,7 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,17 +59,19 @@ def local_ray_cluster(
     cpus_per_node: int = 1,
     object_store_mb: int = 150,
     proxy_location: str = "EveryNode",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[LocalRay]:
     """``num_nodes`` × ``cpus_per_node`` Ray nodes on this machine (``object_store_mb`` MiB of
     object store each), Serve on a free port with a proxy on every node (``"EveryNode"``) or
-    on the head only (``"HeadOnly"``)."""
+    on the head only (``"HeadOnly"``); ``env``: more environment for every Ray process (e.g.
+    ``RAY_SERVE_ENABLE_HA_PROXY``), restored afterwards."""
     import ray
     from ray import serve
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     root = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**RAY_ENV, "HOME": root, "RAY_TMPDIR": os.path.join(root, "t")}
+    env = {**RAY_ENV, "HOME": root, "RAY_TMPDIR": os.path.join(root, "t"), **dict(env or {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     # Read once at import: when Ray was imported before this call, the env var alone is late.
