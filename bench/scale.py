@@ -183,9 +183,12 @@ def haproxy_env(binary: str) -> dict[str, str]:
     """Ray 2.60's (experimental) HAProxy ingress: HAProxy on each node forwards HTTP straight
     to the replicas' own HTTP servers instead of Serve's Python proxy; its files go to a
     private temp directory."""
+    import atexit
+    import shutil
     import tempfile
 
     root = tempfile.mkdtemp(prefix="hapx", dir="/tmp")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
