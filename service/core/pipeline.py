@@ -417,29 +417,35 @@ class Pipeline:
                 crops[key] = np.concatenate([batch, flip_batch(batch)]) if opts.flip else batch
         t2 = time.perf_counter()
         timings["crop"] = t2 - t1
-        outs = [
-            np.asarray(m.infer(crops[_preprocess_key(m.spec)]), np.float32)
-            for m in self.pose_models
-        ]
-        total = outs[0]
-        if len(outs) > 1:
+        outs = [m.infer(crops[_preprocess_key(m.spec)]) for m in self.pose_models]
+        outputs, flipped = self.combine_outputs(outs, n, opts.flip)
+        t3 = time.perf_counter()
+        timings["pose"] = t3 - t2
+        timings["total"] = t3 - t0
+        return PoseStage(b, s, centers, scales, outputs, flipped, size, timings, image_id)
+
+    def combine_outputs(
+        self, outs: Sequence[npt.ArrayLike], n: int, flip: bool
+    ) -> tuple[F32, F32 | None]:
+        """One raw output per pose model, each (N, ...) with N = 2n with ``flip`` (the mirrored
+        crops after the n plain ones), else n → the weighted ensemble split into (outputs
+        (n, ...), flipped (n, ...) or None), as :class:`PoseStage` holds them."""
+        arrays = [np.asarray(o, np.float32) for o in outs]
+        total = arrays[0]
+        if len(arrays) > 1:
             total = total * self.weights[0]
-        for out, weight in zip(outs[1:], self.weights[1:], strict=True):
+        for out, weight in zip(arrays[1:], self.weights[1:], strict=True):
             if out.shape != total.shape:
                 raise ModelError(
                     f"ensemble outputs: expected equal shapes, got {total.shape} and {out.shape}"
                 )
             total = total + out * weight
-        expect = 2 * n if opts.flip else n
+        expect = 2 * n if flip else n
         if total.shape[0] != expect:
             raise ModelError(
                 f"pose model output: expected {expect} results (one per crop), got {total.shape[0]}"
             )
-        outputs, flipped = (total[:n], total[n:]) if opts.flip else (total, None)
-        t3 = time.perf_counter()
-        timings["pose"] = t3 - t2
-        timings["total"] = t3 - t0
-        return PoseStage(b, s, centers, scales, outputs, flipped, size, timings, image_id)
+        return (total[:n], total[n:]) if flip else (total, None)
 
     def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> PoseResult:
         """Decode + postprocess a :class:`PoseStage`.  ``options.flip`` uses the flipped outputs

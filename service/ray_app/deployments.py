@@ -492,18 +492,9 @@ class PoseDeployment:
             x = normalize_crops(job.crops, m.spec)
             if opts.flip:
                 x = np.concatenate([x, flip_batch(x)])
-            outs.append(np.asarray(m.infer(x), np.float32))
-        total = outs[0]  # the ensemble average exactly as Pipeline.run_models computes it
-        for out in outs[1:]:
-            total = total + out
-        if len(outs) > 1:
-            total = total / np.float32(len(outs))
-        expect = 2 * n if opts.flip else n
-        if total.shape[0] != expect:
-            raise ModelError(
-                f"pose model output: expected {expect} results (one per crop), got {total.shape[0]}"
-            )
-        outputs, flipped = (total[:n], total[n:]) if opts.flip else (total, None)
+            outs.append(m.infer(x))
+        # the (weighted) ensemble exactly as Pipeline.run_models computes it
+        outputs, flipped = self._pipeline.combine_outputs(outs, n, opts.flip)
         timings = {"pose": time.perf_counter() - t0}
         stage = PoseStage(
             job.boxes,
