@@ -367,7 +367,8 @@ class Pipeline:
     def detect(
         self, image: npt.NDArray[np.uint8], options: PipelineOptions | None = None
     ) -> tuple[F32, F32]:
-        """Detector boxes (M, 4) xyxy and scores (M,), thresholded, at most ``max_persons``."""
+        """Detector boxes (M, 4) xyxy and scores (M,), thresholded (not yet capped at
+        ``max_persons``: :meth:`person_boxes`)."""
         opts = options or self.options
         if self.detector is None:
             raise InvalidParameter(
@@ -378,6 +379,26 @@ class Pipeline:
         s = np.asarray(det.scores, np.float32).reshape(-1)
         keep = s >= opts.det_score_threshold
         return b[keep], s[keep]
+
+    def person_boxes(
+        self,
+        image: npt.NDArray[np.uint8],
+        options: PipelineOptions | None = None,
+        boxes: npt.ArrayLike | None = None,
+        box_scores: npt.ArrayLike | None = None,
+    ) -> tuple[F32, F32]:
+        """The boxes the pose model gets: ``boxes`` (checked) or the detector's on ``image``
+        (H, W, 3) BGR uint8, the ``max_persons`` highest-scoring of them.  Boxes (M, 4) xyxy,
+        scores (M,)."""
+        opts = options or self.options
+        if boxes is None:
+            b, s = self.detect(image, opts)
+        else:
+            b, s = _check_boxes(boxes, box_scores, (int(image.shape[1]), int(image.shape[0])))
+        if b.shape[0] > opts.max_persons:
+            order = np.argsort(-s, kind="stable")[: opts.max_persons]
+            b, s = b[order], s[order]
+        return b, s
 
     def run_models(
         self,
@@ -394,13 +415,7 @@ class Pipeline:
         img = as_bgr_uint8(image)
         size = (int(img.shape[1]), int(img.shape[0]))
         timings = dict.fromkeys(STAGES, 0.0)
-        if boxes is None:
-            b, s = self.detect(img, opts)
-        else:
-            b, s = _check_boxes(boxes, box_scores, size)
-        if b.shape[0] > opts.max_persons:
-            order = np.argsort(-s, kind="stable")[: opts.max_persons]
-            b, s = b[order], s[order]
+        b, s = self.person_boxes(img, opts, boxes, box_scores)
         t1 = time.perf_counter()
         timings["detect"] = t1 - t0
         centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)

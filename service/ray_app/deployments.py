@@ -626,10 +626,7 @@ class SplitPipeline(Pipeline):
         img = as_bgr_uint8(image)
         size = (int(img.shape[1]), int(img.shape[0]))
         timings = dict.fromkeys(STAGES, 0.0)
-        b, s = self.detect(img, opts)
-        if b.shape[0] > opts.max_persons:
-            order = np.argsort(-s, kind="stable")[: opts.max_persons]
-            b, s = b[order], s[order]
+        b, s = self.person_boxes(img, opts)
         t1 = time.perf_counter()
         timings["detect"] = t1 - t0
         if b.shape[0] == 0:
