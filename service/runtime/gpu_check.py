@@ -19,7 +19,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 _IMAGE_RE = re.compile(r"^(?:[\w.\-/]+/)?cuda:(\d+\.\d+(?:\.\d+)?)-")
@@ -57,12 +56,6 @@ def compatible(built: str, runtime: str) -> str | None:
     return None
 
 
-def provider_library() -> Path:
-    import onnxruntime as ort
-
-    return Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-
-
 def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
     """Compare the installed onnxruntime's CUDA with ``runtime_cuda``; the one-line summary,
     or :class:`CudaMismatch`."""
@@ -81,9 +74,9 @@ def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
         raise CudaMismatch(f"onnxruntime {ort.__version__}: {why}")
     summary = f"onnxruntime {ort.__version__} built for CUDA {built}, image CUDA {runtime_cuda}"
     if load_libraries:
-        from service.runtime.onnx import load_cuda_provider_library
+        from service.runtime.onnx import cuda_provider_library, load_cuda_provider_library
 
-        lib = provider_library()
+        lib = cuda_provider_library()
         try:
             load_cuda_provider_library(lib)
         except OSError as exc:

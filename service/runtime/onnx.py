@@ -69,7 +69,7 @@ def cuda_diagnosis() -> str:
     ]
     if runtime:
         parts.append(f"CUDA runtime {runtime} in this image")
-    provider_lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    provider_lib = cuda_provider_library()
     if built and provider_lib.is_file():
         try:  # the dynamic loader names the first missing library
             load_cuda_provider_library(provider_lib)
@@ -82,6 +82,11 @@ def cuda_diagnosis() -> str:
     else:
         parts.append("install the [gpu] extra (onnxruntime-gpu) for CUDA")
     return "; ".join(parts)
+
+
+def cuda_provider_library() -> Path:
+    """Where onnxruntime keeps its CUDA provider library (present in onnxruntime-gpu only)."""
+    return Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
 
 
 def load_cuda_provider_library(provider_lib: Path) -> None:
