@@ -185,7 +185,6 @@ class PoseEstimator:
     ) -> tuple[U8, str | None]:
         """``image`` (any accepted kind) → (BGR uint8 (H, W, 3), file name or None)."""
         limits = self.settings.image_limits
-        limits["min_side"] = 1  # smaller than min_image_side: a valid image, no persons
         if isinstance(image, str | os.PathLike):
             if channel_order is not None:
                 raise InvalidParameter(

@@ -365,12 +365,14 @@ class Settings(BaseSettings):
 
     @property
     def image_limits(self) -> ImageLimits:
-        """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``."""
+        """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``
+        (a fresh dict).  ``min_side`` is 1: a valid image with a side under ``min_image_side``
+        decodes, and its callers answer it with no persons rather than refuse it."""
         return {
             "max_bytes": self.max_image_bytes,
             "max_pixels": self.max_image_pixels,
             "max_side": self.max_image_side,
-            "min_side": self.min_image_side,
+            "min_side": 1,
             "max_jpeg_scans": self.max_jpeg_scans,
             "max_png_chunks": self.max_png_chunks,
         }

@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         image_id = image_id_for(path, index)
         try:
             limits = settings.image_limits
-            limits["min_side"] = 1  # smaller than min_image_side: a valid image, no persons
             image = read_image_file(path, **limits, exif_orientation=args.exif_orientation == "on")
             if min(image.shape[:2]) < settings.min_image_side:
                 logger.info("%s: %dx%d, too small for a person", path.name, *image.shape[1::-1])

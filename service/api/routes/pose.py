@@ -210,10 +210,8 @@ def run_pose(
     try:
         check()
         t0 = time.perf_counter()
-        limits = s.image_limits  # a fresh dict
-        limits["min_side"] = 1  # smaller than min_image_side: a valid image with no persons
         image = decode_image(
-            data, **limits, exif_orientation=query.exif_orientation, on_header=admit
+            data, **s.image_limits, exif_orientation=query.exif_orientation, on_header=admit
         )
         decode_s = time.perf_counter() - t0
         check()
