@@ -21,7 +21,6 @@ All numbers are measured in one run on this machine; compare ratios, not absolut
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.load import client_loop as load_client_loop  # noqa: E402
 from bench.load import load_images, start_server, stop_server  # noqa: E402
 
 GREEDY_KEY = "bench-greedy-key-0123456789"
@@ -50,36 +50,10 @@ def client_loop(
     backoff_s: float,
     out: dict[str, Any],
 ) -> None:
-    """POST images back to back on one keep-alive connection until ``stop_at``."""
-    lat: list[float] = []
-    refused = 0
-    errors: dict[str, int] = {}
-    headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    i = offset
-    while time.perf_counter() < stop_at:
-        data = images[i % len(images)]
-        i += 1
-        t0 = time.perf_counter()
-        try:
-            conn.request("POST", "/pose", body=data, headers=headers)
-            r = conn.getresponse()
-            r.read()
-            status = r.status
-        except (OSError, http.client.HTTPException) as exc:
-            status = -1
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        if status == 200:
-            lat.append(time.perf_counter() - t0)
-        elif status == 429:
-            refused += 1
-            time.sleep(backoff_s)
-        elif status != -1:
-            errors[str(status)] = errors.get(str(status), 0) + 1
-    conn.close()
-    out.update(lat=lat, refused=refused, errors=errors)
+    """:func:`bench.load.client_loop` with ``key``; a 429 waits ``backoff_s`` and retries."""
+    load_client_loop(
+        port, images, stop_at, offset, out, key=key, backoff_429_s=backoff_s, timeout_s=120.0
+    )
 
 
 def run_phase(

@@ -171,18 +171,36 @@ def start_server(
 
 
 def client_loop(
-    port: int, images: list[bytes], stop_at: float, offset: int, out: dict[str, Any]
+    port: int,
+    images: list[bytes],
+    stop_at: float,
+    offset: int,
+    out: dict[str, Any],
+    *,
+    key: str | None = None,
+    backoff_429_s: float | None = None,
+    timeout_s: float = 60.0,
 ) -> None:
+    """POST images back to back on one keep-alive connection until ``stop_at``.
+
+    ``out`` gets ``lat`` (seconds of each 200), ``errors`` (count per status or exception) and
+    ``refused`` (429s).  ``key``: sent as ``Authorization: Bearer``.  ``backoff_429_s``: a 429
+    is a refusal, followed by that many seconds of waiting (None: an error like any status).
+    """
     lat: list[float] = []
+    refused = 0
     errors: dict[str, int] = {}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "image/jpeg"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     i = offset
     while time.perf_counter() < stop_at:
         data = images[i % len(images)]
         i += 1
         t0 = time.perf_counter()
         try:
-            conn.request("POST", "/pose", body=data, headers={"Content-Type": "image/jpeg"})
+            conn.request("POST", "/pose", body=data, headers=headers)
             r = conn.getresponse()
             r.read()
             status = r.status
@@ -190,14 +208,16 @@ def client_loop(
             status = -1
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
         if status == 200:
             lat.append(time.perf_counter() - t0)
+        elif status == 429 and backoff_429_s is not None:
+            refused += 1
+            time.sleep(backoff_429_s)
         elif status != -1:
             errors[str(status)] = errors.get(str(status), 0) + 1
     conn.close()
-    out["lat"] = lat
-    out["errors"] = errors
+    out.update(lat=lat, refused=refused, errors=errors)
 
 
 def metric_mean(text: str, name: str) -> float:
