@@ -156,18 +156,28 @@ def start_server(
         cwd=REPO,
         env=env,
     )
-    deadline = time.monotonic() + 120
+    try:
+        wait_ready(port, 120.0, proc)
+    except SystemExit:
+        proc.kill()
+        raise
+    return proc, port
+
+
+def wait_ready(port: int, seconds: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``GET /readyz`` on 127.0.0.1:``port`` until 200; SystemExit after ``seconds`` or
+    when ``proc`` (the server, if started here) exits."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
             if get(port, "/readyz")[0] == 200:
-                return proc, port
+                return
         except OSError:
             pass
         time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server not ready within 120 s")
+    raise SystemExit(f"server on port {port} not ready within {seconds:g} s")
 
 
 def client_loop(
@@ -249,6 +259,23 @@ def run_clients(port: int, images: list[bytes], stop: float, results: list[dict[
         t.join()
 
 
+def summarize(results: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    """The :func:`client_loop` outputs of one run of ``elapsed`` seconds → ``ok`` (200s),
+    ``images_per_s``, ``p50_ms``, ``p99_ms`` (NaN without a 200) and ``errors`` (summed kinds)."""
+    lat = np.array([x for r in results for x in r["lat"]], np.float64)
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "ok": int(lat.size),
+        "images_per_s": lat.size / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+        "errors": errors,
+    }
+
+
 def run_mode(
     batching: bool, images: list[bytes], clients: int, duration: float, warmup: float, threads: int
 ) -> dict[str, Any]:
@@ -270,19 +297,16 @@ def run_mode(
         _, after = get(port, "/metrics")
     finally:
         stop_server(proc)
-    lat = np.array([x for r in results for x in r["lat"]], np.float64)
-    errors: dict[str, int] = {}
-    for r in results:
-        for k, v in r["errors"].items():
-            errors[k] = errors.get(k, 0) + v
+    summary = summarize(results, elapsed)
+    errors = summary["errors"]
     after_text = after.decode()
     return {
         "batching": batching,
-        "ok": int(lat.size),
-        "images_per_s": lat.size / elapsed,
-        "cpu_ms_per_image": 1000 * (cpu1 - cpu0) / max(int(lat.size), 1),
-        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
-        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+        "ok": summary["ok"],
+        "images_per_s": summary["images_per_s"],
+        "cpu_ms_per_image": 1000 * (cpu1 - cpu0) / max(summary["ok"], 1),
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "rss_start_mb": rss0,

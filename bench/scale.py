@@ -57,7 +57,14 @@ sys.path.insert(0, str(BENCH))
 # Before Ray is imported anywhere: keep every Ray address on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from load import get, load_images, run_clients, start_server, stop_server  # noqa: E402
+from load import (  # noqa: E402
+    load_images,
+    run_clients,
+    start_server,
+    stop_server,
+    summarize,
+    wait_ready,
+)
 
 logger = logging.getLogger("bench.scale")
 
@@ -117,35 +124,11 @@ def pinned(cores: list[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def wait_ready(port: int, seconds: float = 180.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if get(port, "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"application on port {port} not ready within {seconds:g} s")
-
-
 def load(port: int, images: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
     results: list[dict[str, Any]] = [{} for _ in range(clients)]
     t0 = time.perf_counter()
     run_clients(port, images, t0 + seconds, results)
-    elapsed = time.perf_counter() - t0
-    lat = np.array([x for r in results for x in r["lat"]], np.float64)
-    errors: dict[str, int] = {}
-    for r in results:
-        for k, v in r["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-    return {
-        "ok": int(lat.size),
-        "images_per_s": lat.size / elapsed,
-        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
-        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
-        "errors": errors,
-    }
+    return summarize(results, time.perf_counter() - t0)
 
 
 def sequential(port: int, images: list[bytes], n: int) -> float:
@@ -338,7 +321,7 @@ def run_ray(
                 measure_bytes=True,
             )
             serve.run(app, name=APP_NAME, route_prefix="/")
-            wait_ready(lr.port)
+            wait_ready(lr.port, 180.0)
             res = measure(lr.port, images, args)
             res["startup_s"] = time.perf_counter() - t0
             res["bytes"] = boundary_bytes()
