@@ -825,7 +825,8 @@ def warn_if_open(settings: Settings, host: str) -> bool:
     when starting to listen).  True when it warned."""
     if is_loopback(host):
         return False
-    if settings.api_keys.get_secret_value().strip() or settings.api_keys_file is not None:
+    # the test KeyStore.enabled makes: "," is no key, a key file (even empty) is keys
+    if parse_key_list(settings.api_keys.get_secret_value()) or settings.api_keys_file is not None:
         return False
     logger.warning(
         "listening on %s without API keys: anyone who can reach the port can use POST /pose; "

@@ -24,6 +24,7 @@ from service.api.access import (
     parse_key_list,
     parse_networks,
     presented_keys,
+    warn_if_open,
 )
 from tests.api.conftest import api_settings
 
@@ -358,3 +359,22 @@ def test_openapi_documents_keys_and_limits(
     for path in ("/healthz", "/readyz", "/metrics"):
         op = schema["paths"][path]["get"]
         assert "security" not in op and not {"401", "429"} & set(op["responses"])
+
+
+@pytest.mark.parametrize(
+    ("host", "overrides", "warns"),
+    [
+        ("0.0.0.0", {}, True),
+        ("0.0.0.0", {"api_keys": SecretStr(" , ")}, True),  # no key at all: open
+        ("0.0.0.0", {"api_keys": SecretStr("k-0123456789abcdef")}, False),
+        ("127.0.0.1", {}, False),
+    ],
+)
+def test_warns_when_listening_beyond_loopback_without_keys(
+    host: str, overrides: dict[str, object], warns: bool
+) -> None:
+    s = api_settings(**overrides)
+    assert warn_if_open(s, host) is warns
+    if not is_loopback(host):  # the warning and the middleware agree on "no keys"
+        policy = AccessPolicy.from_settings(s)
+        assert (policy is not None and policy.keys.enabled) is not warns
