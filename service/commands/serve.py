@@ -29,10 +29,8 @@ EXIT_LOAD_FAILED = 2
 
 def _default(name: str) -> object:
     """The built-in default of a :class:`~service.settings.Settings` field (no environment)."""
-    from service.settings import Settings, find_model_dir
+    from service.settings import Settings
 
-    if name == "model_dir":
-        return find_model_dir()
     field = Settings.model_fields[name]
     if field.default_factory is not None:
         return field.default_factory()  # type: ignore[call-arg]
