@@ -15,6 +15,7 @@ from tests.api.conftest import CROWD_IMAGE
 from tests.conftest import MODELS
 
 pytest.importorskip("ray.serve", reason="needs the optional `ray` extra (ray[serve])")
+pytestmark = pytest.mark.ray
 
 #: A weighted ensemble of the two shipped pose models (same input size).
 WEIGHTED = {
