@@ -147,6 +147,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_env(port: int, **env: str) -> dict[str, str]:
+    """The environment of a test ``darkpose serve``: shared models, CPU, one thread each,
+    127.0.0.1:``port``; ``env`` on top."""
+    return {
+        **os.environ,
+        "DARKPOSE_MODEL_DIR": str(MODELS),
+        "DARKPOSE_PROVIDERS": "cpu",
+        "DARKPOSE_INTRA_OP_THREADS": "1",
+        "DARKPOSE_INTER_OP_THREADS": "1",
+        "DARKPOSE_HOST": "127.0.0.1",
+        "DARKPOSE_PORT": str(port),
+        **env,
+    }
+
+
 class ServerProcess:
     """``python -m service.cli serve`` on 127.0.0.1:<free port>."""
 
@@ -160,16 +175,7 @@ class ServerProcess:
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "DARKPOSE_MODEL_DIR": str(MODELS),
-            "DARKPOSE_PROVIDERS": "cpu",
-            "DARKPOSE_INTRA_OP_THREADS": "1",
-            "DARKPOSE_INTER_OP_THREADS": "1",
-            "DARKPOSE_HOST": "127.0.0.1",
-            "DARKPOSE_PORT": str(self.port),
-            **(env or {}),
-        }
+        full_env = serve_env(self.port, **(env or {}))
         self.log_path = log
         self._log = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -181,18 +187,28 @@ class ServerProcess:
             preexec_fn=preexec_fn,
         )
 
+    def log_text(self) -> str:
+        """What the server logged so far (empty without ``log``)."""
+        return self.log_path.read_text(errors="replace") if self.log_path is not None else ""
+
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"expected a running server, got exit code {self.proc.returncode}")
+                pytest.fail(
+                    f"expected a running server, got exit code {self.proc.returncode}\n"
+                    f"{self.log_text()}"
+                )
             try:
                 if httpx.get(self.base + "/readyz", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        pytest.fail(f"expected the server ready within {timeout} s, got no 200 from /readyz")
+        pytest.fail(
+            f"expected the server ready within {timeout} s, got no 200 from /readyz\n"
+            f"{self.log_text()}"
+        )
 
     def terminate(self) -> int:
         if self.proc.poll() is None:

@@ -9,11 +9,9 @@ startup log, ``/v1/models`` and ``darkpose_model_info{providers}``.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,32 +20,16 @@ import onnxruntime as ort
 import pytest
 
 from service.commands.serve import EXIT_LOAD_FAILED
-from tests.api.conftest import free_port
-from tests.conftest import MODELS, POSE_ONNX, REPO
+from tests.api.conftest import ServerProcess, free_port, serve_env
+from tests.conftest import POSE_ONNX, REPO
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def serve_env(port: int, **env: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "DARKPOSE_MODEL_DIR": str(MODELS),
-        "DARKPOSE_PROVIDERS": "cpu",
-        "DARKPOSE_INTRA_OP_THREADS": "1",
-        "DARKPOSE_INTER_OP_THREADS": "1",
-        "DARKPOSE_HOST": "127.0.0.1",
-        "DARKPOSE_PORT": str(port),
-        **env,
-    }
-
-
-def serve_until_exit(
-    env: dict[str, str], python: str = sys.executable
-) -> subprocess.CompletedProcess[str]:
+def serve_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``darkpose serve`` that is expected to end by itself (a 90 s limit only against hangs)."""
     return subprocess.run(
-        [python, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "service.cli", "serve"],
         cwd=REPO,
         env=serve_env(free_port(), **env),
         capture_output=True,
@@ -103,34 +85,16 @@ def test_cuda_without_a_cuda_provider_ends_serve() -> None:
 
 
 def test_auto_serves_on_cpu_with_one_warning(tmp_path: Path) -> None:
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--log-level", "INFO", "serve"],
-            cwd=REPO,
-            env=serve_env(port, DARKPOSE_PROVIDERS="auto"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while True:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            models = httpx.get(base + "/v1/models", timeout=5).json()
-            metrics = httpx.get(base + "/metrics", timeout=5).text
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            returncode = proc.wait(30)
-    text = log.read_text()
+    server = ServerProcess(
+        {"DARKPOSE_PROVIDERS": "auto"}, log=tmp_path / "serve.log", log_level="INFO"
+    )
+    try:
+        server.wait_ready(90)
+        models = httpx.get(server.base + "/v1/models", timeout=5).json()
+        metrics = httpx.get(server.base + "/metrics", timeout=5).text
+    finally:
+        returncode = server.terminate()
+    text = server.log_text()
     assert returncode in (0, -signal.SIGTERM), text  # uvicorn re-raises SIGTERM after draining
     used = "CUDAExecutionProvider" if HAS_CUDA else "CPUExecutionProvider"
     assert models["providers"].split(",")[0] == used, models
