@@ -101,7 +101,10 @@ class Poses:
         overlay = draw_poses(self.image, self.persons, keypoint_threshold=keypoint_threshold)
         if path is not None:
             p = Path(path)
-            ok, enc = cv2.imencode(p.suffix or ".png", overlay)
+            try:
+                ok, enc = cv2.imencode(p.suffix or ".png", overlay)
+            except cv2.error:  # no encoder for the suffix
+                ok = False
             if not ok:
                 raise InvalidParameter(
                     f"draw path: expected a suffix OpenCV can write (.png, .jpg), got {p.name}"

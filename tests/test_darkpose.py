@@ -79,6 +79,14 @@ def test_results_to_coco_and_draw(estimator: PoseEstimator, tmp_path: Path) -> N
     assert poses[0] is poses.persons[0] and list(poses) == poses.persons
 
 
+@pytest.mark.parametrize("name", ["overlay.txt", "overlay.notanimage"])
+def test_draw_to_a_path_without_an_image_suffix_is_a_typed_error(tmp_path: Path, name: str) -> None:
+    poses = Poses(persons=[], image=np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(InvalidParameter, match="expected a suffix OpenCV can write"):
+        poses.draw(tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
 def test_per_call_options(estimator: PoseEstimator) -> None:
     assert len(estimator(PHOTO, max_persons=1)) == 1
     with pytest.raises(InvalidParameter, match="got decoder"):
