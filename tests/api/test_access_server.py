@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from service.api.access import key_id
-from tests.api.conftest import CROWD_IMAGE, ServerProcess
+from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
 
 pytestmark = pytest.mark.slow
 
@@ -47,28 +47,6 @@ def _auth(name: str, how: str = "bearer") -> dict[str, str]:
     return {"X-API-Key": KEYS[name]}
 
 
-def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.match(r"HTTP/1\.1 (\d{3})", lines[0])
-    if m is None:
-        raise AssertionError(f"expected an HTTP/1.1 status line, got {lines[0]!r}")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    want = int(headers.get("content-length", "0"))
-    while len(body) < want:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(m.group(1)), headers, body
-
-
 def _open_upload(
     port: int, headers: dict[str, str], *, source: str = "127.0.0.1", length: int = 500_000
 ) -> socket.socket:
@@ -92,7 +70,7 @@ def _headers_only(
     body is read can answer (otherwise the server waits for the body and this times out)."""
     s = _open_upload(port, {**headers, "Connection": "close"}, source=source)
     try:
-        return _read_response(s)
+        return read_response(s)
     finally:
         s.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import CROWD_IMAGE, ServerProcess
+from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +32,6 @@ def _connect(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     s.settimeout(60)
     return s
-
-
-def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.match(r"HTTP/1\.1 (\d{3})", lines[0])
-    if m is None:
-        raise AssertionError(f"expected an HTTP/1.1 status line, got {lines[0]!r}")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    return int(m.group(1)), headers, body
 
 
 def _inflight(base: str) -> float:
@@ -98,7 +82,7 @@ def test_slow_upload_within_the_timeout_succeeds(srv: ServerProcess) -> None:
         for i in range(0, len(JPEG), step):
             s.sendall(JPEG[i : i + step])
             time.sleep(0.05)
-        status, headers, body = _read_response(s)
+        status, headers, body = read_response(s)
     finally:
         s.close()
     assert status == 200, body[:300]
@@ -110,7 +94,7 @@ def test_stalled_upload_gets_408_then_server_serves(srv: ServerProcess) -> None:
     s = _connect(srv.port)
     try:
         s.sendall(_headers(srv.port, len(JPEG)) + JPEG[:1000])
-        status, _, body = _read_response(s)  # server gives up after request_timeout_s = 2
+        status, _, body = read_response(s)  # server gives up after request_timeout_s = 2
     finally:
         s.close()
     assert status == 408
@@ -122,7 +106,7 @@ def test_content_length_over_the_limit_is_refused_before_reading(srv: ServerProc
     s = _connect(srv.port)
     try:
         s.sendall(_headers(srv.port, 10**9))  # declares 1 GB, sends nothing
-        status, headers, body = _read_response(s)
+        status, headers, body = read_response(s)
     finally:
         s.close()
     assert status == 413
@@ -161,7 +145,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
         statuses = []
         for s in socks:
             s.sendall(JPEG[half:])
-            status, _, body = _read_response(s)
+            status, _, body = read_response(s)
             statuses.append(status)
             assert json.loads(body)["persons"]
         assert statuses == [200, 200, 200]
