@@ -63,9 +63,7 @@ def reject_unknown_query(request: Request) -> None:
     unknown = sorted({k for k in request.query_params if k not in known})
     if unknown:
         names = ", ".join(repr(k[:40]) for k in unknown[:5])
-        expected = ", ".join(sorted(known)) if known else "no query parameters"
+        expected = f"one of {', '.join(sorted(known))}" if known else "no query parameters"
         raise InvalidParameter(
-            f"query parameter {names}: expected one of {expected}, got an unknown parameter"
-            if known
-            else f"query parameter {names}: expected {expected}, got an unknown parameter"
+            f"query parameter {names}: expected {expected}, got an unknown parameter"
         )
