@@ -52,7 +52,9 @@ from service.api.errors import error_response, request_id_of
 from service.core.errors import DarkPoseError
 from service.settings import Settings
 
-logger = logging.getLogger(__name__)
+#: Not ``__name__``: ``service.api.access`` is the per-request log line's logger
+#: (:class:`~service.api.errors.RequestContextMiddleware`, README "Logs").
+logger = logging.getLogger("service.api.access_control")
 
 #: Paths that never need a key and never count against a client (probes).
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})

@@ -324,9 +324,11 @@ def test_settings_keep_keys_out_of_their_repr() -> None:
 def test_short_keys_are_accepted_with_a_warning_naming_their_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="service.api.access"):
+    with caplog.at_level("WARNING", logger="service.api.access_control"):
         store = KeyStore(["short-key", "a-long-enough-random-key-0123"])
     assert store.lookup(b"short-key") == key_id("short-key")
+    # not on service.api.access: that logger carries the per-request lines
+    assert {r.name for r in caplog.records} == {"service.api.access_control"}
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and key_id("short-key") in warned[0]
     assert "short-key" not in warned[0] and key_id("a-long-enough-random-key-0123") not in warned[0]
