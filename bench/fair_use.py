@@ -29,13 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.load import client_loop as load_client_loop  # noqa: E402
-from bench.load import load_images, start_server, stop_server  # noqa: E402
+from bench.load import load_images, start_server, stop_server, summarize  # noqa: E402
 
 GREEDY_KEY = "bench-greedy-key-0123456789"
 POLITE_KEY = "bench-polite-key-9876543210"
@@ -77,19 +75,18 @@ def run_phase(
     polite_elapsed = time.perf_counter() - t0
     for t in threads:
         t.join()
-    lat = np.asarray(polite["lat"], np.float64)
-    g_ok = sum(len(o["lat"]) for o in greedy_out)
+    pol, gre = summarize([polite], polite_elapsed), summarize(greedy_out, duration)
     return {
-        "polite_ok": int(lat.size),
-        "polite_images_per_s": lat.size / polite_elapsed,
-        "polite_p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
-        "polite_p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+        "polite_ok": pol["ok"],
+        "polite_images_per_s": pol["images_per_s"],
+        "polite_p50_ms": pol["p50_ms"],
+        "polite_p99_ms": pol["p99_ms"],
         "polite_refused": polite["refused"],
-        "polite_errors": polite["errors"],
-        "greedy_ok": g_ok,
-        "greedy_images_per_s": g_ok / duration,
+        "polite_errors": pol["errors"],
+        "greedy_ok": gre["ok"],
+        "greedy_images_per_s": gre["images_per_s"],
         "greedy_refused": sum(o["refused"] for o in greedy_out),
-        "greedy_errors": sum(sum(o["errors"].values()) for o in greedy_out),
+        "greedy_errors": sum(gre["errors"].values()),
     }
 
 
