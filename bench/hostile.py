@@ -238,13 +238,13 @@ def attack_abandon(srv: Server, res: Result) -> None:
 
 
 def attack_memory(srv: Server, res: Result) -> None:
-    """4 × 16-bit grey PNG 6000², 4 × lossless WebP 6000², 16 photos with max_persons=100,
+    """2 × 16-bit grey PNG 6000², 2 × lossless WebP 6000², 16 photos with max_persons=100,
     score_threshold=0, flip=true, all at once."""
     png16 = hp.png16_gray(6000)
     webp = hp.webp_lossless(6000)
     photo = PHOTO.read_bytes()
     q = "?max_persons=100&score_threshold=0&flip=true"
-    payloads = [(png16, "image/png", "")] * 4 + [(webp, "image/webp", "")] * 4
+    payloads = [(png16, "image/png", "")] * 2 + [(webp, "image/webp", "")] * 2
     payloads += [(photo, "image/jpeg", q)] * 16
     post_many(srv, payloads, res.answers)
 

@@ -205,10 +205,13 @@ class ServiceState:
             with self._lock:
                 self._uploads -= 1
 
-    def check_queue_room(self, crops: int) -> None:
+    def check_queue_room(self, pipeline: Pipeline, crops: int) -> None:
         """Refuse (``Overloaded``) before any work when a pose batcher's queue holds crops and
-        cannot take ``crops`` more (the batcher would refuse them only after detection)."""
-        for b in self.batchers:
+        cannot take ``crops`` more (the batcher would refuse them only after detection).  The
+        batchers are the pipeline's :class:`MicroBatcher` pose models (built or injected)."""
+        for b in _pose_models_of(pipeline):
+            if not isinstance(b, MicroBatcher):
+                continue
             pending = b.pending
             if pending > 0 and pending + crops > b.queue_size:
                 raise Overloaded(

@@ -413,3 +413,44 @@ def test_descriptor_limit_causes_no_accept_error_storm(tmp_path: Path) -> None:
     text = log.read_text(errors="replace")
     # at most one accept error per 10 s gets through (bursts may still hit the limit)
     assert text.count("out of system resource") <= 2, text[-2000:]
+
+
+def test_full_pose_queue_is_refused_before_detection() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.api.batching import MicroBatcher
+    from service.core.pipeline import Pipeline
+    from service.runtime.factory import build_detector
+    from tests.api.conftest import api_settings, wait_ready
+    from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel
+
+    gate = threading.Event()
+    model = TinyOnnxPoseModel(gate=gate)
+    batcher = MicroBatcher(model, max_batch=2, max_wait_ms=0.0, queue_size=4)
+    settings = api_settings(warmup=False)
+    app = create_app(settings, pipeline=Pipeline(build_detector(settings), batcher))
+    crops = np.zeros((2, 3, TINY_IN[1], TINY_IN[0]), np.float32)
+    pool = ThreadPoolExecutor(max_workers=3)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            wait_ready(client)
+            pool.submit(batcher.infer, crops)  # held by the batcher thread (gate closed)
+            assert model.entered.wait(5.0)
+            for _ in range(2):
+                pool.submit(batcher.infer, crops)
+            deadline = time.monotonic() + 5
+            while batcher.pending < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert batcher.pending == 4
+            r = client.post("/pose", content=JPEG, headers={"Content-Type": "image/jpeg"})
+            _error(r, 503, "overloaded", "up to")  # the early check, not the batcher's own
+            metrics = client.get("/metrics").text
+            assert not re.search(r'darkpose_stage_seconds_count\{stage="detect"\} [1-9]', metrics)
+    finally:
+        gate.set()
+        batcher.close()
+        pool.shutdown()

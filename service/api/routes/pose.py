@@ -222,7 +222,7 @@ def run_pose(
         if min(h, w) < s.min_image_side:
             result = PoseResult([], (int(w), int(h)), {})
         else:
-            state.check_queue_room(crops)
+            state.check_queue_room(pipeline, crops)
             result = pipeline(image, options=options)
         total_s = time.perf_counter() - t0
         timings = {**result.timings, "image_decode": decode_s, "total": total_s}
