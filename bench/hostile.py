@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -219,37 +220,41 @@ def post_many(srv: Server, payloads: list[tuple[bytes, str, str]], answers: Coun
 
 
 # --- the attacks ----------------------------------------------------------------------------------
-def attack_bomb(srv: Server, res: Result) -> None:
+Payloads = dict[str, Any]
+
+
+def attack_bomb(srv: Server, res: Result, p: Payloads) -> None:
     """8 progressive JPEGs of ~60 KB declaring 4096² with 1000 scans each."""
-    bomb = hp.jpeg_scan_bomb(4096, 1000)
-    post_many(srv, [(bomb, "image/jpeg", "")] * 8, res.answers)
+    post_many(srv, [(p["bomb"], "image/jpeg", "")] * 8, res.answers)
 
 
-def attack_abandon(srv: Server, res: Result) -> None:
-    """4 clients send a costly valid JPEG (4096², 100 scans) and leave at once."""
-    slow = hp.jpeg_scan_bomb(4096, 100)
+def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
+    """4 clients send a costly valid JPEG (4096², 100 scans, ~1 s to decode), wait 0.5 s (the
+    work has started) and leave; then 4 s more."""
+    slow = p["slow"]
+    socks = []
     for _ in range(4):
         s = connect(srv)
         s.sendall(head(srv, len(slow)) + slow)
-        time.sleep(0.05)
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
         s.close()
         res.answers["abandoned"] += 1
     time.sleep(4.0)
 
 
-def attack_memory(srv: Server, res: Result) -> None:
+def attack_memory(srv: Server, res: Result, p: Payloads) -> None:
     """2 × 16-bit grey PNG 6000², 2 × lossless WebP 6000², 16 photos with max_persons=100,
     score_threshold=0, flip=true, all at once."""
-    png16 = hp.png16_gray(6000)
-    webp = hp.webp_lossless(6000)
-    photo = PHOTO.read_bytes()
+    png16, webp, photo = p["png16"], p["webp"], p["photo"]
     q = "?max_persons=100&score_threshold=0&flip=true"
     payloads = [(png16, "image/png", "")] * 2 + [(webp, "image/webp", "")] * 2
     payloads += [(photo, "image/jpeg", q)] * 16
     post_many(srv, payloads, res.answers)
 
 
-def attack_slow_upload(srv: Server, res: Result) -> None:
+def attack_slow_upload(srv: Server, res: Result, p: Payloads) -> None:
     """64 connections send headers and 2 body bytes, then wait 6 s."""
     photo = PHOTO.read_bytes()
     socks = []
@@ -263,10 +268,10 @@ def attack_slow_upload(srv: Server, res: Result) -> None:
     res.answers["held"] += len(socks)
 
 
-def attack_slow_reader(srv: Server, res: Result) -> None:
+def attack_slow_reader(srv: Server, res: Result, p: Payloads) -> None:
     """10 clients ask render=true&render_format=png for a 2.5 MB noisy JPEG and read nothing
     for 8 s."""
-    noisy = hp.noisy_jpeg(2400, 1600)
+    noisy = p["noisy"]
     socks = []
     for _ in range(10):
         s = connect(srv, rcvbuf=4096)
@@ -278,13 +283,13 @@ def attack_slow_reader(srv: Server, res: Result) -> None:
         s.close()
 
 
-def attack_multipart(srv: Server, res: Result) -> None:
+def attack_multipart(srv: Server, res: Result, p: Payloads) -> None:
     """8 multipart uploads of 19 MB of near-boundary bytes at once."""
-    body, ctype = hp.near_boundary_multipart(19 * 1024 * 1024)
+    body, ctype = p["multipart"]
     post_many(srv, [(body, ctype, "")] * 8, res.answers)
 
 
-def attack_chunks(srv: Server, res: Result) -> None:
+def attack_chunks(srv: Server, res: Result, p: Payloads) -> None:
     """4 clients upload in 1-byte chunks for 6 s."""
     stop = time.monotonic() + 6.0
 
@@ -308,7 +313,7 @@ def attack_chunks(srv: Server, res: Result) -> None:
         t.join()
 
 
-def attack_idle(srv: Server, res: Result) -> None:
+def attack_idle(srv: Server, res: Result, p: Payloads) -> None:
     """1500 connections that send nothing, held for 12 s (header timeout 10 s)."""
     socks = []
     for _ in range(1500):
@@ -328,29 +333,47 @@ def attack_idle(srv: Server, res: Result) -> None:
         s.close()
 
 
-def attack_corrupt(srv: Server, res: Result) -> None:
+def attack_corrupt(srv: Server, res: Result, p: Payloads) -> None:
     """Corrupt and costly encodings: truncated + EOI, header-only 6324², RLE BMP, PNG of
     1.6 M chunks, negative-width BMP (4 each)."""
+    post_many(srv, p["corrupt"] * 4, res.answers)
+
+
+def attack_worst(srv: Server, res: Result, p: Payloads) -> None:
+    """One worst-case legitimate request: a 6324×6324 photo-sized JPEG (40 MP, the pixel limit)
+    with max_persons=100, flip=true, render=true&render_format=png."""
+    q = "?max_persons=100&score_threshold=0&flip=true&render=true&render_format=png"
+    post_many(srv, [(p["big"], "image/jpeg", q)], res.answers)
+
+
+def _corrupt() -> list[tuple[bytes, str, str]]:
     photo = PHOTO.read_bytes()
-    payloads = [
+    return [
         (hp.truncated_jpeg_with_eoi(photo), "image/jpeg", ""),
         (hp.jpeg_header_only(6324), "image/jpeg", ""),
         (hp.bmp_rle8(2048), "image/bmp", ""),
         (hp.png_many_chunks(1_600_000), "image/png", ""),
         (hp.bmp_negative_width(), "image/bmp", ""),
     ]
-    post_many(srv, payloads * 4, res.answers)
 
 
-def attack_worst(srv: Server, res: Result) -> None:
-    """One worst-case legitimate request: a 6324×6324 photo-sized JPEG (40 MP, the pixel limit)
-    with max_persons=100, flip=true, render=true&render_format=png."""
-    big = hp.smooth_jpeg(6324, 6324)
-    q = "?max_persons=100&score_threshold=0&flip=true&render=true&render_format=png"
-    post_many(srv, [(big, "image/jpeg", q)], res.answers)
+#: Payloads per attack, generated before its measurement starts (the generator's CPU and GIL
+#: would otherwise distort the /healthz figures of this process).
+PREPARE: dict[str, Callable[[], Payloads]] = {
+    "worst": lambda: {"big": hp.smooth_jpeg(6324, 6324)},
+    "bomb": lambda: {"bomb": hp.jpeg_scan_bomb(4096, 1000)},
+    "abandon": lambda: {"slow": hp.jpeg_scan_bomb(4096, 100)},
+    "memory": lambda: {
+        "png16": hp.png16_gray(6000),
+        "webp": hp.webp_lossless(6000),
+        "photo": PHOTO.read_bytes(),
+    },
+    "slow_reader": lambda: {"noisy": hp.noisy_jpeg(2400, 1600)},
+    "multipart": lambda: {"multipart": hp.near_boundary_multipart(19 * 1024 * 1024)},
+    "corrupt": lambda: {"corrupt": _corrupt()},
+}
 
-
-ATTACKS: dict[str, Callable[[Server, Result], None]] = {
+ATTACKS: dict[str, Callable[[Server, Result, Payloads], None]] = {
     "worst": attack_worst,
     "bomb": attack_bomb,
     "abandon": attack_abandon,
@@ -366,9 +389,10 @@ ATTACKS: dict[str, Callable[[Server, Result], None]] = {
 
 def run_attack(srv: Server, name: str) -> Result:
     res = Result(name)
+    payloads = PREPARE.get(name, dict)()
     t0 = time.perf_counter()
     with Monitor(srv) as mon:
-        worker = threading.Thread(target=ATTACKS[name], args=(srv, res))
+        worker = threading.Thread(target=ATTACKS[name], args=(srv, res, payloads))
         worker.start()
         time.sleep(1.0)
         real_request(srv, res)

@@ -7,8 +7,10 @@ response stays in the transport's buffer) and runs a parser callback per body ch
 small the chunks are.  :func:`guarded_protocol` returns a subclass of
 :class:`uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` that
 
-* closes new connections at once beyond ``max_connections`` open ones (no per-connection log
-  line; one warning per 10 s says how many were refused);
+* keeps at most ``max_connections`` open: a new connection beyond that evicts the connection
+  that has waited longest without a complete request head (a slowloris or idle socket), or is
+  closed at once when every open connection is busy (no per-connection log line; one warning
+  per 10 s says how many were evicted or refused);
 * aborts a connection that has not sent a complete request head within ``header_timeout_s``
   of connecting (or of its first byte, for the next request on a kept-alive connection;
   uvicorn's keep-alive timeout covers the idle time between requests);
@@ -73,13 +75,21 @@ class _RateLimitedLog:
 
 _refused_log = _RateLimitedLog()
 #: Totals since the process started (bench/hostile.py and tests read them from the log).
-counters = {"refused": 0, "header_timeouts": 0, "write_timeouts": 0, "chunk_floods": 0}
+counters = {
+    "refused": 0,
+    "evicted": 0,
+    "header_timeouts": 0,
+    "write_timeouts": 0,
+    "chunk_floods": 0,
+}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring; ``limits`` is set by :func:`guarded_protocol`."""
 
     limits = ConnectionLimits()
+    #: connections of this server without a complete request head, oldest first (per subclass)
+    waiting: dict[GuardedHttpToolsProtocol, float] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,24 +103,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- connections ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.server_state.connections) >= self.limits.max_connections:
-            self._refused = True
-            counters["refused"] += 1
-            transport.abort()
+            if self.waiting:  # evict the connection idle the longest
+                oldest = next(iter(self.waiting))
+                self.waiting.pop(oldest, None)
+                counters["evicted"] += 1
+                oldest.transport.abort()
+            else:
+                self._refused = True
+                counters["refused"] += 1
+                transport.abort()
             n = _refused_log.hit()
             if n is not None:
                 logger.warning(
-                    "connections: expected at most %d open, refused %d new one(s) since the "
-                    "last warning",
+                    "connections: expected at most %d open, evicted or refused %d since the "
+                    "last warning (%d evicted, %d refused in all)",
                     self.limits.max_connections,
                     n,
+                    counters["evicted"],
+                    counters["refused"],
                 )
-            return
+            if self._refused:
+                return
         super().connection_made(transport)
+        self.waiting[self] = time.monotonic()
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
+        self.waiting.pop(self, None)
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
         self._head_timer = self._write_timer = None
@@ -147,9 +168,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
+        self.waiting.pop(self, None)
         self._cancel(self._head_timer)
         self._head_timer = None
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # kept alive, idle until the next request
+            self.waiting[self] = time.monotonic()
 
     # --- request body -----------------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
@@ -202,7 +229,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     """A :class:`GuardedHttpToolsProtocol` subclass bound to ``limits`` (for
     ``uvicorn.Config(http=...)``)."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    return type(
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits, "waiting": {}}
+    )
 
 
 class _AcceptErrorFilter(logging.Filter):
