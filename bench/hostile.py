@@ -229,19 +229,20 @@ def attack_bomb(srv: Server, res: Result, p: Payloads) -> None:
 
 
 def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
-    """4 clients send a costly valid JPEG (4096², 100 scans, ~1 s to decode), wait 0.5 s (the
-    work has started) and leave; then 4 s more."""
-    slow = p["slow"]
+    """8 clients ask for a pose-heavy answer (the photo with max_persons=100, score_threshold=0,
+    flip=true: ~200 crops), leave after 0.3 s (detection done, pose crops queued); then 5 s."""
+    photo = p["photo"]
+    q = "?max_persons=100&score_threshold=0&flip=true"
     socks = []
-    for _ in range(4):
+    for _ in range(8):
         s = connect(srv)
-        s.sendall(head(srv, len(slow)) + slow)
+        s.sendall(head(srv, len(photo), query=q) + photo)
         socks.append(s)
-    time.sleep(0.5)
+    time.sleep(0.3)
     for s in socks:
         s.close()
         res.answers["abandoned"] += 1
-    time.sleep(4.0)
+    time.sleep(5.0)
 
 
 def attack_memory(srv: Server, res: Result, p: Payloads) -> None:
@@ -362,7 +363,7 @@ def _corrupt() -> list[tuple[bytes, str, str]]:
 PREPARE: dict[str, Callable[[], Payloads]] = {
     "worst": lambda: {"big": hp.smooth_jpeg(6324, 6324)},
     "bomb": lambda: {"bomb": hp.jpeg_scan_bomb(4096, 1000)},
-    "abandon": lambda: {"slow": hp.jpeg_scan_bomb(4096, 100)},
+    "abandon": lambda: {"photo": PHOTO.read_bytes()},
     "memory": lambda: {
         "png16": hp.png16_gray(6000),
         "webp": hp.webp_lossless(6000),

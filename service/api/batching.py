@@ -10,6 +10,10 @@ call arrived, runs **one** model call on the concatenation and scatters the heat
 up to ``workers`` model calls run at once: on a CPU a single caller thread would leave cores
 idle while every request waits for the one running batch.
 
+Crops queued by a request whose :class:`~service.api.work.Job` has stopped (client gone,
+deadline passed; the job comes from :data:`~service.api.work.current_job`) are dropped when
+their turn comes: their caller gets the job's error instead of a model call.
+
 The queue is bounded by ``queue_size`` crops: a call that would overflow it raises
 :class:`~service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call larger
 than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.api.work import Job, current_job
 from service.core.errors import InvalidParameter, NotReady, Overloaded
 from service.core.types import F32, PoseModel
 
@@ -38,6 +43,7 @@ class _Item:
     crops: F32  # (n, 3, H, W)
     future: Future[F32]
     enqueued: float = field(default_factory=time.perf_counter)
+    job: Job | None = None  # the request's job: its crops are dropped once it has stopped
 
 
 class MicroBatcher:
@@ -109,8 +115,13 @@ class MicroBatcher:
         n = int(batch.shape[0])
         if n == 0:
             return self.model.infer(batch)
+        job = current_job.get()
+        if job is not None:
+            job.check()
         pieces = [batch[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
-        items = [_Item(np.ascontiguousarray(p, dtype=np.float32), Future()) for p in pieces]
+        items = [
+            _Item(np.ascontiguousarray(p, dtype=np.float32), Future(), job=job) for p in pieces
+        ]
         with self._cond:
             if self._closed:
                 raise NotReady("the pose batcher is shut down")
@@ -189,11 +200,27 @@ class MicroBatcher:
         except Exception:  # metrics must never stop the batcher thread
             logger.exception("micro-batcher metrics hook failed")
 
+    @staticmethod
+    def _drop_stopped(items: list[_Item]) -> list[_Item]:
+        """The items whose request still wants them; the others' callers get their job's error
+        (client gone, deadline passed) instead of a model call."""
+        live = []
+        for it in items:
+            err = it.job.error() if it.job is not None else None
+            if err is None:
+                live.append(it)
+            else:
+                it.future.set_exception(err)
+        return live
+
     def _loop(self) -> None:
         while True:
             items = self._take()
             if items is None:
                 return
+            items = self._drop_stopped(items)
+            if not items:
+                continue
             start = time.perf_counter()
             self._hook(self.on_wait, [start - it.enqueued for it in items])
             sizes = [it.crops.shape[0] for it in items]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextvars import ContextVar
 
 from service.core.errors import Overloaded, PayloadTooLarge
 
@@ -60,12 +61,24 @@ class Job:
             retry_after=self.retry_after,
         )
 
+    def error(self) -> Exception | None:
+        """What :meth:`check` would raise now (None: go on)."""
+        if self._cancelled.is_set():
+            return JobCancelled(self.reason or "cancelled")
+        if self.expired():
+            return self.deadline_error()
+        return None
+
     def check(self) -> None:
         """Raise :class:`JobCancelled` or :class:`DeadlineExceeded` when the work must stop."""
-        if self._cancelled.is_set():
-            raise JobCancelled(self.reason or "cancelled")
-        if self.expired():
-            raise self.deadline_error()
+        err = self.error()
+        if err is not None:
+            raise err
+
+
+#: The job of the request a worker thread is running (set by ``run_pose``): the pose
+#: micro-batcher drops the queued crops of a job that has stopped instead of running them.
+current_job: ContextVar[Job | None] = ContextVar("darkpose_current_job", default=None)
 
 
 class MemoryBudget:

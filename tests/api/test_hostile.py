@@ -149,18 +149,20 @@ def test_work_past_the_deadline_is_503_with_retry_after() -> None:
 
 
 # --- 2. abandoned work ----------------------------------------------------------------------------
-def test_abandoned_requests_stop_before_the_models(srv: ServerProcess) -> None:
-    slow = hp.jpeg_scan_bomb(4096, 100)  # within the limits, ~1 s to decode, flat grey
-    detect_label = '{stage="detect"}'
-    before = _metric(srv.base, "darkpose_stage_seconds_count", detect_label)
-    for _ in range(2):
-        s = _connect(srv.port)
-        s.sendall(_head(srv.port, len(slow)) + slow)
-        time.sleep(0.2)  # the body has arrived; the worker is decoding
-        s.close()
+def test_abandoned_request_stops_before_the_models(srv: ServerProcess) -> None:
+    slow = hp.jpeg_scan_bomb(4096, 99)  # 100 scans: within the limits, ~1 s to decode
+    detect = '{stage="detect"}'
+    gone = '{route="/pose",status="400"}'  # client_disconnected
+    detect_before = _metric(srv.base, "darkpose_stage_seconds_count", detect)
+    gone_before = _metric(srv.base, "darkpose_requests_total", gone)
+    s = _connect(srv.port)
+    s.sendall(_head(srv.port, len(slow)) + slow)
+    time.sleep(0.3)  # the body has arrived; the worker is decoding
+    s.close()
     _wait_inflight_zero(srv)
-    time.sleep(2.0)  # the decodes end; a worker that went on would now detect
-    assert _metric(srv.base, "darkpose_stage_seconds_count", detect_label) == before
+    assert _metric(srv.base, "darkpose_requests_total", gone) == gone_before + 1
+    time.sleep(2.5)  # the decode ends; a worker that went on would now detect
+    assert _metric(srv.base, "darkpose_stage_seconds_count", detect) == detect_before
     _served(srv)
 
 

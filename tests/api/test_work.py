@@ -97,3 +97,49 @@ def test_near_boundary_bytes_are_refused_quickly() -> None:
 def test_image_part_without_filename_is_the_image() -> None:
     body, ctype = hp.multipart_without_filename(b"\xff\xd8\xffDATA")
     assert image_from_multipart(body, ctype, 1024) == b"\xff\xd8\xffDATA"
+
+
+def test_batcher_drops_the_crops_of_a_stopped_job() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from service.api.batching import MicroBatcher
+    from service.api.work import current_job
+    from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel
+
+    gate = threading.Event()
+    model = TinyOnnxPoseModel(gate=gate)
+    batcher = MicroBatcher(model, max_batch=2, max_wait_ms=0.0, queue_size=16)
+    crops = np.zeros((2, 3, TINY_IN[1], TINY_IN[0]), np.float32)
+    job = Job(60.0)
+
+    def as_the_job() -> np.ndarray:
+        token = current_job.set(job)
+        try:
+            return batcher.infer(crops)
+        finally:
+            current_job.reset(token)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        first = pool.submit(batcher.infer, crops)  # holds the batcher thread (gate closed)
+        assert model.entered.wait(5.0)
+        queued = pool.submit(as_the_job)
+        deadline = time.monotonic() + 5
+        while batcher.pending < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.pending == 2
+        job.cancel("client disconnected")
+        gate.set()
+        with pytest.raises(JobCancelled, match="client disconnected"):
+            queued.result(10)
+        assert first.result(10).shape[0] == 2
+        assert model.call_sizes == [2]  # the cancelled job's crops never reached the model
+        with pytest.raises(JobCancelled):
+            as_the_job()  # a stopped job cannot enqueue either
+    finally:
+        gate.set()
+        batcher.close()
+        pool.shutdown()

@@ -28,7 +28,7 @@ from service.api.deps import StateDep
 from service.api.errors import request_id_of
 from service.api.schemas import PoseResponse, Timings, error_responses
 from service.api.state import ServiceState
-from service.api.work import Job, estimate_request_bytes
+from service.api.work import Job, current_job, estimate_request_bytes
 from service.core.codec import DECODERS
 from service.core.errors import InvalidImage
 from service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult
@@ -207,6 +207,7 @@ def run_pose(
         state.memory.reserve(need)
         reserved = need
 
+    token = current_job.set(job)
     try:
         check()
         t0 = time.perf_counter()
@@ -253,6 +254,7 @@ def run_pose(
         content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return content.encode("utf-8"), "application/json"
     finally:
+        current_job.reset(token)
         if reserved:
             state.memory.release(reserved)
 
