@@ -229,12 +229,13 @@ def attack_bomb(srv: Server, res: Result, p: Payloads) -> None:
 
 
 def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
-    """8 clients ask for a pose-heavy answer (the photo with max_persons=100, score_threshold=0,
-    flip=true: ~200 crops), leave after 0.3 s (detection done, pose crops queued); then 5 s."""
+    """4 clients ask for a pose-heavy answer (the photo with max_persons=60, score_threshold=0,
+    flip=true: ~120 crops each, ~1.5 s of CPU), leave after 0.3 s; then 10 s (the work a
+    server does not cancel ends within the window)."""
     photo = p["photo"]
-    q = "?max_persons=100&score_threshold=0&flip=true"
+    q = "?max_persons=60&score_threshold=0&flip=true"
     socks = []
-    for _ in range(8):
+    for _ in range(4):
         s = connect(srv)
         s.sendall(head(srv, len(photo), query=q) + photo)
         socks.append(s)
@@ -242,7 +243,7 @@ def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
     for s in socks:
         s.close()
         res.answers["abandoned"] += 1
-    time.sleep(5.0)
+    time.sleep(10.0)
 
 
 def attack_memory(srv: Server, res: Result, p: Payloads) -> None:
