@@ -143,6 +143,12 @@ class MicroBatcher:
 
     # --- lifecycle ----------------------------------------------------------------------------
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        with self._cond:
+            return self._closed
+
+    @property
     def pending(self) -> int:
         """Crops waiting in the queue now."""
         with self._cond:

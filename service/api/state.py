@@ -60,7 +60,12 @@ class ServiceState:
 
     # --- loading ----------------------------------------------------------------------------
     def start_loading(self) -> None:
-        """Build (or adopt) the pipeline and warm it up in a background thread."""
+        """Build (or adopt) the pipeline and warm it up in a background thread.  After a
+        :meth:`close` (the lifespan entered again, e.g. by a second test client) the closed
+        batchers are replaced by new ones around the same models."""
+        if self.batchers and self.pipeline is not None and all(b.closed for b in self.batchers):
+            self.batchers = [self._make_batcher(b.model) for b in self.batchers]
+            self.pipeline.pose_models = list(self.batchers)
         self._loader = threading.Thread(target=self._load, name="darkpose-loader", daemon=True)
         self._loader.start()
 
@@ -144,6 +149,7 @@ class ServiceState:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None  # a later start makes a new pool
         for b in self.batchers:
             b.close()
 

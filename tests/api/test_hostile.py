@@ -459,3 +459,20 @@ def test_full_pose_queue_is_refused_before_detection() -> None:
         gate.set()
         batcher.close()
         pool.shutdown()
+
+
+def test_app_serves_again_after_its_lifespan_restarts() -> None:
+    """close() shuts the worker pool and the batchers; a second start (another test client,
+    schemathesis' phases) makes new ones instead of answering 503/500."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from tests.api.conftest import api_settings, wait_ready
+
+    app = create_app(api_settings())
+    for _ in range(2):
+        with TestClient(app, raise_server_exceptions=False) as client:
+            wait_ready(client)
+            r = client.post("/pose", content=JPEG, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200, r.text[:300]
+    assert app.state.service.load_error is None
