@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     for index, path in enumerate(bar):
         image_id = image_id_for(path, index)
         try:
-            limits = settings.image_limits
-            image = read_image_file(path, **limits, exif_orientation=args.exif_orientation == "on")
+            image = read_image_file(
+                path, **settings.image_limits, exif_orientation=args.exif_orientation == "on"
+            )
             if min(image.shape[:2]) < settings.min_image_side:
                 logger.info("%s: %dx%d, too small for a person", path.name, *image.shape[1::-1])
                 continue
