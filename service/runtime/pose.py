@@ -185,6 +185,9 @@ class OnnxPoseModel:
             on_cpu = self.providers[0] in (CPU, OPENVINO_CPU)
             max_batch = CPU_MAX_BATCH[backend] if on_cpu else 0
         self.max_batch = int(max_batch)
+        prepare = getattr(self.session, "prepare", None)  # OpenVINO: one compile per batch size
+        if prepare is not None and self.max_batch > 0:
+            prepare(range(1, self.max_batch + 1))
         self.name = self.spec.name
         w, h = self.spec.heatmap_size
         k = self.spec.num_keypoints
