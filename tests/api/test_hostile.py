@@ -189,6 +189,24 @@ def test_slow_uploads_do_not_starve_real_requests(srv: ServerProcess) -> None:
             s.close()
 
 
+def test_uploads_beyond_their_cap_are_503(srv: ServerProcess) -> None:
+    socks = []
+    try:
+        for _ in range(16):  # max_concurrent_uploads
+            s = _connect(srv.port)
+            s.sendall(_head(srv.port, len(JPEG)) + JPEG[:2])
+            socks.append(s)
+        time.sleep(0.3)
+        r = _post(srv, JPEG)
+        _error(r, 503, "overloaded", "uploads in progress: expected at most 16")
+        assert int(r.headers["retry-after"]) >= 1
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.2)
+    _served(srv)
+
+
 # --- 5. slow readers ------------------------------------------------------------------------------
 def test_render_is_downscaled_to_max_render_side(srv: ServerProcess) -> None:
     big = hp.noisy_jpeg(3000, 2000)
