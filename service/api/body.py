@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.api.multipart import parse_multipart
 from service.core.errors import InputError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.core.io import ACCEPTED, ACCEPTED_TEXT, sniff_format
+from service.core.io import ACCEPTED_FORMATS, ACCEPTED_TEXT, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ RAW_IMAGE_TYPES: frozenset[str] = frozenset(
     }
 )
 MULTIPART = "multipart/form-data"
-#: ``sniff_format`` names of the accepted image formats
-ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
 #: Room for multipart boundaries and part headers on top of the image byte limit.
 MULTIPART_OVERHEAD = 64 * 1024
 

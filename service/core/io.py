@@ -75,7 +75,7 @@ U8 = npt.NDArray[np.uint8]
 ACCEPTED = ("JPEG", "PNG", "WebP", "BMP")
 ACCEPTED_TEXT = f"a {'/'.join(ACCEPTED)} image"
 #: ``sniff_format`` names of the accepted formats
-_ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
+ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
 
 # Defaults equal to service.settings.Settings (core does not import the settings module).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -91,6 +91,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 
 __all__ = [
     "ACCEPTED",
+    "ACCEPTED_FORMATS",
     "apply_exif_orientation",
     "decode_image",
     "exif_orientation_of",
@@ -288,7 +289,7 @@ def decode_image(
             f"the data is not a recognised image (starts with {bytes(data[:8])!r}); "
             f"expected {ACCEPTED_TEXT}"
         )
-    if fmt not in _ACCEPTED_FORMATS:
+    if fmt not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(f"image format {fmt} is not supported; expected {ACCEPTED_TEXT}")
     eoi = -1
     if fmt == "JPEG":
