@@ -125,13 +125,9 @@ class MicroBatcher:
         with self._cond:
             if self._closed:
                 raise NotReady("the pose batcher is shut down")
-            # A call larger than the whole queue is still admitted when the queue is empty.
-            if self._pending > 0 and self._pending + n > self.queue_size:
-                raise Overloaded(
-                    f"pose queue full: expected at most {self.queue_size} waiting crops, got "
-                    f"{self._pending} waiting + {n} new",
-                    retry_after=self.retry_after,
-                )
+            full = self._overflow(n, str(n))
+            if full is not None:
+                raise full
             now = time.perf_counter()
             for it in items:
                 it.enqueued = now
@@ -140,6 +136,26 @@ class MicroBatcher:
             self._cond.notify_all()
         outs = [it.future.result() for it in items]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    def _overflow(self, n: int, new: str) -> Overloaded | None:
+        """The error for ``n`` more crops when the queue holds crops and cannot take them (a
+        call larger than the whole queue is still admitted when the queue is empty); the
+        caller holds ``self._cond``."""
+        if self._pending > 0 and self._pending + n > self.queue_size:
+            return Overloaded(
+                f"pose queue full: expected at most {self.queue_size} waiting crops, got "
+                f"{self._pending} waiting + {new} new",
+                retry_after=self.retry_after,
+            )
+        return None
+
+    def check_room(self, n: int) -> None:
+        """Raise ``Overloaded`` now when up to ``n`` more crops might not fit (the same rule as
+        :meth:`infer`, checked before the caller does the work that makes the crops)."""
+        with self._cond:
+            full = self._overflow(n, f"up to {n}")
+        if full is not None:
+            raise full
 
     # --- lifecycle ----------------------------------------------------------------------------
     @property

@@ -216,15 +216,8 @@ class ServiceState:
         cannot take ``crops`` more (the batcher would refuse them only after detection).  The
         batchers are the pipeline's :class:`MicroBatcher` pose models (built or injected)."""
         for b in _pose_models_of(pipeline):
-            if not isinstance(b, MicroBatcher):
-                continue
-            pending = b.pending
-            if pending > 0 and pending + crops > b.queue_size:
-                raise Overloaded(
-                    f"pose queue full: expected at most {b.queue_size} waiting crops, got "
-                    f"{pending} waiting + up to {crops} new",
-                    retry_after=self.settings.retry_after_s,
-                )
+            if isinstance(b, MicroBatcher):
+                b.check_room(crops)
 
     @property
     def inflight(self) -> int:
