@@ -115,11 +115,24 @@ def _served(srv: ServerProcess) -> None:
     assert r.json()["persons"]
 
 
-def _wait_inflight_zero(srv: ServerProcess, timeout: float = 20.0) -> None:
+def _wait_metric(
+    base: str, name: str, value: float, labels: str = "", timeout: float = 30.0
+) -> None:
+    """Poll ``/metrics`` until ``name{labels}`` equals ``value`` (a state the server reached,
+    instead of a sleep that a loaded machine may outlast)."""
     deadline = time.monotonic() + timeout
-    while _metric(srv.base, "darkpose_inflight_requests") != 0.0:
-        assert time.monotonic() < deadline, "expected no request in flight"
+    while (got := _metric(base, name, labels)) != value:
+        assert time.monotonic() < deadline, f"expected {name}{labels} == {value}, got {got}"
         time.sleep(0.05)
+
+
+def _wait_inflight(srv: ServerProcess, n: int) -> None:
+    """Wait until ``n`` requests are in the /pose handler (uploads included)."""
+    _wait_metric(srv.base, "darkpose_inflight_requests", float(n))
+
+
+def _wait_inflight_zero(srv: ServerProcess, timeout: float = 20.0) -> None:
+    _wait_metric(srv.base, "darkpose_inflight_requests", 0.0, timeout=timeout)
 
 
 # --- 1. decode-time CPU bomb, deadline ------------------------------------------------------------
@@ -157,10 +170,12 @@ def test_abandoned_request_stops_before_the_models(srv: ServerProcess) -> None:
     gone_before = _metric(srv.base, "darkpose_requests_total", gone)
     s = _connect(srv.port)
     s.sendall(_head(srv.port, len(slow)) + slow)
+    _wait_inflight(srv, 1)
     time.sleep(0.3)  # the body has arrived; the worker is decoding
     s.close()
     _wait_inflight_zero(srv)
-    assert _metric(srv.base, "darkpose_requests_total", gone) == gone_before + 1
+    # counted once the middleware is done with it, which may be just after the gauge drops
+    _wait_metric(srv.base, "darkpose_requests_total", gone_before + 1, gone)
     time.sleep(2.5)  # the decode ends; a worker that went on would now detect
     assert _metric(srv.base, "darkpose_stage_seconds_count", detect) == detect_before
     _served(srv)
@@ -182,7 +197,7 @@ def test_slow_uploads_do_not_starve_real_requests(srv: ServerProcess) -> None:
             s = _connect(srv.port)
             s.sendall(_head(srv.port, len(JPEG)) + JPEG[:2])
             socks.append(s)
-        time.sleep(0.3)
+        _wait_inflight(srv, 4)  # all four are in the handler, waiting for their bodies
         _served(srv)
     finally:
         for s in socks:
@@ -196,14 +211,14 @@ def test_uploads_beyond_their_cap_are_503(srv: ServerProcess) -> None:
             s = _connect(srv.port)
             s.sendall(_head(srv.port, len(JPEG)) + JPEG[:2])
             socks.append(s)
-        time.sleep(0.3)
+        _wait_inflight(srv, 16)  # every upload slot is taken
         r = _post(srv, JPEG)
         _error(r, 503, "overloaded", "uploads in progress: expected at most 16")
         assert int(r.headers["retry-after"]) >= 1
     finally:
         for s in socks:
             s.close()
-    time.sleep(0.2)
+    _wait_inflight_zero(srv)  # the server has seen the clients go and freed their slots
     _served(srv)
 
 
@@ -219,10 +234,17 @@ def test_render_is_downscaled_to_max_render_side(srv: ServerProcess) -> None:
 
 def test_unread_response_is_cut_after_the_write_timeout(srv: ServerProcess) -> None:
     big = hp.noisy_jpeg(3000, 2000, seed=1)
+    cut = "response unread for"  # the server's INFO line when it aborts a connection
+    cuts_before = srv.log_text().count(cut)
     s = _connect(srv.port, rcvbuf=4096)
     try:
         s.sendall(_head(srv.port, len(big), query="?render=true&render_format=png") + big)
-        time.sleep(5.0)  # work (~1-2 s) + write timeout (1 s) + margin, reading nothing
+        # reading nothing until the server says it gave up (work + write timeout), however
+        # long a loaded machine takes for the work
+        deadline = time.monotonic() + 60
+        while srv.log_text().count(cut) == cuts_before:
+            assert time.monotonic() < deadline, "expected the write timeout to cut the reader"
+            time.sleep(0.1)
         data = _read_all(s)
     finally:
         s.close()
@@ -386,7 +408,7 @@ def test_shutdown_past_the_grace_period_answers_json_503(tmp_path: Path) -> None
         server.wait_ready()
         s = _connect(server.port)
         s.sendall(_head(server.port, len(JPEG)) + JPEG[:1000])  # an upload in progress
-        time.sleep(0.3)
+        _wait_metric(server.base, "darkpose_inflight_requests", 1.0)
         server.proc.send_signal(signal.SIGTERM)
         data = _read_all(s)
     finally:
