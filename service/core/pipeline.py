@@ -485,8 +485,11 @@ class Pipeline:
                 if flipped is not None:
                     back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
                     hm = fuse_flip(hm, back)
+                # opts is resolved: the card's values stand in only to narrow the types
                 coords, scores = decode_heatmaps(
-                    hm, method=opts.decode or self.spec.codec, blur_kernel=opts.blur_kernel or 11
+                    hm,
+                    method=opts.decode or self.spec.codec,
+                    blur_kernel=opts.blur_kernel or self.spec.blur_kernel,
                 )
             xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
         except InputError as exc:
