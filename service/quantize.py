@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,22 @@ CONFIDENT_SCORE = 0.2
 #: ``keep_float`` word for every grouped (depthwise) convolution.
 DEPTHWISE = "depthwise"
 PRESETS: tuple[str, ...] = ("mixed", "performance")
+#: Graphs older than this opset are converted first (NNCF refuses opset < 10; SimpleBaseline
+#: is opset 8: converted to 13, its heatmaps are bit-identical on onnxruntime).
+MIN_OPSET = 13
+
+
+@contextlib.contextmanager
+def _as_model_error(what: str) -> Iterator[None]:
+    """Turn a quantiser's own exception into a :class:`ModelError` (one line, no traceback)."""
+    try:
+        yield
+    except (InvalidParameter, ModelError):
+        raise
+    except Exception as exc:  # nncf raises its own ValidationError and friends
+        raise ModelError(
+            f"quantize: expected a model {what}, got {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def annotated_image_ids(coco: COCO) -> list[int]:
@@ -222,12 +238,23 @@ def quantize_onnx(
             f"'darkpose-service[openvino]'), got an ImportError ({exc})"
         ) from exc
     model = name_nodes(onnx.load_model_from_string(model_bytes))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:  # NNCF quantises opset >= 10 only; the conversion is exact here
+        from onnx import version_converter
+
+        from service.runtime.onnx import drop_per_channel_bn_spatial
+
+        logger.info("quantize: converting the graph from opset %d to %d", opset, MIN_OPSET)
+        fixed = drop_per_channel_bn_spatial(model.SerializeToString())  # spatial=0 BNs (opset 8)
+        with _as_model_error(f"convertible to opset {MIN_OPSET}"):
+            converted = version_converter.convert_version(onnx.load_model_from_string(fixed), 13)
+        model = name_nodes(converted)
     input_name = model.graph.input[0].name
     names, types = float_nodes(model, keep_float)
     dataset = nncf.Dataset([{input_name: crops[i : i + 1]} for i in range(len(crops))])
     scope = nncf.IgnoredScope(names=names, types=types, validate=False)
     logging.getLogger("nncf").setLevel(logging.WARNING)  # it logs every node to stdout
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _as_model_error("NNCF can quantise"):
         quantized = nncf.quantize(
             model,
             dataset,

@@ -145,3 +145,18 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_quantize_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     src = small_pose_model(tmp_path / "small.onnx")
     assert main(["quantize", "--model", str(src), "--out", str(src)]) == 2
+
+
+@pytest.mark.slow
+def test_opset8_model_is_converted_then_quantised(coco) -> None:  # type: ignore[no-untyped-def]
+    """NNCF refuses opset < 10: the shared SimpleBaseline (opset 8, spatial=0 BatchNorms) is
+    converted to opset 13 first and quantises."""
+    pytest.importorskip("nncf", reason="needs the optional `openvino` extra (nncf)")
+    from service.quantize import MIN_OPSET, quantize_onnx
+    from tests.conftest import POSE_ONNX
+
+    crops = calibration_crops(ModelSpec(), IMAGES, coco, annotated_image_ids(coco)[:2])
+    model, record = quantize_onnx(POSE_ONNX.read_bytes(), crops)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= MIN_OPSET and record["quantized_nodes"] > 0
+    assert "QuantizeLinear" in {n.op_type for n in model.graph.node}
