@@ -133,6 +133,11 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert found is not None and found.source == "metadata" and found.card == printed
     card = found.card
     assert card.precision == "int8" and card.quantization is not None
+    from service.api.state import _runtime_of
+    from service.runtime.pose import OnnxPoseModel
+
+    served = OnnxPoseModel(out, providers="cpu", intra_op_threads=1)
+    assert _runtime_of(served) == {"backend": "onnxruntime", "precision": "int8"}
     q = card.quantization
     assert q.source_model == "small.onnx" and q.keep_float == ("depthwise",)
     assert q.calibration["boxes"] == "gt" and q.calibration["crops"] > 0

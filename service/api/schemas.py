@@ -90,6 +90,8 @@ class PoseModelEntry(BaseModel):
     keypoints: int
     codec: str
     decoded_output: bool
+    backend: str = Field("onnxruntime", description="runtime: onnxruntime | openvino")
+    precision: str = Field("fp32", description="fp32 | bf16 | int8 (a quantised file)")
 
 
 class ModelsResponse(BaseModel):

@@ -29,6 +29,16 @@ def _pose_models_of(pipeline: Pipeline | None) -> list[PoseModel]:
     return list(pipeline.pose_models) if pipeline is not None else []
 
 
+def _runtime_of(model: object) -> dict[str, str]:
+    """``backend`` and ``precision`` of a pose model (an int8 file's card says int8; its float
+    ops run at the runtime precision)."""
+    card = getattr(model, "card", None)
+    precision = str(getattr(model, "precision", "fp32"))
+    if getattr(card, "precision", None) == "int8":
+        precision = "int8"
+    return {"backend": str(getattr(model, "backend", "onnxruntime")), "precision": precision}
+
+
 def _unwrap(model: PoseModel) -> PoseModel:
     return model.model if isinstance(model, MicroBatcher) else model
 
@@ -272,6 +282,7 @@ class ServiceState:
                     "keypoints": spec.num_keypoints,
                     "codec": spec.codec,
                     "decoded_output": bool(spec.decoded_output),
+                    **_runtime_of(inner),
                 }
             )
         detector = getattr(self.pipeline, "detector", None)

@@ -127,6 +127,10 @@ def test_health_ready_models(client: TestClient) -> None:
     assert m["pose_models"][0]["input_size"] == [192, 256]
     assert m["pose_models"][0]["heatmap_size"] == [48, 64]
     assert m["pose_models"][0]["keypoints"] == 17
+    assert (m["pose_models"][0]["backend"], m["pose_models"][0]["precision"]) == (
+        "onnxruntime",
+        "fp32",
+    )
     assert m["detector"] == "yolox"
     assert "CPUExecutionProvider" in m["providers"]
     assert m["batching"]["enabled"] is True

@@ -110,6 +110,9 @@ def test_settings_build_an_openvino_pose_model() -> None:
     )
     (pose,) = build_pose_models(s)
     assert isinstance(pose, OnnxPoseModel) and pose.backend == "openvino"
+    from service.api.state import _runtime_of  # what GET /v1/models reports per pose model
+
+    assert _runtime_of(pose) == {"backend": "openvino", "precision": "fp32"}
 
 
 def test_card_chooses_backend_and_precision(tmp_path: Path) -> None:
