@@ -48,7 +48,6 @@ from service.core.errors import InputError, InvalidParameter
 
 __all__ = [
     "DECODERS",
-    "DECODE_METHODS",
     "Decoder",
     "check_decode_method",
     "decode_heatmaps",
@@ -439,9 +438,7 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
     maxima.  Raises :class:`InputError` for a wrong ndim/dtype, empty maps or any NaN/+-inf,
     :class:`InvalidParameter` for an unknown method or a bad kernel.
     """
-    decoder = DECODERS.get(method) if isinstance(method, str) else None
-    if decoder is None:
-        raise InvalidParameter(f"method: expected one of {', '.join(DECODERS)}, got {method!r}")
+    decoder = DECODERS[check_decode_method(method, "method")]
     kernel = _check_kernel(blur_kernel)
     return decoder(_as_heatmaps(heatmaps), kernel)
 
@@ -626,8 +623,6 @@ DECODERS: dict[str, Decoder] = {
     "standard": _decode_max("standard"),
     "dark": _decode_max("dark"),
 }
-#: The decoder names at import time (use :data:`DECODERS` itself where a late addition counts).
-DECODE_METHODS: tuple[str, ...] = tuple(DECODERS)
 
 
 def check_decode_method(method: Any, what: str = "decode") -> str:

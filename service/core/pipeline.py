@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.codec import DECODERS, decode_heatmaps
+from service.core.codec import check_decode_method, decode_heatmaps
 from service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
 from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
 from service.core.nms import oks_nms, rescore
@@ -76,10 +76,8 @@ class PipelineOptions:
 
     def validate(self) -> None:
         """Raise :class:`InvalidParameter` ("expected X, got Y") on an out-of-range value."""
-        if self.decode is not None and self.decode not in DECODERS:
-            raise InvalidParameter(
-                f"decode: expected one of {', '.join(DECODERS)}, got {self.decode!r}"
-            )
+        if self.decode is not None:
+            check_decode_method(self.decode)
         k = self.blur_kernel
         if k is not None:
             if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
