@@ -392,6 +392,7 @@ class _Builder:
             inter_op_threads=s.inter_op_threads,
             backend=s.detector_backend,
             precision=s.detector_precision,
+            default_nms_iou=s.det_nms_iou,
         )
 
     def yolox(self, spec: DetectorSpec) -> Detector:

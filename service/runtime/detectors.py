@@ -167,6 +167,8 @@ class OnnxDetector:
     ``detect(image, score_threshold=None)``: ``image`` BGR uint8 (H, W, 3) → :class:`Detections`
     (boxes (M, 4) xyxy float32 image px, clipped to the image, sorted by score; M ≤
     ``max_detections``).  ``card=None`` reads the file's card (:mod:`service.runtime.cards`).
+    ``nms_iou=None``: the card's ``detector.nms_iou``, else ``default_nms_iou`` (the builder
+    passes ``DARKPOSE_DET_NMS_IOU``).
     """
 
     kind = "onnx"
@@ -183,6 +185,7 @@ class OnnxDetector:
         card: ModelCard | None = None,
         backend: str | None = None,
         precision: str | None = None,
+        default_nms_iou: float = 0.65,
     ) -> None:
         self.path = Path(path)
         self.card: ModelCard = card or load_card(self.path, "detector")
@@ -191,7 +194,7 @@ class OnnxDetector:
                 f"detector {self.path.name}: expected a detector card, got kind={self.card.kind}"
             )
         if nms_iou is None:
-            nms_iou = self.card.detector_options.nms_iou or 0.65
+            nms_iou = self.card.detector_options.nms_iou or default_nms_iou
         if not 0.0 <= score_threshold <= 1.0:
             raise InvalidParameter(f"score_threshold: expected [0, 1], got {score_threshold}")
         if not 0.0 < nms_iou <= 1.0:
@@ -411,6 +414,7 @@ class YoloxDetector(OnnxDetector):
         card: ModelCard | None = None,
         backend: str | None = None,
         precision: str | None = None,
+        default_nms_iou: float = 0.65,
     ) -> None:
         if card is None:
             found = resolve_card(path, kind="detector")
@@ -434,6 +438,7 @@ class YoloxDetector(OnnxDetector):
             card=card,
             backend=backend,
             precision=precision,
+            default_nms_iou=default_nms_iou,
         )
         self.grid, self.strides = make_grids(self.input_size, card.detector_options.strides)
 

@@ -171,6 +171,15 @@ def test_build_options(settings_: Settings) -> None:
     assert fused.weights == [2.0, 1.0] and fused.conf_type == "max"
 
 
+def test_nms_setting_applies_where_the_card_and_the_config_are_silent() -> None:
+    s = Settings(model_dir=MODELS, providers="cpu", intra_op_threads=1, det_nms_iou=0.4)  # type: ignore[call-arg]
+    for name in ("yolox", "picodet"):  # neither shipped card sets detector.nms_iou
+        leaf = build_detector_from_config(name, s)
+        assert getattr(leaf, "nms_iou", None) == pytest.approx(0.4), name
+    given = build_detector_from_config("yolox(nms=0.5)", s)
+    assert getattr(given, "nms_iou", None) == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
