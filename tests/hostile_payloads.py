@@ -142,30 +142,27 @@ def noisy_jpeg(width: int = 3000, height: int = 2000, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def _image_multipart(data: bytes, boundary: str, filename: str | None) -> tuple[bytes, str]:
+    """A multipart body of one JPEG part named ``image`` holding ``data`` (a ``filename``
+    parameter only when given) and its Content-Type."""
+    name = 'name="image"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"--{boundary}\r\nContent-Disposition: form-data; {name}\r\n"
+    head += "Content-Type: image/jpeg\r\n\r\n"
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
 def near_boundary_multipart(size: int, boundary: str = "xYzZy") -> tuple[bytes, str]:
     """A multipart body whose image part is ``size`` bytes of near-boundaries (the whole
     delimiter followed by a wrong byte, ``\\r\\n--xYzZyQ`` repeated): the worst case of
     python-multipart's parser (~0.15 s per MB on the event loop)."""
     near = ("\r\n--" + boundary + "Q").encode()
-    filler = near * (size // len(near))
-    body = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    body += filler + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    return _image_multipart(near * (size // len(near)), boundary, "x.jpg")
 
 
 def multipart_without_filename(image: bytes, boundary: str = "b0undary") -> tuple[bytes, str]:
     """A multipart body with the image in a part named ``image`` that has no filename."""
-    body = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="image"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    body += image + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    return _image_multipart(image, boundary, None)
 
 
 def smooth_jpeg(width: int = 6324, height: int = 6324) -> bytes:
