@@ -16,9 +16,7 @@ of coco-mini alternately, sorted by id, so a choice made on one half is checked 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import statistics
 import sys
@@ -28,13 +26,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools.cocoeval import COCOeval
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from service.core.pipeline import Pipeline, PipelineOptions, PoseStage  # noqa: E402
-from service.evaluation import gt_boxes, load_coco  # noqa: E402
+from service.evaluation import coco_keypoint_metrics, gt_boxes, load_coco  # noqa: E402
 from service.runtime.detector_config import build_detector_from_config  # noqa: E402
 from service.runtime.pose import OnnxPoseModel  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -48,16 +45,7 @@ THRESHOLDS = (0.05, 0.1, 0.3)
 
 def keypoint_ap(coco: Any, results: list[dict[str, Any]], img_ids: list[int]) -> float:
     """pycocotools keypoint AP of ``results`` on ``img_ids``."""
-    res = [r for r in results if r["image_id"] in set(img_ids)]
-    if not res:
-        return 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco, coco.loadRes(res), "keypoints")
-        ev.params.imgIds = sorted(img_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return max(0.0, float(ev.stats[0]))
+    return coco_keypoint_metrics(coco, results, img_ids)["AP"]
 
 
 def splits(coco: Any) -> dict[str, list[int]]:

@@ -110,14 +110,20 @@ def gt_boxes(coco: COCO, image_id: int) -> tuple[F32, F32]:
     return boxes, np.ones((boxes.shape[0],), np.float32)
 
 
-def coco_keypoint_metrics(coco: COCO, results: list[dict[str, Any]]) -> dict[str, float]:
-    """pycocotools keypoint AP/AR of ``results`` against ``coco`` (all its images)."""
+def coco_keypoint_metrics(
+    coco: COCO, results: list[dict[str, Any]], img_ids: Sequence[int] | None = None
+) -> dict[str, float]:
+    """pycocotools keypoint AP/AR of ``results`` against ``coco`` on ``img_ids`` (default: all
+    its images; results on other images are left out)."""
+    if img_ids is not None:
+        keep = set(img_ids)
+        results = [r for r in results if r["image_id"] in keep]
     if not results:
         return dict.fromkeys(METRICS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = coco.loadRes(results)
         ev = COCOeval(coco, dt, "keypoints")
-        ev.params.imgIds = sorted(coco.getImgIds())
+        ev.params.imgIds = sorted(coco.getImgIds() if img_ids is None else img_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
