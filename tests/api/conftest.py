@@ -194,17 +194,25 @@ class ServerProcess:
         self,
         env: dict[str, str] | None = None,
         log: Path | None = None,
-        log_level: str = "WARNING",
+        log_level: str | None = "WARNING",
         args: list[str] | None = None,
         preexec_fn: Any = None,
     ) -> None:
+        """``log_level=None``: no ``--log-level`` flag (the settings' level applies)."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = serve_env(self.port, **(env or {}))
         self.log_path = log
         self._log = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--log-level", log_level, "serve", *(args or [])],
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                *(["--log-level", log_level] if log_level is not None else []),
+                "serve",
+                *(args or []),
+            ],
             cwd=REPO,
             env=full_env,
             stdout=self._log,

@@ -5,9 +5,6 @@ bodies without an image Content-Type, tiny images, decode time in the total, off
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import IMAGES, MODELS, REPO, encode, free_port, imdecode
+from tests.api.conftest import IMAGES, ServerProcess, encode, imdecode
 from tests.conftest import match_persons, upright_and_sideways_jpeg
 
 PHOTO = IMAGES / "000000211325.jpg"
@@ -155,55 +152,14 @@ def test_sideways_photo_is_answered_upright(client: TestClient) -> None:
     assert raw["image"] == {"width": 427, "height": 640}
 
 
-def _serve(log: Path, env: dict[str, str], *flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    import os
-
-    port = free_port()
-    full = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DARKPOSE_")},
-        "DARKPOSE_MODEL_DIR": str(MODELS),
-        "DARKPOSE_PROVIDERS": "cpu",
-        "DARKPOSE_INTRA_OP_THREADS": "1",
-        "DARKPOSE_WARMUP": "false",
-        "DARKPOSE_PORT": str(port),
-        **env,
-    }
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", *flags],
-            cwd=REPO,
-            env=full,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"expected a ready server, got {log.read_text()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
     """A real ``darkpose serve``: one INFO line per request (method, path, status, ms, request
     id) by default; DARKPOSE_LOG_LEVEL=WARNING silences the service's own INFO loggers."""
     log = tmp_path / "info.log"
-    proc, base = _serve(log, {})
+    server = ServerProcess(env={"DARKPOSE_WARMUP": "false"}, log=log, log_level=None)
     try:
+        server.wait_ready()
+        base = server.base
         r = httpx.post(
             base + "/pose",
             content=PHOTO.read_bytes(),
@@ -213,15 +169,17 @@ def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
         assert r.status_code == 200
         assert httpx.get(base + "/nope", timeout=10).status_code == 404
     finally:
-        _stop(proc)
+        server.terminate()
     text = log.read_text()
     assert re.search(r"INFO service\.api\.access: POST /pose 200 [\d.]+ ms id=req-42", text), text
     assert re.search(r"service\.api\.access: GET /nope 404 [\d.]+ ms id=\w+", text), text
 
     quiet = tmp_path / "warning.log"
-    proc, base = _serve(quiet, {"DARKPOSE_LOG_LEVEL": "WARNING"})
+    env = {"DARKPOSE_WARMUP": "false", "DARKPOSE_LOG_LEVEL": "WARNING"}
+    server = ServerProcess(env=env, log=quiet, log_level=None)
     try:
-        assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        server.wait_ready()
+        assert httpx.get(server.base + "/healthz", timeout=10).status_code == 200
     finally:
-        _stop(proc)
+        server.terminate()
     assert " INFO " not in quiet.read_text(), quiet.read_text()
