@@ -202,6 +202,7 @@ def test_slow_uploads_do_not_starve_real_requests(srv: ServerProcess) -> None:
     finally:
         for s in socks:
             s.close()
+    _wait_inflight_zero(srv)  # their upload slots are free again for the next test
 
 
 def test_uploads_beyond_their_cap_are_503(srv: ServerProcess) -> None:
