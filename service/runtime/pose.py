@@ -19,7 +19,7 @@ import numpy as np
 from service.core.cards import ModelCard
 from service.core.errors import InvalidParameter, ModelError
 from service.core.types import F32, ModelSpec
-from service.runtime.cards import card_beside, card_from_metadata, resolve_card
+from service.runtime.cards import card_beside, resolve_card
 from service.runtime.onnx import (
     CPU,
     create_session,
@@ -105,17 +105,6 @@ def card_from_model(model_bytes: bytes, path: str | Path) -> tuple[ModelCard, st
                 f"{graph_value}, got {tuple(value)}"
             )
     return card, found.source
-
-
-def spec_from_model(model_bytes: bytes, name: str = "pose") -> ModelSpec:
-    """The :class:`ModelSpec` of serialised ONNX ``model_bytes`` from its metadata, then the
-    graph's shapes, then the shared model's defaults (no card files: :func:`card_from_model`)."""
-    model = load_model(model_bytes)
-    meta = {p.key: p.value for p in model.metadata_props}
-    card = card_from_metadata(meta, name)
-    if card is not None:
-        return card.to_spec()
-    return ModelSpec.from_metadata(meta, **_shape_defaults(model_bytes, name))
 
 
 class OnnxPoseModel:
