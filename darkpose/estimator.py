@@ -29,7 +29,13 @@ import numpy.typing as npt
 
 from service.core.errors import InvalidImage, InvalidParameter
 from service.core.io import apply_exif_orientation, decode_image, read_image_file
-from service.core.pipeline import Person, Pipeline, PipelineOptions, as_bgr_uint8
+from service.core.pipeline import (
+    Person,
+    Pipeline,
+    PipelineOptions,
+    as_bgr_uint8,
+    too_small_for_person,
+)
 from service.core.types import COCO_KEYPOINTS
 from service.settings import Settings
 
@@ -166,7 +172,7 @@ class PoseEstimator:
         upright = self.exif_orientation if exif_orientation is None else bool(exif_orientation)
         bgr, source = self.load(image, channel_order=channel_order, exif_orientation=upright)
         opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
-        if min(bgr.shape[:2]) < self.settings.min_image_side:  # valid, too small for a person
+        if too_small_for_person(bgr, self.settings.min_image_side):
             persons, timings = [], {}
         else:
             result = self.pipeline(bgr, opts)

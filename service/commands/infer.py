@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.core.errors import DarkPoseError
     from service.core.io import read_image_file
-    from service.core.pipeline import PipelineOptions
+    from service.core.pipeline import PipelineOptions, too_small_for_person
     from service.core.visualize import draw_poses
     from service.runtime.factory import build_pipeline
     from service.settings import Settings
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             image = read_image_file(
                 path, **settings.image_limits, exif_orientation=args.exif_orientation == "on"
             )
-            if min(image.shape[:2]) < settings.min_image_side:
+            if too_small_for_person(image, settings.min_image_side):
                 logger.info("%s: %dx%d, too small for a person", path.name, *image.shape[1::-1])
                 continue
             result = pipeline(image, options, image_id=image_id)

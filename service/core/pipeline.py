@@ -204,6 +204,14 @@ def as_bgr_uint8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(img)
 
 
+def too_small_for_person(image: npt.NDArray[Any], min_side: int) -> bool:
+    """True when ``image`` (H, W[, C]) has a side under ``min_side`` px
+    (``Settings.min_image_side``): a valid image that holds no detectable person, answered with
+    no persons without running the pipeline (the one place this rule is written; the API,
+    ``darkpose infer`` and :class:`darkpose.PoseEstimator` call it)."""
+    return min(image.shape[:2]) < min_side
+
+
 def _check_boxes(
     boxes: npt.ArrayLike, box_scores: npt.ArrayLike | None, image_size: tuple[int, int]
 ) -> tuple[F32, F32]:

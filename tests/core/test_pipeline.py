@@ -12,7 +12,7 @@ import pytest
 
 from service.core.codec import decode_heatmaps
 from service.core.errors import InvalidImage, InvalidParameter, ModelError
-from service.core.pipeline import Pipeline, PipelineOptions, PoseResult
+from service.core.pipeline import Pipeline, PipelineOptions, PoseResult, too_small_for_person
 from service.core.types import F32, ModelSpec
 from service.runtime.detectors import YoloxDetector
 from service.runtime.pose import OnnxPoseModel
@@ -433,3 +433,18 @@ def test_draw_poses(pipeline: Pipeline, crowd: np.ndarray) -> None:
     assert np.array_equal(draw_poses(crowd, []), crowd)
     with pytest.raises(InvalidImage, match="expected BGR uint8"):
         draw_poses(np.zeros((4, 4), np.uint8), res.persons)
+
+
+@pytest.mark.parametrize(
+    ("shape", "min_side", "small"),
+    [
+        ((7, 100, 3), 8, True),
+        ((100, 7), 8, True),
+        ((8, 8, 3), 8, False),
+        ((8, 100, 1), 8, False),
+        ((1, 1, 3), 1, False),
+    ],
+)
+def test_too_small_for_person(shape: tuple[int, ...], min_side: int, small: bool) -> None:
+    """The shared min_image_side rule: a side under ``min_side`` px (either side, any channels)."""
+    assert too_small_for_person(np.zeros(shape, np.uint8), min_side) is small

@@ -31,7 +31,13 @@ from service.api.state import ServiceState
 from service.api.work import Job, current_job, estimate_request_bytes
 from service.core.codec import DECODERS
 from service.core.errors import InvalidImage
-from service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult
+from service.core.pipeline import (
+    Person,
+    Pipeline,
+    PipelineOptions,
+    PoseResult,
+    too_small_for_person,
+)
 from service.core.types import DecodeMethod
 
 RenderFormat = Literal["jpeg", "png"]
@@ -220,7 +226,7 @@ def run_pose(
         # open (a request asking an in-graph-decoded model for another decode: 422 here)
         options = pipeline.resolve_options(options)
         h, w = image.shape[:2]
-        if min(h, w) < s.min_image_side:
+        if too_small_for_person(image, s.min_image_side):
             result = PoseResult([], (int(w), int(h)), {})
         else:
             state.check_queue_room(pipeline, crops)
