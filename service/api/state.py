@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,45 @@ def _unwrap(model: PoseModel) -> PoseModel:
     return model.model if isinstance(model, MicroBatcher) else model
 
 
+class _Slots:
+    """At most ``limit`` holders at once; one more is refused with ``Overloaded`` (HTTP 503 +
+    ``Retry-After``).  ``what`` names the count in the error message."""
+
+    def __init__(self, what: str, limit: int, retry_after: float) -> None:
+        self.what = what
+        self.limit = limit
+        self.retry_after = retry_after
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self._held >= self.limit:
+                raise Overloaded(
+                    f"{self.what}: expected at most {self.limit}, got {self._held + 1}",
+                    retry_after=self.retry_after,
+                )
+            self._held += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """:meth:`take` for the ``with`` block, :meth:`give` after it."""
+        self.take()
+        try:
+            yield
+        finally:
+            self.give()
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+
 class ServiceState:
     """What the routes need: settings, metrics, pipeline (once ready), in-flight accounting."""
 
@@ -60,11 +99,14 @@ class ServiceState:
         #: caller reports the error, otherwise it is logged here.
         self.on_load_error: Callable[[str], None] | None = None
         self.loaded_at: float | None = None
-        self._inflight = 0
-        self._lock = threading.Lock()
+        self._work_slots = _Slots(
+            "in-flight requests", settings.max_inflight_requests, settings.retry_after_s
+        )
+        self._upload_slots = _Slots(
+            "uploads in progress", settings.max_concurrent_uploads, settings.retry_after_s
+        )
         self._loader: threading.Thread | None = None
         self._response_info: dict[str, Any] | None = None
-        self._uploads = 0
         self.memory = MemoryBudget(settings.memory_budget_mb * MB, settings.retry_after_s)
         self._executor: ThreadPoolExecutor | None = None
 
@@ -190,36 +232,15 @@ class ServiceState:
         """Admit one request's work or raise ``Overloaded`` when ``max_inflight_requests`` are
         in (the ``darkpose_inflight_requests`` gauge counts requests in the handler instead,
         uploads included)."""
-        limit = self.settings.max_inflight_requests
-        with self._lock:
-            if self._inflight >= limit:
-                raise Overloaded(
-                    f"in-flight requests: expected at most {limit}, got {self._inflight + 1}",
-                    retry_after=self.settings.retry_after_s,
-                )
-            self._inflight += 1
+        self._work_slots.take()
 
     def leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
+        self._work_slots.give()
 
-    @contextmanager
-    def upload_slot(self) -> Iterator[None]:
+    def upload_slot(self) -> AbstractContextManager[None]:
         """One of ``max_concurrent_uploads`` request bodies being received, else ``Overloaded``
         (separate from the in-flight slots, which are taken only once a body has arrived)."""
-        limit = self.settings.max_concurrent_uploads
-        with self._lock:
-            if self._uploads >= limit:
-                raise Overloaded(
-                    f"uploads in progress: expected at most {limit}, got {self._uploads + 1}",
-                    retry_after=self.settings.retry_after_s,
-                )
-            self._uploads += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._uploads -= 1
+        return self._upload_slots.hold()
 
     def check_queue_room(self, pipeline: Pipeline, crops: int) -> None:
         """Refuse (``Overloaded``) before any work when a pose batcher's queue holds crops and
@@ -231,8 +252,7 @@ class ServiceState:
 
     @property
     def inflight(self) -> int:
-        with self._lock:
-            return self._inflight
+        return self._work_slots.held
 
     # --- description ------------------------------------------------------------------------
     def response_model_info(self) -> dict[str, Any]:
