@@ -317,7 +317,9 @@ class ServiceState:
             "providers": ",".join(sorted(providers)) or s.providers,
             "decode": self.resolved_decode(),
             "batching": {
-                "enabled": bool(self.batchers),
+                # the pipeline's pose models, built or injected (not ``self.batchers``,
+                # which lists only the batchers built here)
+                "enabled": any(isinstance(m, MicroBatcher) for m in _pose_models_of(self.pipeline)),
                 "max_batch": s.max_batch,
                 "max_wait_ms": s.max_wait_ms,
                 "queue_size": s.queue_size,

@@ -233,6 +233,28 @@ def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_injected_micro_batcher_shows_as_batching_enabled() -> None:
+    """model_info's batching.enabled comes from the pipeline's pose models, so a MicroBatcher
+    in an injected pipeline counts (it once read only the batchers the app built itself)."""
+    from service.api.batching import MicroBatcher
+    from service.api.state import ServiceState
+    from service.core.pipeline import Pipeline
+    from tests.api.tiny_model import TinyOnnxPoseModel
+
+    s = api_settings(warmup=False)
+    tiny = TinyOnnxPoseModel()
+    batcher = MicroBatcher(tiny, max_batch=2, max_wait_ms=0.0, queue_size=4)
+    try:
+        on = ServiceState(s, Pipeline(None, batcher))
+        off = ServiceState(s, Pipeline(None, tiny))
+        assert on.batchers == [] and on.model_info()["batching"]["enabled"] is True
+        assert on.response_model_info()["batching"] is True
+        assert off.model_info()["batching"]["enabled"] is False
+        assert ServiceState(s).model_info()["batching"]["enabled"] is False  # not loaded yet
+    finally:
+        batcher.close()
+
+
 def test_pose_work_does_not_block_the_event_loop(jpeg_bytes: bytes) -> None:
     """While a request waits inside the pose model, /healthz still answers; with
     max_inflight_requests=1 a second /pose is refused 503 + Retry-After."""
