@@ -317,21 +317,24 @@ class _Layout:
         self.build = build
 
 
-def _yolox_decode(det: OnnxDetector) -> Decode:
-    strides = det.card.detector_options.strides
-    grid, stride = make_grids(det.input_size, strides)
-    person = det.person_class
+class _YoloxDecode:
+    """The ``yolox`` layout's decode for one detector: its anchor grid (A, 2) (x, y cell
+    indices) and per-anchor stride (A, 1), built once from the input size and the card's
+    ``detector.strides`` (:class:`YoloxDetector` exposes them as ``grid`` / ``strides``)."""
 
-    def decode(outputs: list[F32], thr: float) -> tuple[F32, F32]:
-        raw = outputs[0]
-        if raw.ndim != 2 or raw.shape[0] != grid.shape[0] or raw.shape[1] <= 5 + person:
+    def __init__(self, det: OnnxDetector) -> None:
+        self.name = det.path.name
+        self.person = det.person_class
+        self.grid, self.stride = make_grids(det.input_size, det.card.detector_options.strides)
+
+    def __call__(self, outputs: list[F32], thr: float) -> tuple[F32, F32]:
+        raw, grid = outputs[0], self.grid
+        if raw.ndim != 2 or raw.shape[0] != grid.shape[0] or raw.shape[1] <= 5 + self.person:
             raise ModelError(
-                f"YOLOX {det.path.name}: expected output (1, {grid.shape[0]}, 5 + C), "
+                f"YOLOX {self.name}: expected output (1, {grid.shape[0]}, 5 + C), "
                 f"got {(1, *raw.shape)}"
             )
-        return decode_yolox(raw, grid, stride, person, thr)
-
-    return decode
+        return decode_yolox(raw, grid, self.stride, self.person, thr)
 
 
 def decode_yolox(
@@ -381,7 +384,7 @@ def decode_boxes_scores(
 
 #: Output layout (``ModelCard.output_layout``) → how its outputs decode to boxes.
 OUTPUT_LAYOUTS: dict[str, _Layout] = {
-    "yolox": _Layout(("yolox",), _yolox_decode),
+    "yolox": _Layout(("yolox",), _YoloxDecode),
     "boxes_scores": _Layout(("boxes", "scores"), _boxes_scores_decode),
 }
 
@@ -440,7 +443,13 @@ class YoloxDetector(OnnxDetector):
             precision=precision,
             default_nms_iou=default_nms_iou,
         )
-        self.grid, self.strides = make_grids(self.input_size, card.detector_options.strides)
+        decode = self._decode
+        if not isinstance(decode, _YoloxDecode):  # the card's layout was checked above
+            raise ModelError(
+                f"YOLOX {Path(path).name}: expected the 'yolox' decode, got {type(decode).__name__}"
+            )
+        # the decode's own anchor grid (A, 2) and strides (A, 1), not a second copy
+        self.grid, self.strides = decode.grid, decode.stride
 
     def infer_raw(self, image: npt.NDArray[np.uint8]) -> tuple[F32, float]:
         """Letterbox + session run: raw output (A, 5 + C) float32 and the resize ratio."""
