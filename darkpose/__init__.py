@@ -16,21 +16,12 @@ exporter) and may move under ``darkpose.`` in a later release.
 from __future__ import annotations
 
 from darkpose.estimator import ChannelOrder, PoseEstimator, Poses
+from service.cli import package_version as _package_version
 from service.core.pipeline import Person, PipelineOptions
 from service.core.types import COCO_KEYPOINTS, COCO_SKELETON
 from service.settings import Settings
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("darkpose-service")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-__version__ = _version()
+__version__ = _package_version()
 
 __all__ = [
     "COCO_KEYPOINTS",

@@ -34,13 +34,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def package_version() -> str:
-    """The installed distribution's version (``darkpose-service``)."""
+    """The installed distribution's version (``darkpose-service``); ``0+unknown`` (a valid
+    PEP 440 version) when it is not installed.  ``darkpose --version`` and
+    ``darkpose.__version__`` both read it."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("darkpose-service")
     except PackageNotFoundError:
-        return "unknown (not installed)"
+        return "0+unknown"
 
 
 def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
