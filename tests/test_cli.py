@@ -263,6 +263,13 @@ def test_serve_help_shows_real_defaults_and_model_settings(
         "DARKPOSE_DETECTOR_MODEL",
     ):
         assert needle in out, needle
+    # a None that means "the model card's" is said so, not shown as None
+    assert re.search(r"DARKPOSE_DECODE +default from the model card", out)
+    assert "default None" not in out
+    from service.commands.serve import FROM_CARD
+    from service.settings import Settings
+
+    assert {n for n in FROM_CARD if Settings.model_fields[n].default is None} == FROM_CARD
 
 
 @pytest.mark.parametrize(

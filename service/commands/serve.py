@@ -37,7 +37,24 @@ def _default(name: str) -> object:
     return field.default
 
 
-def _shown(value: object) -> str:
+#: Settings whose ``None`` default means "the model card's value" (each model's card decides).
+FROM_CARD = frozenset(
+    {
+        "decode",
+        "blur_kernel",
+        "pose_backend",
+        "pose_precision",
+        "detector_backend",
+        "detector_precision",
+    }
+)
+
+
+def _shown(value: object, name: str | None = None) -> str:
+    """``value`` as ``serve --help`` shows it; a ``None`` of a :data:`FROM_CARD` setting
+    ``name`` reads "from the model card" (not "None")."""
+    if value is None and name in FROM_CARD:
+        return "from the model card"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
@@ -72,7 +89,7 @@ def epilog() -> str:
     lines = ["settings (environment variables; the flags above override some of them):"]
     for name in HELP_SETTINGS:
         env = "DARKPOSE_" + name.upper()
-        line = f"  {env:<34} default {_shown(_default(name))}"
+        line = f"  {env:<34} default {_shown(_default(name), name)}"
         if env in os.environ:
             line += f"  (set here: {os.environ[env]})"
         lines.append(line)
