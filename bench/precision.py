@@ -130,6 +130,23 @@ def ratio_table(times: dict[str, list[float]], ref: str, per: float = 1.0) -> li
     return rows
 
 
+def backend_for(precision: str) -> str:
+    """fp32 runs on onnxruntime, reduced precisions on OpenVINO."""
+    return "onnxruntime" if precision == "fp32" else "openvino"
+
+
+def detector_at(config: str, settings: Settings, precision: str, threads: int) -> Any:
+    """Detector ``config`` at ``precision`` on the backend :func:`backend_for` picks."""
+    s = settings.model_copy(
+        update={
+            "detector_backend": backend_for(precision),
+            "detector_precision": precision,
+            "intra_op_threads": threads,
+        }  # fmt: skip
+    )
+    return build_detector_from_config(config, s)
+
+
 def accuracy(
     vs: list[Variant], settings: Settings, threads: int, det_precisions: list[str]
 ) -> dict[str, Any]:
@@ -163,20 +180,12 @@ def accuracy(
     det_rows = []
     for d in DETECTORS:
         for p in det_precisions:
-            backend = "onnxruntime" if p == "fp32" else "openvino"
-            s = eval_s.model_copy(
-                update={
-                    "detector_backend": backend,
-                    "detector_precision": p,
-                    "intra_op_threads": threads,
-                }  # fmt: skip
-            )
-            det = build_detector_from_config(d, s)
+            det = detector_at(d, eval_s, p, threads)
             results, _ = run_detector(det, coco, IMAGES, ids)
             det_rows.append(
                 {
                     "detector": d,
-                    "precision": f"{backend} {p}",
+                    "precision": f"{backend_for(p)} {p}",
                     "person_AP": round(coco_box_metrics(coco, results, ids)["AP"], 4),
                 }  # fmt: skip
             )
@@ -223,15 +232,7 @@ def detector_speed(
     for d in DETECTORS:
         dets = {}
         for p in det_precisions:
-            backend = "onnxruntime" if p == "fp32" else "openvino"
-            s = settings.model_copy(
-                update={
-                    "detector_backend": backend,
-                    "detector_precision": p,
-                    "intra_op_threads": threads,
-                }  # fmt: skip
-            )
-            dets[f"{'ort' if p == 'fp32' else 'ov'} {p}"] = build_detector_from_config(d, s)
+            dets[f"{'ort' if p == 'fp32' else 'ov'} {p}"] = detector_at(d, settings, p, threads)
         fns = {k: (lambda det=det: [det.detect(im) for im in images]) for k, det in dets.items()}
         times = interleaved(fns, rounds, reps=1)
         out[d] = ratio_table(times, "ort fp32", per=len(images))
