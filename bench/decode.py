@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.core.codec import DECODERS, decode_heatmaps  # noqa: E402
+from darkpose.service.core.codec import DECODERS, decode_heatmaps  # noqa: E402
 
 GOLDEN = ROOT.parent / "shared" / "golden" / "mmpose_decode_coco_mini_train.npz"
 

@@ -29,16 +29,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.commands.eval_det import (  # noqa: E402
+from darkpose.service.commands.eval_det import (  # noqa: E402
     DEFAULT_DETECTORS,
     coco_box_metrics,
     image_ids_with_files,
     keypoint_ap,
 )
-from service.evaluation import load_coco  # noqa: E402
-from service.runtime.detector_config import build_detector_from_config, split_configs  # noqa: E402
-from service.runtime.htc import mmdet_available  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from darkpose.service.evaluation import load_coco  # noqa: E402
+from darkpose.service.runtime.detector_config import build_detector_from_config, split_configs  # noqa: E402
+from darkpose.service.runtime.htc import mmdet_available  # noqa: E402
+from darkpose.service.settings import Settings  # noqa: E402
 
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
 HTC_CONFIGS = ("htc(random=1)", "htc(random=1, scale=800x480)")

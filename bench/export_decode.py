@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from exporters import export_decoder
+from darkpose.exporters import export_decoder
 
 GOLDEN = (
     Path(__file__).resolve().parents[1].parent / "shared/golden/mmpose_decode_coco_mini_train.npz"
@@ -53,9 +53,9 @@ def main() -> None:
     t_onnx = _time(lambda: sess.run(None, {"heatmaps": hm}), args.repeats)
     print(f"onnx decode, batch {args.batch}: {t_onnx * 1e3:.2f} ms")
     try:
-        from service.core.codec import decode_heatmaps
+        from darkpose.service.core.codec import decode_heatmaps
     except ImportError:
-        print("service.core.codec not available: numpy comparison skipped")
+        print("darkpose.service.core.codec not available: numpy comparison skipped")
         return
     coords, _ = decode_heatmaps(g["heatmaps"], method="dark", blur_kernel=11)
     print(

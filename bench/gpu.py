@@ -62,8 +62,8 @@ def cuda_ready() -> str | None:
             f"(providers: {ort.get_available_providers()}); install onnxruntime-gpu on a GPU "
             "machine"
         )
-    from service.core.errors import ModelError
-    from service.runtime.pose import OnnxPoseModel
+    from darkpose.service.core.errors import ModelError
+    from darkpose.service.runtime.pose import OnnxPoseModel
 
     try:
         pose = OnnxPoseModel(MODELS / POSE[0], providers="cuda")
@@ -76,7 +76,7 @@ def cuda_ready() -> str | None:
 
 
 def pose_section(repeats: int) -> np.ndarray:
-    from service.runtime.pose import OnnxPoseModel
+    from darkpose.service.runtime.pose import OnnxPoseModel
 
     heatmaps = np.zeros((0,), np.float32)
     print("pose models, CUDA EP, ms/crop (median)")
@@ -95,8 +95,8 @@ def pose_section(repeats: int) -> np.ndarray:
 def detector_section(repeats: int) -> None:
     import cv2
 
-    from service.runtime.detector_config import build_detector_from_config
-    from service.settings import Settings
+    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.settings import Settings
 
     image = cv2.imread(str(sorted((MODELS.parent / "data/coco-mini/train2017").glob("*.jpg"))[0]))
     s = Settings(providers="cuda")  # type: ignore[call-arg]
@@ -107,13 +107,13 @@ def detector_section(repeats: int) -> None:
 
 
 def decode_section(heatmaps: np.ndarray, repeats: int) -> None:
-    from service.core.codec import decode_heatmaps
+    from darkpose.service.core.codec import decode_heatmaps
 
     print(f"DARK decode of the same {len(heatmaps)} heatmaps (PP-TinyPose output)")
     t_np = median_ms(lambda: decode_heatmaps(heatmaps, "dark", 11), repeats)
     print(f"  numpy codec (CPU):        {t_np:.3f} ms")
     try:
-        from exporters import export_decoder
+        from darkpose.exporters import export_decoder
     except ImportError as exc:
         print(f"  in-graph decode skipped: needs the export extra (torch): {exc}")
         return

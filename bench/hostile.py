@@ -73,7 +73,7 @@ class Server:
                 **env,
             }
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+                [sys.executable, "-m", "darkpose.service.cli", "--log-level", "WARNING", "serve"],
                 cwd=REPO,
                 env=full,
                 stdout=subprocess.DEVNULL,

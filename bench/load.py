@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.settings import Settings  # noqa: E402
+from darkpose.service.settings import Settings  # noqa: E402
 
 IMAGES = REPO.parent / "shared" / "data" / "coco-mini" / "train2017"
 
@@ -55,9 +55,9 @@ class Ceiling:
     crops prepared once outside the timed region."""
 
     def __init__(self, images: list[bytes], threads: int) -> None:
-        from service.core.io import decode_image
-        from service.core.transforms import boxes_to_center_scale, warp_crops
-        from service.runtime.factory import build_detector, build_pose_models
+        from darkpose.service.core.io import decode_image
+        from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops
+        from darkpose.service.runtime.factory import build_detector, build_pose_models
 
         s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
         self.detector = build_detector(s)
@@ -152,7 +152,7 @@ def start_server(
         **(extra_env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"],
+        [sys.executable, "-m", "darkpose.service.cli", "--log-level", "WARNING", "serve"],
         cwd=REPO,
         env=env,
     )

@@ -30,11 +30,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.core.pipeline import Pipeline, PipelineOptions, PoseStage  # noqa: E402
-from service.evaluation import coco_keypoint_metrics, gt_boxes, load_coco  # noqa: E402
-from service.runtime.detector_config import build_detector_from_config  # noqa: E402
-from service.runtime.pose import OnnxPoseModel  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseStage  # noqa: E402
+from darkpose.service.evaluation import coco_keypoint_metrics, gt_boxes, load_coco  # noqa: E402
+from darkpose.service.runtime.detector_config import build_detector_from_config  # noqa: E402
+from darkpose.service.runtime.pose import OnnxPoseModel  # noqa: E402
+from darkpose.service.settings import Settings  # noqa: E402
 
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
 TINY = "pp_tinypose_256x192.onnx"

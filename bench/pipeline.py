@@ -29,18 +29,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.core.codec import decode_heatmaps  # noqa: E402
-from service.core.nms import oks_nms, rescore  # noqa: E402
-from service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from service.core.transforms import (  # noqa: E402
+from darkpose.service.core.cards import ZOO_DIR  # noqa: E402
+from darkpose.service.core.codec import decode_heatmaps  # noqa: E402
+from darkpose.service.core.nms import oks_nms, rescore  # noqa: E402
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from darkpose.service.core.transforms import (  # noqa: E402
     boxes_to_center_scale,
     heatmap_to_image,
     warp_crops,
 )
-from service.core.types import COCO_SIGMAS  # noqa: E402
-from service.runtime.detectors import YoloxDetector  # noqa: E402
-from service.runtime.pose import CPU_MAX_BATCH, OnnxPoseModel  # noqa: E402
-from service.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from darkpose.service.core.types import COCO_SIGMAS  # noqa: E402
+from darkpose.service.runtime.detectors import YoloxDetector  # noqa: E402
+from darkpose.service.runtime.pose import CPU_MAX_BATCH, OnnxPoseModel  # noqa: E402
 
 DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "coco-mini" / "train2017" / "000000370162.jpg"
 
@@ -83,7 +83,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--providers", default="cpu", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--models", type=Path, default=ZOO_DIR)
     ap.add_argument(
         "--pose-model", default="pp_tinypose_256x192.onnx", help="pose model file (the default)"
     )

@@ -43,13 +43,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from service.core.transforms import boxes_to_center_scale, warp_crops  # noqa: E402
-from service.evaluation import evaluate, expand_configs, load_coco  # noqa: E402
-from service.quantize import annotated_image_ids, calibration_crops  # noqa: E402
-from service.runtime.detector_config import build_detector_from_config  # noqa: E402
-from service.runtime.pose import OnnxPoseModel  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops  # noqa: E402
+from darkpose.service.evaluation import evaluate, expand_configs, load_coco  # noqa: E402
+from darkpose.service.quantize import annotated_image_ids, calibration_crops  # noqa: E402
+from darkpose.service.runtime.detector_config import build_detector_from_config  # noqa: E402
+from darkpose.service.runtime.pose import OnnxPoseModel  # noqa: E402
+from darkpose.service.settings import Settings  # noqa: E402
 
 logger = logging.getLogger("bench.precision")
 
@@ -174,7 +174,11 @@ def accuracy(
             row[f"{d}_AP"] = [round(r.metrics["AP"], 4) for r in res]
         logger.info("accuracy %s", row)
         rows.append(row)
-    from service.commands.eval_det import coco_box_metrics, image_ids_with_files, run_detector
+    from darkpose.service.commands.eval_det import (
+        coco_box_metrics,
+        image_ids_with_files,
+        run_detector,
+    )
 
     ids = image_ids_with_files(coco, IMAGES)
     det_rows = []
@@ -330,7 +334,7 @@ def main() -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     settings = Settings(providers="cpu")  # type: ignore[call-arg]
     try:
-        from service.runtime.openvino import has_native_bf16
+        from darkpose.service.runtime.openvino import has_native_bf16
 
         bf16, openvino = has_native_bf16(), True
     except Exception:  # no openvino extra

@@ -255,7 +255,7 @@ def boundary_bytes() -> dict[str, float]:
     """Bytes per image crossing each hop, summed over the ``Ingress`` replicas' counters."""
     from ray import serve
 
-    from service.ray_app import APP_NAME, INGRESS_NAME
+    from darkpose.service.ray_app import APP_NAME, INGRESS_NAME
 
     got = serve.get_deployment_handle(INGRESS_NAME, APP_NAME).broadcast("stats").results()
     stats = list(got.values()) if isinstance(got, dict) else list(got)
@@ -299,9 +299,9 @@ def run_ray(
 ) -> dict[str, dict[str, Any]]:
     from ray import serve
 
-    from service.ray_app import APP_NAME
-    from service.ray_app.builder import build_app
-    from service.ray_app.local_cluster import local_ray_cluster
+    from darkpose.service.ray_app import APP_NAME
+    from darkpose.service.ray_app.builder import build_app
+    from darkpose.service.ray_app.local_cluster import local_ray_cluster
 
     cpus_per_node = args.cpus // nodes
     settings: dict[str, Any] = {"providers": "cpu", "log_level": "warning"}

@@ -1,4 +1,4 @@
-"""``darkpose``: the public Python face of the DARK pose service.
+"""``darkpose``: top-down human pose estimation (DARK decoding) as a library and a service.
 
 One line, like rtmlib's ``Body()(img)``::
 
@@ -8,20 +8,39 @@ One line, like rtmlib's ``Body()(img)``::
     poses.to_coco()                       # COCO keypoint results (list of dicts)
     poses.draw("overlay.png")             # boxes + skeletons on the (upright) photo
 
-Import from here; the top-level packages ``service``, ``models`` and ``exporters`` that the
-distribution also installs are its internals (the HTTP service, the PyTorch models, the ONNX
-exporter) and may move under ``darkpose.`` in a later release.
+The names below are the public Python API.  The sub-packages are the service's parts:
+``darkpose.service`` (``core``: pure numpy/OpenCV maths such as
+``darkpose.service.core.codec.decode_heatmaps``; ``runtime``: model backends; ``api``: the HTTP
+service; ``ray_app``; ``commands``), ``darkpose.models`` (the PyTorch networks, extra
+``export``) and ``darkpose.exporters`` (checkpoint → ONNX).  ``darkpose/zoo`` holds the packaged
+models and their cards.
+
+The names are loaded on first use, so ``import darkpose.service.core.codec`` does not pull in
+the whole pipeline.
 """
 
 from __future__ import annotations
 
-from darkpose.estimator import ChannelOrder, PoseEstimator, Poses
-from service.cli import package_version as _package_version
-from service.core.pipeline import Person, PipelineOptions
-from service.core.types import COCO_KEYPOINTS, COCO_SKELETON
-from service.settings import Settings
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__version__ = _package_version()
+if TYPE_CHECKING:
+    from darkpose.estimator import ChannelOrder, PoseEstimator, Poses
+    from darkpose.service.core.pipeline import Person, PipelineOptions
+    from darkpose.service.core.types import COCO_KEYPOINTS, COCO_SKELETON
+    from darkpose.service.settings import Settings
+
+#: public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    "ChannelOrder": "darkpose.estimator",
+    "PoseEstimator": "darkpose.estimator",
+    "Poses": "darkpose.estimator",
+    "Person": "darkpose.service.core.pipeline",
+    "PipelineOptions": "darkpose.service.core.pipeline",
+    "COCO_KEYPOINTS": "darkpose.service.core.types",
+    "COCO_SKELETON": "darkpose.service.core.types",
+    "Settings": "darkpose.service.settings",
+}
 
 __all__ = [
     "COCO_KEYPOINTS",
@@ -34,3 +53,20 @@ __all__ = [
     "Settings",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from darkpose.service.cli import package_version
+
+        return package_version()
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'darkpose' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,7 +9,8 @@ Accepted images:
 * a numpy array ``(H, W, 3)`` / ``(H, W, 4)`` uint8 (or uint16): **the channel order must be
   stated**, ``channel_order="BGR"`` (``cv2.imread``, OpenCV video frames) or ``"RGB"`` (PIL,
   imageio, matplotlib) — per call or once in the constructor.  A colour array without a declared
-  order is refused (:class:`~service.core.errors.InvalidImage`): silently reading RGB as BGR
+  order is refused (:class:`~darkpose.service.core.errors.InvalidImage`): silently reading RGB as
+  BGR
   changes the persons found.  Grayscale ``(H, W)`` / ``(H, W, 1)`` needs no order; a 4th
   channel (alpha) is dropped.
 """
@@ -27,17 +28,17 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage, InvalidParameter
-from service.core.io import apply_exif_orientation, decode_image, read_image_file
-from service.core.pipeline import (
+from darkpose.service.core.errors import InvalidImage, InvalidParameter
+from darkpose.service.core.io import apply_exif_orientation, decode_image, read_image_file
+from darkpose.service.core.pipeline import (
     Person,
     Pipeline,
     PipelineOptions,
     as_bgr_uint8,
     too_small_for_person,
 )
-from service.core.types import COCO_KEYPOINTS
-from service.settings import Settings
+from darkpose.service.core.types import COCO_KEYPOINTS
+from darkpose.service.settings import Settings
 
 ChannelOrder = Literal["BGR", "RGB"]
 U8 = npt.NDArray[np.uint8]
@@ -102,7 +103,7 @@ class Poses:
     ) -> U8:
         """The overlay (boxes, scores, skeletons) on a copy of :attr:`image`, BGR uint8
         (H, W, 3); written to ``path`` too when given (format from its suffix)."""
-        from service.core.visualize import draw_poses
+        from darkpose.service.core.visualize import draw_poses
 
         overlay = draw_poses(self.image, self.persons, keypoint_threshold=keypoint_threshold)
         if path is not None:
@@ -122,7 +123,8 @@ class Poses:
 class PoseEstimator:
     """Detector + pose model(s) built once; call it on images (see the module docstring).
 
-    ``PoseEstimator()`` uses :class:`~service.settings.Settings` (``DARKPOSE_*`` environment,
+    ``PoseEstimator()`` uses :class:`~darkpose.service.settings.Settings` (``DARKPOSE_*``
+    environment,
     the shared models by default); keyword arguments override settings fields
     (``PoseEstimator(providers="cpu", pose_models="pp_tinypose_256x192.onnx", flip=True)``) or
     a given ``settings`` object.  ``channel_order`` is the default order of colour arrays;
@@ -137,7 +139,7 @@ class PoseEstimator:
         exif_orientation: bool = True,
         **overrides: Any,
     ) -> None:
-        from service.runtime.factory import build_pipeline
+        from darkpose.service.runtime.factory import build_pipeline
 
         if settings is None:
             settings = Settings(**overrides)
@@ -236,7 +238,7 @@ def _is_pil_image(obj: Any) -> bool:
 
 def _from_pil(im: Any, exif_orientation: bool) -> U8:
     """A PIL image → BGR (its mode defines the colours); upright per its EXIF orientation."""
-    from service.core.io import exif_orientation_of
+    from darkpose.service.core.io import exif_orientation_of
 
     rgb = np.asarray(im.convert("RGB"))
     bgr = np.ascontiguousarray(rgb[..., ::-1])

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.core.errors import DarkPoseError
+from darkpose.service.core.errors import DarkPoseError
 
 logger = logging.getLogger("darkpose.export")
 
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
     """Do the export described by parsed ``args``; raises typed errors on failure."""
     import torch
 
-    from exporters.export import export_onnx, make_spec
-    from models.checkpoint import load_checkpoint
-    from models.errors import ExportError
-    from models.registry import build_model, canonical_arch, parse_input_size
+    from darkpose.exporters.export import export_onnx, make_spec
+    from darkpose.models.checkpoint import load_checkpoint
+    from darkpose.models.errors import ExportError
+    from darkpose.models.registry import build_model, canonical_arch, parse_input_size
 
     if args.opset < 11:
         raise ExportError(f"--opset: expected >= 11, got {args.opset}")

@@ -2,13 +2,14 @@
 
 :func:`export_onnx` traces once with the TorchScript exporter (dynamic batch axis), checks
 parity against torch on random inputs through onnxruntime (CPU), runs ``onnx.checker`` and
-writes the :class:`~service.core.types.ModelSpec` into ``metadata_props``.  Bounds:
+writes the :class:`~darkpose.service.core.types.ModelSpec` into ``metadata_props``.  Bounds:
 
 * heatmaps, fp32: ``max |onnx - torch| <= 1e-4 * max(1, max |torch|)`` (``FP32_TOL``);
 * heatmaps, ``--fp16`` (weights and activations fp16, I/O float32):
   ``<= 1e-2 * max(1, max |torch fp32|)`` (``FP16_TOL``);
 * ``--with-decode``: the decode-only graph on peaked synthetic heatmaps vs torch
-  :class:`~models.dark.DarkDecode` within ``DECODE_TOL_PX`` (1e-3 heatmap px); the full graph's
+  :class:`~darkpose.models.dark.DarkDecode` within ``DECODE_TOL_PX`` (1e-3 heatmap px); the full
+  graph's
   keypoints vs torch decode of the onnxruntime heatmaps within ``GRAPH_DECODE_TOL_PX`` (5e-2
   px: random inputs give flat maxima where the Newton step amplifies rounding); scores within
   the heatmap bound.  (On the mmpose golden heatmaps the decode graph is within ~1e-5 px.)
@@ -29,9 +30,9 @@ import onnx
 import torch
 from torch import nn
 
-from models.dark import DarkDecode
-from models.errors import ExportError
-from service.core.types import ModelSpec
+from darkpose.models.dark import DarkDecode
+from darkpose.models.errors import ExportError
+from darkpose.service.core.types import ModelSpec
 
 logger = logging.getLogger(__name__)
 

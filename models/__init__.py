@@ -1,12 +1,12 @@
 """PyTorch pose networks (HRNet, SimpleBaseline ResNet), checkpoint loading and the in-graph
 DARK decode.  Only the exporter uses this package; ``service/`` never imports torch."""
 
-from models.checkpoint import detect_layout, load_checkpoint, load_state, unwrap_state_dict
-from models.dark import DarkDecode, DecodedPoseNet
-from models.errors import CheckpointError, ExportError
-from models.hrnet import PoseHighResolutionNet
-from models.registry import PUBLISHED_ARCHS, build_model, parse_input_size
-from models.resnet import PoseResNet
+from darkpose.models.checkpoint import detect_layout, load_checkpoint, load_state, unwrap_state_dict
+from darkpose.models.dark import DarkDecode, DecodedPoseNet
+from darkpose.models.errors import CheckpointError, ExportError
+from darkpose.models.hrnet import PoseHighResolutionNet
+from darkpose.models.registry import PUBLISHED_ARCHS, build_model, parse_input_size
+from darkpose.models.resnet import PoseResNet
 
 __all__ = [
     "PUBLISHED_ARCHS",

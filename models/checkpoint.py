@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.errors import CheckpointError
+from darkpose.models.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

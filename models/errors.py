@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.core.errors import ModelError
+from darkpose.service.core.errors import ModelError
 
 
 class ExportError(ModelError, ValueError):

@@ -6,7 +6,7 @@ Module and parameter names follow ``lib/models/pose_hrnet.py`` of the official r
 stage4, final_layer``; inside a stage ``stageS.M.branches.B.i.*`` and
 ``stageS.M.fuse_layers.i.j.*``.  mmpose's ``HRNet`` backbone uses the same names (under
 ``backbone.``) and its head's 1x1 conv is ``keypoint_head.final_layer`` (0.x) /
-``head.final_layer`` (1.x); see :mod:`models.checkpoint`.
+``head.final_layer`` (1.x); see :mod:`darkpose.models.checkpoint`.
 
 Shapes: ``x: (N, 3, H, W) float32 -> heatmaps (N, K, H/4, W/4)``; ``H`` and ``W`` must be
 multiples of 32 (the lowest branch runs at 1/32 and is upsampled back by exact powers of 2).
@@ -21,7 +21,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from models.blocks import BN_MOMENTUM, BasicBlock, Bottleneck, make_layer
+from darkpose.models.blocks import BN_MOMENTUM, BasicBlock, Bottleneck, make_layer
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import re
 
 from torch import nn
 
-from models.errors import ExportError
-from models.hrnet import PoseHighResolutionNet
-from models.resnet import RESNET_LAYERS, PoseResNet
+from darkpose.models.errors import ExportError
+from darkpose.models.hrnet import PoseHighResolutionNet
+from darkpose.models.resnet import RESNET_LAYERS, PoseResNet
 
 PUBLISHED_ARCHS: tuple[str, ...] = ("hrnet_w32", "hrnet_w48", "resnet50", "resnet101", "resnet152")
 

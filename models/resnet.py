@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import BN_MOMENTUM, Bottleneck, make_layer
+from darkpose.models.blocks import BN_MOMENTUM, Bottleneck, make_layer
 
 #: Bottleneck blocks per stage for each depth (He et al. 2016).
 RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {

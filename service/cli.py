@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
-#: command name → (module under service.commands, one-line help)
+#: command name → (module under darkpose.service.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the HTTP service (uvicorn)"),
     "infer": ("infer", "pose estimation on an image or a directory → COCO results JSON"),
@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
-            module = importlib.import_module(f"service.commands.{module_name}")
+            module = importlib.import_module(f"darkpose.service.commands.{module_name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"service.commands.{module_name}":
+            if exc.name != f"darkpose.service.commands.{module_name}":
                 raise
             continue  # command not available in this build
         p = sub.add_parser(
@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    from service.core.errors import DarkPoseError
-    from service.settings import settings_error_line
+    from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.settings import settings_error_line
 
     try:
         return int(args._module.run(args))

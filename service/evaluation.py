@@ -27,10 +27,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from service.core.errors import InvalidParameter
-from service.core.pipeline import Pipeline, PipelineOptions
-from service.core.transforms import xywh_to_xyxy
-from service.core.types import F32
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.transforms import xywh_to_xyxy
+from darkpose.service.core.types import F32
 
 logger = logging.getLogger(__name__)
 

@@ -31,13 +31,13 @@ import numpy.typing as npt
 import onnx
 from pycocotools.coco import COCO
 
-from service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
-from service.core.codec import decode_heatmaps
-from service.core.errors import InvalidParameter, ModelError
-from service.core.pipeline import Pipeline, PipelineOptions
-from service.core.transforms import boxes_to_center_scale, warp_crops
-from service.core.types import F32, ModelSpec, PoseModel
-from service.evaluation import coco_keypoint_metrics, gt_boxes
+from darkpose.service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
+from darkpose.service.core.codec import decode_heatmaps
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops
+from darkpose.service.core.types import F32, ModelSpec, PoseModel
+from darkpose.service.evaluation import coco_keypoint_metrics, gt_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def quantize_onnx(
     if opset < MIN_OPSET:  # NNCF quantises opset >= 10 only; the conversion is exact here
         from onnx import version_converter
 
-        from service.runtime.onnx import drop_per_channel_bn_spatial
+        from darkpose.service.runtime.onnx import drop_per_channel_bn_spatial
 
         logger.info("quantize: converting the graph from opset %d to %d", opset, MIN_OPSET)
         fixed = drop_per_channel_bn_spatial(model.SerializeToString())  # spatial=0 BNs (opset 8)
@@ -292,7 +292,7 @@ def int8_card(card: ModelCard, out_name: str, quantization: dict[str, Any]) -> M
 
 def write_card(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
     """Store ``card`` as JSON under ``darkpose.card`` in ``model.metadata_props`` (the first
-    place :func:`service.runtime.cards.resolve_card` looks), dropping older ``darkpose.*``
+    place :func:`darkpose.service.runtime.cards.resolve_card` looks), dropping older ``darkpose.*``
     keys so they cannot contradict it."""
     keep = [p for p in model.metadata_props if not p.key.startswith("darkpose.")]
     del model.metadata_props[:]

@@ -25,37 +25,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from service.core.types import DecodeMethod
+from darkpose.service.core.cards import ZOO_DIR
+from darkpose.service.core.types import DecodeMethod
 
-#: Repository root when running from a checkout (this file is service/settings.py); after a
-#: non-editable install this is site-packages.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-#: ``../shared/models`` next to the checkout: the embedded default models.
-DEFAULT_MODEL_DIR = (REPO_ROOT.parent / "shared" / "models").resolve()
 ENV_PREFIX = "DARKPOSE_"
-
-
-def model_dir_candidates() -> list[Path]:
-    """Where the default model directory is looked for, in order: ``../shared/models`` next to
-    the checkout (only when this package runs from a checkout, i.e. ``pyproject.toml`` is next
-    to it), then ``../shared/models`` and ``./shared/models`` relative to the working directory
-    (what works after ``pip install .`` or a wheel, run from the checkout)."""
-    found: list[Path] = []
-    if (REPO_ROOT / "pyproject.toml").is_file():
-        found.append(DEFAULT_MODEL_DIR)
-    cwd = Path.cwd()
-    for p in (cwd.parent / "shared" / "models", cwd / "shared" / "models"):
-        r = p.resolve()
-        if r not in found:
-            found.append(r)
-    return found
-
-
-def find_model_dir() -> Path:
-    """The first existing directory of :func:`model_dir_candidates` (the first candidate when
-    none exists: loading a model then fails with :meth:`Settings.model_dir_hint`)."""
-    candidates = model_dir_candidates()
-    return next((p for p in candidates if p.is_dir()), candidates[0])
 
 
 def split_list(value: str) -> list[Any]:
@@ -117,7 +90,7 @@ def settings_error_line(exc: Exception) -> str:
 
 
 class ImageLimits(TypedDict):
-    """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``."""
+    """The keyword limits of :func:`darkpose.service.core.io.decode_image` / ``read_image_file``."""
 
     max_bytes: int
     max_pixels: int
@@ -151,10 +124,9 @@ class Settings(BaseSettings):
 
     # --- models -----------------------------------------------------------------------------
     model_dir: Path = Field(
-        default_factory=find_model_dir,
-        description="directory holding the ONNX files (default: the first existing of "
-        "../shared/models next to the checkout, ../shared/models or ./shared/models from the "
-        "working directory)",
+        ZOO_DIR,
+        description="directory holding the ONNX files named by relative paths (default: the "
+        "models packaged with darkpose, darkpose/zoo)",
     )
     pose_models: list[str] = Field(
         default_factory=lambda: ["pp_tinypose_256x192.onnx"],
@@ -198,7 +170,9 @@ class Settings(BaseSettings):
 
     # --- pipeline defaults ----------------------------------------------------------------
     decode: DecodeMethod | None = Field(
-        None, description="heatmap decoder (service.core.codec.DECODERS); None = the model card's"
+        None,
+        description="heatmap decoder (darkpose.service.core.codec.DECODERS); None = the "
+        "model card's",
     )
     blur_kernel: int | None = Field(
         None, ge=1, description="DARK blur kernel (odd); None = the model card's"
@@ -341,7 +315,7 @@ class Settings(BaseSettings):
     @field_validator("decode")
     @classmethod
     def _known_decoder(cls, v: str | None) -> str | None:
-        from service.core.codec import DECODERS
+        from darkpose.service.core.codec import DECODERS
 
         if v is not None and v not in DECODERS:
             raise ValueError(f"expected one of {', '.join(DECODERS)}, got {v!r}")
@@ -365,7 +339,7 @@ class Settings(BaseSettings):
 
     @property
     def image_limits(self) -> ImageLimits:
-        """The keyword limits of :func:`service.core.io.decode_image` / ``read_image_file``
+        """The keyword limits of :func:`darkpose.service.core.io.decode_image` / ``read_image_file``
         (a fresh dict).  ``min_side`` is 1: a valid image with a side under ``min_image_side``
         decodes, and its callers answer it with no persons rather than refuse it."""
         return {
@@ -386,12 +360,12 @@ class Settings(BaseSettings):
         """How to point the service at its models, for "model file not found" errors."""
         if self.model_dir.is_dir():
             return (
-                f"; model_dir is {self.model_dir}: set {ENV_PREFIX}MODEL_DIR to the directory "
-                f"holding the ONNX files, or give an absolute path"
+                f"; relative model names are read from {self.model_dir}: set "
+                f"{ENV_PREFIX}MODEL_DIR to the directory holding the ONNX files, or give the "
+                "file's absolute path"
             )
-        searched = ", ".join(str(p) for p in model_dir_candidates())
         return (
-            f"; no model directory found (model_dir {self.model_dir} does not exist; the "
-            f"default searches {searched}): set {ENV_PREFIX}MODEL_DIR=/path/to/models, the "
-            f"directory holding the ONNX files (in a checkout: ../shared/models)"
+            f"; the model directory {self.model_dir} does not exist: set "
+            f"{ENV_PREFIX}MODEL_DIR=/path/to/models, the directory holding the ONNX files "
+            f"(unset, the packaged models in {ZOO_DIR} are used)"
         )

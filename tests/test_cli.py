@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from service.cli import main
+from darkpose.service.cli import main
 from tests.api.conftest import free_port
 from tests.conftest import IMAGES, KPT_ANN, MODELS, REPO, match_persons, upright_and_sideways_jpeg
 
@@ -145,6 +145,7 @@ def test_eval_keeps_low_scoring_detector_boxes_by_default(
     argv += ["--boxes", "detector", "--decode", "dark", "--json", "--no-progress"]
     monkeypatch.setenv("DARKPOSE_DETECTOR", "yolox")
     monkeypatch.setenv("DARKPOSE_POSE_MODELS", '["pose_simplepose_256x192.onnx"]')
+    monkeypatch.setenv("DARKPOSE_MODEL_DIR", str(MODELS))
     assert main(argv) == 0
     default = json.loads(capsys.readouterr().out)[0]["num_results"]
     assert main([*argv, "--det-threshold", "0.3"]) == 0
@@ -236,7 +237,7 @@ def test_log_level_before_or_after_the_command_and_from_the_environment(
     if env is not None:
         monkeypatch.setenv("DARKPOSE_LOG_LEVEL", env)
     assert main([*argv, "/nonexistent/dir"]) == 2  # a fast command: missing input
-    assert logging.getLogger("service.commands.infer").getEffectiveLevel() == level
+    assert logging.getLogger("darkpose.service.commands.infer").getEffectiveLevel() == level
 
 
 def test_unknown_log_level_is_exit_2(
@@ -266,8 +267,8 @@ def test_serve_help_shows_real_defaults_and_model_settings(
     # a None that means "the model card's" is said so, not shown as None
     assert re.search(r"DARKPOSE_DECODE +default from the model card", out)
     assert "default None" not in out
-    from service.commands.serve import FROM_CARD
-    from service.settings import Settings
+    from darkpose.service.commands.serve import FROM_CARD
+    from darkpose.service.settings import Settings
 
     assert {n for n in FROM_CARD if Settings.model_fields[n].default is None} == FROM_CARD
 
@@ -284,6 +285,7 @@ def test_plain_path_settings(
     pose_models: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DARKPOSE_POSE_MODELS", pose_models)
+    monkeypatch.setenv("DARKPOSE_MODEL_DIR", str(MODELS))
     out = tmp_path / "r.json"
     argv = ["infer", str(IMAGES / "000000211325.jpg"), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
@@ -302,7 +304,7 @@ def test_serve_settings_errors_are_one_line_and_exit_2(env: dict[str, str], need
     """A real ``darkpose serve`` process: a bad setting ends it with one line, status 2."""
     port = {} if "DARKPOSE_PORT" in env else {"DARKPOSE_PORT": str(free_port())}
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "darkpose.service.cli", "serve"],
         cwd=REPO,
         env={**os.environ, **port, **env},
         capture_output=True,

@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from darkpose import PoseEstimator, Poses
-from service.core.errors import InvalidImage, InvalidParameter
-from service.core.io import decode_image
+from darkpose.service.core.errors import InvalidImage, InvalidParameter
+from darkpose.service.core.io import decode_image
 from tests.conftest import IMAGES, KPT_ANN, MODELS, upright_and_sideways_jpeg
 
 PHOTO = IMAGES / "000000211325.jpg"

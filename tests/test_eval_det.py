@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.commands.eval_det import coco_box_metrics, image_ids_with_files
-from service.evaluation import load_coco
+from darkpose.service.cli import main
+from darkpose.service.commands.eval_det import coco_box_metrics, image_ids_with_files
+from darkpose.service.evaluation import load_coco
 from tests.conftest import COCO_MINI, IMAGES, KPT_ANN
 
 INSTANCES = COCO_MINI / "annotations" / "instances_train2017.json"

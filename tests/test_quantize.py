@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.cli import main
-from service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
-from service.core.errors import InvalidParameter
-from service.core.types import ModelSpec
-from service.evaluation import gt_boxes, load_coco
-from service.quantize import (
+from darkpose.service.cli import main
+from darkpose.service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.types import ModelSpec
+from darkpose.service.evaluation import gt_boxes, load_coco
+from darkpose.service.quantize import (
     annotated_image_ids,
     calibration_crops,
     float_nodes,
@@ -25,7 +25,7 @@ from service.quantize import (
     split_images,
     write_card,
 )
-from service.runtime.cards import card_from_metadata, resolve_card
+from darkpose.service.runtime.cards import card_from_metadata, resolve_card
 from tests.conftest import IMAGES, KPT_ANN
 from tests.runtime.onnx_fixtures import small_pose_model
 
@@ -120,6 +120,7 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     src = small_pose_model(tmp_path / "small.onnx")
     out = tmp_path / "small.int8.onnx"
     argv = ["quantize", "--model", str(src), "--out", str(out), "--calib-fraction", "0.1"]
+    argv += ["--images", str(IMAGES), "--ann", str(KPT_ANN)]
     assert main([*argv, "--backend", "onnxruntime"]) == 0
     printed = parse_card(capsys.readouterr().out, "stdout")
     model = onnx.load(str(out))
@@ -133,8 +134,8 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert found is not None and found.source == "metadata" and found.card == printed
     card = found.card
     assert card.precision == "int8" and card.quantization is not None
-    from service.api.state import _runtime_of
-    from service.runtime.pose import OnnxPoseModel
+    from darkpose.service.api.state import _runtime_of
+    from darkpose.service.runtime.pose import OnnxPoseModel
 
     served = OnnxPoseModel(out, providers="cpu", intra_op_threads=1)
     assert _runtime_of(served) == {"backend": "onnxruntime", "precision": "int8"}
@@ -149,7 +150,8 @@ def test_quantize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_quantize_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     src = small_pose_model(tmp_path / "small.onnx")
-    assert main(["quantize", "--model", str(src), "--out", str(src)]) == 2
+    argv = ["quantize", "--model", str(src), "--out", str(src)]
+    assert main([*argv, "--images", str(IMAGES), "--ann", str(KPT_ANN)]) == 2
 
 
 @pytest.mark.slow
@@ -157,7 +159,7 @@ def test_opset8_model_is_converted_then_quantised(coco) -> None:  # type: ignore
     """NNCF refuses opset < 10: the shared SimpleBaseline (opset 8, spatial=0 BatchNorms) is
     converted to opset 13 first and quantises."""
     pytest.importorskip("nncf", reason="needs the optional `openvino` extra (nncf)")
-    from service.quantize import MIN_OPSET, quantize_onnx
+    from darkpose.service.quantize import MIN_OPSET, quantize_onnx
     from tests.conftest import POSE_ONNX
 
     crops = calibration_crops(ModelSpec(), IMAGES, coco, annotated_image_ids(coco)[:2])

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.core import codec
-from service.core.errors import InvalidParameter
-from service.core.pipeline import PipelineOptions
-from service.core.types import F32
-from service.runtime import detector_config as dc
-from service.settings import Settings
+from darkpose.service.core import codec
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.pipeline import PipelineOptions
+from darkpose.service.core.types import F32
+from darkpose.service.runtime import detector_config as dc
+from darkpose.service.settings import Settings
 from tests.conftest import MODELS
 
 
@@ -45,8 +45,8 @@ def test_a_new_decoder_is_one_table_entry(centroid: str) -> None:
     assert PipelineOptions(decode=centroid).decode == centroid
     assert Settings(decode=centroid).decode == centroid  # type: ignore[call-arg]
     # the CLIs build their choices from the table
-    from service.commands import eval as eval_cmd
-    from service.commands import infer as infer_cmd
+    from darkpose.service.commands import eval as eval_cmd
+    from darkpose.service.commands import infer as infer_cmd
 
     for module in (eval_cmd, infer_cmd):
         parser = argparse.ArgumentParser()
@@ -60,7 +60,7 @@ def test_a_new_decoder_is_one_table_entry(centroid: str) -> None:
 
 
 def test_the_api_query_enum_is_the_decoder_table(centroid: str) -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     app = create_app(Settings(warmup=False, model_dir=MODELS))  # type: ignore[call-arg]
     doc = app.openapi()
@@ -83,7 +83,7 @@ def test_a_new_detector_kind_is_one_table_entry(monkeypatch: pytest.MonkeyPatch)
     parses, nests in chips/fused and builds with no other change."""
 
     def build(b: Any, spec: dc.DetectorSpec) -> Any:
-        from service.runtime.detectors import PicoDetDetector
+        from darkpose.service.runtime.detectors import PicoDetDetector
 
         return b.onnx_leaf(spec, PicoDetDetector, b.settings.picodet_model)
 

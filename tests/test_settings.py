@@ -7,14 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
-from tests.conftest import MODELS
-
-
-def test_default_model_dir_is_the_shared_models() -> None:
-    s = Settings()
-    assert s.model_dir == MODELS
-    assert s.resolve_model(s.pose_models[0]).is_file()
+from darkpose.service.settings import Settings
 
 
 def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +34,7 @@ def test_default_max_persons_must_fit_the_limit() -> None:
 def test_image_limits_are_decode_image_keywords() -> None:
     import inspect
 
-    from service.core.io import decode_image
+    from darkpose.service.core.io import decode_image
 
     limits = Settings(max_image_side=1234).image_limits
     params = inspect.signature(decode_image).parameters
@@ -81,7 +74,7 @@ def test_settings_errors_are_one_line(
 ) -> None:
     from pydantic_settings import SettingsError
 
-    from service.settings import settings_error_line
+    from darkpose.service.settings import settings_error_line
 
     monkeypatch.setenv(env, value)
     with pytest.raises((ValidationError, SettingsError)) as exc:
@@ -91,27 +84,20 @@ def test_settings_errors_are_one_line(
     assert needle in line, line
 
 
-def test_default_model_dir_is_searched_from_the_working_directory(
+def test_default_model_dir_is_the_packaged_zoo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a non-editable install the package is not in a checkout: ../shared/models and
-    ./shared/models relative to the working directory are searched; none → a clear hint."""
-    import service.settings as settings_module
+    """The default model directory is the one packaged with darkpose, wherever the process runs;
+    a model directory that does not exist gets a hint naming the setting."""
+    from darkpose.service.core.cards import ZOO_DIR
 
-    site = tmp_path / "site-packages"
-    site.mkdir()
-    monkeypatch.setattr(settings_module, "REPO_ROOT", site)  # no pyproject.toml: installed
-    checkout = tmp_path / "work" / "checkout"
-    checkout.mkdir(parents=True)
-    monkeypatch.chdir(checkout)
-    missing = Settings()
-    assert not missing.model_dir.is_dir()
+    monkeypatch.chdir(tmp_path)
+    s = Settings()
+    assert s.model_dir == ZOO_DIR and (ZOO_DIR / "pp_tinypose_256x192.onnx").is_file()
+    assert s.resolve_model("yolox_nano_416.onnx").is_file()
+    missing = Settings(model_dir=tmp_path / "none")  # type: ignore[call-arg]
     hint = missing.model_dir_hint()
-    assert "DARKPOSE_MODEL_DIR=" in hint and str(checkout.parent / "shared" / "models") in hint
-    (tmp_path / "work" / "shared" / "models").mkdir(parents=True)
-    assert Settings().model_dir == tmp_path / "work" / "shared" / "models"
-    monkeypatch.chdir(tmp_path / "work")
-    assert Settings().model_dir == tmp_path / "work" / "shared" / "models"
+    assert "DARKPOSE_MODEL_DIR=" in hint and str(tmp_path / "none") in hint
 
 
 def test_weighted_pose_model_entries() -> None:

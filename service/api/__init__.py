@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from service.core.pipeline import Pipeline
-    from service.settings import Settings
+    from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.settings import Settings
 
 __all__ = ["create_app"]
 
 
 def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = None) -> FastAPI:
-    """Build the FastAPI app (see :func:`service.api.app.create_app`)."""
-    from service.api.app import create_app as _create_app
+    """Build the FastAPI app (see :func:`darkpose.service.api.app.create_app`)."""
+    from darkpose.service.api.app import create_app as _create_app
 
     return _create_app(settings, pipeline=pipeline)

@@ -1,7 +1,7 @@
 """Access control and fair use: API keys, per-client token buckets and concurrency caps.
 
 One pure ASGI middleware (:class:`AccessMiddleware`) placed inside
-:class:`~service.api.errors.RequestContextMiddleware` (so refusals carry the request id and
+:class:`~darkpose.service.api.errors.RequestContextMiddleware` (so refusals carry the request id and
 are counted by route).  It decides from the request line and headers alone and answers
 401/429 **before the body is read**; with nothing configured :func:`install_access_control`
 adds no middleware at all (zero cost).
@@ -48,13 +48,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response, request_id_of
-from service.core.errors import DarkPoseError
-from service.settings import Settings
+from darkpose.service.api.errors import error_response, request_id_of
+from darkpose.service.core.errors import DarkPoseError
+from darkpose.service.settings import Settings
 
-#: Not ``__name__``: ``service.api.access`` is the per-request log line's logger
-#: (:class:`~service.api.errors.RequestContextMiddleware`, README "Logs").
-logger = logging.getLogger("service.api.access_control")
+#: Not ``__name__``: ``darkpose.service.api.access`` is the per-request log line's logger
+#: (:class:`~darkpose.service.api.errors.RequestContextMiddleware`, README "Logs").
+logger = logging.getLogger("darkpose.service.api.access_control")
 
 #: Paths that never need a key and never count against a client (probes).
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -753,7 +753,7 @@ def _remove_sighup() -> None:
 
 def install_access_control(app: Any, settings: Settings, registry: CollectorRegistry) -> bool:
     """Add :class:`AccessMiddleware` to ``app`` when anything is configured.  Call it *before*
-    adding :class:`~service.api.errors.RequestContextMiddleware` (so that one wraps it).
+    adding :class:`~darkpose.service.api.errors.RequestContextMiddleware` (so that one wraps it).
     True when installed."""
     policy = AccessPolicy.from_settings(settings, registry)
     if policy is None:

@@ -1,16 +1,18 @@
 """FastAPI app factory: ``POST /pose``, health/readiness, metrics, model listing.
 
 ``create_app(settings=None, *, pipeline=None)`` builds one app with its own metrics registry
-and :class:`~service.api.state.ServiceState`, and assembles the route modules of
-:mod:`service.api.routes` (``pose``, ``health``, ``ops``).  The models are built (or the
-injected :class:`~service.core.pipeline.Pipeline` adopted) and warmed in a background thread
+and :class:`~darkpose.service.api.state.ServiceState`, and assembles the route modules of
+:mod:`darkpose.service.api.routes` (``pose``, ``health``, ``ops``).  The models are built (or the
+injected :class:`~darkpose.service.core.pipeline.Pipeline` adopted) and warmed in a background
+thread
 started by the lifespan, so ``/healthz`` answers at once and ``/readyz`` says 503 until the
 pipeline is ready.  When ``settings.batching`` is on, every pose model of a built pipeline is
-wrapped in a :class:`~service.api.batching.MicroBatcher`; an injected pipeline is used as it
+wrapped in a :class:`~darkpose.service.api.batching.MicroBatcher`; an injected pipeline is used as
+it
 is (its pose models may batch elsewhere, e.g. Ray Serve).
 
 Pose work runs in the state's worker threads (``max_inflight_requests`` of them, see
-:mod:`service.api.routes.pose`); the event loop only reads bodies and writes answers.
+:mod:`darkpose.service.api.routes.pose`); the event loop only reads bodies and writes answers.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
-from service.api.access import install_access_control
-from service.api.deps import reject_unknown_query
-from service.api.errors import RequestContextMiddleware, install_error_handlers
-from service.api.routes import docs, health, ops, pose
-from service.api.state import ServiceState
-from service.core.pipeline import Pipeline
-from service.settings import Settings
+from darkpose.service.api.access import install_access_control
+from darkpose.service.api.deps import reject_unknown_query
+from darkpose.service.api.errors import RequestContextMiddleware, install_error_handlers
+from darkpose.service.api.routes import docs, health, ops, pose
+from darkpose.service.api.state import ServiceState
+from darkpose.service.core.pipeline import Pipeline
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         version="0.1.0",
         description="Top-down human pose estimation (COCO 17 keypoints) with DARK decoding.",
         lifespan=lifespan,
-        docs_url=None,  # served offline by service.api.routes.docs
+        docs_url=None,  # served offline by darkpose.service.api.routes.docs
         redoc_url=None,
         redirect_slashes=False,  # a redirect would be built from the Host header (open redirect)
     )

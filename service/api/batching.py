@@ -1,6 +1,7 @@
 """Dynamic micro-batching of pose-model calls across concurrent requests.
 
-:class:`MicroBatcher` wraps a :class:`~service.core.types.PoseModel` and is itself one, so the
+:class:`MicroBatcher` wraps a :class:`~darkpose.service.core.types.PoseModel` and is itself one, so
+the
 pipeline does not know it exists.  Each ``infer(batch)`` call (made from a request's worker
 thread) enqueues its crops and blocks on a future; one batcher thread gathers queued crops
 until ``max_batch`` crops are collected or ``max_wait_ms`` has passed since the oldest waiting
@@ -10,12 +11,13 @@ call arrived, runs **one** model call on the concatenation and scatters the heat
 up to ``workers`` model calls run at once: on a CPU a single caller thread would leave cores
 idle while every request waits for the one running batch.
 
-Crops queued by a request whose :class:`~service.api.work.Job` has stopped (client gone,
-deadline passed; the job comes from :data:`~service.api.work.current_job`) are dropped when
+Crops queued by a request whose :class:`~darkpose.service.api.work.Job` has stopped (client gone,
+deadline passed; the job comes from :data:`~darkpose.service.api.work.current_job`) are dropped when
 their turn comes: their caller gets the job's error instead of a model call.
 
 The queue is bounded by ``queue_size`` crops: a call that would overflow it raises
-:class:`~service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call larger
+:class:`~darkpose.service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call
+larger
 than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
 """
 
@@ -31,9 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.api.work import Job, current_job
-from service.core.errors import InvalidParameter, NotReady, Overloaded
-from service.core.types import F32, PoseModel
+from darkpose.service.api.work import Job, current_job
+from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded
+from darkpose.service.core.types import F32, PoseModel
 
 logger = logging.getLogger(__name__)
 

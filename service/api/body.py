@@ -1,7 +1,8 @@
 """Reading the uploaded image from a request, with the byte limit enforced while streaming.
 
 Accepted: ``multipart/form-data`` with exactly one file part named ``image`` (a filename is
-optional; parsed by :mod:`service.api.multipart`, in a worker thread for large bodies), or a raw
+optional; parsed by :mod:`darkpose.service.api.multipart`, in a worker thread for large bodies), or
+a raw
 body with ``Content-Type`` image/jpeg, image/png, image/webp, image/bmp (or
 application/octet-stream; the bytes' magic decides the format either way).  A raw body with any
 other Content-Type (``curl --data-binary`` without ``-H`` sends
@@ -17,9 +18,14 @@ import anyio
 import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 
-from service.api.multipart import parse_multipart
-from service.core.errors import InputError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.core.io import ACCEPTED_FORMATS, ACCEPTED_TEXT, sniff_format
+from darkpose.service.api.multipart import parse_multipart
+from darkpose.service.core.errors import (
+    InputError,
+    InvalidImage,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from darkpose.service.core.io import ACCEPTED_FORMATS, ACCEPTED_TEXT, sniff_format
 
 logger = logging.getLogger(__name__)
 

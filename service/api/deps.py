@@ -1,7 +1,7 @@
 """Typed FastAPI dependencies shared by the route modules.
 
-``StateDep`` is the app's :class:`~service.api.state.ServiceState` (stored on
-``app.state.service`` by :func:`service.api.app.create_app`); ``SettingsDep`` its settings.
+``StateDep`` is the app's :class:`~darkpose.service.api.state.ServiceState` (stored on
+``app.state.service`` by :func:`darkpose.service.api.app.create_app`); ``SettingsDep`` its settings.
 :func:`reject_unknown_query` refuses query parameters the matched route does not declare
 (422 naming them: ``?decoder=argmax`` must not silently answer with the default decoder).
 None of them adds a parameter to the OpenAPI document.
@@ -15,9 +15,9 @@ from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from service.api.state import ServiceState
-from service.core.errors import InvalidParameter
-from service.settings import Settings
+from darkpose.service.api.state import ServiceState
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.settings import Settings
 
 
 def get_state(request: Request) -> ServiceState:

@@ -25,11 +25,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import DarkPoseError
+from darkpose.service.core.errors import DarkPoseError
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
-access_logger = logging.getLogger("service.api.access")
+access_logger = logging.getLogger("darkpose.service.api.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -136,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id, ``X-Request-ID`` echo, last-resort 500 JSON, and
-    (``access_log``) one INFO line per request on the ``service.api.access`` logger:
+    (``access_log``) one INFO line per request on the ``darkpose.service.api.access`` logger:
     ``POST /pose 200 41.2 ms id=<request id>``.
 
     ``on_done(scope, status, seconds)`` is called once per HTTP request (metrics).

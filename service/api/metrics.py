@@ -25,7 +25,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from service.core.pipeline import STAGES  # the stage label values: the pipeline's own stages
+from darkpose.service.core.pipeline import (
+    STAGES,  # the stage label values: the pipeline's own stages
+)
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from service.core.errors import InvalidImage
+from darkpose.service.core.errors import InvalidImage
 
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024

@@ -13,19 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from service.api.batching import MicroBatcher
-from service.api.metrics import Metrics
-from service.api.work import MB, MemoryBudget
-from service.core.errors import NotReady, Overloaded
-from service.core.pipeline import Pipeline, PipelineOptions
-from service.core.types import PoseModel
-from service.settings import Settings
+from darkpose.service.api.batching import MicroBatcher
+from darkpose.service.api.metrics import Metrics
+from darkpose.service.api.work import MB, MemoryBudget
+from darkpose.service.core.errors import NotReady, Overloaded
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.types import PoseModel
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def _pose_models_of(pipeline: Pipeline | None) -> list[PoseModel]:
-    """The pose models of a :class:`~service.core.pipeline.Pipeline` (none before loading)."""
+    """The pose models of a :class:`~darkpose.service.core.pipeline.Pipeline` (none before
+    loading)."""
     return list(pipeline.pose_models) if pipeline is not None else []
 
 
@@ -138,7 +139,7 @@ class ServiceState:
         )
 
     def _build(self) -> Pipeline:
-        from service.runtime.factory import build_detector, build_pose_models
+        from darkpose.service.runtime.factory import build_detector, build_pose_models
 
         s = self.settings
         detector = build_detector(s)
@@ -175,7 +176,7 @@ class ServiceState:
                 info["providers"],
             )
         except Exception as exc:  # every load failure is final: nothing retries it
-            from service.core.errors import DarkPoseError
+            from darkpose.service.core.errors import DarkPoseError
 
             if isinstance(exc, DarkPoseError):
                 message = exc.message

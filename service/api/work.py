@@ -4,7 +4,7 @@
   it when the client disconnects or ``work_timeout_s`` has passed; the worker checks it between
   stages (before and after decoding, before the models, before rendering) and stops there.  A
   stage that has started runs to its end (C code cannot be interrupted), which is why the
-  decoders' own cost is bounded before decoding (:mod:`service.core.imageguard`).
+  decoders' own cost is bounded before decoding (:mod:`darkpose.service.core.imageguard`).
 * :class:`MemoryBudget` — admission by *estimated* memory (:func:`estimate_request_bytes`)
   against ``memory_budget_mb``: a request that does not fit while others hold the budget is
   refused with 503 + ``Retry-After``; one that could never fit is refused with 413.
@@ -16,7 +16,7 @@ import threading
 import time
 from contextvars import ContextVar
 
-from service.core.errors import Overloaded, PayloadTooLarge
+from darkpose.service.core.errors import Overloaded, PayloadTooLarge
 
 MB = 1024 * 1024
 #: Fixed part of every estimate: detector input and outputs, JSON, Python objects.

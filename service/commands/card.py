@@ -2,7 +2,8 @@
 
 Prints the resolved card as JSON on stdout and where it came from on stderr (ONNX metadata, a
 ``<model>.card.json`` beside the file, or a card shipped in ``service/cards``), the same
-resolution the service runs (:func:`service.runtime.cards.resolve_card`).  ``MODEL`` is a path
+resolution the service runs (:func:`darkpose.service.runtime.cards.resolve_card`).  ``MODEL`` is a
+path
 or a file name in ``DARKPOSE_MODEL_DIR``.  Exit status 2 with the reason when the file has no
 card or its card is invalid.  ``--schema`` prints the card JSON schema instead.
 """
@@ -23,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.cards import ModelCard
-    from service.core.errors import InvalidParameter, ModelError
-    from service.runtime.cards import card_beside, resolve_card, shipped_card_path
-    from service.settings import Settings
+    from darkpose.service.core.cards import ModelCard
+    from darkpose.service.core.errors import InvalidParameter, ModelError
+    from darkpose.service.runtime.cards import card_beside, resolve_card, shipped_card_path
+    from darkpose.service.settings import Settings
 
     if args.schema:
         schema = ModelCard.model_json_schema(by_alias=True)

@@ -12,7 +12,7 @@ heatmaps.  Prints one table (AP, AP50, AP75, APM, APL, AR) or, with ``--json``, 
 Protocol: detector boxes are kept down to ``DARKPOSE_EVAL_DET_SCORE_THRESHOLD`` (default 0.05,
 as COCO keypoint evaluations keep low-scoring detections; the serving threshold
 ``DARKPOSE_DET_SCORE_THRESHOLD`` is a separate setting); ``--det-threshold`` overrides it.
-``--decode`` defaults to every decoder of :data:`service.core.codec.DECODERS` (a model that
+``--decode`` defaults to every decoder of :data:`darkpose.service.core.codec.DECODERS` (a model that
 decodes in its graph: its card's decode).  Exit status 2 with a message when the annotation
 file has no keypoint annotations or none of its images is found under ``--images``.
 """
@@ -40,7 +40,7 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from service.core.codec import DECODERS
+    from darkpose.service.core.codec import DECODERS
 
     parser.add_argument("--images", type=Path, required=True, help="image directory")
     parser.add_argument(
@@ -83,17 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.codec import DECODERS
-    from service.core.pipeline import Pipeline, PipelineOptions
-    from service.evaluation import (
+    from darkpose.service.core.codec import DECODERS
+    from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+    from darkpose.service.evaluation import (
         check_evaluable,
         evaluate,
         expand_configs,
         format_table,
         load_coco,
     )
-    from service.runtime.factory import build_detector, build_pose_models
-    from service.settings import Settings
+    from darkpose.service.runtime.factory import build_detector, build_pose_models
+    from darkpose.service.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.providers is not None:

@@ -6,7 +6,8 @@ Example (the README's "Detectors" table)::
         --ann ../shared/data/coco-mini/annotations/person_keypoints_train2017.json \\
         --detectors "yolox,chips(yolox),fused(yolox,yolox@chips)" --keypoints
 
-Every configuration (grammar: :mod:`service.runtime.detector_config`) runs over the images of
+Every configuration (grammar: :mod:`darkpose.service.runtime.detector_config`) runs over the images
+of
 the annotation file; its person boxes are scored with pycocotools (``iouType="bbox"``,
 ``catIds=[1]``).  ``--keypoints`` also runs the pose model on each configuration's boxes and
 reports the downstream keypoint AP (DARK decoding, no flip; as ``darkpose eval --boxes
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 
     from pycocotools.coco import COCO
 
-    from service.core.types import Detector, PoseModel
-    from service.settings import Settings
+    from darkpose.service.core.types import Detector, PoseModel
+    from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def coco_box_metrics(
 def image_ids_with_files(coco: COCO, images_dir: Path, limit: int | None = None) -> list[int]:
     """Ids of the annotation file's images that exist in ``images_dir`` (sorted; first
     ``limit``)."""
-    from service.core.errors import InvalidParameter
+    from darkpose.service.core.errors import InvalidParameter
 
     if not images_dir.is_dir():
         raise InvalidParameter(f"--images: expected a directory, got {images_dir}")
@@ -147,9 +148,9 @@ def keypoint_ap(
     """Downstream keypoint AP of the pose model on ``detector``'s boxes (DARK, no flip).
 
     ``pose_models``: already built models to reuse (default: built from ``settings``)."""
-    from service.core.pipeline import Pipeline, PipelineOptions
-    from service.evaluation import evaluate, expand_configs
-    from service.runtime.factory import build_pose_models
+    from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+    from darkpose.service.evaluation import evaluate, expand_configs
+    from darkpose.service.runtime.factory import build_pose_models
 
     base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons)
     models = pose_models if pose_models is not None else build_pose_models(settings)
@@ -170,10 +171,10 @@ def evaluate_detectors(
     progress: bool = False,
 ) -> list[DetRow]:
     """Build every detector config with ``settings`` and score it (one :class:`DetRow` each)."""
-    from service.core.errors import InvalidParameter
-    from service.evaluation import load_coco
-    from service.runtime.detector_config import build_detector_from_config
-    from service.runtime.factory import build_pose_models
+    from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.evaluation import load_coco
+    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.runtime.factory import build_pose_models
 
     coco = load_coco(ann)
     if keypoints and not any("keypoints" in a for a in coco.anns.values()):
@@ -248,9 +249,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.errors import InvalidParameter
-    from service.runtime.detector_config import parse_detector_config, split_configs
-    from service.settings import Settings
+    from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.runtime.detector_config import parse_detector_config, split_configs
+    from darkpose.service.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.providers is not None:

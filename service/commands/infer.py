@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from service.core.codec import DECODERS
+    from darkpose.service.core.codec import DECODERS
 
     parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
     parser.add_argument(
@@ -67,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
-    from service.core.errors import DarkPoseError
-    from service.core.io import read_image_file
-    from service.core.pipeline import PipelineOptions, too_small_for_person
-    from service.core.visualize import draw_poses
-    from service.runtime.factory import build_pipeline
-    from service.settings import Settings
+    from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.core.io import read_image_file
+    from darkpose.service.core.pipeline import PipelineOptions, too_small_for_person
+    from darkpose.service.core.visualize import draw_poses
+    from darkpose.service.runtime.factory import build_pipeline
+    from darkpose.service.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.providers is not None:

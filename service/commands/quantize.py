@@ -18,11 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.settings import DEFAULT_MODEL_DIR
-
 logger = logging.getLogger(__name__)
-
-COCO_MINI = DEFAULT_MODEL_DIR.parent / "data" / "coco-mini"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="float pose model (default: settings.pose_models[0])"
     )
     parser.add_argument("--out", type=Path, required=True, help="output QDQ ONNX file")
-    parser.add_argument("--images", type=Path, default=COCO_MINI / "train2017")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="directory of the annotated images"
+    )
     parser.add_argument(
         "--ann",
         type=Path,
-        default=COCO_MINI / "annotations" / "person_keypoints_train2017.json",
+        required=True,
         help="COCO keypoint annotations (GT boxes give the calibration crops)",
     )
     parser.add_argument(
@@ -58,9 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.core.errors import InvalidParameter
-    from service.evaluation import load_coco
-    from service.quantize import (
+    from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.evaluation import load_coco
+    from darkpose.service.quantize import (
         annotated_image_ids,
         calibration_crops,
         int8_card,
@@ -70,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         split_images,
         write_card,
     )
-    from service.runtime.onnx import make_batch_dynamic, read_model_bytes
-    from service.runtime.pose import OnnxPoseModel
-    from service.settings import Settings
+    from darkpose.service.runtime.onnx import make_batch_dynamic, read_model_bytes
+    from darkpose.service.runtime.pose import OnnxPoseModel
+    from darkpose.service.settings import Settings
 
     settings = Settings()  # type: ignore[call-arg]
     name = args.model or settings.pose_models[0]

@@ -18,7 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ EXIT_LOAD_FAILED = 2
 
 
 def _default(name: str) -> object:
-    """The built-in default of a :class:`~service.settings.Settings` field (no environment)."""
-    from service.settings import Settings
+    """The built-in default of a :class:`~darkpose.service.settings.Settings` field (no
+    environment)."""
+    from darkpose.service.settings import Settings
 
     field = Settings.model_fields[name]
     if field.default_factory is not None:
@@ -171,7 +172,11 @@ def _http_protocol(settings: Settings) -> Any:
     """uvicorn's httptools protocol with the connection limits of README "Reliability" (cap,
     head/write timeouts, tiny-chunk uploads); plain ``"auto"`` when httptools is missing."""
     try:
-        from service.api.protocol import ConnectionLimits, guarded_protocol, prepare_process
+        from darkpose.service.api.protocol import (
+            ConnectionLimits,
+            guarded_protocol,
+            prepare_process,
+        )
     except ImportError as exc:  # httptools is a dependency; a broken install still serves
         logger.warning("connection limits off: %s (pip install httptools)", exc)
         return "auto"
@@ -187,9 +192,9 @@ def _http_protocol(settings: Settings) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.api import create_app
-    from service.api.access import warn_if_open
-    from service.settings import Settings
+    from darkpose.service.api import create_app
+    from darkpose.service.api.access import warn_if_open
+    from darkpose.service.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.host is not None:

@@ -23,8 +23,8 @@ is data (an ONNX file + its card), not code:
 
 Cards are JSON files validated by :class:`ModelCard` (``ModelCard.model_json_schema()`` is the
 JSON schema; unknown keys are rejected).  Where a card comes from (ONNX ``metadata_props``, a
-``<model>.card.json`` beside the file, or the cards shipped in ``service/cards/``) is decided
-by :mod:`service.runtime.cards`.  This module is pure (pydantic only).
+``<model>.card.json`` beside the file, or the cards packaged in ``darkpose/zoo/``) is decided
+by :mod:`darkpose.service.runtime.cards`.  This module is pure (pydantic only).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from service.core.errors import ModelError
-from service.core.types import COCO_FLIP_PAIRS, COCO_KEYPOINTS, DecodeMethod, ModelSpec
+from darkpose.service.core.errors import ModelError
+from darkpose.service.core.types import COCO_FLIP_PAIRS, COCO_KEYPOINTS, DecodeMethod, ModelSpec
 
 CARD_SCHEMA_VERSION = 1
 #: Suffix of a card file beside its model: ``model.onnx`` → ``model.card.json``.
@@ -44,6 +44,11 @@ CARD_SUFFIX = ".card.json"
 #: ONNX ``metadata_props`` key holding a whole card as JSON (takes precedence over
 #: the ``darkpose.*`` keys of :meth:`ModelSpec.to_metadata`).
 CARD_METADATA_KEY = "darkpose.card"
+#: The models and cards packaged with darkpose (``darkpose/zoo``, package data of the wheel):
+#: the default model directory, and the cards looked up by file name for models elsewhere.
+#: Not resolved: from a checkout the package is reached through ``darkpose/service`` (a link to
+#: ``service/``), and the zoo sits beside that link.
+ZOO_DIR = Path(__file__).parent.parent.parent / "zoo"
 
 ModelKind = Literal["pose", "detector"]
 ResizeMode = Literal["affine", "letterbox", "stretch"]
@@ -100,7 +105,9 @@ class PoseCard(_Strict):
 
 
 class CodecCard(_Strict):
-    method: DecodeMethod = Field("dark", description="a decoder of service.core.codec.DECODERS")
+    method: DecodeMethod = Field(
+        "dark", description="a decoder of darkpose.service.core.codec.DECODERS"
+    )
     sigma: float = Field(2.0, gt=0.0, description="Gaussian sigma of the training targets")
     unbiased: bool = Field(True, description="sub-pixel (DARK) training targets")
     blur_kernel: int = Field(11, ge=1, description="DARK modulation kernel (odd)")
@@ -108,7 +115,7 @@ class CodecCard(_Strict):
 
     @model_validator(mode="after")
     def _odd(self) -> CodecCard:
-        from service.core.codec import DECODERS
+        from darkpose.service.core.codec import DECODERS
 
         if self.method not in DECODERS:
             raise ValueError(f"method: expected one of {', '.join(DECODERS)}, got {self.method!r}")

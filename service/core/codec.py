@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InputError, InvalidParameter
+from darkpose.service.core.errors import InputError, InvalidParameter
 
 __all__ = [
     "DECODERS",

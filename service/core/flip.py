@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter
+from darkpose.service.core.errors import InvalidParameter
 
 F32 = npt.NDArray[np.float32]
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from darkpose.service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 #: Default scan limit of :func:`check_jpeg` (progressive encoders write about 10).
 DEFAULT_MAX_JPEG_SCANS = 100

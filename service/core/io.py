@@ -18,7 +18,8 @@ known to be acceptable):
    errors, not half-grey images: this relies on PIL's default
    ``ImageFile.LOAD_TRUNCATED_IMAGES = False`` (never switch it on in this process).
 
-Before step 3 the container structure is walked (:mod:`service.core.imageguard`): a JPEG with
+Before step 3 the container structure is walked (:mod:`darkpose.service.core.imageguard`): a JPEG
+with
 more than ``max_jpeg_scans`` scans or too few entropy-coded bytes for its declared size, a PNG
 with more than ``max_png_chunks`` chunks and RLE or negative-width BMPs are refused before a
 decoder spends time on them; a JPEG whose last rows decode as libjpeg's grey fill (data
@@ -56,8 +57,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.core.imageguard import (
+from darkpose.service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from darkpose.service.core.imageguard import (
     DEFAULT_MAX_JPEG_SCANS,
     DEFAULT_MAX_PNG_CHUNKS,
     check_bmp,
@@ -77,7 +78,7 @@ ACCEPTED_TEXT = f"a {'/'.join(ACCEPTED)} image"
 #: ``sniff_format`` names of the accepted formats
 ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
 
-# Defaults equal to service.settings.Settings (core does not import the settings module).
+# Defaults equal to darkpose.service.settings.Settings (core does not import the settings module).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 16384
@@ -333,7 +334,8 @@ def decode_image(
 
 def _jpeg_truncated(data: bytes, eoi: int, decoded: U8) -> bool:
     """Decode ``data`` again with a probe before its end-of-image marker (see
-    :func:`service.core.imageguard.jpeg_with_probe`): different pixels mean missing data."""
+    :func:`darkpose.service.core.imageguard.jpeg_with_probe`): different pixels mean missing
+    data."""
     if eoi < 0:
         return True
     try:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter
-from service.core.types import COCO_SIGMAS
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.types import COCO_SIGMAS
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -2,14 +2,17 @@
 
 Stages (each timed, seconds, in :attr:`PoseResult.timings`):
 
-* ``detect``  — :class:`~service.core.types.Detector` (skipped when the caller passes boxes,
+* ``detect``  — :class:`~darkpose.service.core.types.Detector` (skipped when the caller passes
+boxes,
   e.g. GT-box evaluation), score threshold, at most ``max_persons`` boxes by score;
-* ``crop``    — :func:`~service.core.transforms.boxes_to_center_scale` (``box_padding``) and
-  :func:`~service.core.transforms.warp_crops` into each model's normalised input;
+* ``crop``    — :func:`~darkpose.service.core.transforms.boxes_to_center_scale` (``box_padding``)
+and
+  :func:`~darkpose.service.core.transforms.warp_crops` into each model's normalised input;
 * ``pose``    — **one** ``PoseModel.infer`` call per model and image with every crop (and, with
   the flip test, their mirror images concatenated into the same call); several models = an
   ensemble whose heatmaps are averaged before decoding;
-* ``decode``  — flip fusion, :func:`~service.core.codec.decode_heatmaps` (argmax / standard /
+* ``decode``  — flip fusion, :func:`~darkpose.service.core.codec.decode_heatmaps` (argmax /
+standard /
   dark), back-projection to image pixels (skipped for ``spec.decoded_output`` models, whose
   graph already outputs keypoints);
 * ``postprocess`` — rescoring (box score × mean confident keypoint score) and OKS-NMS (area from
@@ -33,17 +36,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.codec import check_decode_method, decode_heatmaps
-from service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
-from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
-from service.core.nms import oks_nms, rescore
-from service.core.transforms import (
+from darkpose.service.core.codec import check_decode_method, decode_heatmaps
+from darkpose.service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
+from darkpose.service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
+from darkpose.service.core.nms import oks_nms, rescore
+from darkpose.service.core.transforms import (
     boxes_to_center_scale,
     heatmap_to_image,
     warp_crops,
     xyxy_to_xywh,
 )
-from service.core.types import COCO_SIGMAS, F32, DecodeMethod, Detector, ModelSpec, PoseModel
+from darkpose.service.core.types import (
+    COCO_SIGMAS,
+    F32,
+    DecodeMethod,
+    Detector,
+    ModelSpec,
+    PoseModel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +62,8 @@ STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Per-call knobs of :class:`Pipeline` (defaults mirror :class:`service.settings.Settings`).
+    """Per-call knobs of :class:`Pipeline` (defaults mirror
+    :class:`darkpose.service.settings.Settings`).
 
     ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
     (:meth:`Pipeline.resolve_options`); ``max_persons`` bounds the boxes sent to the pose model
@@ -103,7 +114,8 @@ class PipelineOptions:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> PipelineOptions:
-        """Defaults from a :class:`service.settings.Settings` (duck-typed), then ``overrides``."""
+        """Defaults from a :class:`darkpose.service.settings.Settings` (duck-typed), then
+        ``overrides``."""
         values: dict[str, Any] = {
             "decode": settings.decode,
             "blur_kernel": settings.blur_kernel,

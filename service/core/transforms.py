@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter
-from service.core.types import ModelSpec
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.types import ModelSpec
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, get_args, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import ModelError
+from darkpose.service.core.errors import ModelError
 
 F32 = npt.NDArray[np.float32]
 
@@ -39,7 +39,7 @@ COCO_SKELETON: tuple[tuple[int, int], ...] = (
     (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )  # fmt: skip
 
-#: A heatmap decoder's name: a key of :data:`service.core.codec.DECODERS` (the one table of
+#: A heatmap decoder's name: a key of :data:`darkpose.service.core.codec.DECODERS` (the one table of
 #: decoders; ``argmax`` | ``standard`` | ``dark`` are built in).
 DecodeMethod = str
 ChannelOrder = Literal["RGB", "BGR"]
@@ -141,7 +141,7 @@ class ModelSpec:
             return raw
 
         def method(raw: str) -> str:
-            from service.core.codec import DECODERS
+            from darkpose.service.core.codec import DECODERS
 
             if raw not in DECODERS:
                 raise ValueError(f"expected one of {', '.join(DECODERS)}")

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidImage
-from service.core.pipeline import Person
-from service.core.types import COCO_SKELETON
+from darkpose.service.core.errors import InvalidImage
+from darkpose.service.core.pipeline import Person
+from darkpose.service.core.types import COCO_SKELETON
 
 #: BGR colours: left limbs, right limbs, centre (head/torso).
 LEFT = (255, 128, 0)

@@ -1,9 +1,10 @@
 """The DARK pose pipeline as a Ray Serve application (scale-out, optional extra ``ray``).
 
-``service.ray_app.builder:app_builder`` is the ``import_path`` of ``deploy/serve_config.yaml``
+``darkpose.service.ray_app.builder:app_builder`` is the ``import_path`` of
+``deploy/serve_config.yaml``
 (topology ``pipeline``: every ``Ingress`` replica runs the whole pipeline) and of
 ``deploy/serve_config.split.yaml`` (topology ``split``: ``Ingress`` detects and crops,
-a ``PoseModel`` pool runs the pose model(s) and decodes).  ``service.ray_app.deployments``
+a ``PoseModel`` pool runs the pose model(s) and decodes).  ``darkpose.service.ray_app.deployments``
 holds the deployments.  Importing this package does not import Ray; import the submodules.
 """
 

@@ -11,7 +11,7 @@ decode, OKS-NMS; keypoints and scores come back) — for a separate, e.g. GPU, p
 replica.  From Python::
 
     from ray import serve
-    from service.ray_app.builder import build_app
+    from darkpose.service.ray_app.builder import build_app
     serve.run(build_app({"providers": "cpu"}), name="darkpose", route_prefix="/")
 """
 
@@ -23,9 +23,9 @@ from typing import Any, cast
 from pydantic import BaseModel, Field
 from ray.serve import Application, Deployment
 
-from service.core.errors import InvalidParameter, ModelError
-from service.ray_app import INGRESS_NAME, POSE_NAME, TOPOLOGIES, Topology
-from service.ray_app.deployments import (
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.ray_app import INGRESS_NAME, POSE_NAME, TOPOLOGIES, Topology
+from darkpose.service.ray_app.deployments import (
     PipelineIngress,
     PoseDeployment,
     SplitIngress,
@@ -68,7 +68,8 @@ def build_app(
 ) -> Application:
     """The bound application.
 
-    settings: :class:`~service.settings.Settings` overrides (validated here, before deploying).
+    settings: :class:`~darkpose.service.settings.Settings` overrides (validated here, before
+    deploying).
     deployment_options: deployment name → ``Deployment.options(...)`` keywords (``num_replicas``,
     ``ray_actor_options``, ``max_replicas_per_node``, ``user_config``, …) — what a Serve config's
     ``deployments:`` section sets, for ``serve.run`` from Python (tests, bench/scale.py).
@@ -107,7 +108,8 @@ def build_app(
 
 
 def app_builder(args: BuildArgs) -> Application:
-    """Serve's application builder (``import_path: service.ray_app.builder:app_builder``)."""
+    """Serve's application builder (``import_path:
+    darkpose.service.ray_app.builder:app_builder``)."""
     return build_app(
         args.settings,
         metrics_address=args.metrics_address,

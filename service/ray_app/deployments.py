@@ -2,7 +2,7 @@
 
 ``pipeline`` (the default) — one deployment, ``Ingress`` (:class:`PipelineIngress`): every
 replica is the whole single-process service, ``create_app(settings)`` with its own detector,
-crops, pose model(s) behind the in-process :class:`~service.api.batching.MicroBatcher` and
+crops, pose model(s) behind the in-process :class:`~darkpose.service.api.batching.MicroBatcher` and
 decoding, run on the requests Serve's router sends it.  Only the encoded image (in) and the
 JSON answer (out) cross a process or node boundary.
 
@@ -13,7 +13,7 @@ the request's options; the pose replica normalises, runs the model(s) through it
 MicroBatcher (batched across requests *and* ingress replicas), decodes and post-processes, and
 answers a :class:`PoseAnswer` — boxes, keypoints and scores, ~230 bytes per person.
 
-Every deployment builds its :class:`~service.settings.Settings` from a plain ``dict`` of
+Every deployment builds its :class:`~darkpose.service.settings.Settings` from a plain ``dict`` of
 overrides (plus the replica's ``DARKPOSE_*`` environment), so the application is configured
 the same way as the single-process service.  With ``measure_bytes`` the ingress counts the
 serialised size of what crosses each hop (:class:`ByteCounter`, read with ``stats()``).
@@ -41,11 +41,11 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Message, Receive, Scope, Send
 
-from service.core.errors import DarkPoseError, InvalidParameter, ModelError, Overloaded
-from service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult, PoseStage
-from service.core.types import F32, ModelSpec
-from service.ray_app import INGRESS_NAME, POSE_NAME
-from service.settings import Settings
+from darkpose.service.core.errors import DarkPoseError, InvalidParameter, ModelError, Overloaded
+from darkpose.service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult, PoseStage
+from darkpose.service.core.types import F32, ModelSpec
+from darkpose.service.ray_app import INGRESS_NAME, POSE_NAME
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class BoundaryBytes:
 
 
 class _IngressBase:
-    """What both ingress kinds share: the FastAPI app of :func:`service.api.create_app`,
+    """What both ingress kinds share: the FastAPI app of :func:`darkpose.service.api.create_app`,
     per-replica metrics, byte counting, a health check that waits for the warm-up, stats."""
 
     _settings: Settings
@@ -327,7 +327,7 @@ class PipelineIngress(_IngressBase):
         self._setup(settings, metrics_address, measure_bytes)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        from service.api import create_app
+        from darkpose.service.api import create_app
 
         return self._finish_app(create_app(self._settings))
 
@@ -339,7 +339,7 @@ class PipelineIngress(_IngressBase):
 class PoseJob:
     """What the split ingress sends the pose pool for one image.
 
-    crops: (M, H, W, 3) uint8 BGR, cut with :func:`~service.core.transforms.cut_crops`
+    crops: (M, H, W, 3) uint8 BGR, cut with :func:`~darkpose.service.core.transforms.cut_crops`
     (normalised on the pose replica); boxes (M, 4) xyxy and box_scores (M,) float32;
     centers/scales (M, 2) crop geometry; image_size (W, H); options: the request's options.
     """
@@ -408,8 +408,8 @@ class PoseDeployment:
     """
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        from service.api.batching import MicroBatcher
-        from service.runtime.factory import build_pose_models
+        from darkpose.service.api.batching import MicroBatcher
+        from darkpose.service.runtime.factory import build_pose_models
 
         s = make_settings(settings)
         models = build_pose_models(s)
@@ -481,8 +481,8 @@ class PoseDeployment:
         }
 
     def _run(self, job: PoseJob) -> PoseAnswer:
-        from service.core.flip import flip_batch
-        from service.core.transforms import normalize_crops
+        from darkpose.service.core.flip import flip_batch
+        from darkpose.service.core.transforms import normalize_crops
 
         t0 = time.perf_counter()
         opts = job.options
@@ -557,7 +557,7 @@ def await_result(response: Any, timeout_s: float, what: str) -> Any:
 class RemotePose:
     """The ingress's side of the ``PoseModel`` pool (sync: call it from a worker thread).
 
-    Looks like a :class:`~service.core.types.PoseModel` to the service (``spec``, ``path``,
+    Looks like a :class:`~darkpose.service.core.types.PoseModel` to the service (``spec``, ``path``,
     ``providers``, ``infer`` for the warm-up); requests use :meth:`run`.
     """
 
@@ -594,7 +594,8 @@ class RemotePose:
 
 
 class SplitPipeline(Pipeline):
-    """The split ingress's :class:`~service.core.pipeline.Pipeline`: detect and cut uint8 crops
+    """The split ingress's :class:`~darkpose.service.core.pipeline.Pipeline`: detect and cut uint8
+    crops
     here, everything after on the ``PoseModel`` pool.
 
     ``pipeline(image (H, W, 3) BGR uint8, options=None) -> PoseResult``; answers equal the
@@ -614,8 +615,8 @@ class SplitPipeline(Pipeline):
         box_scores: npt.ArrayLike | None = None,
         image_id: int | None = None,
     ) -> PoseResult:
-        from service.core.pipeline import STAGES, as_bgr_uint8
-        from service.core.transforms import boxes_to_center_scale, cut_crops
+        from darkpose.service.core.pipeline import STAGES, as_bgr_uint8
+        from darkpose.service.core.transforms import boxes_to_center_scale, cut_crops
 
         if boxes is not None or box_scores is not None:
             raise InvalidParameter(
@@ -654,7 +655,7 @@ class SplitIngress(_IngressBase):
         metrics_address: str | None = None,
         measure_bytes: bool = False,
     ) -> None:
-        from service.runtime.factory import build_detector
+        from darkpose.service.runtime.factory import build_detector
 
         self._setup(settings, metrics_address, measure_bytes)
         started = time.perf_counter()
@@ -667,6 +668,6 @@ class SplitIngress(_IngressBase):
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        from service.api import create_app
+        from darkpose.service.api import create_app
 
         return self._finish_app(create_app(self._settings, pipeline=self._pipeline))

@@ -1,4 +1,4 @@
-"""Where a model's card comes from (:mod:`service.core.cards` defines what a card is).
+"""Where a model's card comes from (:mod:`darkpose.service.core.cards` defines what a card is).
 
 For a model file ``dir/model.onnx`` the first of these wins:
 
@@ -6,8 +6,9 @@ For a model file ``dir/model.onnx`` the first of these wins:
    ``darkpose.*`` keys ``darkpose-export`` writes (:meth:`ModelSpec.to_metadata`);
 2. a card file beside the model, ``dir/model.card.json`` (a user's own model: drop both files
    into the model directory);
-3. a card shipped with the project in ``service/cards/<file name>.json`` (the four shared
-   models); when that card has a ``sha256``, only a file with that hash matches;
+3. a card packaged with darkpose, ``darkpose/zoo/<model>.card.json`` (the packaged models, and
+   cards for other known files); when that card has a ``sha256``, only a file with that hash
+   matches;
 4. none: :func:`resolve_card` returns ``None`` (the caller decides: the pose backend falls back to
    the graph's shapes + SimpleBaseline defaults, a card-driven detector refuses to load).
 """
@@ -19,22 +20,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.core.cards import (
+from darkpose.service.core.cards import (
     CARD_METADATA_KEY,
     CARD_SUFFIX,
+    ZOO_DIR,
     ModelCard,
     ModelKind,
     parse_card,
     read_card,
 )
-from service.core.errors import ModelError
-from service.core.types import ModelSpec
-from service.runtime.onnx import load_model, read_model_bytes
+from darkpose.service.core.errors import ModelError
+from darkpose.service.core.types import ModelSpec
+from darkpose.service.runtime.onnx import load_model, read_model_bytes
 
 logger = logging.getLogger(__name__)
-
-#: Cards shipped with the project, one ``<model file name>.json`` each.
-SHIPPED_CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def card_beside(model_path: str | Path) -> Path:
 
 
 def shipped_card_path(model_path: str | Path) -> Path:
-    """``service/cards/<file name>.json``."""
-    return SHIPPED_CARDS_DIR / (Path(model_path).name + ".json")
+    """``darkpose/zoo/<model>.card.json``: the packaged card for a file of that name."""
+    return ZOO_DIR / card_beside(model_path).name
 
 
 def card_from_metadata(meta: dict[str, str], name: str) -> ModelCard | None:
@@ -116,7 +115,7 @@ def load_card(model_path: str | Path, kind: ModelKind) -> ModelCard:
         raise ModelError(
             f"model {Path(model_path).name}: expected a model card (ONNX metadata "
             f"{CARD_METADATA_KEY}, {card_beside(model_path).name} beside it, or "
-            f"{shipped_card_path(model_path).relative_to(SHIPPED_CARDS_DIR.parent.parent)}), "
+            f"darkpose/zoo/{shipped_card_path(model_path).name}), "
             "got none"
         )
     return found.card

@@ -1,4 +1,4 @@
-"""SNIPER-style multi-scale chips around any :class:`~service.core.types.Detector`.
+"""SNIPER-style multi-scale chips around any :class:`~darkpose.service.core.types.Detector`.
 
 SNIPER (Singh et al., 2018) detects on an image pyramid, but instead of running the network on
 every full pyramid level it cuts each level into fixed-size *chips* and keeps, per level, only
@@ -18,10 +18,11 @@ inference time for any detector:
 4. boxes are mapped back to the image (pixel centres at integer positions:
    ``x = (x_level + 0.5) / f - 0.5``), kept when ``sqrt(w h)`` (image px) lies in the scale's
    ``valid_range`` ``[lo, hi)``, and all levels are merged by greedy NMS
-   (:func:`service.core.nms.nms_boxes`).
+   (:func:`darkpose.service.core.nms.nms_boxes`).
 
 :class:`ScaledDetector` runs a detector on one resized copy of the image (``yolox@2x``).
-Boxes are clipped to ``[0, W] x [0, H]`` like :class:`~service.runtime.detectors.YoloxDetector`.
+Boxes are clipped to ``[0, W] x [0, H]`` like
+:class:`~darkpose.service.runtime.detectors.YoloxDetector`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter
-from service.core.nms import nms_boxes
-from service.core.types import F32, Detections, Detector
-from service.runtime.detectors import check_image as _check_image
-from service.runtime.detectors import clip_boxes
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.nms import nms_boxes
+from darkpose.service.core.types import F32, Detections, Detector
+from darkpose.service.runtime.detectors import check_image as _check_image
+from darkpose.service.runtime.detectors import clip_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class MultiScaleChipDetector:
     """SNIPER-style multi-scale chip inference around ``detector`` (implements ``Detector``).
 
     Args:
-        detector: any :class:`~service.core.types.Detector`.
+        detector: any :class:`~darkpose.service.core.types.Detector`.
         scales: resize factors, or ``"fit"`` (longer side → ``chip_size``); default
             ``("fit", 2.0)``.
         chip_size: chip side in level pixels (default 512).

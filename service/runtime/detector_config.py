@@ -13,17 +13,18 @@ Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
 * ``picodet`` — the ONNX PicoDet of the settings (``DARKPOSE_PICODET_MODEL``); ``model=<file>``,
   ``score=<thr>``, ``nms=<iou>``.
 * ``yolox`` — the ONNX YOLOX of the settings (``DARKPOSE_DETECTOR_MODEL``); same options.
-* ``onnx`` — any ONNX detector with a model card (:mod:`service.runtime.cards`):
+* ``onnx`` — any ONNX detector with a model card (:mod:`darkpose.service.runtime.cards`):
   ``model=<file>`` (required), ``score=<thr>``, ``nms=<iou>``.
 * ``htc`` — mmdet HTC (extra ``mmdet``); ``config=<file or shipped name>``,
   ``checkpoint=<.pth>``, ``scale=1333x800`` (or ``800``), ``device=cpu|cuda``, ``score=<thr>``,
   ``random=1`` (random weights: smoke tests only), ``trusted=1`` (unpickle checkpoint metadata).
   Defaults come from ``DARKPOSE_HTC_CONFIG``, ``DARKPOSE_HTC_CHECKPOINT``, ``DARKPOSE_HTC_SCALE``,
   ``DARKPOSE_HTC_DEVICE``.
-* ``chips(<expr>)`` — :class:`~service.runtime.chips.MultiScaleChipDetector`; ``scales=fit/2``,
+* ``chips(<expr>)`` — :class:`~darkpose.service.runtime.chips.MultiScaleChipDetector`;
+``scales=fit/2``,
   ``chip=512``, ``stride=384``, ``ranges=40:inf/0:120`` (one ``lo:hi`` per scale, sqrt of the
   box area in image px), ``nms=<iou>`` (default DARKPOSE_DET_NMS_IOU, 0.65), ``margin=2``.
-* ``fused(<expr>, <expr>, ...)`` — :class:`~service.runtime.fusion.FusedDetector` (weighted
+* ``fused(<expr>, <expr>, ...)`` — :class:`~darkpose.service.runtime.fusion.FusedDetector` (weighted
   boxes fusion); ``weights=2/1/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
 
 Every detector kind is one entry of :data:`DETECTORS` (name → options, number of
@@ -49,13 +50,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import Detector
-from service.runtime.htc import DEFAULT_HTC_CONFIG
-from service.settings import Settings
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import Detector
+from darkpose.service.runtime.htc import DEFAULT_HTC_CONFIG
+from darkpose.service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.runtime.detectors import OnnxDetector
+    from darkpose.service.runtime.detectors import OnnxDetector
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ class _Builder:
                 )
             if factor == 1.0:
                 return inner
-            from service.runtime.chips import ScaledDetector
+            from darkpose.service.runtime.chips import ScaledDetector
 
             return ScaledDetector(inner, factor)
         return DETECTORS[spec.name].build(self, spec)
@@ -396,22 +397,22 @@ class _Builder:
         )
 
     def yolox(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.detectors import YoloxDetector
+        from darkpose.service.runtime.detectors import YoloxDetector
 
         return self.onnx_leaf(spec, YoloxDetector, self.settings.detector_model)
 
     def picodet(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.detectors import PicoDetDetector
+        from darkpose.service.runtime.detectors import PicoDetDetector
 
         return self.onnx_leaf(spec, PicoDetDetector, self.settings.picodet_model)
 
     def onnx(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.detectors import OnnxDetector
+        from darkpose.service.runtime.detectors import OnnxDetector
 
         return self.onnx_leaf(spec, OnnxDetector, spec.option("model") or "")
 
     def htc(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.htc import HtcDetector, parse_test_scale
+        from darkpose.service.runtime.htc import HtcDetector, parse_test_scale
 
         d = HtcSettings()
         scale = spec.option("scale", d.scale)
@@ -429,7 +430,7 @@ class _Builder:
         )
 
     def chips(self, inner: Detector, spec: DetectorSpec) -> Detector:
-        from service.runtime import chips as ch
+        from darkpose.service.runtime import chips as ch
 
         return ch.MultiScaleChipDetector(
             inner,
@@ -443,7 +444,7 @@ class _Builder:
         )
 
     def fused(self, spec: DetectorSpec) -> Detector:
-        from service.runtime.fusion import FusedDetector
+        from darkpose.service.runtime.fusion import FusedDetector
 
         return FusedDetector(
             [self.build(c) for c in spec.children],
@@ -456,7 +457,7 @@ class _Builder:
 
 
 def build_detector_from_config(config: str | DetectorSpec, settings: Settings) -> Detector:
-    """The :class:`~service.core.types.Detector` described by ``config`` (a string in the
+    """The :class:`~darkpose.service.core.types.Detector` described by ``config`` (a string in the
     grammar of this module, or a parsed :class:`DetectorSpec`), built with ``settings``
     (model paths, providers, thresholds, ``det_max_detections``)."""
     spec = parse_detector_config(config) if isinstance(config, str) else config

@@ -1,6 +1,7 @@
 """Card-driven person detectors on onnxruntime.
 
-:class:`OnnxDetector` runs any single-input ONNX detector its :class:`~service.core.cards.ModelCard`
+:class:`OnnxDetector` runs any single-input ONNX detector its
+:class:`~darkpose.service.core.cards.ModelCard`
 describes: pre-processing from ``card.input`` (``letterbox`` = aspect-preserving resize pasted
 top-left on a canvas of ``pad_value``, or ``stretch`` = plain resize to the input size; colour
 order; ``(pixel * pixel_scale - mean) / std``) and post-processing from the output layout
@@ -14,7 +15,7 @@ order; ``(pixel * pixel_scale - mean) / std``) and post-processing from the outp
 
 Then: score threshold, boxes mapped from input px to image px (letterbox: ``/ ratio``; stretch:
 ``* (W / input_W, H / input_H)``), clipped, empty ones dropped, NMS in numpy
-(:func:`service.core.nms.nms_boxes`), at most ``max_detections``.
+(:func:`darkpose.service.core.nms.nms_boxes`), at most ``max_detections``.
 :class:`YoloxDetector` / :class:`PicoDetDetector` are the two shipped kinds (a YOLOX file without
 a card gets :data:`YOLOX_CARD`).
 """
@@ -30,12 +31,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from service.core.cards import ModelCard, parse_card
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
-from service.core.nms import nms_boxes
-from service.core.types import F32, Detections
-from service.runtime.cards import load_card, resolve_card
-from service.runtime.onnx import create_session
+from darkpose.service.core.cards import ModelCard, parse_card
+from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
+from darkpose.service.core.nms import nms_boxes
+from darkpose.service.core.types import F32, Detections
+from darkpose.service.runtime.cards import load_card, resolve_card
+from darkpose.service.runtime.onnx import create_session
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +163,12 @@ def _normaliser(card: ModelCard) -> Callable[[F32], F32]:
 
 class OnnxDetector:
     """A person detector described by its model card (implements
-    :class:`service.core.types.Detector`).
+    :class:`darkpose.service.core.types.Detector`).
 
     ``detect(image, score_threshold=None)``: ``image`` BGR uint8 (H, W, 3) → :class:`Detections`
     (boxes (M, 4) xyxy float32 image px, clipped to the image, sorted by score; M ≤
-    ``max_detections``).  ``card=None`` reads the file's card (:mod:`service.runtime.cards`).
+    ``max_detections``).  ``card=None`` reads the file's card
+    (:mod:`darkpose.service.runtime.cards`).
     ``nms_iou=None``: the card's ``detector.nms_iou``, else ``default_nms_iou`` (the builder
     passes ``DARKPOSE_DET_NMS_IOU``).
     """
@@ -399,7 +401,7 @@ class PicoDetDetector(OnnxDetector):
 class YoloxDetector(OnnxDetector):
     """YOLOX person detector: an :class:`OnnxDetector` with the ``yolox`` output layout.
 
-    The card is the file's (:mod:`service.runtime.cards`) or, when it has none,
+    The card is the file's (:mod:`darkpose.service.runtime.cards`) or, when it has none,
     :data:`YOLOX_CARD` with the graph's input size and name.
     """
 
@@ -466,7 +468,12 @@ class YoloxDetector(OnnxDetector):
 
 def _yolox_card_for(path: str | Path) -> ModelCard:
     """:data:`YOLOX_CARD` with the input size and name of the graph at ``path``."""
-    from service.runtime.onnx import graph_inputs, load_model, read_model_bytes, static_shape
+    from darkpose.service.runtime.onnx import (
+        graph_inputs,
+        load_model,
+        read_model_bytes,
+        static_shape,
+    )
 
     model = load_model(read_model_bytes(path))
     inputs = graph_inputs(model)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from service.core.errors import ModelError
-from service.core.pipeline import Pipeline, PipelineOptions
-from service.core.types import Detector, PoseModel
-from service.settings import Settings
+from darkpose.service.core.errors import ModelError
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.types import Detector, PoseModel
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def build_detector(settings: Settings) -> Detector:
     """The person detector described by ``settings.detector``, a detector config string
-    (``yolox``, ``htc``, ``chips(...)``, ``fused(...)``: :mod:`service.runtime.detector_config`)."""
-    from service.runtime.detector_config import build_detector_from_config
+    (``yolox``, ``htc``, ``chips(...)``, ``fused(...)``:
+    :mod:`darkpose.service.runtime.detector_config`)."""
+    from darkpose.service.runtime.detector_config import build_detector_from_config
 
     return build_detector_from_config(settings.detector, settings)
 
@@ -23,7 +24,7 @@ def build_detector(settings: Settings) -> Detector:
 def build_pose_models(settings: Settings) -> list[PoseModel]:
     """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble;
     their weights: ``settings.pose_model_weights``)."""
-    from service.runtime.pose import OnnxPoseModel
+    from darkpose.service.runtime.pose import OnnxPoseModel
 
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import F32, Detections, Detector
-from service.runtime.detectors import check_image
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import F32, Detections, Detector
+from darkpose.service.runtime.detectors import check_image
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def fuse_detections(
 
 
 class FusedDetector:
-    """Several detectors fused by WBF (implements :class:`~service.core.types.Detector`).
+    """Several detectors fused by WBF (implements :class:`~darkpose.service.core.types.Detector`).
 
     Args:
         detectors: the detectors to run on every image (e.g. YOLOX at 1x, YOLOX on chips, HTC).

@@ -1,7 +1,8 @@
 """The GPU image's own check: onnxruntime-gpu's CUDA version against the image's CUDA.
 
-``python -m service.runtime.gpu_check --image nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04``
-(builder stage: the base image's tag) or ``python -m service.runtime.gpu_check
+``python -m darkpose.service.runtime.gpu_check --image
+nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04``
+(builder stage: the base image's tag) or ``python -m darkpose.service.runtime.gpu_check
 --load-libraries`` (runtime stage: ``CUDA_VERSION``, which the nvidia/cuda images set, and the
 CUDA provider's libraries — cuBLAS, cuDNN, cuFFT, cuRAND, cudart — must load; no GPU needed).
 Prints one line and exits 0 when they match, 1 when they do not, so a wrong image fails its
@@ -61,7 +62,7 @@ def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
     or :class:`CudaMismatch`."""
     import onnxruntime as ort
 
-    from service.runtime.onnx import ort_cuda_version
+    from darkpose.service.runtime.onnx import ort_cuda_version
 
     built = ort_cuda_version()
     if built is None:
@@ -74,7 +75,7 @@ def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
         raise CudaMismatch(f"onnxruntime {ort.__version__}: {why}")
     summary = f"onnxruntime {ort.__version__} built for CUDA {built}, image CUDA {runtime_cuda}"
     if load_libraries:
-        from service.runtime.onnx import cuda_provider_library, load_cuda_provider_library
+        from darkpose.service.runtime.onnx import cuda_provider_library, load_cuda_provider_library
 
         lib = cuda_provider_library()
         try:
@@ -90,7 +91,7 @@ def check(runtime_cuda: str, *, load_libraries: bool = False) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m service.runtime.gpu_check", description=__doc__
+        prog="python -m darkpose.service.runtime.gpu_check", description=__doc__
     )
     parser.add_argument(
         "--image", help="nvidia/cuda image reference to compare with (default: $CUDA_VERSION)"

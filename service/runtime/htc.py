@@ -4,7 +4,7 @@ The DARK report detects persons with HTC from mmdetection.  :class:`HtcDetector`
 from an mmdet config (a path, or the name of a config shipped inside the mmdet package under
 ``.mim/configs``, e.g. ``htc_r50_fpn_1x_coco``) and an optional checkpoint, runs the config's test
 pipeline (resize to the test scale, normalise, pad) on CPU or CUDA and returns the person boxes
-(label 0 of COCO-class models) through the :class:`~service.core.types.Detector` protocol.
+(label 0 of COCO-class models) through the :class:`~darkpose.service.core.types.Detector` protocol.
 
 torch / mmengine / mmcv / mmdet are imported lazily in the constructor: the serving install
 stays free of torch unless an HTC detector is configured.  mmcv must be built with its C++ ops
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import F32, Detections
-from service.runtime.detectors import check_image, clip_boxes, non_empty
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import F32, Detections
+from darkpose.service.runtime.detectors import check_image, clip_boxes, non_empty
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _test_pipeline(cfg: Any, test_scale: tuple[int, int] | None) -> list[dict[st
 
 
 class HtcDetector:
-    """HTC (mmdet 3.x) person detector (implements :class:`service.core.types.Detector`).
+    """HTC (mmdet 3.x) person detector (implements :class:`darkpose.service.core.types.Detector`).
 
     Args:
         config: mmdet config file or shipped config name (default ``htc_r50_fpn_1x_coco``).

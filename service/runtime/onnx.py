@@ -2,7 +2,8 @@
 
 ``create_session`` picks execution providers from the ``providers`` setting
 (``auto`` = CUDA when onnxruntime has it, else CPU; ``cpu``; ``cuda`` = CUDA or a
-:class:`~service.core.errors.ModelError`), applies the thread settings and logs the providers the
+:class:`~darkpose.service.core.errors.ModelError`), applies the thread settings and logs the
+providers the
 session actually got.  ``cuda`` is checked on the real session (``session.get_providers()``):
 onnxruntime-gpu lists CUDA as available whenever it was compiled in and silently falls back to
 the CPU when the CUDA libraries or the device are missing, so a session without CUDA is a
@@ -24,12 +25,13 @@ from typing import Any, Literal, Protocol
 import onnx
 import onnxruntime as ort
 
-from service.core.errors import ModelError
+from darkpose.service.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 ProviderSetting = Literal["auto", "cpu", "cuda"]
-#: Runtime behind a model session (``openvino``: optional extra, :mod:`service.runtime.openvino`).
+#: Runtime behind a model session (``openvino``: optional extra,
+#: :mod:`darkpose.service.runtime.openvino`).
 BackendSetting = Literal["onnxruntime", "openvino"]
 #: Float compute precision (int8 is a property of the model file: ``darkpose quantize``).
 PrecisionSetting = Literal["fp32", "bf16"]
@@ -145,7 +147,7 @@ def read_model_bytes(path: str | Path) -> bytes:
 
 class Session(Protocol):
     """What the pose model and the detectors use of a session (``ort.InferenceSession`` or
-    :class:`service.runtime.openvino.OpenVinoSession`)."""
+    :class:`darkpose.service.runtime.openvino.OpenVinoSession`)."""
 
     def run(self, output_names: Any, input_feed: Any) -> list[Any]: ...
 
@@ -171,7 +173,8 @@ def create_session(
 
     ``backend``: ``onnxruntime`` (an ``ort.InferenceSession``; ``precision`` must be ``fp32``:
     onnxruntime's CPU provider has no bf16 convolutions) or ``openvino`` (an
-    :class:`~service.runtime.openvino.OpenVinoSession` on the CPU, ``precision`` fp32 | bf16,
+    :class:`~darkpose.service.runtime.openvino.OpenVinoSession` on the CPU, ``precision`` fp32 |
+    bf16,
     ``intra_op_threads`` = its thread count; ``providers`` cuda is refused there).
 
     ``intra_op_threads`` / ``inter_op_threads``: 0 = onnxruntime's default.  Logs the
@@ -196,7 +199,7 @@ def create_session(
     if backend == "openvino":
         if providers == "cuda":
             raise ModelError("backend openvino: expected providers auto or cpu, got cuda")
-        from service.runtime.openvino import OpenVinoSession
+        from darkpose.service.runtime.openvino import OpenVinoSession
 
         return OpenVinoSession(model, precision, intra_op_threads, name=name)
     if precision != "fp32":

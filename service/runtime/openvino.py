@@ -2,7 +2,8 @@
 
 :class:`OpenVinoSession` offers the part of ``ort.InferenceSession`` the pose model and the
 detectors use (``run``, ``get_inputs``, ``get_outputs``, ``get_providers``), so a backend switch
-is one argument of :func:`service.runtime.onnx.create_session` and every ONNX component (pose
+is one argument of :func:`darkpose.service.runtime.onnx.create_session` and every ONNX component
+(pose
 models, detectors) can run on either runtime unchanged.
 
 Precision (``INFERENCE_PRECISION_HINT`` of OpenVINO's CPU plugin):
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.core.errors import ModelError
+from darkpose.service.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
 """onnxruntime pose backend: one batched call for all crops of an image.
 
-:class:`OnnxPoseModel` implements :class:`service.core.types.PoseModel`.  Its ``card`` (and the
-``spec`` derived from it) comes from :func:`service.runtime.cards.resolve_card`: the file's
+:class:`OnnxPoseModel` implements :class:`darkpose.service.core.types.PoseModel`.  Its ``card``
+(and the
+``spec`` derived from it) comes from :func:`darkpose.service.runtime.cards.resolve_card`: the file's
 ``metadata_props``, a ``<model>.card.json`` beside it, or a card shipped in ``service/cards``.
 Without a card the input/heatmap sizes are read from the ONNX input/output shapes and the rest
 falls back to the shared SimpleBaseline model's values (logged as a warning).  A fixed batch
-dimension is made symbolic in memory (:func:`service.runtime.onnx.make_batch_dynamic`) so crops
+dimension is made symbolic in memory (:func:`darkpose.service.runtime.onnx.make_batch_dynamic`) so
+crops
 run in one call.
 """
 
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.cards import ModelCard
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import F32, ModelSpec
-from service.runtime.cards import card_beside, resolve_card
-from service.runtime.onnx import (
+from darkpose.service.core.cards import ModelCard
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import F32, ModelSpec
+from darkpose.service.runtime.cards import card_beside, resolve_card
+from darkpose.service.runtime.onnx import (
     CPU,
     create_session,
     graph_inputs,
@@ -29,7 +31,7 @@ from service.runtime.onnx import (
     read_model_bytes,
     static_shape,
 )
-from service.runtime.openvino import OPENVINO_CPU
+from darkpose.service.runtime.openvino import OPENVINO_CPU
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def _shape_defaults(model_bytes: bytes, name: str) -> dict[str, object]:
 
 def card_from_model(model_bytes: bytes, path: str | Path) -> tuple[ModelCard, str]:
     """The :class:`ModelCard` of the pose model at ``path`` (bytes already read) and where it
-    came from: its card (:func:`service.runtime.cards.resolve_card`), else one built from the
+    came from: its card (:func:`darkpose.service.runtime.cards.resolve_card`), else one built from
+    the
     graph's shapes and the shared SimpleBaseline model's defaults (``"graph"``, logged)."""
     p = Path(path)
     found = resolve_card(p, model_bytes, kind="pose")
@@ -115,7 +118,7 @@ class OnnxPoseModel:
     One ``infer`` = one batched session run per ``max_batch`` crops (0 = all crops in one run;
     ``None`` = :data:`CPU_MAX_BATCH` on CPU, unlimited on CUDA), never a loop per crop.
     ``backend`` / ``precision``: ``None`` = the card's (``onnxruntime`` / ``fp32`` by default;
-    :func:`service.runtime.onnx.create_session`).
+    :func:`darkpose.service.runtime.onnx.create_session`).
     """
 
     def __init__(

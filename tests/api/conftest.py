@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.settings import Settings
+from darkpose.service.settings import Settings
 from tests.conftest import IMAGES, MODELS, REPO
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -70,7 +70,7 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 @pytest.fixture(scope="package")
 def client() -> Iterator[TestClient]:
     """One ready app (batching on) shared by the API tests."""
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     app = create_app(api_settings())
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -188,7 +188,7 @@ def serve_env(port: int, **env: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """``python -m service.cli serve`` on 127.0.0.1:<free port>."""
+    """``python -m darkpose.service.cli serve`` on 127.0.0.1:<free port>."""
 
     def __init__(
         self,
@@ -208,7 +208,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "darkpose.service.cli",
                 *(["--log-level", log_level] if log_level is not None else []),
                 "serve",
                 *(args or []),

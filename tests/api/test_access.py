@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from service.api.access import (
+from darkpose.service.api.access import (
     AccessConfigError,
     AccessMiddleware,
     AccessPolicy,
@@ -288,7 +288,7 @@ def test_metrics_key_is_separate_from_api_keys() -> None:
 
 # --- settings → app -------------------------------------------------------------------------
 def test_nothing_configured_adds_no_middleware() -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     app = create_app(api_settings(warmup=False))
     assert AccessMiddleware not in [m.cls for m in app.user_middleware]
@@ -305,7 +305,7 @@ def test_nothing_configured_adds_no_middleware() -> None:
     ],
 )
 def test_any_setting_turns_the_middleware_on(overrides: dict[str, object]) -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     app = create_app(api_settings(warmup=False, **overrides))
     assert [m.cls for m in app.user_middleware].count(AccessMiddleware) == 1
@@ -324,11 +324,11 @@ def test_settings_keep_keys_out_of_their_repr() -> None:
 def test_short_keys_are_accepted_with_a_warning_naming_their_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="service.api.access_control"):
+    with caplog.at_level("WARNING", logger="darkpose.service.api.access_control"):
         store = KeyStore(["short-key", "a-long-enough-random-key-0123"])
     assert store.lookup(b"short-key") == key_id("short-key")
-    # not on service.api.access: that logger carries the per-request lines
-    assert {r.name for r in caplog.records} == {"service.api.access_control"}
+    # not on darkpose.service.api.access: that logger carries the per-request lines
+    assert {r.name for r in caplog.records} == {"darkpose.service.api.access_control"}
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and key_id("short-key") in warned[0]
     assert "short-key" not in warned[0] and key_id("a-long-enough-random-key-0123") not in warned[0]
@@ -346,7 +346,7 @@ def test_short_keys_are_accepted_with_a_warning_naming_their_id(
 def test_openapi_documents_keys_and_limits(
     overrides: dict[str, object], security: bool, codes: set[str]
 ) -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     schema = create_app(api_settings(warmup=False, **overrides)).openapi()
     schemes = schema.get("components", {}).get("securitySchemes", {})

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.access import key_id
+from darkpose.service.api.access import key_id
 from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ def _keypoints(client: TestClient, data: bytes, query: str) -> np.ndarray:
 
 @pytest.mark.parametrize("query", ["decode=dark", "decode=dark&flip=true"])
 def test_batching_on_and_off_give_identical_keypoints(query: str) -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     images = [p.read_bytes() for p in PERSON_IMAGES]
     on = create_app(api_settings(batching=True, max_batch=64, max_wait_ms=30.0))

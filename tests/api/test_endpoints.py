@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.schemas import PoseResponse
-from service.core.types import COCO_KEYPOINTS
+from darkpose.service.api.schemas import PoseResponse
+from darkpose.service.core.types import COCO_KEYPOINTS
 from tests.api.conftest import api_settings, imdecode, person_image_variant, wait_ready
 from tests.conftest import CONTRACT_METRICS
 
@@ -158,7 +158,7 @@ def test_metrics_exposes_the_contract_names(client: TestClient, jpeg_bytes: byte
 
 
 def test_each_app_has_its_own_registry() -> None:
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     a = create_app(api_settings(warmup=False))
     b = create_app(api_settings(warmup=False))
@@ -167,7 +167,7 @@ def test_each_app_has_its_own_registry() -> None:
 
 def test_not_ready_before_models_are_loaded() -> None:
     """Before the lifespan has loaded the models, /readyz and /pose are 503 (our JSON shape)."""
-    from service.api import create_app
+    from darkpose.service.api import create_app
 
     app = create_app(api_settings(model_dir="/nonexistent-dir"))
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -186,9 +186,9 @@ def test_not_ready_before_models_are_loaded() -> None:
 
 def test_readyz_is_503_until_warm_up_finishes(jpeg_bytes: bytes) -> None:
     """Warm-up runs the pose model; while it is held, /readyz and /pose say 503 not_ready."""
-    from service.api import create_app
-    from service.core.pipeline import Pipeline
-    from service.runtime.factory import build_detector
+    from darkpose.service.api import create_app
+    from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.factory import build_detector
     from tests.api.tiny_model import TinyOnnxPoseModel
 
     s = api_settings(warmup=True)
@@ -215,8 +215,8 @@ def test_readyz_is_503_until_warm_up_finishes(jpeg_bytes: bytes) -> None:
 
 def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
     """create_app(pipeline=...) serves a pre-built Pipeline as it is (no batcher added)."""
-    from service.api import create_app
-    from service.runtime.factory import build_pipeline
+    from darkpose.service.api import create_app
+    from darkpose.service.runtime.factory import build_pipeline
 
     s = api_settings()
     pipeline = build_pipeline(s)
@@ -236,9 +236,9 @@ def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
 def test_injected_micro_batcher_shows_as_batching_enabled() -> None:
     """model_info's batching.enabled comes from the pipeline's pose models, so a MicroBatcher
     in an injected pipeline counts (it once read only the batchers the app built itself)."""
-    from service.api.batching import MicroBatcher
-    from service.api.state import ServiceState
-    from service.core.pipeline import Pipeline
+    from darkpose.service.api.batching import MicroBatcher
+    from darkpose.service.api.state import ServiceState
+    from darkpose.service.core.pipeline import Pipeline
     from tests.api.tiny_model import TinyOnnxPoseModel
 
     s = api_settings(warmup=False)
@@ -258,9 +258,9 @@ def test_injected_micro_batcher_shows_as_batching_enabled() -> None:
 def test_pose_work_does_not_block_the_event_loop(jpeg_bytes: bytes) -> None:
     """While a request waits inside the pose model, /healthz still answers; with
     max_inflight_requests=1 a second /pose is refused 503 + Retry-After."""
-    from service.api import create_app
-    from service.core.pipeline import Pipeline
-    from service.runtime.factory import build_detector
+    from darkpose.service.api import create_app
+    from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.factory import build_detector
     from tests.api.tiny_model import TinyOnnxPoseModel
 
     s = api_settings(max_inflight_requests=1, warmup=False, retry_after_s=2.0)
@@ -295,9 +295,9 @@ def test_pose_work_does_not_block_the_event_loop(jpeg_bytes: bytes) -> None:
 def test_unexpected_exception_is_500_json_with_request_id(
     jpeg_bytes: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.api import create_app
-    from service.core.pipeline import Pipeline
-    from service.runtime.factory import build_detector
+    from darkpose.service.api import create_app
+    from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.factory import build_detector
     from tests.api.tiny_model import TinyOnnxPoseModel
 
     s = api_settings(warmup=False)

@@ -19,7 +19,7 @@ import httpx
 import onnxruntime as ort
 import pytest
 
-from service.commands.serve import EXIT_LOAD_FAILED
+from darkpose.service.commands.serve import EXIT_LOAD_FAILED
 from tests.api.conftest import ServerProcess, free_port, serve_env
 from tests.conftest import POSE_ONNX, REPO
 
@@ -29,7 +29,7 @@ HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 def serve_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``darkpose serve`` that is expected to end by itself (a 90 s limit only against hangs)."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "darkpose.service.cli", "serve"],
         cwd=REPO,
         env=serve_env(free_port(), **env),
         capture_output=True,
@@ -39,8 +39,8 @@ def serve_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def darkpose_lines(output: str, level: str) -> list[str]:
-    """Lines of our own loggers (``<date> <time> LEVEL service.…: message``) at ``level``."""
-    return [ln for ln in output.splitlines() if f" {level} service." in ln]
+    """Lines of our own loggers (``<date> <time> LEVEL darkpose.…: message``) at ``level``."""
+    return [ln for ln in output.splitlines() if f" {level} darkpose." in ln]
 
 
 def assert_one_line_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> str:

@@ -146,7 +146,7 @@ def test_jpeg_scan_bomb_is_refused_before_decoding(srv: ServerProcess) -> None:
 def test_work_past_the_deadline_is_503_with_retry_after() -> None:
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from darkpose.service.api import create_app
     from tests.api.conftest import api_settings, wait_ready
 
     app = create_app(api_settings(work_timeout_s=0.001))
@@ -467,10 +467,10 @@ def test_full_pose_queue_is_refused_before_detection() -> None:
     import numpy as np
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
-    from service.api.batching import MicroBatcher
-    from service.core.pipeline import Pipeline
-    from service.runtime.factory import build_detector
+    from darkpose.service.api import create_app
+    from darkpose.service.api.batching import MicroBatcher
+    from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.factory import build_detector
     from tests.api.conftest import api_settings, wait_ready
     from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel
 
@@ -507,7 +507,7 @@ def test_app_serves_again_after_its_lifespan_restarts() -> None:
     schemathesis' phases) makes new ones instead of answering 503/500."""
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from darkpose.service.api import create_app
     from tests.api.conftest import api_settings, wait_ready
 
     app = create_app(api_settings())

@@ -171,8 +171,9 @@ def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
     finally:
         server.terminate()
     text = log.read_text()
-    assert re.search(r"INFO service\.api\.access: POST /pose 200 [\d.]+ ms id=req-42", text), text
-    assert re.search(r"service\.api\.access: GET /nope 404 [\d.]+ ms id=\w+", text), text
+    access = r"INFO darkpose\.service\.api\.access: "
+    assert re.search(access + r"POST /pose 200 [\d.]+ ms id=req-42", text), text
+    assert re.search(access + r"GET /nope 404 [\d.]+ ms id=\w+", text), text
 
     quiet = tmp_path / "warning.log"
     env = {"DARKPOSE_WARMUP": "false", "DARKPOSE_LOG_LEVEL": "WARNING"}

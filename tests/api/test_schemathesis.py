@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis import GenerationMode
 
-from service.api import create_app
+from darkpose.service.api import create_app
 from tests.api.conftest import api_settings
 
 # Raw BMP bodies are binary like the other image types.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from service.commands import serve
+from darkpose.service.commands import serve
 from tests.conftest import REPO
 
 
@@ -25,7 +25,7 @@ def test_arguments_parse() -> None:
 
 def test_cli_lists_serve() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--help"],
+        [sys.executable, "-m", "darkpose.service.cli", "serve", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,21 +9,21 @@ from collections.abc import Iterable, Iterator
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from service.api import create_app
-from service.api.state import ServiceState
-from service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.api import create_app
+from darkpose.service.api.state import ServiceState
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from tests.api.conftest import api_settings
 
 EXPECTED_MODULES = {
-    "/pose": "service.api.routes.pose",
-    "/healthz": "service.api.routes.health",
-    "/readyz": "service.api.routes.health",
-    "/metrics": "service.api.routes.ops",
-    "/v1/models": "service.api.routes.ops",
-    "/": "service.api.routes.docs",
-    "/docs": "service.api.routes.docs",
-    "/docs/oauth2-redirect": "service.api.routes.docs",
-    "/redoc": "service.api.routes.docs",
+    "/pose": "darkpose.service.api.routes.pose",
+    "/healthz": "darkpose.service.api.routes.health",
+    "/readyz": "darkpose.service.api.routes.health",
+    "/metrics": "darkpose.service.api.routes.ops",
+    "/v1/models": "darkpose.service.api.routes.ops",
+    "/": "darkpose.service.api.routes.docs",
+    "/docs": "darkpose.service.api.routes.docs",
+    "/docs/oauth2-redirect": "darkpose.service.api.routes.docs",
+    "/redoc": "darkpose.service.api.routes.docs",
 }
 
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from service.api.body import image_from_multipart
-from service.api.multipart import parse_multipart
-from service.api.work import (
+from darkpose.service.api.body import image_from_multipart
+from darkpose.service.api.multipart import parse_multipart
+from darkpose.service.api.work import (
     MB,
     DeadlineExceeded,
     Job,
@@ -16,7 +16,7 @@ from service.api.work import (
     MemoryBudget,
     estimate_request_bytes,
 )
-from service.core.errors import InvalidImage, Overloaded, PayloadTooLarge
+from darkpose.service.core.errors import InvalidImage, Overloaded, PayloadTooLarge
 from tests import hostile_payloads as hp
 
 
@@ -105,8 +105,8 @@ def test_batcher_drops_the_crops_of_a_stopped_job() -> None:
 
     import numpy as np
 
-    from service.api.batching import MicroBatcher
-    from service.api.work import current_job
+    from darkpose.service.api.batching import MicroBatcher
+    from darkpose.service.api.work import current_job
     from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel
 
     gate = threading.Event()

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from service.core.types import F32, ModelSpec
+from darkpose.service.core.types import F32, ModelSpec
 
 TINY_IN = (6, 8)  # (W, H)
 TINY_K = 4

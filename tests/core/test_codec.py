@@ -1,4 +1,4 @@
-"""service.core.codec: parity with mmpose 1.3.2 (golden fixture + a per-instance loop
+"""darkpose.service.core.codec: parity with mmpose 1.3.2 (golden fixture + a per-instance loop
 reimplementation), error handling, encode/decode round trips."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.decode import make_batch, mmpose_decode_loop, mmpose_gaussian_blur
-from service.core import codec
-from service.core.codec import decode_heatmaps, encode_heatmaps, gaussian_blur_heatmaps
-from service.core.errors import InputError, InvalidParameter
+from darkpose.service.core import codec
+from darkpose.service.core.codec import decode_heatmaps, encode_heatmaps, gaussian_blur_heatmaps
+from darkpose.service.core.errors import InputError, InvalidParameter
 from tests.conftest import GOLDEN
 
 H, W = 64, 48

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service.core.errors import InvalidParameter
-from service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
-from service.core.types import COCO_FLIP_PAIRS
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
+from darkpose.service.core.types import COCO_FLIP_PAIRS
 
 small = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 

@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.core.imageguard import (
+from darkpose.service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from darkpose.service.core.imageguard import (
     check_bmp,
     check_jpeg,
     check_png,
     jpeg_tail_is_fill,
     jpeg_with_probe,
 )
-from service.core.io import decode_image
+from darkpose.service.core.io import decode_image
 from tests import hostile_payloads as hp
 from tests.conftest import IMAGES
 

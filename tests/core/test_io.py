@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageFile, ImageOps
 
-from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.core.io import decode_image, read_image_file, sniff_format
+from darkpose.service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from darkpose.service.core.io import decode_image, read_image_file, sniff_format
 from tests.conftest import IMAGES
 
 ACCEPTED = "JPEG/PNG/WebP/BMP"

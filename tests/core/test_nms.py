@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidParameter
-from service.core.nms import nms_boxes, oks_iou, oks_nms, rescore
-from service.core.types import COCO_SIGMAS
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.nms import nms_boxes, oks_iou, oks_nms, rescore
+from darkpose.service.core.types import COCO_SIGMAS
 
 SIG = np.array(COCO_SIGMAS)
 

@@ -10,12 +10,17 @@ import cv2
 import numpy as np
 import pytest
 
-from service.core.codec import decode_heatmaps
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
-from service.core.pipeline import Pipeline, PipelineOptions, PoseResult, too_small_for_person
-from service.core.types import F32, ModelSpec
-from service.runtime.detectors import YoloxDetector
-from service.runtime.pose import OnnxPoseModel
+from darkpose.service.core.codec import decode_heatmaps
+from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
+from darkpose.service.core.pipeline import (
+    Pipeline,
+    PipelineOptions,
+    PoseResult,
+    too_small_for_person,
+)
+from darkpose.service.core.types import F32, ModelSpec
+from darkpose.service.runtime.detectors import YoloxDetector
+from darkpose.service.runtime.pose import OnnxPoseModel
 from tests.conftest import IMAGES, KPT_ANN, POSE_ONNX, YOLOX_ONNX
 from tests.runtime.onnx_fixtures import CountingPose, perturbed, tiny_pose_model
 
@@ -400,7 +405,7 @@ def test_bad_options(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_options_from_settings() -> None:
-    from service.settings import Settings
+    from darkpose.service.settings import Settings
 
     s = Settings(decode="standard", flip=True, default_max_persons=7)  # type: ignore[call-arg]
     o = PipelineOptions.from_settings(s, box_padding=1.5)
@@ -420,7 +425,7 @@ def test_concurrent_calls_give_the_same_result(pipeline: Pipeline, crowd: np.nda
 
 
 def test_draw_poses(pipeline: Pipeline, crowd: np.ndarray) -> None:
-    from service.core.visualize import draw_poses
+    from darkpose.service.core.visualize import draw_poses
 
     res = pipeline(crowd)
     out = draw_poses(crowd, res.persons)

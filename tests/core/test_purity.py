@@ -1,4 +1,4 @@
-"""service.core must stay importable without torch, onnxruntime or the web stack."""
+"""darkpose.service.core must stay importable without torch, onnxruntime or the web stack."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ FORBIDDEN = ("torch", "onnxruntime", "fastapi", "starlette")
 
 SCRIPT = f"""
 import importlib, json, pkgutil, sys
-import service.core
-names = ["service.core"]
-for info in pkgutil.walk_packages(service.core.__path__, "service.core."):
+import darkpose.service.core
+names = ["darkpose.service.core"]
+for info in pkgutil.walk_packages(darkpose.service.core.__path__, "darkpose.service.core."):
     importlib.import_module(info.name)
     names.append(info.name)
 forbidden = {FORBIDDEN!r}
@@ -35,7 +35,9 @@ def test_core_imports_no_runtime_or_web_framework() -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # the walk really found the modules
-    assert {"service.core.errors", "service.core.types", "service.core.io"} <= set(
-        result["modules"]
-    )
+    assert {
+        "darkpose.service.core.errors",
+        "darkpose.service.core.types",
+        "darkpose.service.core.io",
+    } <= set(result["modules"])
     assert result["loaded"] == [], f"expected no {FORBIDDEN} in sys.modules, got {result['loaded']}"

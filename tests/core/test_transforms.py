@@ -1,4 +1,4 @@
-"""Affine convention of service.core.transforms: mmpose parity, round trips, crops."""
+"""Affine convention of darkpose.service.core.transforms: mmpose parity, round trips, crops."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidParameter
-from service.core.transforms import (
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.transforms import (
     MIN_BOX_SIZE,
     boxes_to_center_scale,
     cut_crops,
@@ -24,7 +24,7 @@ from service.core.transforms import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-from service.core.types import ModelSpec
+from darkpose.service.core.types import ModelSpec
 from tests.conftest import GOLDEN, IMAGES, KPT_ANN, POSE_ONNX
 
 coord = st.floats(-2000, 2000, allow_nan=False)

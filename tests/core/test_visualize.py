@@ -6,7 +6,7 @@ import cv2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.visualize import label_origin
+from darkpose.service.core.visualize import label_origin
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,7 +6,8 @@ record it).  The pin in pyproject.toml may only allow releases built for the bas
 major with a minor no newer than the image's; a test downloads the release the pin resolves to
 (``pip download --no-deps``) and checks the table against the real wheel.  With that wheel
 (CUDA compiled in, no CUDA libraries on this machine) ``darkpose serve`` must end on
-``providers=cuda`` and fall back with one warning on ``auto``; ``service.runtime.gpu_check`` (the
+``providers=cuda`` and fall back with one warning on ``auto``;
+``darkpose.service.runtime.gpu_check`` (the
 image's build-time check) must accept the real pair and refuse a mismatched one.
 
 When a new onnxruntime-gpu comes out: add it to the table (the download test says what the
@@ -32,7 +33,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from service.runtime.gpu_check import compatible, image_cuda_version
+from darkpose.service.runtime.gpu_check import compatible, image_cuda_version
 from tests.conftest import MODELS, POSE_ONNX, REPO, missing_requirement
 from tests.docker.conftest import DOCKERFILES, free_port
 
@@ -125,8 +126,8 @@ def test_compatibility_rule(built: str, runtime: str, ok: bool) -> None:
 
 def test_dockerfile_checks_cuda_at_build_and_readiness_at_run() -> None:
     text = DOCKERFILES["gpu"].read_text()
-    assert 'python -m service.runtime.gpu_check --image "${CUDA_IMAGE}"' in text
-    assert "python -m service.runtime.gpu_check --load-libraries" in text
+    assert 'python -m darkpose.service.runtime.gpu_check --image "${CUDA_IMAGE}"' in text
+    assert "python -m darkpose.service.runtime.gpu_check --load-libraries" in text
     assert "get_available_providers" not in text, "compiled-in is not loadable: check sessions"
     assert "ENV" in text and "DARKPOSE_PROVIDERS=cuda" in text
     # The builder stage re-declares the global ARG so the check sees the runtime base image.
@@ -198,7 +199,7 @@ def cuda_does_not_load(gpu_site: Path) -> None:
     )  # fmt: skip
     assert str(gpu_site) in probe.stdout, probe.stdout + probe.stderr
     check = subprocess.run(
-        [sys.executable, "-m", "service.runtime.gpu_check", "--image",
+        [sys.executable, "-m", "darkpose.service.runtime.gpu_check", "--image",
          dockerfile_cuda_image(), "--load-libraries"],
         env={**os.environ, "PYTHONPATH": f"{gpu_site}{os.pathsep}{REPO}"}, cwd=REPO,
         capture_output=True, text=True, timeout=60,
@@ -213,7 +214,7 @@ def test_gpu_check_with_the_real_wheel(gpu_site: Path) -> None:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.runtime.gpu_check", *args],
+            [sys.executable, "-m", "darkpose.service.runtime.gpu_check", *args],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
@@ -228,7 +229,7 @@ _HEATMAPS = """
 import sys
 import numpy as np
 import onnxruntime
-from service.runtime.onnx import create_session, make_batch_dynamic, read_model_bytes
+from darkpose.service.runtime.onnx import create_session, make_batch_dynamic, read_model_bytes
 sess = create_session(make_batch_dynamic(read_model_bytes(sys.argv[1])), providers="cpu")
 x = np.random.default_rng(0).standard_normal((2, 3, 256, 192)).astype(np.float32)
 np.save(sys.argv[2], sess.run(None, {sess.get_inputs()[0].name: x})[0])
@@ -260,7 +261,7 @@ def test_pinned_gpu_build_computes_the_cpu_builds_heatmaps(gpu_site: Path, tmp_p
 def test_cuda_compiled_in_but_not_loadable_ends_serve(gpu_site: Path) -> None:
     """The issue's case: onnxruntime-gpu lists CUDA, the session silently falls back to CPU."""
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "darkpose.service.cli", "serve"],
         cwd=REPO, env=_gpu_env(gpu_site, free_port(), "cuda"),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -279,7 +280,7 @@ def gpu_auto_server(gpu_site: Path, tmp_path: Path) -> Iterator[tuple[str, Path]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--log-level", "INFO", "serve"],
+            [sys.executable, "-m", "darkpose.service.cli", "--log-level", "INFO", "serve"],
             cwd=REPO, env=_gpu_env(gpu_site, port, "auto"), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

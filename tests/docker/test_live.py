@@ -130,8 +130,8 @@ def _image_command() -> list[str]:
 
 
 def test_dashboard_metrics_are_exported() -> None:
-    from service.api import create_app
-    from service.settings import Settings
+    from darkpose.service.api import create_app
+    from darkpose.service.settings import Settings
 
     overrides: dict[str, Any] = {"model_dir": MODELS, "intra_op_threads": 1, "warmup": False}
     settings = Settings(**overrides)
@@ -197,7 +197,7 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "DARKPOSE_LOG_LEVEL": "warning",
     }
     # The image's command (ENTRYPOINT ["darkpose"] + CMD ["serve"]), configured by env only.
-    cmd = [sys.executable, "-m", "service.cli", *_image_command()[1:]]
+    cmd = [sys.executable, "-m", "darkpose.service.cli", *_image_command()[1:]]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -16,13 +16,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporters import export_decoder, export_onnx, make_spec
-from exporters.cli import main
-from exporters.export import DECODE_TOL_PX, FP16_TOL, FP32_TOL
-from models import build_model, load_checkpoint
-from service.core.pipeline import Pipeline
-from service.core.types import ModelSpec
-from service.runtime.pose import OnnxPoseModel
+from darkpose.exporters import export_decoder, export_onnx, make_spec
+from darkpose.exporters.cli import main
+from darkpose.exporters.export import DECODE_TOL_PX, FP16_TOL, FP32_TOL
+from darkpose.models import build_model, load_checkpoint
+from darkpose.service.core.pipeline import Pipeline
+from darkpose.service.core.types import ModelSpec
+from darkpose.service.runtime.pose import OnnxPoseModel
 from tests.conftest import GOLDEN, IMAGES, KPT_ANN, REPO
 from tests.models.layouts import randomise, write_checkpoint
 
@@ -136,8 +136,8 @@ def test_exported_models_serve_through_the_pipeline(
 ) -> None:
     """Exports drop in by path: the in-graph decode gives what the numpy DARK decode gives on
     the heatmap export (same weights), through the real pipeline on a COCO image."""
-    from service.runtime.factory import build_pipeline
-    from service.settings import Settings
+    from darkpose.service.runtime.factory import build_pipeline
+    from darkpose.service.settings import Settings
 
     image = cv2.imread(str(IMAGES / "000000129648.jpg"))
     boxes = _gt_boxes("000000129648.jpg")
@@ -192,7 +192,7 @@ def test_decoder_graph_matches_mmpose_golden(tmp_path: Path) -> None:
     assert kp.shape == (32, 17, 3)
     assert np.abs(kp[..., :2] - g["dark_k11"]).max() <= DECODE_TOL_PX
     np.testing.assert_allclose(kp[..., 2], g["scores"], atol=1e-6)
-    codec = pytest.importorskip("service.core.codec")
+    codec = pytest.importorskip("darkpose.service.core.codec")
     coords, scores = codec.decode_heatmaps(g["heatmaps"], method="dark", blur_kernel=11)
     assert np.abs(kp[..., :2] - coords).max() <= DECODE_TOL_PX
 
@@ -235,7 +235,15 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "exporters.cli", "--arch", "hrnet_w32", "--checkpoint", str(bad)]
+        [
+            sys.executable,
+            "-m",
+            "darkpose.exporters.cli",
+            "--arch",
+            "hrnet_w32",
+            "--checkpoint",
+            str(bad),
+        ]
         + ["--out", str(tmp_path / "x.onnx")],
         capture_output=True,
         text=True,
@@ -264,8 +272,8 @@ def test_in_graph_decode_is_reported_and_other_decodes_refused(decoded_onnx: Pat
     response says which decode ran, and asking for another one is a 422 (issue 12)."""
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
-    from service.settings import Settings
+    from darkpose.service.api import create_app
+    from darkpose.service.settings import Settings
 
     model = OnnxPoseModel(decoded_onnx, providers="cpu")
     assert model.card_source == "metadata" and model.card.codec is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import ExportError, build_model, parse_input_size
-from models.hrnet import PoseHighResolutionNet
-from models.resnet import PoseResNet
+from darkpose.models import ExportError, build_model, parse_input_size
+from darkpose.models.hrnet import PoseHighResolutionNet
+from darkpose.models.resnet import PoseResNet
 
 # parameter counts of the published COCO 256x192 models (HRNet paper Table 1, SimpleBaseline)
 PUBLISHED_PARAMS = {

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import CheckpointError, build_model, detect_layout, load_checkpoint, load_state
-from models.checkpoint import read_checkpoint, unwrap_state_dict
+from darkpose.models import CheckpointError, build_model, detect_layout, load_checkpoint, load_state
+from darkpose.models.checkpoint import read_checkpoint, unwrap_state_dict
 from tests.models.layouts import LAYOUTS, randomise, to_layout, write_checkpoint
 
 EXPECTED_LAYOUT = {

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.dark import DarkDecode, gaussian_taps
+from darkpose.models.dark import DarkDecode, gaussian_taps
 from tests.conftest import GOLDEN
 
 
@@ -26,7 +26,7 @@ def test_matches_mmpose_golden() -> None:
 
 
 def test_matches_the_numpy_codec() -> None:
-    codec = pytest.importorskip("service.core.codec")
+    codec = pytest.importorskip("darkpose.service.core.codec")
     g = np.load(GOLDEN)
     rng = np.random.default_rng(0)
     hm = np.concatenate([g["heatmaps"], rng.random((4, 17, 64, 48), dtype=np.float32)])

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from service.ray_app.local_cluster import LocalRay
+    from darkpose.service.ray_app.local_cluster import LocalRay
 
 
 @pytest.fixture(scope="module")
 def ray_two_nodes() -> Iterator[LocalRay]:
     """A 2-node × 1-CPU local cluster for the module (Serve started, HTTP on 127.0.0.1)."""
     pytest.importorskip("ray.serve", reason="needs the optional `ray` extra (ray[serve])")
-    from service.ray_app.local_cluster import local_ray_cluster
+    from darkpose.service.ray_app.local_cluster import local_ray_cluster
 
     with local_ray_cluster(num_nodes=2, cpus_per_node=1) as lr:
         yield lr

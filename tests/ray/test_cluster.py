@@ -87,7 +87,7 @@ def _get(url: str) -> tuple[int, bytes]:
 def _stats(deployment: str) -> list[dict[str, Any]]:
     from ray import serve
 
-    from service.ray_app import APP_NAME
+    from darkpose.service.ray_app import APP_NAME
 
     got = serve.get_deployment_handle(deployment, APP_NAME).broadcast("stats").results()
     return list(got.values()) if isinstance(got, dict) else list(got)
@@ -99,8 +99,8 @@ def reference() -> list[dict[str, Any]]:
     pytest.importorskip("ray.serve", reason="needs the optional `ray` extra (ray[serve])")
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
-    from service.settings import Settings
+    from darkpose.service.api import create_app
+    from darkpose.service.settings import Settings
 
     out = []
     app = create_app(Settings(**SETTINGS))
@@ -119,9 +119,9 @@ def deploy(ray_two_nodes: Any) -> Iterator[Callable[[str], Any]]:
     same one; the tests below run pipeline first, then split)."""
     from ray import serve
 
-    from service.ray_app import APP_NAME
-    from service.ray_app.builder import build_app
-    from service.ray_app.local_cluster import free_port
+    from darkpose.service.ray_app import APP_NAME
+    from darkpose.service.ray_app.builder import build_app
+    from darkpose.service.ray_app.local_cluster import free_port
 
     current: dict[str, Any] = {}
 
@@ -217,8 +217,8 @@ def test_pipeline_serves_the_same_routes_and_metrics_per_replica(
 ) -> None:
     from ray import serve
 
-    from service.ray_app import APP_NAME
-    from service.settings import Settings
+    from darkpose.service.ray_app import APP_NAME
+    from darkpose.service.settings import Settings
 
     app = deploy("pipeline")
     status, body = _get(app.url + "/v1/models")
@@ -284,9 +284,9 @@ def test_split_pose_deployment_splits_calls_larger_than_the_batch(
     """40 crops with max_batch_size 32: two batched pieces, same heatmaps as one local call."""
     from ray import serve
 
-    from service.ray_app import APP_NAME, POSE_NAME
-    from service.runtime.factory import build_pose_models
-    from service.settings import Settings
+    from darkpose.service.ray_app import APP_NAME, POSE_NAME
+    from darkpose.service.runtime.factory import build_pose_models
+    from darkpose.service.settings import Settings
 
     deploy("split")
     crops = np.random.default_rng(0).normal(size=(40, 3, 256, 192)).astype(np.float32)
@@ -306,9 +306,9 @@ def test_a_pose_call_timing_out_inside_ray_is_a_504_json_error(
     """The split ingress's deadline on a real pose call maps to 504 ``upstream_timeout``."""
     from ray import serve
 
-    from service.api.errors import response_for_error
-    from service.ray_app import APP_NAME, POSE_NAME
-    from service.ray_app.deployments import UpstreamTimeout, await_result
+    from darkpose.service.api.errors import response_for_error
+    from darkpose.service.ray_app import APP_NAME, POSE_NAME
+    from darkpose.service.ray_app.deployments import UpstreamTimeout, await_result
 
     deploy("split")
     crops = np.zeros((40, 3, 256, 192), np.float32)

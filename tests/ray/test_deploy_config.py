@@ -82,7 +82,7 @@ def test_each_serve_config_names_its_topology_and_the_builder(
     topology: str, names: set[str]
 ) -> None:
     app = _load(CONFIGS[topology])["applications"][0]
-    assert app["import_path"] == "service.ray_app.builder:app_builder"
+    assert app["import_path"] == "darkpose.service.ray_app.builder:app_builder"
     assert app["args"]["topology"] == topology
     # Serve refuses a config naming a deployment the application does not have.
     assert set(_deployments(CONFIGS[topology])) == names
@@ -148,9 +148,9 @@ def test_serve_config_matches_the_installed_ray(schema: Any) -> None:
 def test_serve_config_args_and_user_config_are_accepted_by_the_app(
     schema: Any, topology: str
 ) -> None:
-    from service.ray_app import TOPOLOGIES
-    from service.ray_app.builder import BuildArgs, app_builder
-    from service.ray_app.deployments import make_settings, parse_batch_config
+    from darkpose.service.ray_app import TOPOLOGIES
+    from darkpose.service.ray_app.builder import BuildArgs, app_builder
+    from darkpose.service.ray_app.deployments import make_settings, parse_batch_config
 
     app = _load(CONFIGS[topology])["applications"][0]
     args = BuildArgs.model_validate(app["args"])
@@ -198,8 +198,8 @@ def test_working_dir_needs_a_uri(schema: Any, working_dir: str, accepted: bool) 
     ],
 )
 def test_bad_pose_user_config_is_refused(schema: Any, config: dict[str, Any], match: str) -> None:
-    from service.core.errors import InvalidParameter
-    from service.ray_app.deployments import parse_batch_config
+    from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.ray_app.deployments import parse_batch_config
 
     with pytest.raises(InvalidParameter, match=match):
         parse_batch_config(config)
@@ -220,8 +220,8 @@ def test_build_app_validates_before_deploying(
 ) -> None:
     from pydantic import ValidationError
 
-    from service.core.errors import DarkPoseError
-    from service.ray_app.builder import build_app
+    from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.ray_app.builder import build_app
 
     with pytest.raises((DarkPoseError, ValidationError), match=match):
         build_app(settings, options, topology=topology)
@@ -229,15 +229,15 @@ def test_build_app_validates_before_deploying(
 
 @pytest.mark.parametrize("address", ["9100", "host:", ":9100", "h:0", "h:70000", "h:x"])
 def test_bad_metrics_address_is_refused(schema: Any, address: str) -> None:
-    from service.core.errors import InvalidParameter
-    from service.ray_app.builder import build_app
+    from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.ray_app.builder import build_app
 
     with pytest.raises(InvalidParameter, match="metrics_address: expected 'host:port'"):
         build_app({}, metrics_address=address)
 
 
 def test_build_app_binds_each_topology(schema: Any) -> None:
-    from service.ray_app.builder import build_app
+    from darkpose.service.ray_app.builder import build_app
 
     pipeline = build_app({}, {"Ingress": {"num_replicas": 3}}, measure_bytes=True)
     ingress = pipeline._bound_deployment

@@ -49,11 +49,11 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
     from fastapi.testclient import TestClient
     from ray import serve
 
-    from service.api import create_app
-    from service.ray_app import APP_NAME, INGRESS_NAME
-    from service.ray_app.builder import build_app
-    from service.ray_app.local_cluster import local_ray_cluster
-    from service.settings import Settings
+    from darkpose.service.api import create_app
+    from darkpose.service.ray_app import APP_NAME, INGRESS_NAME
+    from darkpose.service.ray_app.builder import build_app
+    from darkpose.service.ray_app.local_cluster import local_ray_cluster
+    from darkpose.service.settings import Settings
 
     images = [p.read_bytes() for p in sorted(IMAGES.glob("*.jpg"))[:N_IMAGES]]
     app = create_app(Settings(**SETTINGS))

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from service.core.pipeline import Pipeline, PipelineOptions
-from service.core.transforms import boxes_to_center_scale, cut_crops
-from service.runtime.factory import build_pose_models
-from service.settings import Settings
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.transforms import boxes_to_center_scale, cut_crops
+from darkpose.service.runtime.factory import build_pose_models
+from darkpose.service.settings import Settings
 from tests.api.conftest import CROWD_IMAGE
 from tests.conftest import MODELS
 
@@ -28,7 +28,7 @@ WEIGHTED = {
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_pose_pool_weights_the_ensemble_like_the_single_process_pipeline(flip: bool) -> None:
-    from service.ray_app.deployments import PoseDeployment, PoseJob
+    from darkpose.service.ray_app.deployments import PoseDeployment, PoseJob
 
     settings = Settings(**WEIGHTED)  # type: ignore[arg-type]
     options = PipelineOptions.from_settings(settings).replace(flip=flip)

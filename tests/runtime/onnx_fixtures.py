@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.core.types import F32, PoseModel
+from darkpose.service.core.types import F32, PoseModel
 from tests.conftest import POSE_ONNX
 
 

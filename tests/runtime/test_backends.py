@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from service.core.errors import ModelError
-from service.runtime.onnx import create_session
+from darkpose.service.core.errors import ModelError
+from darkpose.service.runtime.onnx import create_session
 from tests.conftest import MODELS, REPO
 
 TINYPOSE = MODELS / "pp_tinypose_256x192.onnx"
@@ -33,8 +33,8 @@ def test_serving_works_without_openvino() -> None:
     backend is a ModelError naming the extra."""
     code = (
         "import sys; sys.modules['openvino'] = None\n"
-        "from service.runtime.pose import OnnxPoseModel\n"
-        "from service.core.errors import ModelError\n"
+        "from darkpose.service.runtime.pose import OnnxPoseModel\n"
+        "from darkpose.service.core.errors import ModelError\n"
         f"m = OnnxPoseModel({str(TINYPOSE)!r}, providers='cpu', intra_op_threads=1)\n"
         "print('ort', m.providers[0])\n"
         "try:\n"
@@ -51,8 +51,8 @@ def test_serving_works_without_openvino() -> None:
 
 
 def test_card_precision_values() -> None:
-    from service.core.cards import ModelCard
-    from service.core.types import ModelSpec
+    from darkpose.service.core.cards import ModelCard
+    from darkpose.service.core.types import ModelSpec
 
     for precision, runtime in [("fp32", "fp32"), ("bf16", "bf16"), ("int8", "fp32")]:
         card = ModelCard.from_spec(ModelSpec(), precision=precision)

@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
-from service.core.cards import CARD_METADATA_KEY, ModelCard, parse_card, read_card
-from service.core.errors import ModelError
-from service.runtime.cards import SHIPPED_CARDS_DIR, card_beside, resolve_card
-from service.runtime.detectors import OnnxDetector, PicoDetDetector, YoloxDetector
-from service.runtime.pose import OnnxPoseModel
-from service.settings import Settings
+from darkpose.service.core.cards import CARD_METADATA_KEY, ZOO_DIR, ModelCard, parse_card, read_card
+from darkpose.service.core.errors import ModelError
+from darkpose.service.runtime.cards import card_beside, resolve_card, shipped_card_path
+from darkpose.service.runtime.detectors import OnnxDetector, PicoDetDetector, YoloxDetector
+from darkpose.service.runtime.pose import OnnxPoseModel
+from darkpose.service.settings import Settings
 from tests.api.tiny_model import tiny_onnx_bytes
 from tests.conftest import IMAGES, MODELS
 
@@ -32,7 +32,7 @@ IMAGE = IMAGES / "000000370162.jpg"
 
 
 def _shipped(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((SHIPPED_CARDS_DIR / f"{name}.json").read_text())
+    data: dict[str, Any] = json.loads(shipped_card_path(name).read_text())
     return data
 
 
@@ -52,6 +52,17 @@ def test_shipped_cards_describe_the_shared_files(name: str) -> None:
     assert {o.name for o in card.outputs} <= {o.name for o in model.graph.output}
     # round trip through JSON
     assert parse_card(card.to_json(), "round trip") == card
+
+
+@pytest.mark.parametrize("path", sorted(ZOO_DIR.glob("*.onnx")), ids=lambda p: p.name)
+def test_packaged_models_are_the_shared_files_with_their_cards(path: Path) -> None:
+    """Each packaged model is a byte-identical copy of the ../shared file its card pins, and
+    resolves to that card with a licence and a source."""
+    assert path.read_bytes() == (MODELS / path.name).read_bytes()
+    found = resolve_card(path)
+    assert found is not None and found.where == str(card_beside(path))
+    assert found.card.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "Apache-2.0" in found.card.provenance.licence and found.card.provenance.source
 
 
 def test_shipped_cards_drive_the_backends() -> None:
@@ -126,7 +137,7 @@ def test_user_detector_with_card_beside_it_serves_with_no_code_change(tmp_path: 
     pose_card = _shipped("pp_tinypose_256x192.onnx")
     pose_card.update(name="my_pose", file="pose.onnx", sha256=None)
     (tmp_path / "pose.card.json").write_text(json.dumps(pose_card))
-    from service.runtime.factory import build_pipeline
+    from darkpose.service.runtime.factory import build_pipeline
 
     settings = Settings(  # type: ignore[call-arg]
         model_dir=tmp_path,
@@ -202,7 +213,7 @@ def test_card_json_schema_is_available() -> None:
 def test_card_command_prints_the_resolved_card(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.cli import main
+    from darkpose.service.cli import main
 
     assert main(["card", str(MODELS / "picodet_s_416_pedestrian.onnx")]) == 0
     out = capsys.readouterr()

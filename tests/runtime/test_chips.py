@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidImage, InvalidParameter
-from service.core.types import Detections, Detector
-from service.runtime.chips import (
+from darkpose.service.core.errors import InvalidImage, InvalidParameter
+from darkpose.service.core.types import Detections, Detector
+from darkpose.service.runtime.chips import (
     DEFAULT_VALID_RANGES,
     MultiScaleChipDetector,
     Scale,
@@ -224,7 +224,7 @@ def test_invalid_image(image: object) -> None:
 # ------------------------------------------------------------------------------- real YOLOX
 @pytest.fixture(scope="module")
 def yolox() -> Detector:
-    from service.runtime.detectors import YoloxDetector
+    from darkpose.service.runtime.detectors import YoloxDetector
 
     return YoloxDetector(YOLOX_ONNX, score_threshold=0.3, providers="cpu", intra_op_threads=1)
 

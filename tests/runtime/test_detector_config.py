@@ -8,19 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import Detector
-from service.runtime.chips import MultiScaleChipDetector, ScaledDetector
-from service.runtime.detector_config import (
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import Detector
+from darkpose.service.runtime.chips import MultiScaleChipDetector, ScaledDetector
+from darkpose.service.runtime.detector_config import (
     DetectorSpec,
     build_detector_from_config,
     parse_detector_config,
     split_configs,
 )
-from service.runtime.detectors import YoloxDetector
-from service.runtime.fusion import FusedDetector
-from service.runtime.htc import mmdet_available
-from service.settings import Settings
+from darkpose.service.runtime.detectors import YoloxDetector
+from darkpose.service.runtime.fusion import FusedDetector
+from darkpose.service.runtime.htc import mmdet_available
+from darkpose.service.settings import Settings
 from tests.conftest import IMAGES, MODELS
 
 
@@ -221,7 +221,7 @@ def test_htc_without_mmdet_is_a_model_error(settings_: Settings) -> None:
 
 
 def test_factory_delegates_configs(settings_: Settings) -> None:
-    from service.runtime.factory import build_detector
+    from darkpose.service.runtime.factory import build_detector
 
     chips = build_detector(settings_.model_copy(update={"detector": "chips(yolox)"}))
     assert isinstance(chips, MultiScaleChipDetector)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidImage, InvalidParameter
-from service.core.types import Detections, Detector
-from service.runtime.detectors import PAD_VALUE, YoloxDetector, letterbox, make_grids
+from darkpose.service.core.errors import InvalidImage, InvalidParameter
+from darkpose.service.core.types import Detections, Detector
+from darkpose.service.runtime.detectors import PAD_VALUE, YoloxDetector, letterbox, make_grids
 from tests.conftest import IMAGES, KPT_ANN, YOLOX_ONNX
 
 CROWD_IMAGE = IMAGES / "000000370162.jpg"  # 14 annotated persons

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from service.core.errors import InvalidParameter
-from service.core.pipeline import Pipeline
-from service.evaluation import (
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.pipeline import Pipeline
+from darkpose.service.evaluation import (
     EvalConfig,
     coco_keypoint_metrics,
     evaluate,
@@ -17,7 +17,7 @@ from service.evaluation import (
     gt_boxes,
     load_coco,
 )
-from service.runtime.pose import OnnxPoseModel
+from darkpose.service.runtime.pose import OnnxPoseModel
 from tests.conftest import IMAGES, KPT_ANN, POSE_ONNX
 from tests.runtime.onnx_fixtures import CountingPose
 
@@ -97,7 +97,7 @@ def test_bad_paths(coco: COCO, pose: OnnxPoseModel, tmp_path: object) -> None:
 
 def test_gt_evaluation_ignores_the_per_request_person_cap(coco: COCO, pose: OnnxPoseModel) -> None:
     """Every GT box is evaluated even when the options cap persons below the box count."""
-    from service.core.pipeline import PipelineOptions
+    from darkpose.service.core.pipeline import PipelineOptions
 
     cfgs = expand_configs(["gt"], ["dark"], [False], [True])
     capped = PipelineOptions(max_persons=1)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import InvalidImage, InvalidParameter
-from service.core.types import Detections, Detector
-from service.runtime.chips import ScaledDetector
-from service.runtime.fusion import FusedDetector, fuse_detections
+from darkpose.service.core.errors import InvalidImage, InvalidParameter
+from darkpose.service.core.types import Detections, Detector
+from darkpose.service.runtime.chips import ScaledDetector
+from darkpose.service.runtime.fusion import FusedDetector, fuse_detections
 from tests.conftest import IMAGES, YOLOX_ONNX
 
 
@@ -128,7 +128,7 @@ def test_invalid_image() -> None:
 
 
 def test_fuse_yolox_scales_on_coco_mini() -> None:
-    from service.runtime.detectors import YoloxDetector
+    from darkpose.service.runtime.detectors import YoloxDetector
 
     yolox = YoloxDetector(YOLOX_ONNX, score_threshold=0.3, providers="cpu", intra_op_threads=1)
     fused = FusedDetector([yolox, ScaledDetector(yolox, 2.0)])

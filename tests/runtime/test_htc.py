@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from service.core.errors import InvalidImage, InvalidParameter, ModelError
-from service.core.types import Detections, Detector
-from service.runtime.htc import HtcDetector, mmdet_available, parse_test_scale
+from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
+from darkpose.service.core.types import Detections, Detector
+from darkpose.service.runtime.htc import HtcDetector, mmdet_available, parse_test_scale
 from tests.conftest import IMAGES, REPO
 
 needs_mmdet = pytest.mark.skipif(
@@ -30,8 +30,9 @@ SMALL = (512, 320)  # test scale for the CPU tests: same code path, ~4x fewer pi
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import service.runtime.htc, service.runtime.chips, service.runtime.fusion\n"
-        "import service.runtime.detector_config, service.runtime.factory\n"
+        "import darkpose.service.runtime.htc, darkpose.service.runtime.chips\n"
+        "import darkpose.service.runtime.fusion\n"
+        "import darkpose.service.runtime.detector_config, darkpose.service.runtime.factory\n"
         "bad = [m for m in ('torch', 'mmdet', 'mmcv', 'mmengine') if m in sys.modules]\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -121,7 +122,7 @@ def htc_person() -> HtcDetector:
 @pytest.mark.mmdet
 @pytest.mark.slow
 def test_resolve_shipped_config() -> None:
-    from service.runtime.htc import mmdet_config_dir, resolve_config
+    from darkpose.service.runtime.htc import mmdet_config_dir, resolve_config
 
     expected = mmdet_config_dir() / "htc" / "htc_r50_fpn_1x_coco.py"
     for name in ("htc_r50_fpn_1x_coco", "htc_r50_fpn_1x_coco.py", "htc/htc_r50_fpn_1x_coco"):
@@ -187,8 +188,8 @@ def test_checkpoint_round_trip(htc_person: HtcDetector, tmp_path: Path) -> None:
 @pytest.mark.mmdet
 @pytest.mark.slow
 def test_htc_through_config_string() -> None:
-    from service.runtime.detector_config import build_detector_from_config
-    from service.settings import Settings
+    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.settings import Settings
 
     s = Settings(providers="cpu", det_score_threshold=0.0)  # type: ignore[call-arg]
     det = build_detector_from_config(

@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import service.runtime.onnx as onnx_mod
-from service.core.errors import ModelError
-from service.runtime.onnx import (
+import darkpose.service.runtime.onnx as onnx_mod
+from darkpose.service.core.errors import ModelError
+from darkpose.service.runtime.onnx import (
     BATCH_DIM,
     CPU,
     CUDA,
@@ -59,7 +59,7 @@ def test_create_session_errors(kwargs: dict[str, object], match: str) -> None:
 
 
 def test_create_session_logs_providers_used(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="service.runtime.onnx"):
+    with caplog.at_level(logging.INFO, logger="darkpose.service.runtime.onnx"):
         sess = create_session(YOLOX_ONNX, providers="cpu", intra_op_threads=1)
     assert sess.get_providers() == [CPU]
     assert "used=['CPUExecutionProvider']" in caplog.text
@@ -93,7 +93,7 @@ def test_cpu_fallback_warning_is_logged_once_per_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(onnx_mod, "_fallback_warned", False)
-    with caplog.at_level(logging.WARNING, logger="service.runtime.onnx"):
+    with caplog.at_level(logging.WARNING, logger="darkpose.service.runtime.onnx"):
         assert onnx_mod.warn_cpu_fallback_once("first") is True
         assert onnx_mod.warn_cpu_fallback_once("second") is False
         if not HAS_CUDA:  # auto on a CPU build: the same single warning, not one per session

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core.errors import ModelError
-from service.quantize import calibration_crops, measure_parity
-from service.runtime.onnx import create_session
-from service.runtime.pose import OnnxPoseModel
-from service.settings import Settings
+from darkpose.service.core.errors import ModelError
+from darkpose.service.quantize import calibration_crops, measure_parity
+from darkpose.service.runtime.onnx import create_session
+from darkpose.service.runtime.pose import OnnxPoseModel
+from darkpose.service.settings import Settings
 from tests.conftest import IMAGES, KPT_ANN, MODELS
 
 pytest.importorskip("openvino", reason="needs the optional `openvino` extra")
 
-from service.runtime.openvino import (  # noqa: E402
+from darkpose.service.runtime.openvino import (  # noqa: E402
     OPENVINO_CPU,
     OpenVinoSession,
     has_native_bf16,
@@ -34,7 +34,7 @@ def ort_pose() -> OnnxPoseModel:
 
 @pytest.fixture(scope="module")
 def crops(ort_pose: OnnxPoseModel) -> np.ndarray:
-    from service.evaluation import load_coco
+    from darkpose.service.evaluation import load_coco
 
     coco = load_coco(KPT_ANN)
     ids = [i for i in sorted(coco.getImgIds()) if coco.getAnnIds(imgIds=[i])][:4]
@@ -103,21 +103,21 @@ def test_unreadable_model_is_a_model_error() -> None:
 
 
 def test_settings_build_an_openvino_pose_model() -> None:
-    from service.runtime.factory import build_pose_models
+    from darkpose.service.runtime.factory import build_pose_models
 
     s = Settings(  # type: ignore[call-arg]
         pose_models=[TINYPOSE.name], pose_backend="openvino", intra_op_threads=1
     )
     (pose,) = build_pose_models(s)
     assert isinstance(pose, OnnxPoseModel) and pose.backend == "openvino"
-    from service.api.state import _runtime_of  # what GET /v1/models reports per pose model
+    from darkpose.service.api.state import _runtime_of  # what GET /v1/models reports per pose model
 
     assert _runtime_of(pose) == {"backend": "openvino", "precision": "fp32"}
 
 
 def test_card_chooses_backend_and_precision(tmp_path: Path) -> None:
     """A card beside the model saying openvino + bf16 is obeyed; settings/arguments win."""
-    from service.runtime.cards import resolve_card
+    from darkpose.service.runtime.cards import resolve_card
 
     found = resolve_card(TINYPOSE, kind="pose")
     assert found is not None

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.errors import ModelError
-from service.core.types import Detections, Detector
-from service.runtime.detector_config import build_detector_from_config
-from service.runtime.detectors import PicoDetDetector, stretch
-from service.runtime.htc import mmdet_available
-from service.settings import Settings
+from darkpose.service.core.errors import ModelError
+from darkpose.service.core.types import Detections, Detector
+from darkpose.service.runtime.detector_config import build_detector_from_config
+from darkpose.service.runtime.detectors import PicoDetDetector, stretch
+from darkpose.service.runtime.htc import mmdet_available
+from darkpose.service.settings import Settings
 from tests.conftest import IMAGES, KPT_ANN, MODELS
 
 PICODET_ONNX = MODELS / "picodet_s_416_pedestrian.onnx"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core.errors import InvalidParameter, ModelError
-from service.core.types import ModelSpec, PoseModel
-from service.runtime.pose import OnnxPoseModel
+from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.types import ModelSpec, PoseModel
+from darkpose.service.runtime.pose import OnnxPoseModel
 from tests.conftest import POSE_ONNX
 from tests.runtime.onnx_fixtures import tiny_pose_model, with_metadata
 

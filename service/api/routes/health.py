@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import StateDep
-from service.api.schemas import HealthResponse, ReadyResponse, error_responses
+from darkpose.service.api.deps import StateDep
+from darkpose.service.api.schemas import HealthResponse, ReadyResponse, error_responses
 
 router = APIRouter()
 

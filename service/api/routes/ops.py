@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.deps import StateDep
-from service.api.schemas import ModelsResponse
+from darkpose.service.api.deps import StateDep
+from darkpose.service.api.schemas import ModelsResponse
 
 router = APIRouter()
 

@@ -23,22 +23,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.types import Receive
 
-from service.api.body import ClientGoneError, extract_image
-from service.api.deps import StateDep
-from service.api.errors import request_id_of
-from service.api.schemas import PoseResponse, Timings, error_responses
-from service.api.state import ServiceState
-from service.api.work import Job, current_job, estimate_request_bytes
-from service.core.codec import DECODERS
-from service.core.errors import InvalidImage
-from service.core.pipeline import (
+from darkpose.service.api.body import ClientGoneError, extract_image
+from darkpose.service.api.deps import StateDep
+from darkpose.service.api.errors import request_id_of
+from darkpose.service.api.schemas import PoseResponse, Timings, error_responses
+from darkpose.service.api.state import ServiceState
+from darkpose.service.api.work import Job, current_job, estimate_request_bytes
+from darkpose.service.core.codec import DECODERS
+from darkpose.service.core.errors import InvalidImage
+from darkpose.service.core.pipeline import (
     Person,
     Pipeline,
     PipelineOptions,
     PoseResult,
     too_small_for_person,
 )
-from service.core.types import DecodeMethod
+from darkpose.service.core.types import DecodeMethod
 
 RenderFormat = Literal["jpeg", "png"]
 #: ``render_format`` → (cv2 suffix, encoder flags, media type); JPEG quality 90: a 640×427
@@ -146,7 +146,7 @@ def render_overlay(
     at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin)."""
     import cv2
 
-    from service.core.visualize import draw_poses
+    from darkpose.service.core.visualize import draw_poses
 
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w))
@@ -187,7 +187,7 @@ def run_pose(
     The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
     (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
     """
-    from service.core.io import decode_image
+    from darkpose.service.core.io import decode_image
 
     s = state.settings
     check = job.check if job is not None else (lambda: None)
@@ -349,7 +349,8 @@ def build_router(person_cap: int) -> APIRouter:
     enclosing scope when FastAPI evaluates the signature.)
     """
     router = APIRouter()
-    # the query's choices are the decoder table's keys (one table: service.core.codec.DECODERS)
+    # the query's choices are the decoder table's keys (one table:
+    # darkpose.service.core.codec.DECODERS)
     decode_choice = enum.Enum("DecodeMethod", {m: m for m in DECODERS}, type=str)  # type: ignore[misc]
 
     @router.post(
