@@ -22,13 +22,24 @@ logger = logging.getLogger(__name__)
 
 #: command name → (module under darkpose.service.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("serve", "run the HTTP service (uvicorn)"),
-    "infer": ("infer", "pose estimation on an image or a directory → COCO results JSON"),
-    "eval": ("eval", "COCO keypoint AP for decode/flip/box-source combinations"),
-    "eval-det": ("eval_det", "COCO person-box AP for detector configurations"),
-    "quantize": ("quantize", "int8 pose model calibrated on real crops, with measured parity"),
-    "card": ("card", "the model card a model file gets (metadata, beside it, or shipped)"),
+    "serve": ("serve", "run the HTTP service: POST an image to /pose, get the persons as JSON"),
+    "infer": ("infer", "find the persons and their keypoints in an image or a folder (COCO JSON)"),
+    "eval": ("eval", "measure keypoint accuracy (COCO AP) on an annotated image set"),
+    "eval-det": ("eval_det", "measure person-detector accuracy (COCO box AP) on an annotated set"),
+    "quantize": ("quantize", "make a faster int8 copy of a pose model and measure its accuracy"),
+    "card": ("card", "show the model card of a model file: what it is and where it came from"),
 }
+#: What ``darkpose --help`` says above the command list (for a user, not about the code).
+DESCRIPTION = """\
+Human pose estimation: finds the people in a photo and the body keypoints of each
+(17 COCO points with the packaged models: nose, eyes, ears, shoulders, elbows,
+wrists, hips, knees, ankles).  The models ship with the package; settings are
+DARKPOSE_* environment variables (darkpose serve --help lists the main ones)."""
+EXAMPLES = """examples:
+  darkpose infer photo.jpg --out poses.json   persons in one photo, as COCO results JSON
+  darkpose serve                              HTTP service on http://127.0.0.1:8000
+  curl --data-binary @photo.jpg http://127.0.0.1:8000/pose
+  darkpose COMMAND --help                     the options of one command"""
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -57,7 +68,12 @@ def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="darkpose", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="darkpose",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"darkpose {package_version()}")
     _add_log_level(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic_settings import SettingsError
 
     from darkpose.service.core.errors import DarkPoseError
-    from darkpose.service.settings import settings_error_line
+    from darkpose.service.settings import settings_error_line, unknown_env_warnings
+
+    for warning in unknown_env_warnings(os.environ):
+        logger.warning("%s", warning)
 
     try:
         return int(args._module.run(args))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_origin
 
@@ -55,26 +56,75 @@ class _PlainTextEnvSource(EnvSettingsSource):
         return super().decode_complex_value(field_name, field, value)
 
 
+def _got(value: Any) -> str:
+    """The value a user gave, as an error message quotes it (JSON, at most 80 characters)."""
+    if value is None:
+        return "nothing"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: What a pydantic error type expects, in words (types not listed: pydantic's own message).
+_EXPECTED_BY_TYPE: dict[str, str] = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_parsing": "true or false (also 1/0, yes/no, on/off)",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "path_type": "a file system path",
+    "missing": "a value",
+}
+#: pydantic bound error type → (its context key, the words for it).
+_BOUNDS: dict[str, tuple[str, str]] = {
+    "greater_than": ("gt", "greater than"),
+    "greater_than_equal": ("ge", "at least"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "at most"),
+}
+
+
+def validation_error_text(err: Mapping[str, Any]) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) as "expected X, got Y",
+    in words (no "Input should be", no doubled "expected").  A ``ValueError`` of our own
+    validators already says "expected ..., got ..." and is kept as it is."""
+    kind = str(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    got = _got(err.get("input"))
+    if kind == "value_error":
+        return msg if "expected" in msg else f"expected {msg}, got {got}"
+    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
+        key, words = _BOUNDS[kind]
+        expected = f"a number {words} {ctx[key]}"
+    elif kind in ("literal_error", "enum") and "expected" in ctx:
+        choices = re.findall(r"'([^']*)'", str(ctx["expected"]))
+        expected = f"one of {', '.join(choices)}" if choices else str(ctx["expected"])
+    elif kind in _EXPECTED_BY_TYPE:
+        expected = _EXPECTED_BY_TYPE[kind]
+    else:  # pydantic's words: "Input should be a valid X, <detail>" -> "a valid X"
+        expected = msg.removeprefix("Input should be ").split(", ")[0] or "a valid value"
+        expected = expected[:1].lower() + expected[1:]
+    return f"expected {expected}, got {got}"
+
+
 def settings_error_line(exc: Exception) -> str:
     """One line for a settings error (``ValidationError`` or ``SettingsError``), naming the
     setting and its environment variable: ``settings: det_score_threshold
-    (DARKPOSE_DET_SCORE_THRESHOLD): expected ..., got 2``."""
+    (DARKPOSE_DET_SCORE_THRESHOLD): expected a number at most 1.0, got 2``."""
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ())]
-            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-            msg = msg.removeprefix("Input should be ")
+            text = validation_error_text(err)
             if not loc:  # a cross-field check: its message names the fields
-                parts.append(msg)
+                parts.append(text)
                 continue
-            name = loc[0]
-            got = err.get("input")
-            got_s = json.dumps(got, default=str) if got is not None else "nothing"
-            if len(got_s) > 80:
-                got_s = got_s[:77] + "..."
-            where = f"{'.'.join(loc)} ({ENV_PREFIX}{name.upper()})"
-            parts.append(f"{where}: expected {msg[:1].lower() + msg[1:]}, got {got_s}")
+            parts.append(f"{'.'.join(loc)} ({ENV_PREFIX}{loc[0].upper()}): {text}")
         return "settings: " + "; ".join(parts)
     if isinstance(exc, SettingsError):
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
@@ -292,7 +342,10 @@ class Settings(BaseSettings):
         for name, info in cls.model_fields.items():
             value = out.get(name)
             if isinstance(value, str) and get_origin(info.annotation) in (list, tuple, set):
-                out[name] = split_list(value)
+                try:
+                    out[name] = split_list(value)
+                except ValueError as exc:  # name the setting: this check has no field location
+                    raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}): {exc}") from None
         return out
 
     @field_validator("pose_models")
@@ -356,8 +409,13 @@ class Settings(BaseSettings):
         p = Path(name)
         return p if p.is_absolute() else self.model_dir / p
 
-    def model_dir_hint(self) -> str:
-        """How to point the service at its models, for "model file not found" errors."""
+    def model_dir_hint(self, name: str | Path | None = None) -> str:
+        """How to point the service at the model ``name`` (as the user gave it), for "model
+        file not found" errors; an absolute ``name`` is not read from the model directory."""
+        if name is not None and Path(name).is_absolute():
+            return "; nothing is at that absolute path: check it, or give a name relative to " + (
+                f"{ENV_PREFIX}MODEL_DIR ({self.model_dir})"
+            )
         if self.model_dir.is_dir():
             return (
                 f"; relative model names are read from {self.model_dir}: set "
@@ -369,3 +427,49 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}MODEL_DIR=/path/to/models, the directory holding the ONNX files "
             f"(unset, the packaged models in {ZOO_DIR} are used)"
         )
+
+
+#: ``DARKPOSE_*`` environment variables that are not :class:`Settings` but are read elsewhere:
+#: the test switch of ``.ci/run`` and the variables docker compose and the Ray head script
+#: substitute.  :func:`unknown_env_warnings` leaves them alone (the ``htc`` detector's
+#: ``DARKPOSE_HTC_*`` come from its own settings class).
+ENV_NOT_SETTINGS: frozenset[str] = frozenset(
+    {
+        "DARKPOSE_REQUIRE_TOOLS",
+        "DARKPOSE_MODELS",
+        "DARKPOSE_MEM_LIMIT",
+        "DARKPOSE_HTTP_PORT",
+        "DARKPOSE_GPU_HTTP_PORT",
+        "DARKPOSE_RAY_HTTP_PORT",
+        "DARKPOSE_SERVE_DEPLOY_ATTEMPTS",
+        "DARKPOSE_SERVE_DEPLOY_DELAY_S",
+    }
+)
+
+
+def setting_env_names() -> list[str]:
+    """Every environment variable a setting reads: ``DARKPOSE_<FIELD>`` of :class:`Settings`
+    and ``DARKPOSE_HTC_<FIELD>`` of the ``htc`` detector's defaults."""
+    from darkpose.service.runtime.detector_config import HtcSettings
+
+    names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    prefix = str(HtcSettings.model_config.get("env_prefix", ""))
+    return names + [prefix + name.upper() for name in HtcSettings.model_fields]
+
+
+def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One message per ``DARKPOSE_*`` variable of ``environ`` that no setting reads (a typo is
+    silently ignored otherwise), naming the closest setting when one is close."""
+    import difflib
+
+    known = setting_env_names()
+    ignored = set(known) | ENV_NOT_SETTINGS
+    out = []
+    for var in sorted(environ):
+        name = var.upper()
+        if not name.startswith(ENV_PREFIX) or name in ignored:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see darkpose serve --help"
+        out.append(f"environment: {var} is not a darkpose setting and is ignored{hint}")
+    return out
