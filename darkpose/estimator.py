@@ -35,6 +35,7 @@ from darkpose.service.core.pipeline import (
     Pipeline,
     PipelineOptions,
     as_bgr_uint8,
+    reported_keypoints,
     too_small_for_person,
 )
 from darkpose.service.core.types import COCO_KEYPOINTS
@@ -77,11 +78,12 @@ class Poses:
 
     @property
     def keypoints(self) -> npt.NDArray[np.float32]:
-        """All persons' keypoints, (N, K, 3) float32: x, y (image px), score."""
+        """All persons' keypoints, (N, K, 3) float32: x, y (image px), score in [0, 1]
+        (:func:`~darkpose.service.core.pipeline.reported_keypoints`)."""
         k = len(self.keypoint_names)
         if not self.persons:
             return np.zeros((0, k, 3), np.float32)
-        return np.stack([p.keypoints for p in self.persons]).astype(np.float32)
+        return np.stack([reported_keypoints(p.keypoints) for p in self.persons]).astype(np.float32)
 
     @property
     def boxes(self) -> npt.NDArray[np.float32]:

@@ -7,7 +7,7 @@ body with ``Content-Type`` image/jpeg, image/png, image/webp, image/bmp (or
 application/octet-stream; the bytes' magic decides the format either way).  A raw body with any
 other Content-Type (``curl --data-binary`` without ``-H`` sends
 ``application/x-www-form-urlencoded``) is accepted when its bytes are an accepted image format;
-otherwise it is refused 415.
+otherwise it is refused 415.  An empty body is a 400 whatever its Content-Type.
 """
 
 from __future__ import annotations
@@ -125,6 +125,11 @@ async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> b
     # application/x-www-form-urlencoded: the bytes decide.  An accepted image format is taken;
     # anything else stays 415, as before, now known from the bytes rather than the header.
     body = await read_body(request, max_bytes, timeout_s)
+    if not body:  # e.g. curl -X POST without --data-binary: 400 whatever the Content-Type
+        raise InvalidImage(
+            "request body: expected an image (raw bytes, or multipart with a file field "
+            "'image'), got an empty body"
+        )
     fmt = sniff_format(body[:32])
     if fmt is not None and fmt in ACCEPTED_FORMATS:
         logger.debug("Content-Type %r: the body is a %s image; accepted", mtype, fmt)
@@ -132,7 +137,7 @@ async def extract_image(request: Request, max_bytes: int, timeout_s: float) -> b
     accepted = ", ".join(sorted({MULTIPART} | RAW_IMAGE_TYPES))
     raise UnsupportedMediaType(
         f"Content-Type: expected one of {accepted} (or a body whose bytes are "
-        f"{ACCEPTED_TEXT}), got {mtype or 'none'!r}"
+        f"{ACCEPTED_TEXT}), got {repr(mtype) if mtype else 'no Content-Type'}"
     )
 
 

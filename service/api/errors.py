@@ -11,7 +11,6 @@ same shape; anything unexpected is logged with the request id and answered 500 b
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -26,12 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkpose.service.core.errors import DarkPoseError
+from darkpose.service.settings import validation_error_text
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
 access_logger = logging.getLogger("darkpose.service.api.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: Paths of health probes and metrics scrapes: access-logged at DEBUG, not INFO.
+QUIET_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics"})
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 #: HTTP status → error code for errors that do not come from our own hierarchy.
@@ -95,16 +97,9 @@ def _format_loc(loc: Sequence[Any]) -> str:
 
 
 def format_validation_errors(errors: Sequence[Any]) -> str:
-    """One readable line per pydantic error: ``query parameter 'flip': expected ..., got ...``."""
-    lines = []
-    for err in errors:
-        loc = _format_loc(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
-        got = err.get("input", None)
-        got_s = json.dumps(got, default=str) if got is not None else "nothing"
-        if len(got_s) > 80:
-            got_s = got_s[:77] + "..."
-        lines.append(f"{loc}: expected {msg[0].lower() + msg[1:] if msg else msg}, got {got_s}")
+    """One readable line per pydantic error: ``query parameter 'flip': expected true or false
+    (also 1/0, yes/no, on/off), got "perhaps"`` (the words: :func:`validation_error_text`)."""
+    lines = [f"{_format_loc(err.get('loc', ()))}: {validation_error_text(err)}" for err in errors]
     return "; ".join(lines) or "invalid request"
 
 
@@ -137,7 +132,9 @@ def install_error_handlers(app: FastAPI) -> None:
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id, ``X-Request-ID`` echo, last-resort 500 JSON, and
     (``access_log``) one INFO line per request on the ``darkpose.service.api.access`` logger:
-    ``POST /pose 200 41.2 ms id=<request id>``.
+    ``POST /pose 200 41.2 ms id=<request id>``.  Health probes and metrics scrapes
+    (:data:`QUIET_PATHS`: ``/healthz``, ``/readyz``, ``/metrics``) are logged at DEBUG, so an
+    orchestrator polling them does not fill the log (an unhandled error is logged anyway).
 
     ``on_done(scope, status, seconds)`` is called once per HTTP request (metrics).
     """
@@ -214,13 +211,14 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_wrapper)
         finally:
             seconds = self.clock() - t0
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
+            path = str(scope.get("path", "-"))
+            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+            if self.access_log and access_logger.isEnabledFor(level):
+                access_logger.log(
+                    level,
                     "%s %s %d %.1f ms id=%s",
                     scope.get("method", "-"),
-                    "".join(
-                        c if c.isprintable() else "?" for c in str(scope.get("path", "-"))[:200]
-                    ),
+                    "".join(c if c.isprintable() else "?" for c in path[:200]),
                     status,
                     1000.0 * seconds,
                     request_id,

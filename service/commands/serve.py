@@ -4,17 +4,22 @@ Scale out with replicas (containers / processes behind a load balancer), not uvi
 each process holds its own models and its own micro-batcher.  Settings come from the
 environment (``DARKPOSE_*``); the flags below override the most common ones.
 
-Fail fast: the models load in the background (``/healthz`` answers at once, ``/readyz`` is 503
-until they are warm); a load that fails (missing or broken model file, ``providers=cuda``
-without a working CUDA provider) stops the server and ends the process with one error line and
-exit status :data:`EXIT_LOAD_FAILED`, so restart policies and orchestrators see it.
+Fail fast: before anything says "serving on", the model files are checked (each exists and its
+card resolves) and the port is bound, so a start that cannot serve (models missing, port in use,
+a port below 1024 without the capability) ends with one error line that names the fix and exit
+status :data:`EXIT_LOAD_FAILED`.  The models then load in the background (``/healthz`` answers
+at once, ``/readyz`` is 503 until they are warm); a load that fails (a broken model file,
+``providers=cuda`` without a working CUDA provider) stops the server the same way, so restart
+policies and orchestrators see it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -189,6 +194,78 @@ def _http_protocol(settings: Settings) -> Any:
     return guarded_protocol(limits)
 
 
+#: Ports below this one need root or CAP_NET_BIND_SERVICE (Linux's default
+#: ``net.ipv4.ip_unprivileged_port_start``).
+PRIVILEGED_PORTS_BELOW = 1024
+
+
+def _free_port_near(host: str, port: int, family: socket.AddressFamily) -> int | None:
+    """A port after ``port`` (within 20) that ``host`` can bind now, for the error message."""
+    for candidate in range(max(port + 1, PRIVILEGED_PORTS_BELOW), port + 21):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    return None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (``SO_REUSEADDR``, as uvicorn binds), for
+    uvicorn to listen on.  :class:`StartupError` with the fix when it cannot be bound."""
+    from darkpose.service.core.errors import StartupError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    default_port = int(_default("port"))  # type: ignore[call-overload]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, socket.gaierror):
+            raise StartupError(
+                f"cannot serve on {where}: host {host!r} does not resolve to an address; use "
+                "--host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM) and port < PRIVILEGED_PORTS_BELOW:
+            raise StartupError(
+                f"cannot serve on {where}: port {port} needs root or CAP_NET_BIND_SERVICE; use "
+                f"--port {default_port} (or publish it as {port} from a container or proxy)"
+            ) from None
+        if exc.errno == errno.EADDRINUSE:
+            free = _free_port_near(host, port, family)
+            fix = f"use --port {free}" if free is not None else "use another --port"
+            raise StartupError(
+                f"cannot serve on {where}: port {port} is in use by another process (another "
+                f"darkpose serve?); stop it or {fix}"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(
+                f"cannot serve on {where}: {host} is not an address of this machine; use "
+                "--host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)"
+            ) from None
+        raise StartupError(
+            f"cannot serve on {where}: expected a bindable address, got {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_models(settings: Settings) -> None:
+    """The model files exist and their cards resolve (no model is loaded); ``StartupError``
+    with the fix otherwise."""
+    from darkpose.service.core.errors import ModelError, StartupError
+    from darkpose.service.runtime.factory import check_model_files
+
+    try:
+        check_model_files(settings)
+    except ModelError as exc:
+        raise StartupError(f"cannot serve: {exc.message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -208,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if args.malloc_mmap_threshold > 0 and pin_mmap_threshold(args.malloc_mmap_threshold):
         logger.info("glibc mmap threshold pinned at %d bytes", args.malloc_mmap_threshold)
+    check_models(settings)
+    sock = bind_socket(settings.host, settings.port)
     app = create_app(settings)
     warn_if_open(settings, settings.host)
     graceful = args.graceful_timeout
@@ -241,7 +320,10 @@ def run(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     state.on_load_error = on_load_error
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if failed:
         logger.error("models: failed to load, exiting: %s", failed[0])
         return EXIT_LOAD_FAILED

@@ -71,6 +71,13 @@ class ModelError(DarkPoseError):
     code = "model_error"
 
 
+class StartupError(DarkPoseError):
+    """The server cannot start as configured: its address cannot be bound (port in use, a
+    privileged port, an address this machine does not have) or its models are missing."""
+
+    code = "startup_error"
+
+
 class NotReady(DarkPoseError):
     """Models are not loaded/warmed yet (HTTP 503)."""
 

@@ -131,6 +131,18 @@ class PipelineOptions:
         return cls(**values)
 
 
+def reported_keypoints(keypoints: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Keypoints as every output reports them (HTTP response, COCO results, the Python API):
+    (K, 3) float64 x, y (image px), score, a copy with the scores clipped to [0, 1] (a
+    heatmap peak, DARK's refinement or an ensemble can exceed 1 slightly).  Rescoring and NMS
+    use the unclipped scores.
+
+    keypoints: (K, 3) or (K * 3,) numbers."""
+    out = np.array(keypoints, dtype=np.float64, copy=True).reshape(-1, 3)
+    np.clip(out[:, 2], 0.0, 1.0, out=out[:, 2])
+    return out
+
+
 @dataclass(frozen=True)
 class Person:
     """One detected person.
@@ -151,7 +163,7 @@ class Person:
         return {
             "image_id": image_id,
             "category_id": 1,
-            "keypoints": [round(float(v), 3) for v in self.keypoints.reshape(-1)],
+            "keypoints": [round(float(v), 3) for v in reported_keypoints(self.keypoints).flat],
             "score": float(self.score),
             "bbox": [round(float(v), 2) for v in xywh],
         }

@@ -377,11 +377,7 @@ class _Builder:
         self, spec: DetectorSpec, cls: type[OnnxDetector], default_model: str
     ) -> Detector:
         s = self.settings
-        path = s.resolve_model(spec.option("model") or default_model)
-        if not Path(path).is_file():
-            raise ModelError(
-                f"{spec.name} model: expected an existing ONNX file, got {path}{s.model_dir_hint()}"
-            )
+        path = existing_model_file(f"{spec.name} model", spec.option("model") or default_model, s)
         nms = spec.option("nms")
         return cls(
             path,
@@ -456,6 +452,40 @@ class _Builder:
         )
 
 
+def existing_model_file(what: str, name: str, settings: Settings) -> Path:
+    """The file of model ``name`` (relative to ``settings.model_dir`` or absolute);
+    :class:`ModelError` naming ``what`` and the fix when there is no such file."""
+    path = settings.resolve_model(name)
+    if not path.is_file():
+        raise ModelError(
+            f"{what}: expected an existing ONNX file, got {path}{settings.model_dir_hint(name)}"
+        )
+    return path
+
+
+def detector_model_files(
+    config: str | DetectorSpec, settings: Settings
+) -> list[tuple[str, Path, bool]]:
+    """The ONNX files the detector ``config`` loads, without loading them: (what, path,
+    whether the detector needs a model card for it).  ``ModelError`` for a missing file."""
+    spec = parse_detector_config(config) if isinstance(config, str) else config
+    out: list[tuple[str, Path, bool]] = []
+    if spec.name in _ONNX_LEAVES:
+        default_field, needs_card = _ONNX_LEAVES[spec.name]
+        default = "" if default_field is None else str(getattr(settings, default_field))
+        name = spec.option("model") or default
+        out.append(
+            (
+                f"{spec.name} model",
+                existing_model_file(f"{spec.name} model", name, settings),
+                needs_card,
+            )
+        )
+    for child in spec.children:
+        out.extend(detector_model_files(child, settings))
+    return out
+
+
 def build_detector_from_config(config: str | DetectorSpec, settings: Settings) -> Detector:
     """The :class:`~darkpose.service.core.types.Detector` described by ``config`` (a string in the
     grammar of this module, or a parsed :class:`DetectorSpec`), built with ``settings``
@@ -480,6 +510,13 @@ class DetectorKind:
 
 
 _ONNX_OPTIONS = ("model", "score", "nms")
+#: ONNX detector kinds → (the setting naming their default file, ``None``: ``model=`` only;
+#: whether the file needs a model card: YOLOX has a built-in one).
+_ONNX_LEAVES: dict[str, tuple[str | None, bool]] = {
+    "yolox": ("detector_model", False),
+    "picodet": ("picodet_model", True),
+    "onnx": (None, True),
+}
 
 #: The detector table: name → options, sub-detectors, builder (parser and builder read it).
 DETECTORS: dict[str, DetectorKind] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from darkpose.service.core.errors import ModelError
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
@@ -28,12 +29,9 @@ def build_pose_models(settings: Settings) -> list[PoseModel]:
 
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
-    paths = [settings.resolve_model(name) for name in settings.pose_model_files]
-    for path in paths:
-        if not path.is_file():
-            raise ModelError(
-                f"pose model: expected an existing ONNX file, got {path}{settings.model_dir_hint()}"
-            )
+    from darkpose.service.runtime.detector_config import existing_model_file
+
+    paths = [existing_model_file("pose model", n, settings) for n in settings.pose_model_files]
     return [
         OnnxPoseModel(
             path,
@@ -45,6 +43,33 @@ def build_pose_models(settings: Settings) -> list[PoseModel]:
         )
         for path in paths
     ]
+
+
+def check_model_files(settings: Settings) -> list[Path]:
+    """What ``darkpose serve`` checks before it binds its port, without loading a model: every
+    pose and detector ONNX file the settings name exists and its model card resolves (a card of
+    the wrong kind or a broken card, or none where the detector needs one, is a
+    :class:`ModelError`).  Returns the files checked."""
+    from darkpose.service.runtime.cards import load_card, resolve_card
+    from darkpose.service.runtime.detector_config import (
+        detector_model_files,
+        existing_model_file,
+    )
+
+    if not settings.pose_models:
+        raise ModelError("pose_models: expected at least one model file, got an empty list")
+    checked = []
+    for name in settings.pose_model_files:
+        path = existing_model_file("pose model", name, settings)
+        resolve_card(path, kind="pose")
+        checked.append(path)
+    for _what, path, needs_card in detector_model_files(settings.detector, settings):
+        if needs_card:
+            load_card(path, "detector")
+        else:
+            resolve_card(path, kind="detector")
+        checked.append(path)
+    return checked
 
 
 def build_pipeline(settings: Settings | None = None) -> Pipeline:

@@ -7,7 +7,8 @@ providers the
 session actually got.  ``cuda`` is checked on the real session (``session.get_providers()``):
 onnxruntime-gpu lists CUDA as available whenever it was compiled in and silently falls back to
 the CPU when the CUDA libraries or the device are missing, so a session without CUDA is a
-``ModelError`` there.  ``auto`` runs on the CPU then, with one warning per process.
+``ModelError`` there.  ``auto`` runs on the CPU then, with one warning per process (a CPU-only
+onnxruntime build runs on the CPU with no warning: a DEBUG line says so).
 
 ``make_batch_dynamic`` renames a fixed batch dimension (dim 0 of every graph input/output) to a
 symbolic ``dim_param`` so that a model exported with batch 1 runs batched.
@@ -104,14 +105,16 @@ def load_cuda_provider_library(provider_lib: Path) -> None:
     ctypes.CDLL(str(provider_lib))
 
 
-def warn_cpu_fallback_once(reason: str) -> bool:
-    """Log the ``providers=auto`` CPU fallback once per process; True when this call logged."""
+def warn_cpu_fallback_once(reason: str, level: int = logging.WARNING) -> bool:
+    """Log the ``providers=auto`` CPU fallback once per process at ``level`` (WARNING: a GPU
+    install whose CUDA did not load; DEBUG: a CPU build, where the CPU is the normal path);
+    True when this call logged."""
     global _fallback_warned
     with _fallback_lock:
         if _fallback_warned:
             return False
         _fallback_warned = True
-    logger.warning("providers=auto: running on %s, %s", CPU, reason)
+    logger.log(level, "providers=auto: running on %s, %s", CPU, reason)
     return True
 
 
@@ -240,9 +243,10 @@ def create_session(
                 f"{name} ({cuda_diagnosis()})"
             )
         warn_cpu_fallback_once(f"{CUDA} did not load ({cuda_diagnosis()})")
-    elif providers == "auto" and CUDA not in used:
+    elif providers == "auto" and CUDA not in used:  # a CPU build: the normal path, no warning
         warn_cpu_fallback_once(
-            f"this onnxruntime build has no {CUDA} (install the [gpu] extra for a GPU)"
+            f"this onnxruntime build has no {CUDA} (install the [gpu] extra for a GPU)",
+            logging.DEBUG,
         )
     return session
 

@@ -96,9 +96,25 @@ CASES = [
         "no content type, not an image",  # an image without one is accepted (its bytes)
         415,
         "unsupported_media_type",
-        "got 'none'",
+        "got no Content-Type",
         content=lambda: b"plain words, not an image\n" * 8,
         content_type=None,
+    ),
+    Case(
+        "empty body, no content type",  # curl -X POST .../pose without a body
+        400,
+        "invalid_image",
+        "expected an image (raw bytes, or multipart with a file field 'image'), got an empty body",
+        content=lambda: b"",
+        content_type=None,
+    ),
+    Case(
+        "empty body, form content type",  # curl --data-binary @empty.jpg without -H
+        400,
+        "invalid_image",
+        "got an empty body",
+        content=lambda: b"",
+        content_type="application/x-www-form-urlencoded",
     ),
     Case(
         "multipart without the image field",

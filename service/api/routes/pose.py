@@ -36,6 +36,7 @@ from darkpose.service.core.pipeline import (
     Pipeline,
     PipelineOptions,
     PoseResult,
+    reported_keypoints,
     too_small_for_person,
 )
 from darkpose.service.core.types import DecodeMethod
@@ -111,10 +112,11 @@ def _clean(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def persons_json(persons: list[Person]) -> list[dict[str, Any]]:
-    """Persons as :class:`PersonOut`-shaped dicts (non-finite numbers become 0)."""
+    """Persons as :class:`PersonOut`-shaped dicts (keypoint scores in [0, 1]:
+    :func:`reported_keypoints`; non-finite numbers become 0)."""
     out = []
     for p in persons:
-        kpts = _clean(np.asarray(p.keypoints, dtype=np.float64).reshape(-1, 3))
+        kpts = _clean(reported_keypoints(p.keypoints))
         bbox = _clean(np.asarray(p.bbox, dtype=np.float64).reshape(4))
         out.append(
             {
