@@ -18,7 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-logger = logging.getLogger(__name__)
+#: Named, not ``__name__``: ``python -m darkpose.service.cli`` would log as ``__main__``.
+logger = logging.getLogger("darkpose.service.cli")
 
 #: command name → (module under darkpose.service.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

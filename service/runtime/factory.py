@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from darkpose.service.core.cards import ModelKind
 from darkpose.service.core.errors import ModelError
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import Detector, PoseModel
@@ -58,18 +59,23 @@ def check_model_files(settings: Settings) -> list[Path]:
 
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
-    checked = []
-    for name in settings.pose_model_files:
-        path = existing_model_file("pose model", name, settings)
-        resolve_card(path, kind="pose")
-        checked.append(path)
-    for _what, path, needs_card in detector_model_files(settings.detector, settings):
-        if needs_card:
-            load_card(path, "detector")
-        else:
-            resolve_card(path, kind="detector")
-        checked.append(path)
-    return checked
+    checked = [
+        ("pose model", existing_model_file("pose model", name, settings), False)
+        for name in settings.pose_model_files
+    ]
+    checked += detector_model_files(settings.detector, settings)
+    for what, path, needs_card in checked:
+        kind: ModelKind = "pose" if what == "pose model" else "detector"
+        try:
+            if needs_card:
+                load_card(path, kind)
+            else:
+                resolve_card(path, kind=kind)
+        except ModelError as exc:  # name the file: the card errors may not
+            raise ModelError(
+                exc.message if str(path) in exc.message else f"{what} {path}: {exc.message}"
+            ) from exc
+    return [path for _, path, _ in checked]
 
 
 def build_pipeline(settings: Settings | None = None) -> Pipeline:
