@@ -464,12 +464,13 @@ def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
 
     known = setting_env_names()
     ignored = set(known) | ENV_NOT_SETTINGS
-    out = []
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}  # the shared prefix
+    out = []  # would make every name look close
     for var in sorted(environ):
         name = var.upper()
         if not name.startswith(ENV_PREFIX) or name in ignored:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see darkpose serve --help"
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, 1, 0.6)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else "; see darkpose serve --help"
         out.append(f"environment: {var} is not a darkpose setting and is ignored{hint}")
     return out

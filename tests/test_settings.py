@@ -65,7 +65,7 @@ def test_list_settings_take_what_a_person_types(
     ("env", "value", "needle"),
     [
         ("DARKPOSE_POSE_MODELS", "[broken", "pose_models (DARKPOSE_POSE_MODELS)"),
-        ("DARKPOSE_PORT", "abc", "port (DARKPOSE_PORT): expected a valid integer"),
+        ("DARKPOSE_PORT", "abc", 'port (DARKPOSE_PORT): expected an integer, got "abc"'),
         ("DARKPOSE_MAX_PERSONS", "5", "default_max_persons: expected at most max_persons (5)"),
     ],
 )
@@ -116,3 +116,139 @@ def test_bad_weighted_entries(entry: str) -> None:
 def test_decode_settings_are_checked(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match="expected"):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+#: Words that are pydantic's, not ours: no error line a user sees contains them.
+PYDANTIC_JARGON = ("Input should", "unable to", "Value error", "valid integer", "<class")
+BOOL_WORDS = "(also 1/0, yes/no, on/off)"
+JSON = "expected a plain value, a comma list or valid JSON, got a value that does not parse"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "line"),
+    [
+        ("DARKPOSE_PORT", "abc", 'port (DARKPOSE_PORT): expected an integer, got "abc"'),
+        ("DARKPOSE_PORT", "70000",
+         'port (DARKPOSE_PORT): expected a number less than 65536, got "70000"'),
+        ("DARKPOSE_MAX_BATCH", "0",
+         'max_batch (DARKPOSE_MAX_BATCH): expected a number greater than 0, got "0"'),
+        ("DARKPOSE_MAX_WAIT_MS", "soon",
+         'max_wait_ms (DARKPOSE_MAX_WAIT_MS): expected a number, got "soon"'),
+        ("DARKPOSE_DET_SCORE_THRESHOLD", "2",
+         "det_score_threshold (DARKPOSE_DET_SCORE_THRESHOLD): expected a number at most 1.0, "
+         'got "2"'),
+        ("DARKPOSE_FLIP", "maybe",
+         f'flip (DARKPOSE_FLIP): expected true or false {BOOL_WORDS}, got "maybe"'),
+        ("DARKPOSE_PROVIDERS", "gpu",
+         'providers (DARKPOSE_PROVIDERS): expected one of auto, cpu, cuda, got "gpu"'),
+        ("DARKPOSE_DECODE", "magic",
+         "decode (DARKPOSE_DECODE): expected one of argmax, standard, dark, got 'magic'"),
+        ("DARKPOSE_BLUR_KERNEL", "4",
+         "blur_kernel (DARKPOSE_BLUR_KERNEL): expected an odd kernel size, got 4"),
+        ("DARKPOSE_POSE_MODELS", "a.onnx@0",
+         "pose_models (DARKPOSE_POSE_MODELS): pose model entry: expected 'file.onnx' or "
+         "'file.onnx@<weight > 0>', got 'a.onnx@0'"),
+        ("DARKPOSE_POSE_MODELS", "[broken",
+         f"pose_models (DARKPOSE_POSE_MODELS): {JSON} (Expecting value: line 1 column 2 "
+         "(char 1))"),
+        ("DARKPOSE_MAX_PERSONS", "5",
+         "default_max_persons: expected at most max_persons (5), got 30"),
+    ],
+)  # fmt: skip
+def test_settings_errors_read_as_sentences(
+    env: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact line a user reads: "<setting> (<variable>): expected X, got Y", once."""
+    from pydantic_settings import SettingsError
+
+    from darkpose.service.settings import settings_error_line
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises((ValidationError, SettingsError)) as exc:
+        Settings()
+    text = settings_error_line(exc.value)
+    assert text == f"settings: {line}"
+    assert text.count("expected") == 1 and "expected expected" not in text
+    assert not [w for w in PYDANTIC_JARGON if w in text], text
+
+
+@pytest.mark.parametrize(
+    ("variable", "closest"),
+    [
+        ("DARKPOSE_DETECTER", "DARKPOSE_DETECTOR"),
+        ("DARKPOSE_POSE_MODEL", "DARKPOSE_POSE_MODELS"),
+        ("DARKPOSE_MAXBATCH", "DARKPOSE_MAX_BATCH"),
+        ("DARKPOSE_LOGLEVEL", "DARKPOSE_LOG_LEVEL"),
+        ("DARKPOSE_HTC_SCAL", "DARKPOSE_HTC_SCALE"),
+    ],
+)
+def test_unknown_environment_variable_names_the_closest_setting(
+    variable: str, closest: str
+) -> None:
+    from darkpose.service.settings import unknown_env_warnings
+
+    warnings = unknown_env_warnings({variable: "x", "PATH": "/bin"})
+    assert warnings == [
+        f"environment: {variable} is not a darkpose setting and is ignored; did you mean {closest}?"
+    ]
+
+
+def test_settings_and_allowed_variables_get_no_warning() -> None:
+    """Every setting's variable, the htc detector's and the allow-list (CI switch, compose and
+    Ray variables) pass; each allow-listed name is really used somewhere in the repository."""
+    from darkpose.service.settings import (
+        ENV_NOT_SETTINGS,
+        setting_env_names,
+        unknown_env_warnings,
+    )
+
+    names = [*setting_env_names(), *ENV_NOT_SETTINGS]
+    assert unknown_env_warnings(dict.fromkeys(names, "1")) == []
+    assert unknown_env_warnings({"DARKPOSE_NO_SUCH_THING_AT_ALL": "1"})[0].endswith(
+        "; see darkpose serve --help"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    texts = "".join(
+        p.read_text(errors="replace")
+        for pattern in (
+            "docker-compose*.yml",
+            ".ci/run",
+            "deploy/**/*",
+            "docker/**/*",
+            "tests/**/*.py",
+        )
+        for p in repo.glob(pattern)
+        if p.is_file()
+    )
+    unused = sorted(n for n in ENV_NOT_SETTINGS if n not in texts)
+    assert not unused, f"expected every allow-listed variable in use, got unused {unused}"
+
+
+@pytest.mark.parametrize("name", ["/abs/dir/model.onnx", "model.onnx", "sub/model.onnx"])
+def test_model_dir_hint_fits_the_name(name: str, tmp_path: Path) -> None:
+    """An absolute name is not told to "give the file's absolute path"; a relative one is told
+    where relative names are read from."""
+    hint = Settings(model_dir=tmp_path).model_dir_hint(name)  # type: ignore[call-arg]
+    if name.startswith("/"):
+        assert "absolute path" in hint and "give the file's absolute path" not in hint, hint
+    else:
+        assert f"relative model names are read from {tmp_path}" in hint, hint
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('["a.onnx", 3', "expected a JSON list, got '[\"a.onnx\", 3'"),
+        ('["a.onnx"', "expected a JSON list, got '[\"a.onnx\"'"),
+    ],
+)
+def test_list_setting_keyword_errors_name_the_setting(text: str, line: str) -> None:
+    """A list setting given as text (keyword, as ``darkpose serve`` flags pass them) that does
+    not parse names the setting, although the check runs before any field is validated."""
+    from darkpose.service.settings import settings_error_line
+
+    with pytest.raises(ValidationError) as exc:
+        Settings(pose_models=text)  # type: ignore[call-arg]
+    got = settings_error_line(exc.value)
+    assert got.startswith(f"settings: pose_models (DARKPOSE_POSE_MODELS): {line}"), got
+    assert got.count("expected") == 1, got
