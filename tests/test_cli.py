@@ -348,3 +348,17 @@ def test_infer_tiny_valid_image_is_no_persons_not_an_error(
     cv2.imwrite(str(tmp_path / "dot.png"), np.zeros((1, 1, 3), np.uint8))
     assert main(["infer", str(tmp_path / "dot.png"), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_top_level_help_is_for_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """``darkpose --help`` says what the tool does and how to start, not the module layout."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for layout_word in ("service/", "commands/", "dispatches", ".py", "module"):
+        assert layout_word not in text, layout_word
+    assert "pose estimation" in text.lower() and "DARKPOSE_" in text
+    assert "darkpose serve" in text and "darkpose infer" in text  # examples
+    for name in ("serve", "infer", "eval", "eval-det", "quantize", "card"):
+        assert re.search(rf"^\s+{name}\s+\S", text, re.M), name  # each command has a line

@@ -134,3 +134,17 @@ def test_per_channel_bn_spatial_is_dropped_without_changing_outputs() -> None:
         sess = ort.InferenceSession(data, providers=[CPU])
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA: auto may run on it")
+def test_auto_on_a_cpu_build_logs_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CPU-only onnxruntime is the normal CPU install: auto says so at DEBUG, never WARNING."""
+    monkeypatch.setattr(onnx_mod, "_fallback_warned", False)
+    with caplog.at_level(logging.DEBUG, logger="darkpose.service.runtime.onnx"):
+        create_session(YOLOX_ONNX, providers="auto", intra_op_threads=1)
+        create_session(YOLOX_ONNX, providers="auto", intra_op_threads=1)
+    fallback = [r for r in caplog.records if "providers=auto" in r.getMessage()]
+    assert [r.levelno for r in fallback] == [logging.DEBUG], fallback
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
