@@ -100,8 +100,8 @@ def epilog() -> str:
             line += f"  (set here: {os.environ[env]})"
         lines.append(line)
     lines.append(
-        "  list settings take a path, a comma list (a.onnx,b.onnx) or JSON; all settings: "
-        "service/settings.py"
+        "  list settings take a path, a comma list (a.onnx,b.onnx) or JSON; every setting: "
+        "the configuration page of the documentation"
     )
     return "\n".join(lines)
 

@@ -68,12 +68,17 @@ def card_from_metadata(meta: dict[str, str], name: str) -> ModelCard | None:
 
 
 def resolve_card(
-    model_path: str | Path, model_bytes: bytes | None = None, kind: ModelKind | None = None
+    model_path: str | Path,
+    model_bytes: bytes | None = None,
+    kind: ModelKind | None = None,
+    *,
+    log_level: int = logging.INFO,
 ) -> ResolvedCard | None:
     """The card of ``model_path`` (order in the module docstring), or ``None``.
 
     ``model_bytes``: the file's bytes when already read.  ``kind``: the expected kind; a card of
     another kind is a :class:`ModelError` ("expected a pose card, got a detector card").
+    ``log_level``: of the line naming the card found (a check before loading says DEBUG).
     """
     path = Path(model_path)
     data = model_bytes if model_bytes is not None else read_model_bytes(path)
@@ -104,13 +109,15 @@ def resolve_card(
             f"model card of {path.name} ({found.where}): expected a {kind} card, "
             f"got a {found.card.kind} card"
         )
-    logger.info("model %s: card %s from %s", path.name, found.card.name, found.where)
+    logger.log(log_level, "model %s: card %s from %s", path.name, found.card.name, found.where)
     return found
 
 
-def load_card(model_path: str | Path, kind: ModelKind) -> ModelCard:
+def load_card(
+    model_path: str | Path, kind: ModelKind, *, log_level: int = logging.INFO
+) -> ModelCard:
     """The card of ``model_path``; :class:`ModelError` when the model has none."""
-    found = resolve_card(model_path, kind=kind)
+    found = resolve_card(model_path, kind=kind, log_level=log_level)
     if found is None:
         raise ModelError(
             f"model {Path(model_path).name}: expected a model card (ONNX metadata "

@@ -68,9 +68,9 @@ def check_model_files(settings: Settings) -> list[Path]:
         kind: ModelKind = "pose" if what == "pose model" else "detector"
         try:
             if needs_card:
-                load_card(path, kind)
+                load_card(path, kind, log_level=logging.DEBUG)
             else:
-                resolve_card(path, kind=kind)
+                resolve_card(path, kind=kind, log_level=logging.DEBUG)
         except ModelError as exc:  # name the file: the card errors may not
             raise ModelError(
                 exc.message if str(path) in exc.message else f"{what} {path}: {exc.message}"
