@@ -309,7 +309,7 @@ def test_auto_falls_back_to_cpu_with_one_warning(gpu_auto_server: tuple[str, Pat
     metrics = httpx.get(base + "/metrics", timeout=5).text
     assert 'providers="CPUExecutionProvider"' in metrics
     text = log.read_text()
-    warnings = [ln for ln in text.splitlines() if " WARNING service." in ln]
+    warnings = [ln for ln in text.splitlines() if " WARNING darkpose.service." in ln]
     assert len(warnings) == 1, text
     assert "providers=auto: running on CPUExecutionProvider" in warnings[0]
     assert "CUDAExecutionProvider did not load" in warnings[0]
