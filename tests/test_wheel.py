@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import IMAGES, REPO, missing_requirement
 
@@ -191,6 +192,19 @@ def test_sdist_installs_the_same_package(installed: Installed) -> None:
         n for n in zipfile.ZipFile(installed.wheel).namelist() if n.startswith("darkpose/")
     }
     assert from_sdist == from_wheel
+
+
+def test_deploy_import_paths_are_in_the_wheel(installed: Installed) -> None:
+    """The Ray Serve configs (and the KubeRay manifest, which embeds serve_config.yaml) import
+    the application from the installed package, not from a checkout."""
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    configs = sorted((REPO / "deploy").glob("serve_config*.yaml"))
+    assert configs
+    for config in configs:
+        for app in yaml.safe_load(config.read_text())["applications"]:
+            module, _, attr = app["import_path"].partition(":")
+            assert module.startswith("darkpose.") and attr, app["import_path"]
+            assert f"{module.replace('.', '/')}.py" in names, f"{config.name}: {module}"
 
 
 # --- the fresh virtualenv ------------------------------------------------------------------------

@@ -453,3 +453,21 @@ def test_dockerfiles_copy_every_installed_package() -> None:
             for src in args.split()[:-1]
         }
         assert packages <= copied, f"{dockerfile.name}: expected {packages} copied, got {copied}"
+
+
+def test_install_docs_name_each_images_base_and_lock() -> None:
+    """docs/install.md's image table names the base image and lock file each Dockerfile uses."""
+    docs = (REPO / "docs" / "install.md").read_text()
+    rows = {
+        ln.split("|")[1].strip(" `"): ln for ln in docs.splitlines() if "`docker/Dockerfile." in ln
+    }
+    for dockerfile, lock in IMAGE_LOCKS.items():
+        row = rows.get(f"docker/{dockerfile.name}")
+        assert row is not None, f"expected a row for docker/{dockerfile.name} in docs/install.md"
+        bases = [
+            a.split("=", 1)[1] for w, a in _instructions(dockerfile) if w == "ARG" and "IMAGE=" in a
+        ]
+        runtime = bases[0]  # PYTHON_IMAGE / CUDA_IMAGE: the first image ARG is the runtime base
+        assert f"`{runtime}`" in row and f"`{lock}`" in row, (
+            f"expected {runtime} and {lock} in docs/install.md's row, got {row}"
+        )
