@@ -22,6 +22,12 @@ from tests.conftest import REPO, missing_requirement
 
 DOCKER_DIR = REPO / "docker"
 DOCKERFILES = {"cpu": DOCKER_DIR / "Dockerfile.cpu", "gpu": DOCKER_DIR / "Dockerfile.gpu"}
+#: Every image and the lock (constraints) file its install follows.
+IMAGE_LOCKS = {
+    DOCKER_DIR / "Dockerfile.cpu": "requirements/cpu.lock",
+    DOCKER_DIR / "Dockerfile.gpu": "requirements/gpu.lock",
+    DOCKER_DIR / "Dockerfile.ray": "requirements/ray.lock",
+}
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PROMETHEUS_YML = DOCKER_DIR / "prometheus.yml"
 GRAFANA_DIR = DOCKER_DIR / "grafana"
@@ -114,6 +120,45 @@ def to_promql(expr: str) -> str:
 def metric_names(expr: str) -> set[str]:
     """``darkpose_*`` metric names a PromQL expression selects."""
     return set(_METRIC_RE.findall(expr))
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern (Go ``filepath.Match`` plus ``**``) as a regular expression."""
+    out, i = "", 0
+    pattern = pattern.strip("/")
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def dockerignore_sends(path: str, rules: list[str] | None = None) -> bool:
+    """Whether Docker sends the repository file ``path`` (posix, relative) into the build
+    context: the last .dockerignore rule matching the path or one of its parent folders wins
+    (``!`` re-includes), as Docker's ``patternmatcher`` decides."""
+    if rules is None:
+        lines = (ln.strip() for ln in DOCKERIGNORE.read_text().splitlines())
+        rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    sent = True
+    for rule in rules:
+        negate = rule.startswith("!")
+        regex = _dockerignore_regex(rule[1:] if negate else rule)
+        if any(regex.fullmatch(p) for p in prefixes):
+            sent = negate
+    return sent
 
 
 def free_port() -> int:

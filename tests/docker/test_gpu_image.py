@@ -36,6 +36,9 @@ from packaging.version import Version
 from darkpose.service.runtime.gpu_check import compatible, image_cuda_version
 from tests.conftest import MODELS, POSE_ONNX, REPO, missing_requirement
 from tests.docker.conftest import DOCKERFILES, free_port
+from tests.test_locks import read_lock
+
+GPU_LOCK = REPO / "requirements" / "gpu.lock"
 
 #: onnxruntime-gpu release → ``build_and_package_info.cuda_version`` of its PyPI wheels
 #: (read from the cp311 manylinux x86_64 wheels on 2026-12-01).
@@ -98,6 +101,15 @@ def test_gpu_extra_matches_the_dockerfile_cuda() -> None:
     assert {ORT_GPU_CUDA[v].split(".")[0] for v in allowed} == {runtime_major}
 
 
+def test_gpu_lock_pins_a_release_built_for_the_image() -> None:
+    """The GPU image installs requirements/gpu.lock's onnxruntime-gpu: a release of the table
+    whose CUDA runs on the image's."""
+    version = read_lock(GPU_LOCK)["onnxruntime-gpu"]
+    assert version in ORT_GPU_CUDA, f"expected {version} in ORT_GPU_CUDA (add what it reports)"
+    runtime = image_cuda_version(dockerfile_cuda_image())
+    assert compatible(ORT_GPU_CUDA[version], runtime) is None
+
+
 @pytest.mark.parametrize(
     ("spec", "image", "needle"),
     [
@@ -140,11 +152,13 @@ def test_dockerfile_checks_cuda_at_build_and_readiness_at_run() -> None:
 
 @pytest.fixture(scope="session")
 def gpu_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The onnxruntime-gpu wheel the `gpu` extra resolves to (pip download, no install)."""
+    """The onnxruntime-gpu wheel the GPU image installs (the `gpu` extra under
+    requirements/gpu.lock; pip download, no install)."""
     dest = tmp_path_factory.mktemp("ort-gpu-wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", str(dest), str(gpu_requirement())],
+         "--disable-pip-version-check", "-c", str(GPU_LOCK), "-d", str(dest),
+         str(gpu_requirement())],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     wheels = sorted(dest.glob("onnxruntime_gpu-*.whl"))

@@ -187,9 +187,9 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``darkpose serve`` (uvicorn) on 127.0.0.1:<free port>, set up by DARKPOSE_* env only."""
     log = tmp_path_factory.mktemp("app") / "uvicorn.log"
     port = free_port()
+    # No model directory: like the image, the app serves the models packaged with darkpose.
     env = {
-        **os.environ,
-        "DARKPOSE_MODEL_DIR": str(MODELS),
+        **{k: v for k, v in os.environ.items() if k != "DARKPOSE_MODEL_DIR"},
         "DARKPOSE_HOST": "127.0.0.1",
         "DARKPOSE_PORT": str(port),
         "DARKPOSE_INTRA_OP_THREADS": "1",

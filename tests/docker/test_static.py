@@ -21,14 +21,17 @@ from tests.docker.conftest import (
     DOCKERFILES,
     DOCKERIGNORE,
     GRAFANA_DIR,
+    IMAGE_LOCKS,
     PROMETHEUS_YML,
     dashboard_exprs,
+    dockerignore_sends,
     load_dashboard,
     metric_names,
     to_promql,
 )
 
 CONTRACT_METRICS = set(_CONTRACT_METRICS)
+MODELS_COMPOSE_FILE = REPO / "docker-compose.models.yml"
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -81,14 +84,17 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("variant", "required"),
     [
-        ("cpu", [("ARG", "=python:3.11"), ("ARG", "-slim"), ("RUN", '"/src[cpu]"'),
+        ("cpu", [("ARG", "=python:3.11"), ("ARG", "-slim"),
+                 ("RUN", '-c /src/requirements/cpu.lock "/src[cpu]"'),
                  ("ENV", "DARKPOSE_PROVIDERS=cpu")]),
         ("gpu", [("ARG", "nvidia/cuda:12"), ("ARG", "cudnn-runtime-ubuntu22.04"),
-                 ("RUN", "python3.11"), ("RUN", '"/src[gpu]"'),
+                 ("RUN", "python3.11"), ("RUN", '-c /src/requirements/gpu.lock "/src[gpu]"'),
                  ("ENV", "DARKPOSE_PROVIDERS=cuda")]),
-        ("cpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+        ("cpu", [("ENV", "HOME=/home/darkpose"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+                 ("RUN", "--create-home --home-dir /home/darkpose"),
                  ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/readyz")]),
-        ("gpu", [("ENV", "DARKPOSE_MODEL_DIR=/models"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+        ("gpu", [("ENV", "HOME=/home/darkpose"), ("ENV", "DARKPOSE_HOST=0.0.0.0"),
+                 ("RUN", "--create-home --home-dir /home/darkpose"),
                  ("COPY", "--from=builder /opt/venv /opt/venv"), ("HEALTHCHECK", "/readyz")]),
     ],
 )  # fmt: skip
@@ -116,22 +122,82 @@ def test_dockerfile_structure(variant: str) -> None:
     # torch never goes into a serving image.
     runs = " ".join(args for w, args in instructions if w == "RUN")
     assert "export]" not in runs and "torch==" not in runs and "mmdet]" not in runs
+    # The packaged models are the default: no model directory to mount, none set.
+    assert not [a for w, a in instructions if w == "VOLUME"], "expected no VOLUME"
+    envs = " ".join(args for w, args in instructions if w == "ENV")
+    assert "DARKPOSE_MODEL_DIR" not in envs, "expected the packaged models by default"
+
+
+@pytest.mark.parametrize("dockerfile", sorted(IMAGE_LOCKS), ids=lambda p: p.name)
+def test_dockerfile_installs_from_its_lock_file(dockerfile: Path) -> None:
+    """Each image installs at the versions of its lock file, which the build copies in."""
+    lock = IMAGE_LOCKS[dockerfile]
+    instructions = _instructions(dockerfile)
+    assert ("COPY", f"{lock} ./{lock}") in instructions, f"expected COPY {lock} ./{lock}"
+    installs = [a for w, a in instructions if w == "RUN" and "pip install" in a]
+    assert len(installs) == 1 and f"-c /src/{lock} " in installs[0], installs
+    assert (REPO / lock).is_file()
+
+
+def _repository_files() -> list[str]:
+    """Every file of the working tree (git's view: tracked plus untracked, not ignored), and the
+    ignored files a build must not pick up (caches, egg-info, ONNX files outside the zoo)."""
+    proc = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard"])
+    if proc.returncode != 0:
+        pytest.skip(f"needs a git checkout, got: {proc.stderr.strip()}")
+    extra = ["service/core/__pycache__/codec.cpython-311.pyc", "darkpose_service.egg-info/PKG-INFO",
+             "service/x.egg-info/PKG-INFO", "out/model.onnx", "models/hrnet.pth"]  # fmt: skip
+    return [*proc.stdout.splitlines(), *extra]
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
-    """Whitelist .dockerignore: every COPY source of both Dockerfiles is re-included."""
+    """Whitelist .dockerignore: every COPY source of every Dockerfile is sent, with all files
+    of the package (the links' targets included), the packaged models, the licence and the lock
+    files, and nothing else: no tests, benchmarks, data, caches or other ONNX files."""
     lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
     rules = [ln for ln in lines if ln and not ln.startswith("#")]
     assert rules[0] == "*", f"expected a whitelist starting with '*', got {rules[0]!r}"
-    included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    for dockerfile in DOCKERFILES.values():
+    for dockerfile in IMAGE_LOCKS:
         for word, args in _instructions(dockerfile):
             if word != "COPY" or args.startswith("--from"):
                 continue
             for src in args.split()[:-1]:
-                assert src.rstrip("/") in included, f"{dockerfile.name}: {src} is docker-ignored"
+                assert dockerignore_sends(src.rstrip("/")), f"{dockerfile.name}: {src} ignored"
                 assert (REPO / src).exists(), f"{dockerfile.name}: COPY source {src} missing"
-    assert "**/*.onnx" in rules, "models must never be sent into the build context"
+    files = _repository_files()
+    sent = {f for f in files if dockerignore_sends(f)}
+    package = ("darkpose/", "service/", "models/", "exporters/")
+    generated = ("__pycache__", ".pyc", ".egg-info", ".pth")
+    for f in files:
+        wanted = (
+            f.startswith(package) and not any(g in f for g in generated)
+            or f in ("pyproject.toml", "README.md", "LICENSE")
+            or (f.startswith("requirements/") and f.endswith(".lock"))
+        )  # fmt: skip
+        if f.endswith(".onnx"):
+            wanted = f.startswith("darkpose/zoo/")
+        assert (f in sent) == wanted, f"expected {f} {'sent' if wanted else 'ignored'}"
+    zoo = {f"darkpose/zoo/{p.name}" for p in (REPO / "darkpose" / "zoo").glob("*.onnx")}
+    assert zoo and zoo <= sent, "the packaged models go into the image"
+    for link in ("darkpose/service", "darkpose/models", "darkpose/exporters"):
+        assert link in sent and (REPO / link).is_symlink(), link
+
+
+@pytest.mark.parametrize(
+    ("rules", "path", "sent"),
+    [
+        (["*", "!pkg/"], "pkg/a/b.py", True),
+        (["*", "!pkg/"], "other/b.py", False),
+        (["*", "!pkg/", "**/__pycache__"], "pkg/__pycache__/x.pyc", False),
+        (["*", "!pkg/", "**/*.onnx", "!pkg/zoo/*.onnx"], "pkg/zoo/m.onnx", True),
+        (["*", "!pkg/", "**/*.onnx", "!pkg/zoo/*.onnx"], "pkg/zoo/sub/m.onnx", False),
+        (["*", "!req/*.lock"], "req/cpu.lock", True),
+        (["*", "!req/*.lock"], "req/refresh.sh", False),
+    ],
+)
+def test_dockerignore_matcher(rules: list[str], path: str, sent: bool) -> None:
+    """The matcher the test above relies on decides as Docker does on these cases."""
+    assert dockerignore_sends(path, rules) is sent
 
 
 # --- docker-compose.yml ------------------------------------------------------------------------
@@ -170,12 +236,11 @@ def test_compose_default_services(docker_compose: Path) -> None:
     pose = services["pose"]
     assert pose["build"]["dockerfile"] == "docker/Dockerfile.cpu"
     assert Path(pose["build"]["context"]) == REPO
-    assert pose["environment"]["DARKPOSE_MODEL_DIR"] == "/models"
+    # The packaged models by default: no model directory set, nothing to mount.
+    assert "DARKPOSE_MODEL_DIR" not in pose["environment"]
+    assert not pose.get("volumes"), pose.get("volumes")
     assert pose["environment"]["DARKPOSE_HOST"] == "0.0.0.0"
     assert pose["environment"]["DARKPOSE_PORT"] == "8000"
-    models = [v for v in pose["volumes"] if v["target"] == "/models"]
-    assert len(models) == 1 and models[0]["read_only"] is True
-    assert Path(models[0]["source"]) == (REPO.parent / "shared" / "models").resolve()
     assert [p["target"] for p in pose["ports"]] == [8000]
     for name in ("prometheus", "grafana"):
         image = services[name]["image"]
@@ -234,10 +299,32 @@ def test_ray_compose_binds_the_dashboard_to_loopback() -> None:
     assert all("mem_limit" in svc for svc in ray["services"].values())
 
 
-def test_compose_models_dir_override(docker_compose: Path, tmp_path: Path) -> None:
-    cfg = _compose_config(docker_compose, DARKPOSE_MODELS=str(tmp_path))
-    models = [v for v in cfg["services"]["pose"]["volumes"] if v["target"] == "/models"]
-    assert Path(models[0]["source"]) == tmp_path
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_compose_models_override_mounts_the_users_models(
+    docker_compose: Path, tmp_path: Path, profile_args: list[str]
+) -> None:
+    cfg = _compose_config(
+        docker_compose, "-f", str(MODELS_COMPOSE_FILE), *profile_args, DARKPOSE_MODELS=str(tmp_path)
+    )
+    pose_services = {"pose", "pose-gpu"} if profile_args else {"pose"}
+    assert set(cfg["services"]) == pose_services | {"prometheus", "grafana"}
+    for name in pose_services:
+        svc = cfg["services"][name]
+        assert svc["environment"]["DARKPOSE_MODEL_DIR"] == "/models"
+        assert svc["environment"]["DARKPOSE_PORT"] == "8000"  # merged, not replaced
+        (models,) = [v for v in svc["volumes"] if v["target"] == "/models"]
+        assert Path(models["source"]) == tmp_path and models["read_only"] is True
+    if profile_args:
+        assert cfg["services"]["pose-gpu"]["profiles"] == ["gpu"]
+
+
+def test_compose_models_override_requires_the_directory(docker_compose: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DARKPOSE_MODELS"}
+    proc = _run(
+        [docker_compose, "-f", COMPOSE_FILE, "-f", MODELS_COMPOSE_FILE, "config", "-q"], env=env
+    )
+    assert proc.returncode != 0
+    assert "set DARKPOSE_MODELS to the directory of your ONNX models" in proc.stderr, proc.stderr
 
 
 # --- Prometheus ----------------------------------------------------------------------------------
@@ -366,3 +453,21 @@ def test_dockerfiles_copy_every_installed_package() -> None:
             for src in args.split()[:-1]
         }
         assert packages <= copied, f"{dockerfile.name}: expected {packages} copied, got {copied}"
+
+
+def test_install_docs_name_each_images_base_and_lock() -> None:
+    """docs/install.md's image table names the base image and lock file each Dockerfile uses."""
+    docs = (REPO / "docs" / "install.md").read_text()
+    rows = {
+        ln.split("|")[1].strip(" `"): ln for ln in docs.splitlines() if "`docker/Dockerfile." in ln
+    }
+    for dockerfile, lock in IMAGE_LOCKS.items():
+        row = rows.get(f"docker/{dockerfile.name}")
+        assert row is not None, f"expected a row for docker/{dockerfile.name} in docs/install.md"
+        bases = [
+            a.split("=", 1)[1] for w, a in _instructions(dockerfile) if w == "ARG" and "IMAGE=" in a
+        ]
+        runtime = bases[0]  # PYTHON_IMAGE / CUDA_IMAGE: the first image ARG is the runtime base
+        assert f"`{runtime}`" in row and f"`{lock}`" in row, (
+            f"expected {runtime} and {lock} in docs/install.md's row, got {row}"
+        )

@@ -63,16 +63,48 @@ def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
         (container,) = pod["containers"]
         assert container["image"].startswith("darkpose-service:ray")
         env = {e["name"]: e for e in container["env"]}
-        assert env["DARKPOSE_MODEL_DIR"]["value"] == "/models"
+        assert "DARKPOSE_MODEL_DIR" not in env  # the image's packaged models by default
         # Encoded images ride inline in Serve's RPCs (Ray's default limit is 100 kB).
         assert int(env["RAY_max_direct_call_object_size"]["value"]) >= 1024 * 1024
         # Token auth: every node reads the same token from one Secret.
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "darkpose-ray-auth"
-        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-        assert mounts["/models"] in {v["name"] for v in pod["volumes"]}
+        assert "volumeMounts" not in container and "volumes" not in pod  # no PVC required
     for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+#: The commented lines a user uncomments to serve their own models from the PVC.
+_OWN_MODELS_LINE = re.compile(
+    r"^(\s*)# ((?:- name: DARKPOSE_MODEL_DIR|  value: /models|volumeMounts: .*|volumes: .*"
+    r"|  - name: models|    mountPath: /models|    readOnly: true|    persistentVolumeClaim:"
+    r"|      claimName: darkpose-models|      readOnly: true))$"
+)
+
+
+def test_rayservice_own_models_lines_uncommented_mount_the_pvc() -> None:
+    """What the manifest's header says: uncommenting its model lines mounts the PVC
+    "darkpose-models" read-only at /models on every pod and points the service at it."""
+    lines, n = [], 0
+    for line in RAYSERVICE.read_text().splitlines():
+        m = _OWN_MODELS_LINE.match(line)
+        if m:
+            line, n = m.group(1) + m.group(2), n + 1
+        lines.append(line)
+    assert n == 13, f"expected the 13 commented own-models lines, got {n}"
+    spec = yaml.safe_load("\n".join(lines))["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
+    for pod in pods:
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["DARKPOSE_MODEL_DIR"]["value"] == "/models"
+        (mount,) = container["volumeMounts"]
+        assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
+        (volume,) = pod["volumes"]
+        assert volume["name"] == "models"
+        assert volume["persistentVolumeClaim"] == {"claimName": "darkpose-models", "readOnly": True}
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
-from tests.docker.conftest import COMPOSE_FILE, DOCKERIGNORE, TEST_GRAFANA_PASSWORD, find_tool
+from tests.docker.conftest import (
+    COMPOSE_FILE,
+    DOCKERIGNORE,
+    TEST_GRAFANA_PASSWORD,
+    dockerignore_sends,
+    find_tool,
+)
 
 DOCKERFILE = REPO / "docker" / "Dockerfile.ray"
 RAY_COMPOSE_FILE = REPO / "docker-compose.ray.yml"
+RAY_MODELS_FILE = REPO / "docker-compose.ray-models.yml"
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -52,7 +59,9 @@ def test_dockerfile_ray_installs_the_ray_extra_and_runs_non_root() -> None:
     users = [a for w, a in last if w == "USER"]
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     envs = " ".join(a for w, a in last if w == "ENV")
-    assert "DARKPOSE_MODEL_DIR=/models" in envs
+    assert "DARKPOSE_MODEL_DIR" not in envs  # the packaged models by default
+    assert not [a for w, a in ins if w == "VOLUME"]
+    assert '-c /src/requirements/ray.lock "/src[cpu,ray]"' in runs
     assert "RAY_max_direct_call_object_size=1048576" in envs  # images inline, not via plasma
     assert "haproxy" in " ".join(a for w, a in last if w == "RUN")  # the HAProxy ingress option
     (health,) = [a for w, a in last if w == "HEALTHCHECK"]
@@ -60,17 +69,16 @@ def test_dockerfile_ray_installs_the_ray_extra_and_runs_non_root() -> None:
 
 
 def test_dockerfile_ray_copies_only_what_dockerignore_lets_in() -> None:
-    rules = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
-    included = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    assert DOCKERIGNORE.is_file()
     for word, args in _instructions(DOCKERFILE):
         if word != "COPY" or args.startswith("--from"):
             continue
         for src in args.split()[:-1]:
-            assert src.rstrip("/") in included, f"{src} is docker-ignored"
+            assert dockerignore_sends(src.rstrip("/")), f"{src} is docker-ignored"
             assert (REPO / src).exists(), src
 
 
-def _compose(file: Path, *args: str) -> dict[str, Any]:
+def _compose(file: Path, *args: str | Path) -> dict[str, Any]:
     compose = find_tool("docker-compose")
     proc = subprocess.run(
         [compose, "-f", file, *args, "config", "--format", "json"],
@@ -82,6 +90,7 @@ def _compose(file: Path, *args: str) -> dict[str, Any]:
             **os.environ,
             "RAY_AUTH_TOKEN": "t0ken",
             "GRAFANA_ADMIN_PASSWORD": TEST_GRAFANA_PASSWORD,
+            "DARKPOSE_MODELS": str(REPO / "darkpose" / "zoo"),
         },
     )
     assert proc.returncode == 0, proc.stderr
@@ -103,9 +112,22 @@ def test_compose_ray_file_starts_a_head_and_a_worker() -> None:
     assert "ray-head" in worker["depends_on"]
     for svc in (head, worker):
         assert svc["environment"]["RAY_AUTH_TOKEN"] == "t0ken"  # one shared token
+        assert "DARKPOSE_MODEL_DIR" not in svc["environment"]  # the packaged models
         mounts = {v["target"]: v for v in svc["volumes"]}
-        assert mounts["/models"]["read_only"] is True
+        assert set(mounts) == {"/app/deploy"}
         assert Path(mounts["/app/deploy"]["source"]) == REPO / "deploy"
     published = {p["published"] for p in head["ports"] if p["target"] == 8000}
     others = {p["published"] for p in _compose(COMPOSE_FILE)["services"]["pose"]["ports"]}
     assert published and not published & others, "Serve must not take the CPU service's port"
+
+
+def test_compose_ray_models_override_mounts_the_users_models_on_every_node() -> None:
+    services = _compose(RAY_COMPOSE_FILE, "-f", RAY_MODELS_FILE)["services"]
+    assert set(services) == {"ray-head", "ray-worker"}
+    for svc in services.values():
+        assert svc["environment"]["DARKPOSE_MODEL_DIR"] == "/models"
+        assert svc["environment"]["RAY_AUTH_TOKEN"] == "t0ken"  # merged, not replaced
+        mounts = {v["target"]: v for v in svc["volumes"]}
+        assert set(mounts) == {"/app/deploy", "/models"}
+        assert Path(mounts["/models"]["source"]) == REPO / "darkpose" / "zoo"
+        assert mounts["/models"]["read_only"] is True
