@@ -25,7 +25,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
-from darkpose.service.api.access import install_access_control
+from darkpose.service.api.access_control import install_access_control
 from darkpose.service.api.deps import reject_unknown_query
 from darkpose.service.api.errors import RequestContextMiddleware, install_error_handlers
 from darkpose.service.api.routes import docs, health, ops, pose

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from darkpose.service.api.logsafe import escape
 from darkpose.service.core.errors import DarkPoseError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ def response_for_error(exc: DarkPoseError, request_id: str) -> JSONResponse:
         retry = getattr(exc, "retry_after", 1.0)
         headers["Retry-After"] = str(max(1, math.ceil(float(retry))))
     if exc.status_code >= 500 and exc.status_code != 503:
-        logger.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc.message)
+        logger.error(
+            "request %s failed: %s: %s", request_id, type(exc).__name__, escape(exc.message, 1000)
+        )
     return error_response(exc.status_code, exc.code, exc.message, request_id, headers)
 
 
@@ -217,10 +220,8 @@ class RequestContextMiddleware:
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "%s %s %d %.1f ms id=%s",
-                    scope.get("method", "-"),
-                    "".join(
-                        c if c.isprintable() else "?" for c in str(scope.get("path", "-"))[:200]
-                    ),
+                    escape(scope.get("method", "-")),
+                    escape(scope.get("path", "-")),
                     status,
                     1000.0 * seconds,
                     request_id,
