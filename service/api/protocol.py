@@ -28,7 +28,7 @@ small the chunks are.  :func:`guarded_protocol` returns a subclass of
 
 The subclass relies on uvicorn internals (``parser``, ``url``, ``headers``, the parser
 callbacks, ``send_400_response``): the uvicorn range in ``pyproject.toml`` is the one it was
-written against (``tests/api/test_protocol_edge.py`` fails outside it).
+written against (``tests/api/test_hostile_edge.py`` fails outside it).
 
 :func:`prepare_process` raises the soft open-file limit to the hard one, derives the effective
 connection cap from it (so ``accept()`` never runs out of descriptors) and installs a filter
@@ -126,6 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = True  # between a request's first byte and its complete head
         self._head_bytes = 0
         self._header_count = 0
+        self._header_total = 0
         self._refusal: tuple[int, str, str] | None = None
 
     # --- connections ------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = True
         self._head_bytes = 0
         self._header_count = 0
+        self._header_total = 0
         self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -267,6 +269,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "headers_too_large",
                 f"header {escape(name, 60)}: expected at most {self.limits.max_header_bytes} "
                 f"bytes, got {len(name) + len(value)}",
+            )
+        self._header_total += len(name) + len(value) + 4  # ": " and CRLF
+        if self._header_total + len(self.url) > self.limits.max_headers_bytes:
+            self._stop_head(
+                431,
+                "headers_too_large",
+                f"request head: expected at most {self.limits.max_headers_bytes} bytes, got more",
             )
         super().on_header(name, value)
 

@@ -61,7 +61,11 @@ def install_access_control(app: Any, settings: Settings, registry: CollectorRegi
     policy = AccessPolicy.from_settings(settings, registry)
     if policy is not None:
         app.state.access = policy
-        app.add_middleware(AccessMiddleware, policy=policy, routes=lambda: app.router.routes)
+        app.add_middleware(
+            AccessMiddleware,
+            policy=policy,
+            route_paths=lambda: app.openapi().get("paths", {}).keys(),
+        )
         document_access(app, policy)
     install_proxy_headers(app, settings.trusted_proxies)
     return policy is not None

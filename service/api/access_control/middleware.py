@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkpose.service.api.access_control.clients import peer
@@ -31,6 +30,8 @@ throttle(logger)  # 401/429 lines: at most a few per template per 10 s, with the
 #: Paths that never need a key and never count against a client (probes).
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
+#: ``scope["state"]`` key holding the route path of a request refused before routing.
+ROUTE_LABEL = "route_label"
 _WHERE = "'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
@@ -66,8 +67,8 @@ class AccessMiddleware:
     """Pure ASGI: one key header, failed-auth throttling, authentication, then per-client fair
     use, before the app reads the body.
 
-    ``routes``: the app's routes; a refused request is labelled with the route it matches
-    (``scope["route"]``, as the router would), so that it counts as
+    ``route_paths``: the app's route paths; a refused request never reaches the router, so
+    its path is put in ``scope["state"][ROUTE_LABEL]`` when it is one of them and it counts as
     ``darkpose_requests_total{route="/pose",status="401"}`` rather than ``unmatched``.
     """
 
@@ -76,11 +77,12 @@ class AccessMiddleware:
         app: ASGIApp,
         *,
         policy: AccessPolicy,
-        routes: Callable[[], Sequence[BaseRoute]] | None = None,
+        route_paths: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
-        self._routes = routes
+        self._route_paths = route_paths
+        self._paths: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -150,19 +152,17 @@ class AccessMiddleware:
 
     # --- refusals --------------------------------------------------------------------------
     def _label_route(self, scope: Scope) -> None:
-        """``scope["route"]``: the route the router would pick (full match first)."""
-        if self._routes is None:
-            return
-        partial = None
-        for route in self._routes():
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                scope["route"] = route
-                return
-            if match == Match.PARTIAL and partial is None:
-                partial = route
-        if partial is not None:
-            scope["route"] = partial
+        """``scope["state"][ROUTE_LABEL]``: the route path of a refused request when it is one
+        of the app's (read once from ``route_paths``), else nothing (``unmatched``)."""
+        if self._paths is None:
+            try:
+                self._paths = frozenset(self._route_paths() if self._route_paths else ())
+            except Exception:  # labels must never break a refusal
+                logger.exception("route paths for refusal labels unavailable")
+                self._paths = frozenset()
+        path = route_path(scope)
+        if path in self._paths:
+            scope.setdefault("state", {})[ROUTE_LABEL] = path
 
     async def _refuse(
         self,
