@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 FD_RESERVE = 64
 #: Chunks an upload may arrive in before the mean chunk size is checked.
 CHUNK_GRACE = 1024
+#: Seconds a connection refused for its head keeps draining the client's bytes before closing.
+LINGER_S = 2.0
 _LOG_EVERY_S = 10.0
 _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -128,6 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_total = 0
         self._refusal: tuple[int, str, str] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # --- connections ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -163,7 +166,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
-        self._head_timer = self._write_timer = None
+        self._cancel(self._linger)
+        self._head_timer = self._write_timer = self._linger = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -214,7 +218,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode("ascii") + body)
-        self.transport.close()
+        # lingering close (as nginx): half-close, drop what the client still sends for a
+        # moment, so that it reads the answer instead of a reset
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._linger = self.loop.call_later(LINGER_S, self.transport.abort)
+        else:
+            self.transport.close()
 
     # --- request head -----------------------------------------------------------------------
     @staticmethod
