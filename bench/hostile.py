@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import socket
 import statistics
 import subprocess
@@ -444,8 +445,8 @@ def attack_keys(srv: Server, res: Result, p: Payloads) -> None:
 
 
 def attack_header_stream(srv: Server, res: Result, p: Payloads) -> None:
-    """One connection at a time streams a header value of up to 150 MB (64 kB writes),
-    reconnecting whenever it is cut, for 6 s."""
+    """One connection at a time streams a header value of up to 150 MB (64 kB writes) until
+    the server answers or cuts it, then reconnects, for 6 s."""
     deadline = time.monotonic() + 6.0
     total = 0
     chunk = b"s" * 65536
@@ -455,15 +456,19 @@ def attack_header_stream(srv: Server, res: Result, p: Payloads) -> None:
         try:
             s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Stream: ")
             while time.monotonic() < deadline and sent < 150 * 1024 * 1024:
+                if select.select([s], [], [], 0)[0]:  # answered (or closed)
+                    res.answers[read_status(s)] += 1
+                    break
                 s.sendall(chunk)
                 sent += len(chunk)
-            res.answers["not cut"] += 1
-        except OSError:
-            res.answers["cut"] += 1
+            else:
+                res.answers["no answer"] += 1
+        except OSError as exc:
+            res.answers[type(exc).__name__] += 1
         finally:
             s.close()
             total += sent
-    res.answers[f"{total // (1024 * 1024)} MB sent"] += 1
+    res.answers[f"{total / (1024 * 1024):.1f} MB sent"] += 1
 
 
 def _connect_from(srv: Server, source: str) -> socket.socket:

@@ -25,12 +25,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from darkpose.service.api.logsafe import escape
+from darkpose.service.api.logsafe import RepeatFilter, escape, throttle
 from darkpose.service.core.errors import DarkPoseError
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
 access_logger = logging.getLogger("darkpose.service.api.access")
+ACCESS_LINE = "%s %s %d %.1f ms id=%s"
+#: The access line of a 401/429: throttled (a flood of refusals writes a few lines per 10 s
+#: and the count of the others, see :mod:`darkpose.service.api.logsafe`).
+REFUSED_LINE = "%s %s %d %.1f ms id=%s refused"
+throttle(access_logger, RepeatFilter(only=frozenset({REFUSED_LINE})))
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -219,7 +224,7 @@ class RequestContextMiddleware:
             seconds = self.clock() - t0
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
-                    "%s %s %d %.1f ms id=%s",
+                    REFUSED_LINE if status in (401, 429) else ACCESS_LINE,
                     escape(scope.get("method", "-")),
                     escape(scope.get("path", "-")),
                     status,

@@ -43,12 +43,18 @@ def escape(value: object, limit: int = MAX_LOGGED_CHARS) -> str:
 class RepeatFilter(logging.Filter):
     """At most ``burst`` records per message template (logger, level, unformatted message) per
     ``every`` seconds; the first record let through after some were dropped says how many
-    (``[N similar lines suppressed]``).  Memory is bounded by the number of templates."""
+    (``[N similar lines suppressed]``).  Memory is bounded by the number of templates.
+    ``only``: the templates to throttle (None: all)."""
 
     def __init__(
-        self, every: float = 10.0, burst: int = 5, clock: Callable[[], float] = time.monotonic
+        self,
+        every: float = 10.0,
+        burst: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        only: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
+        self.only = only
         self.every = every
         self.burst = burst
         self._clock = clock
@@ -57,6 +63,8 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.only is not None and record.msg not in self.only:
+            return True
         key = (record.name, record.levelno, str(record.msg))
         now = self._clock()
         with self._lock:
