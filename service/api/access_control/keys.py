@@ -95,6 +95,25 @@ def parse_key_file(text: str, source: str = "key file", secret: bytes = b"") -> 
     return keys
 
 
+def enforce_min_length(keys: Iterable[str], where: str, secret: bytes, allow_short: bool) -> None:
+    """Keys under :data:`MIN_KEY_LENGTH` characters: :class:`AccessConfigError` naming their ids
+    (never the keys), or one warning when ``allow_short`` (``DARKPOSE_ALLOW_SHORT_KEYS``)."""
+    short = sorted({key_id(k, secret) for k in keys if len(k) < MIN_KEY_LENGTH})
+    if short and not allow_short:
+        raise AccessConfigError(
+            f"{where}: expected at least {MIN_KEY_LENGTH} characters, got shorter key(s) "
+            f"{', '.join(short)}; use long random keys (`openssl rand -hex 24`) or set "
+            "DARKPOSE_ALLOW_SHORT_KEYS=true"
+        )
+    if short:
+        logger.warning(
+            "%s: %s shorter than %d characters (allowed by DARKPOSE_ALLOW_SHORT_KEYS)",
+            where,
+            ", ".join(short),
+            MIN_KEY_LENGTH,
+        )
+
+
 class KeyStore:
     """The configured API keys (inline + file), looked up by keyed digest.
 
@@ -147,26 +166,12 @@ class KeyStore:
     def _parse_file(self) -> list[str]:
         return parse_key_file(self._read(), str(self.path), self.secret)
 
-    def _set(self, keys: Iterable[str]) -> None:
+    def _set(self, keys: Sequence[str]) -> None:
         table: dict[bytes, tuple[bytes, str]] = {}
-        short = []
         for k in keys:
             d = key_digest(k, self.secret)
             table[d] = (d, id_of_digest(d))
-            if len(k) < MIN_KEY_LENGTH:
-                short.append(id_of_digest(d))
-        if short and not self.allow_short:
-            raise AccessConfigError(
-                f"API keys: expected at least {MIN_KEY_LENGTH} characters, got shorter key(s) "
-                f"{', '.join(sorted(set(short)))}; use long random keys (`openssl rand -hex 24`) "
-                "or set DARKPOSE_ALLOW_SHORT_KEYS=true"
-            )
-        if short:
-            logger.warning(
-                "API key(s) %s shorter than %d characters (allowed by DARKPOSE_ALLOW_SHORT_KEYS)",
-                ", ".join(sorted(set(short))),
-                MIN_KEY_LENGTH,
-            )
+        enforce_min_length(keys, "API keys", self.secret, self.allow_short)
         self._by_digest = table
 
     def _stat(self) -> tuple[int, int, int] | None:

@@ -15,10 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from darkpose.service.api.access_control.clients import is_loopback
 from darkpose.service.api.access_control.fair_use import InflightCounts, TokenBuckets
 from darkpose.service.api.access_control.keys import (
-    MIN_KEY_LENGTH,
-    AccessConfigError,
     KeyStore,
     check_key,
+    enforce_min_length,
     key_digest,
     parse_key_list,
 )
@@ -116,12 +115,9 @@ class AccessPolicy:
         )
         if metrics_key:
             check_key(metrics_key, "DARKPOSE_METRICS_KEY", secret)
-            if len(metrics_key) < MIN_KEY_LENGTH and not settings.allow_short_keys:
-                raise AccessConfigError(
-                    f"DARKPOSE_METRICS_KEY: expected at least {MIN_KEY_LENGTH} characters, got "
-                    f"{len(metrics_key)}; use a long random key or set "
-                    "DARKPOSE_ALLOW_SHORT_KEYS=true"
-                )
+            enforce_min_length(
+                [metrics_key], "DARKPOSE_METRICS_KEY", secret, settings.allow_short_keys
+            )
         buckets = None
         if settings.rate_limit > 0:
             burst = settings.rate_burst or max(1, math.ceil(settings.rate_limit))
