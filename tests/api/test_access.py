@@ -450,3 +450,30 @@ def test_warns_when_listening_beyond_loopback_without_keys(
     if not is_loopback(host):  # the warning and the middleware agree on "no keys"
         policy = AccessPolicy.from_settings(s)
         assert (policy is not None and policy.keys.enabled) is not warns
+
+
+def test_failed_authentications_are_throttled_per_address_not_on_open_routes() -> None:
+    from fastapi.testclient import TestClient
+
+    from darkpose.service.api import create_app
+
+    key = "a-right-key-0123456789"
+    s = api_settings(
+        warmup=False, api_keys=SecretStr(key), auth_failure_rate=0.001, auth_failure_burst=3
+    )
+    app = create_app(s)  # no lifespan (no models loaded): access control decides first
+    c = TestClient(app, client=("198.51.100.30", 1))
+    wrong = {"X-API-Key": "a-wrong-key-0123456789"}
+    assert [c.get("/v1/models", headers=wrong).status_code for _ in range(3)] == [401] * 3
+    r = c.get("/v1/models", headers={"X-API-Key": key})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert "too many failed authentications" in r.json()["error"]["message"]
+    assert c.get("/metrics").status_code == 200  # open without a metrics key
+    assert c.get("/healthz").status_code == 200
+    text = c.get("/metrics").text
+    assert (
+        'darkpose_client_throttled_total{client="unauthenticated",reason="auth_failures"} 1.0'
+        in text
+    )
+    other = TestClient(app, client=("198.51.100.31", 1))  # another address: admitted
+    assert other.get("/v1/models", headers={"X-API-Key": key}).status_code == 200

@@ -110,8 +110,11 @@ class AccessMiddleware:
                 )
                 return
             key = presented[0] if presented else None
-            wait = p.auth_wait(address)
-            if wait > 0 and (path == METRICS_PATH or p.keys.enabled):
+            guarded = (
+                p.metrics_allowed(None) is not None if path == METRICS_PATH else p.keys.enabled
+            )
+            wait = p.auth_wait(address) if guarded else 0.0
+            if wait > 0:
                 await self._throttled(scope, receive, send, address, UNAUTHENTICATED, "auth", wait)
                 return
         else:

@@ -95,9 +95,14 @@ class AccessPolicy:
         return self.inflight.limit
 
     @property
+    def metrics_guarded(self) -> bool:
+        """``/metrics`` needs the metrics key."""
+        return self._metrics_digest is not None
+
+    @property
     def needs_key(self) -> bool:
         """Some route needs a key (API keys or the metrics key)."""
-        return self.keys.enabled or self._metrics_digest is not None
+        return self.keys.enabled or self.metrics_guarded
 
     @classmethod
     def from_settings(
