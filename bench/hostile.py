@@ -12,6 +12,13 @@ Payloads are generated (tests/hostile_payloads.py); nothing is read from disk bu
 
     python bench/hostile.py                       # all attacks, ~2 minutes
     python bench/hostile.py --only bomb,slow_upload --json out.json
+    python bench/hostile.py --only keys,header_stream,auth_flood,log_forge   # the edge attacks
+
+The edge attacks (keys, header_stream, auth_flood, log_forge) run against a second server
+with 1,000 API keys in a file, 5 requests/s (burst 10) and 2 in flight per key, logging at
+INFO to a file that ``log_forge`` and ``auth_flood`` read.  ``DARKPOSE_BENCH_SERVER_DIR``
+names the checkout whose code the started servers run (e.g. a worktree at main, with
+``PYTHONPATH`` pointing at it too), for before/after figures.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -57,8 +66,17 @@ class Result:
 
 
 class Server:
-    def __init__(self, url: str | None, pid: int | None, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        pid: int | None,
+        env: dict[str, str],
+        log: Path | None = None,
+        auth: dict[str, str] | None = None,
+    ) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = log
+        self.auth = auth or {}  # headers of the real request (an API key)
         if url is not None:
             if pid is None:
                 raise SystemExit("--url needs --pid (the server's process id, for CPU and RSS)")
@@ -72,12 +90,14 @@ class Server:
                 "DARKPOSE_PROVIDERS": "cpu",
                 **env,
             }
+            level = "INFO" if log is not None else "WARNING"
+            out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "darkpose.service.cli", "--log-level", "WARNING", "serve"],
-                cwd=REPO,
+                [sys.executable, "-m", "darkpose.service.cli", "--log-level", level, "serve"],
+                cwd=full.get("DARKPOSE_BENCH_SERVER_DIR", str(REPO)),
                 env=full,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
             self.base, self.pid = f"http://127.0.0.1:{port}", self.proc.pid
         host, _, port_s = self.base.removeprefix("http://").partition(":")
@@ -154,7 +174,7 @@ def real_request(srv: Server, out: Result) -> None:
         r = httpx.post(
             srv.base + "/pose",
             content=PHOTO.read_bytes(),
-            headers={"Content-Type": "image/jpeg"},
+            headers={"Content-Type": "image/jpeg", **srv.auth},
             timeout=60,
         )
         out.real_status = str(r.status_code)
@@ -389,12 +409,143 @@ ATTACKS: dict[str, Callable[[Server, Result, Payloads], None]] = {
 }
 
 
+# --- edge attacks: keys, request heads, 401 flood, log forging (keyed server) ------------------
+#: The keyed server of the edge attacks: 1,000 keys in a file, 5 requests/s (burst 10) and two
+#: in flight per key.
+EDGE_KEYS = [f"bench-edge-key-{i:05d}-0123456789abcdef" for i in range(1000)]
+EDGE_ENV = {
+    "DARKPOSE_RATE_LIMIT": "5",
+    "DARKPOSE_RATE_BURST": "10",
+    "DARKPOSE_MAX_INFLIGHT_PER_CLIENT": "2",
+    "DARKPOSE_KEY_ID_SECRET": "bench-hostile-key-id-secret",
+}
+FORGED = "2026-12-06 18:00:00,000 CRITICAL forged by bench/hostile.py"
+
+
+def _get_head(target: str, headers: list[tuple[str, str]], close: bool = False) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    end = "Connection: close\r\n" if close else ""
+    return f"GET {target} HTTP/1.1\r\nHost: x\r\n{lines}{end}\r\n".encode()
+
+
+def attack_keys(srv: Server, res: Result, p: Payloads) -> None:
+    """5 rounds of 10 pipelined GET /v1/models, each with 20,000 X-API-Key headers (1 MB)."""
+    one = _get_head(
+        "/v1/models", [("X-API-Key", f"guess-{i:06d}-{'x' * 32}") for i in range(20_000)]
+    )
+    for _ in range(5):
+        s = _connect_from(srv, "127.0.0.5")
+        try:
+            s.sendall(one * 10)
+            res.answers[read_status(s)] += 1
+        except OSError as exc:
+            res.answers[type(exc).__name__] += 1
+        finally:
+            s.close()
+
+
+def attack_header_stream(srv: Server, res: Result, p: Payloads) -> None:
+    """One connection at a time streams a header value of up to 150 MB (64 kB writes) until
+    the server answers or cuts it, then reconnects, for 6 s."""
+    deadline = time.monotonic() + 6.0
+    total = 0
+    chunk = b"s" * 65536
+    while time.monotonic() < deadline:
+        s = _connect_from(srv, "127.0.0.4")
+        sent = 0
+        try:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Stream: ")
+            while time.monotonic() < deadline and sent < 150 * 1024 * 1024:
+                if select.select([s], [], [], 0)[0]:  # answered (or closed)
+                    res.answers[read_status(s)] += 1
+                    break
+                s.sendall(chunk)
+                sent += len(chunk)
+            else:
+                res.answers["no answer"] += 1
+        except OSError as exc:
+            res.answers[type(exc).__name__] += 1
+        finally:
+            s.close()
+            total += sent
+    res.answers[f"{total / (1024 * 1024):.1f} MB sent"] += 1
+
+
+def _connect_from(srv: Server, source: str) -> socket.socket:
+    """A connection from another loopback address (a client of its own)."""
+    return socket.create_connection((srv.host, srv.port), timeout=30, source_address=(source, 0))
+
+
+def attack_auth_flood(srv: Server, res: Result, p: Payloads) -> None:
+    """One keep-alive connection sends wrong keys as fast as it can for 4 s."""
+    deadline = time.monotonic() + 4.0
+    s = _connect_from(srv, "127.0.0.2")
+    try:
+        f = s.makefile("rb")
+        while time.monotonic() < deadline:
+            s.sendall(_get_head("/v1/models", [("X-API-Key", "wrong-key-0123456789abcdef")]))
+            status = f.readline().split(b" ")[1].decode()
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            f.read(length)
+            res.answers[status] += 1
+    except (OSError, IndexError):
+        res.answers["closed"] += 1
+    finally:
+        s.close()
+
+
+def attack_log_forge(srv: Server, res: Result, p: Payloads) -> None:
+    """A 401 whose path carries CR/LF and ANSI escapes (a fake CRITICAL line)."""
+    target = "/v1/models%0d%0a" + FORGED.replace(" ", "%20") + "%1b%5b2J"
+    for _ in range(3):
+        s = _connect_from(srv, "127.0.0.3")
+        try:
+            s.sendall(_get_head(target, [("X-API-Key", "wrong-key-0123456789abcdef")], True))
+            res.answers[read_status(s)] += 1
+        finally:
+            s.close()
+
+
+EDGE_ATTACKS: dict[str, Callable[[Server, Result, Payloads], None]] = {
+    "keys": attack_keys,
+    "header_stream": attack_header_stream,
+    "auth_flood": attack_auth_flood,
+    "log_forge": attack_log_forge,
+}
+
+
+def edge_server(args: argparse.Namespace, workdir: Path) -> Server:
+    """The keyed server of the edge attacks (or ``--edge-url``/``--edge-pid``)."""
+    keyfile = workdir / "api_keys"
+    keyfile.write_text("\n".join(EDGE_KEYS) + "\n")
+    env = {**EDGE_ENV, "DARKPOSE_API_KEYS_FILE": str(keyfile)}
+    auth = {"X-API-Key": EDGE_KEYS[-1]}
+    return Server(args.edge_url, args.edge_pid, env, log=workdir / "server.log", auth=auth)
+
+
+def edge_notes(srv: Server, res: Result) -> None:
+    """Log evidence: forged lines standing as lines of their own, 401 lines written."""
+    if srv.log is None or not srv.log.exists():
+        return
+    lines = srv.log.read_text(errors="replace").splitlines()
+    if res.name == "log_forge":
+        forged = sum(line.startswith(FORGED[:23]) for line in lines)
+        res.answers[f"forged lines as their own: {forged}"] += 1
+    if res.name == "auth_flood":
+        res.answers[f"401 log lines: {sum(' 401 ' in line for line in lines)}"] += 1
+        res.answers[f"log bytes: {srv.log.stat().st_size}"] += 1
+
+
 def run_attack(srv: Server, name: str) -> Result:
     res = Result(name)
     payloads = PREPARE.get(name, dict)()
     t0 = time.perf_counter()
     with Monitor(srv) as mon:
-        worker = threading.Thread(target=ATTACKS[name], args=(srv, res, payloads))
+        attack = ATTACKS.get(name) or EDGE_ATTACKS[name]
+        worker = threading.Thread(target=attack, args=(srv, res, payloads))
         worker.start()
         time.sleep(1.0)
         real_request(srv, res)
@@ -409,39 +560,60 @@ def run_attack(srv: Server, name: str) -> Result:
     return res
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="", help=f"comma list of: {','.join(ATTACKS)}")
-    ap.add_argument("--url", default=None, help="a running server (default: start one)")
-    ap.add_argument("--pid", type=int, default=None, help="its process id (with --url)")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(ATTACKS)
-    unknown = set(names) - set(ATTACKS)
-    if unknown:
-        raise SystemExit(f"--only: expected names from {', '.join(ATTACKS)}, got {sorted(unknown)}")
-    srv = Server(args.url, args.pid, {})
+def report(res: Result) -> None:
+    answers = ", ".join(f"{k}×{v}" for k, v in sorted(res.answers.items()))
+    print(
+        f"{res.name:13s} cpu {res.cpu_s:6.1f} s | rss +{res.rss_growth_mb:6.0f} MB | "
+        f"/healthz p50 {res.healthz_p50_ms:6.0f} ms max {res.healthz_max_ms:6.0f} ms | "
+        f"real request {res.real_status} in {res.real_ms:5.0f} ms | {res.seconds:4.1f} s | "
+        f"answers: {answers}",
+        flush=True,
+    )
+
+
+def run_all(srv: Server, names: list[str]) -> list[Result]:
     results = []
     try:
         httpx.post(  # warm the pipeline once
             srv.base + "/pose",
             content=PHOTO.read_bytes(),
-            headers={"Content-Type": "image/jpeg"},
+            headers={"Content-Type": "image/jpeg", **srv.auth},
             timeout=60,
         )
         for name in names:
+            if name in EDGE_ATTACKS:
+                time.sleep(1.0)  # earlier attacks' buckets refill
             res = run_attack(srv, name)
+            edge_notes(srv, res)
             results.append(res)
-            answers = ", ".join(f"{k}×{v}" for k, v in sorted(res.answers.items()))
-            print(
-                f"{name:12s} cpu {res.cpu_s:6.1f} s | rss +{res.rss_growth_mb:6.0f} MB | "
-                f"/healthz p50 {res.healthz_p50_ms:6.0f} ms max {res.healthz_max_ms:6.0f} ms | "
-                f"real request {res.real_status} in {res.real_ms:5.0f} ms | {res.seconds:4.1f} s | "
-                f"answers: {answers}",
-                flush=True,
-            )
+            report(res)
     finally:
         srv.close()
+    return results
+
+
+def main() -> int:
+    every = [*ATTACKS, *EDGE_ATTACKS]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", default="", help=f"comma list of: {','.join(every)}")
+    ap.add_argument("--url", default=None, help="a running server (default: start one)")
+    ap.add_argument("--pid", type=int, default=None, help="its process id (with --url)")
+    ap.add_argument("--edge-url", default=None, help="a running keyed server for the edge attacks")
+    ap.add_argument("--edge-pid", type=int, default=None, help="its process id (with --edge-url)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n] or every
+    unknown = set(names) - set(every)
+    if unknown:
+        raise SystemExit(f"--only: expected names from {', '.join(every)}, got {sorted(unknown)}")
+    results = []
+    plain = [n for n in names if n in ATTACKS]
+    edge = [n for n in names if n in EDGE_ATTACKS]
+    if plain:
+        results += run_all(Server(args.url, args.pid, {}), plain)
+    if edge:
+        with tempfile.TemporaryDirectory() as tmp:
+            results += run_all(edge_server(args, Path(tmp)), edge)
     if args.json:
         Path(args.json).write_text(
             json.dumps([{**r.__dict__, "answers": dict(r.answers)} for r in results], indent=1)

@@ -9,6 +9,7 @@ List settings (``DARKPOSE_POSE_MODELS``) accept what a person types: one value
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -16,7 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -263,7 +271,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0.0)
     warmup: bool = True
 
-    # --- access control and fair use (service/api/access.py; README "Securing the service") -
+    # --- access control, fair use, edge limits (service/api/access_control, protocol.py) -----
     api_keys: SecretStr = Field(
         SecretStr(""), description="comma-separated API keys; empty and no file = no keys"
     )
@@ -276,9 +284,34 @@ class Settings(BaseSettings):
     rate_limit: float = Field(0.0, ge=0.0, description="requests/s per client; 0 = off")
     rate_burst: int = Field(0, ge=0, description="token bucket size; 0 = ceil(rate_limit)")
     max_inflight_per_client: int = Field(0, ge=0, description="0 = no per-client cap")
-    trusted_proxies: str = Field(
-        "", description="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is honoured"
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is honoured",
     )
+    key_id_secret: SecretStr | None = Field(
+        None,
+        description="secret keying the API key ids in logs and metrics; share it between "
+        "replicas (unset: random per process)",
+    )
+    allow_short_keys: bool = Field(
+        False, description="accept API keys shorter than 16 characters (refused otherwise)"
+    )
+    auth_failure_rate: float = Field(
+        1.0, ge=0.0, description="failed authentications/s per client address; 0 = off"
+    )
+    auth_failure_burst: int = Field(
+        20, gt=0, description="failed authentications an address may make at once (then 429)"
+    )
+    max_url_bytes: int = Field(
+        8192, gt=0, description="longest request target (URL) in bytes (414 beyond)"
+    )
+    max_header_bytes: int = Field(
+        8192, gt=0, description="longest single header line in bytes (431 beyond)"
+    )
+    max_headers_bytes: int = Field(
+        32768, gt=0, description="most bytes of a request head (request line + headers; 431)"
+    )
+    max_header_count: int = Field(100, gt=0, description="most headers in a request (431)")
 
     # --- hostile input and slow clients (README "Reliability") ----------------------------------
     max_jpeg_scans: int = Field(100, gt=0, description="most scans (SOS) a JPEG may have")
@@ -346,6 +379,20 @@ class Settings(BaseSettings):
                     out[name] = split_list(value)
                 except ValueError as exc:  # name the setting: this check has no field location
                     raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}): {exc}") from None
+        return out
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, v: Any) -> Any:
+        """Addresses or CIDR networks (host bits allowed: ``10.0.0.1/8`` is ``10.0.0.0/8``)."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for item in v:
+            try:
+                out.append(ipaddress.ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise ValueError("addresses or CIDR networks (e.g. 10.0.0.0/8)") from None
         return out
 
     @field_validator("pose_models")

@@ -25,7 +25,8 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
-from darkpose.service.api.access import install_access_control
+from darkpose.service.api.access_control import install_access_control
+from darkpose.service.api.access_control.middleware import ROUTE_LABEL
 from darkpose.service.api.deps import reject_unknown_query
 from darkpose.service.api.errors import RequestContextMiddleware, install_error_handlers
 from darkpose.service.api.routes import docs, health, ops, pose
@@ -37,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 def _route_label(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    """The route's path (the router's, or access control's for a request it refused before
+    routing), else ``unmatched`` (bounded labels)."""
+    path = getattr(scope.get("route"), "path", None) or (scope.get("state") or {}).get(ROUTE_LABEL)
     return str(path) if path else "unmatched"
 
 

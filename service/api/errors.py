@@ -24,12 +24,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from darkpose.service.api.logsafe import RepeatFilter, escape, throttle
 from darkpose.service.core.errors import DarkPoseError
 from darkpose.service.settings import validation_error_text
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
 access_logger = logging.getLogger("darkpose.service.api.access")
+ACCESS_LINE = "%s %s %d %.1f ms id=%s"
+#: The access line of a 401/429: throttled (a flood of refusals writes a few lines per 10 s
+#: and the count of the others, see :mod:`darkpose.service.api.logsafe`).
+REFUSED_LINE = "%s %s %d %.1f ms id=%s refused"
+throttle(access_logger, RepeatFilter(only=frozenset({REFUSED_LINE})))
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: Paths of health probes and metrics scrapes: access-logged at DEBUG, not INFO.
@@ -86,7 +92,9 @@ def response_for_error(exc: DarkPoseError, request_id: str) -> JSONResponse:
         retry = getattr(exc, "retry_after", 1.0)
         headers["Retry-After"] = str(max(1, math.ceil(float(retry))))
     if exc.status_code >= 500 and exc.status_code != 503:
-        logger.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc.message)
+        logger.error(
+            "request %s failed: %s: %s", request_id, type(exc).__name__, escape(exc.message, 1000)
+        )
     return error_response(exc.status_code, exc.code, exc.message, request_id, headers)
 
 
@@ -216,9 +224,9 @@ class RequestContextMiddleware:
             if self.access_log and access_logger.isEnabledFor(level):
                 access_logger.log(
                     level,
-                    "%s %s %d %.1f ms id=%s",
-                    scope.get("method", "-"),
-                    "".join(c if c.isprintable() else "?" for c in path[:200]),
+                    REFUSED_LINE if status in (401, 429) else ACCESS_LINE,
+                    escape(scope.get("method", "-")),
+                    escape(path),
                     status,
                     1000.0 * seconds,
                     request_id,

@@ -19,6 +19,16 @@ small the chunks are.  :func:`guarded_protocol` returns a subclass of
 * cuts an upload whose body arrives in more than 1024 chunks of ``min_body_chunk_bytes`` bytes
   or less on average (1-byte chunked uploads otherwise cost a Python callback per byte on the
   event loop).
+* caps the request head while it is parsed, as nginx's ``large_client_header_buffers``
+  does: a URL over ``max_url_bytes`` is answered 414, a header line over ``max_header_bytes``,
+  more than ``max_header_count`` headers or a head over ``max_headers_bytes`` 431 (JSON, the
+  service's error shape; then the connection is closed).  The head's bytes are counted as
+  they arrive, so a header streamed without end costs at most ``max_headers_bytes`` plus one
+  read of parsing before the connection is cut.
+
+The subclass relies on uvicorn internals (``parser``, ``url``, ``headers``, the parser
+callbacks, ``send_400_response``): the uvicorn range in ``pyproject.toml`` is the one it was
+written against (``tests/api/test_hostile_edge.py`` fails outside it).
 
 :func:`prepare_process` raises the soft open-file limit to the hard one, derives the effective
 connection cap from it (so ``accept()`` never runs out of descriptors) and installs a filter
@@ -29,12 +39,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from darkpose.service.api.logsafe import escape, throttle
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +57,8 @@ logger = logging.getLogger(__name__)
 FD_RESERVE = 64
 #: Chunks an upload may arrive in before the mean chunk size is checked.
 CHUNK_GRACE = 1024
+#: Seconds a connection refused for its head keeps draining the client's bytes before closing.
+LINGER_S = 2.0
 _LOG_EVERY_S = 10.0
 _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -52,6 +69,14 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
     min_body_chunk_bytes: int = 256
+    max_url_bytes: int = 8192
+    max_header_bytes: int = 8192
+    max_headers_bytes: int = 32768
+    max_header_count: int = 100
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing an oversized request head."""
 
 
 class _RateLimitedLog:
@@ -81,6 +106,7 @@ counters = {
     "header_timeouts": 0,
     "write_timeouts": 0,
     "chunk_floods": 0,
+    "heads_too_large": 0,
 }
 
 
@@ -99,6 +125,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._chunks = 0
         self._body_bytes = 0
         self._cut = False
+        self._head_open = True  # between a request's first byte and its complete head
+        self._head_bytes = 0
+        self._header_count = 0
+        self._header_total = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # --- connections ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -134,13 +166,65 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
         self._cancel(self._head_timer)
         self._cancel(self._write_timer)
-        self._head_timer = self._write_timer = None
+        self._cancel(self._linger)
+        self._head_timer = self._write_timer = self._linger = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """uvicorn's ``data_received`` with the head counted and capped (see the module)."""
         if self._refused or self._cut:
             return
-        super().data_received(data)
+        if self._head_open:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._refusal is None:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+        if (
+            self._refusal is None
+            and self._head_open
+            and self._head_bytes > self.limits.max_headers_bytes
+        ):
+            self._refusal = (
+                431,
+                "headers_too_large",
+                f"request head: expected at most {self.limits.max_headers_bytes} bytes, "
+                f"got {self._head_bytes} without its end",
+            )
+        if self._refusal is not None:
+            self._refuse_head(*self._refusal)
+
+    def _refuse_head(self, status: int, code: str, message: str) -> None:
+        """Answer ``status`` in the service's JSON error shape, close, ignore the rest."""
+        self._cut = True
+        self.waiting.pop(self, None)
+        counters["heads_too_large"] += 1
+        logger.info("connection from %s: %d %s", escape(self.client), status, message)
+        rid = uuid.uuid4().hex
+        body = json.dumps({"error": {"code": code, "message": message}, "request_id": rid}).encode()
+        reason = "URI Too Long" if status == 414 else "Request Header Fields Too Large"
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        # lingering close (as nginx): half-close, drop what the client still sends for a
+        # moment, so that it reads the answer instead of a reset
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._linger = self.loop.call_later(LINGER_S, self.transport.abort)
+        else:
+            self.transport.close()
 
     # --- request head -----------------------------------------------------------------------
     @staticmethod
@@ -158,16 +242,59 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             counters["header_timeouts"] += 1
-            logger.debug("connection from %s: no request head in time; closed", self.client)
+            logger.debug("connection from %s: no request head in time; closed", escape(self.client))
             self.transport.abort()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._chunks = 0
         self._body_bytes = 0
+        self._head_open = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._header_total = 0
         self._arm_head_timer()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_url_bytes:
+            self._stop_head(
+                414,
+                "uri_too_long",
+                f"request target: expected at most {self.limits.max_url_bytes} bytes, "
+                f"got more than {len(self.url) - len(url)}",
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_header_count:
+            self._stop_head(
+                431,
+                "headers_too_large",
+                f"headers: expected at most {self.limits.max_header_count}, got more",
+            )
+        if len(name) + len(value) > self.limits.max_header_bytes:
+            self._stop_head(
+                431,
+                "headers_too_large",
+                f"header {escape(name, 60)}: expected at most {self.limits.max_header_bytes} "
+                f"bytes, got {len(name) + len(value)}",
+            )
+        self._header_total += len(name) + len(value) + 4  # ": " and CRLF
+        if self._header_total + len(self.url) > self.limits.max_headers_bytes:
+            self._stop_head(
+                431,
+                "headers_too_large",
+                f"request head: expected at most {self.limits.max_headers_bytes} bytes, got more",
+            )
+        super().on_header(name, value)
+
+    def _stop_head(self, status: int, code: str, message: str) -> None:
+        self._refusal = (status, code, message)
+        raise _HeadTooLarge(message)
+
     def on_headers_complete(self) -> None:
+        self._head_open = False
         self.waiting.pop(self, None)
         self._cancel(self._head_timer)
         self._head_timer = None
@@ -193,7 +320,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             logger.info(
                 "connection from %s: body in %d chunks of %.1f bytes on average (expected at "
                 "least %d); closed",
-                self.client,
+                escape(self.client),
                 self._chunks,
                 self._body_bytes / self._chunks,
                 self.limits.min_body_chunk_bytes,
@@ -219,7 +346,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             counters["write_timeouts"] += 1
             logger.info(
                 "connection from %s: response unread for %g s (%d bytes buffered); aborted",
-                self.client,
+                escape(self.client),
                 self.limits.write_timeout_s,
                 self.transport.get_write_buffer_size(),
             )
@@ -271,6 +398,8 @@ def prepare_process(max_connections: int) -> int:
     except (ImportError, ValueError, OSError):  # no resource module / not allowed
         pass
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
+    throttle("uvicorn.error")  # "Invalid HTTP request received." once per request otherwise
+    throttle(logger)
     if cap < max_connections:
         logger.warning(
             "max_connections: expected %d, got %d (open-file limit minus %d reserved)",

@@ -190,6 +190,10 @@ def _http_protocol(settings: Settings) -> Any:
         header_timeout_s=settings.header_timeout_s,
         write_timeout_s=settings.response_write_timeout_s,
         min_body_chunk_bytes=settings.min_body_chunk_bytes,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers_bytes=settings.max_headers_bytes,
+        max_header_count=settings.max_header_count,
     )
     return guarded_protocol(limits)
 
@@ -270,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from darkpose.service.api import create_app
-    from darkpose.service.api.access import warn_if_open
+    from darkpose.service.api.access_control import warn_if_open
     from darkpose.service.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -309,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=str(getattr(args, "log_level", None) or settings.log_level).lower(),
         timeout_graceful_shutdown=int(max(1.0, graceful)),
         access_log=False,
-        proxy_headers=False,  # X-Forwarded-For: only from DARKPOSE_TRUSTED_PROXIES (access.py)
+        proxy_headers=False,  # X-Forwarded-For: only from DARKPOSE_TRUSTED_PROXIES (access_control)
     )
     server = uvicorn.Server(config)
     state = app.state.service

@@ -7,25 +7,25 @@ import os
 from pathlib import Path
 
 import pytest
+from fastapi import Request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from darkpose.service.api.access import (
+from darkpose.service.api.access_control import (
     AccessConfigError,
     AccessMiddleware,
     AccessPolicy,
     KeyStore,
     TokenBuckets,
-    client_ip,
     is_loopback,
     key_id,
     parse_key_file,
     parse_key_list,
-    parse_networks,
     presented_keys,
     warn_if_open,
 )
+from darkpose.service.api.access_control.clients import trusted_hosts
 from tests.api.conftest import api_settings
 
 
@@ -37,7 +37,8 @@ class FakeClock:
         return self.t
 
 
-_KEY = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1)
+_KEY = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=16)
+SECRET = b"key-id-secret-of-these-tests"
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -82,21 +83,24 @@ def test_key_list(text: str, expected: list[str]) -> None:
     assert parse_key_list(text) == expected
 
 
-def test_key_id_is_a_short_hash_prefix() -> None:
-    kid = key_id("correct-horse-battery-staple")
+def test_key_id_is_a_keyed_hash_prefix() -> None:
+    kid = key_id("correct-horse-battery-staple", SECRET)
     assert kid.startswith("k-") and len(kid) == 10
     assert "horse" not in kid
-    assert kid == key_id(b"correct-horse-battery-staple") != key_id("correct-horse-battery-stapl")
+    assert kid == key_id(b"correct-horse-battery-staple", SECRET)
+    assert kid != key_id("correct-horse-battery-stapl", SECRET)
+    # without the deployment's secret the id says nothing about the key (no offline oracle)
+    assert kid != key_id("correct-horse-battery-staple", b"another-secret")
 
 
 # --- lookup ---------------------------------------------------------------------------------
 @given(keys=st.lists(_KEY, min_size=1, max_size=8, unique=True), other=_KEY)
 @settings(max_examples=60, deadline=None)
 def test_lookup_finds_exactly_the_configured_keys(keys: list[str], other: str) -> None:
-    store = KeyStore(keys)
+    store = KeyStore(keys, secret=SECRET)
     for k in keys:
-        assert store.lookup(k.encode()) == key_id(k)
-    assert store.lookup(other.encode()) == (key_id(other) if other in keys else None)
+        assert store.lookup(k.encode()) == key_id(k, SECRET) == store.key_id(k)
+    assert store.lookup(other.encode()) == (key_id(other, SECRET) if other in keys else None)
     assert store.lookup(b"") is None
 
 
@@ -104,8 +108,10 @@ def test_key_file_reloads_on_change_only_after_the_check_interval(tmp_path: Path
     path = tmp_path / "keys"
     path.write_text("# team keys\nold-key-0001\n")
     clock = FakeClock()
-    store = KeyStore(["inline-key"], path, clock=clock, check_interval=1.0)
-    assert store.lookup(b"old-key-0001") == key_id("old-key-0001")
+    store = KeyStore(
+        ["inline-key"], path, clock=clock, check_interval=1.0, allow_short=True, secret=SECRET
+    )
+    assert store.lookup(b"old-key-0001") == key_id("old-key-0001", SECRET)
     tmp = tmp_path / "keys.new"
     tmp.write_text("new-key-00002 # rotated\n")
     os.replace(tmp, path)
@@ -113,19 +119,22 @@ def test_key_file_reloads_on_change_only_after_the_check_interval(tmp_path: Path
     assert store.lookup(b"new-key-00002") is None
     clock.t += 1.0
     store.maybe_reload()
-    assert store.lookup(b"new-key-00002") == key_id("new-key-00002")
+    assert store.lookup(b"new-key-00002") == key_id("new-key-00002", SECRET)
     assert store.lookup(b"old-key-0001") is None
-    assert store.lookup(b"inline-key") == key_id("inline-key")  # inline keys stay
+    assert store.lookup(b"inline-key") == key_id("inline-key", SECRET)  # inline keys stay
     assert store.reload_count == 1
 
 
 def test_a_broken_key_file_keeps_the_previous_keys(tmp_path: Path) -> None:
     path = tmp_path / "keys"
-    path.write_text("good-key-1\n")
+    path.write_text("good-key-0123456789\n")
     store = KeyStore([], path)
     path.write_text("two words-here\n")
     assert store.reload("SIGHUP") is False
-    assert store.lookup(b"good-key-1") == key_id("good-key-1")
+    assert store.lookup(b"good-key-0123456789") == store.key_id("good-key-0123456789")
+    path.write_text("short-key\n")  # under 16 characters: refused, the keys stay
+    assert store.reload("SIGHUP") is False
+    assert store.lookup(b"good-key-0123456789") is not None
     path.unlink()
     assert store.reload("SIGHUP") is False
     assert len(store) == 1
@@ -189,9 +198,30 @@ def test_token_bucket_rejects_nonsense(rate: float, burst: int) -> None:
 
 
 # --- client address -------------------------------------------------------------------------
-_PROXIES = parse_networks("10.0.0.0/8, ::1")
+_PROXIES = ["10.0.0.0/8", "::1"]
 
 
+def _client_seen(peer: str, xff: list[str], proxies: list[str]) -> str:
+    """The client id the access middleware admits behind the app's proxy middleware."""
+    from fastapi.testclient import TestClient
+
+    from darkpose.service.api import create_app
+
+    app = create_app(
+        api_settings(warmup=False, trusted_proxies=",".join(proxies), max_inflight_per_client=9)
+    )
+
+    def whoami(request: Request) -> str:
+        return str(request.state.client_id)
+
+    app.add_api_route("/whoami", whoami)
+    with TestClient(app, client=(peer, 5000)) as c:
+        r = c.get("/whoami", headers=[("X-Forwarded-For", v) for v in xff])
+    assert r.status_code == 200, r.text
+    return str(r.json())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("peer", "xff", "expected"),
     [
@@ -202,25 +232,29 @@ _PROXIES = parse_networks("10.0.0.0/8, ::1")
         ("10.0.0.2", ["198.51.100.1, 10.0.0.7"], "198.51.100.1"),  # chain of trusted proxies
         ("10.0.0.2", ["198.51.100.1", "10.0.0.7"], "198.51.100.1"),  # several header lines
         ("10.0.0.2", ["10.1.1.1, 10.0.0.7"], "10.1.1.1"),  # all trusted: leftmost
-        ("10.0.0.2", ["junk, 10.0.0.7"], "10.0.0.7"),  # unparseable: last trusted hop
         ("10.0.0.2", ["198.51.100.1:4711"], "198.51.100.1"),
         ("10.0.0.2", ["[2001:db8::1]:443"], "2001:db8::1"),
         ("::1", ["2001:db8::2"], "2001:db8::2"),
         ("::ffff:10.0.0.2", ["198.51.100.9"], "198.51.100.9"),  # v4-mapped peer
     ],
 )
-def test_client_ip_behind_proxies(peer: str, xff: list[str], expected: str) -> None:
-    assert client_ip(peer, xff, _PROXIES) == expected
+def test_client_address_behind_proxies(peer: str, xff: list[str], expected: str) -> None:
+    assert _client_seen(peer, xff, _PROXIES) == expected
 
 
-def test_client_ip_without_trusted_proxies_is_the_peer() -> None:
-    assert client_ip("127.0.0.1", ["198.51.100.1"], []) == "127.0.0.1"
+def test_trusted_ipv4_networks_are_trusted_in_their_mapped_form() -> None:
+    import ipaddress
+
+    nets = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1")]
+    assert trusted_hosts(nets) == ["10.0.0.0/8", "::ffff:a00:0/104", "::1/128"]
 
 
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "proxy.local", "1.2.3"])
 def test_trusted_proxies_must_be_addresses(bad: str) -> None:
-    with pytest.raises(AccessConfigError, match="expected IP addresses or CIDR networks"):
-        parse_networks(f"127.0.0.1,{bad}")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="addresses or CIDR networks"):
+        api_settings(trusted_proxies=f"127.0.0.1,{bad}")
 
 
 @pytest.mark.parametrize(
@@ -251,6 +285,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
         ([(b"authorization", b"Bearer ")], []),
         ([(b"x-api-key", b"xyz")], [b"xyz"]),
         ([(b"authorization", b"Bearer abc"), (b"x-api-key", b"xyz")], [b"abc", b"xyz"]),
+        ([(b"x-api-key", b"a")] * 20_000, [b"a", b"a"]),  # the scan stops at the second
     ],
 )
 def test_presented_keys(headers: list[tuple[bytes, bytes]], expected: list[bytes]) -> None:
@@ -269,21 +304,22 @@ def test_concurrency_cap_refuses_without_spending_tokens() -> None:
     assert policy.admit("a") == ("concurrency", 2.0)
     assert policy.admit("b") is None  # another client is unaffected
     policy.release("a")
-    assert policy.inflight("a") == 1
+    assert policy.inflight["a"] == 1
     assert policy.admit("a") is None  # the third token: the refusal spent none
     policy.release("a")
     policy.release("a")
     reason, wait = policy.admit("a") or ("", 0.0)
     assert reason == "rate" and wait == pytest.approx(1.0)
-    assert policy.inflight("a") == 0
+    assert policy.inflight["a"] == 0
 
 
 def test_metrics_key_is_separate_from_api_keys() -> None:
-    policy = AccessPolicy(keys=KeyStore(["api-key-1"]), metrics_key="metrics-key-1")
-    assert policy.metrics_allowed([b"api-key-1"]) is False
-    assert policy.metrics_allowed([]) is False
-    assert policy.metrics_allowed([b"metrics-key-1"]) is True
-    assert AccessPolicy(keys=KeyStore(["api-key-1"])).metrics_allowed([]) is None
+    store = KeyStore(["api-key-0123456789"])
+    policy = AccessPolicy(keys=store, metrics_key="metrics-key-0123456789")
+    assert policy.metrics_allowed(b"api-key-0123456789") is False
+    assert policy.metrics_allowed(None) is False
+    assert policy.metrics_allowed(b"metrics-key-0123456789") is True
+    assert AccessPolicy(keys=store).metrics_allowed(None) is None
 
 
 # --- settings → app -------------------------------------------------------------------------
@@ -298,8 +334,8 @@ def test_nothing_configured_adds_no_middleware() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"api_keys": SecretStr("k1")},
-        {"metrics_key": SecretStr("m1")},
+        {"api_keys": SecretStr("k1-0123456789abcdef")},
+        {"metrics_key": SecretStr("m1-0123456789abcdef")},
         {"rate_limit": 2.0},
         {"max_inflight_per_client": 4},
     ],
@@ -312,33 +348,67 @@ def test_any_setting_turns_the_middleware_on(overrides: dict[str, object]) -> No
 
 
 def test_settings_keep_keys_out_of_their_repr() -> None:
-    s = api_settings(api_keys=SecretStr("very-secret-1,very-secret-2"), metrics_key="m-secret")
+    s = api_settings(
+        api_keys=SecretStr("very-secret-0001,very-secret-0002"),
+        metrics_key="m-secret-0123456789",
+        key_id_secret=SecretStr("shared-between-replicas"),
+    )
     assert "very-secret" not in repr(s) and "m-secret" not in repr(s)
+    assert "shared-between" not in repr(s)
     policy = AccessPolicy.from_settings(s)
     assert policy is not None
-    assert policy.keys.ids == sorted([key_id("very-secret-1"), key_id("very-secret-2")])
-    assert "very-secret" not in policy.describe() and key_id("very-secret-1") in policy.describe()
+    secret = b"shared-between-replicas"  # the same ids in every replica
+    ids = [key_id("very-secret-0001", secret), key_id("very-secret-0002", secret)]
+    assert policy.keys.ids == sorted(ids)
+    assert "very-secret" not in policy.describe() and ids[0] in policy.describe()
     assert policy.buckets is None and policy.max_inflight == 0
 
 
-def test_short_keys_are_accepted_with_a_warning_naming_their_id(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_short_keys_are_refused_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(AccessConfigError, match="expected at least 16 characters") as info:
+        KeyStore(["short-key", "a-long-enough-random-key-0123"], secret=SECRET)
+    assert "short-key" not in info.value.message and key_id("short-key", SECRET) in str(info.value)
     with caplog.at_level("WARNING", logger="darkpose.service.api.access_control"):
-        store = KeyStore(["short-key", "a-long-enough-random-key-0123"])
-    assert store.lookup(b"short-key") == key_id("short-key")
-    # not on darkpose.service.api.access: that logger carries the per-request lines
-    assert {r.name for r in caplog.records} == {"darkpose.service.api.access_control"}
+        store = KeyStore(
+            ["short-key", "a-long-enough-random-key-0123"], secret=SECRET, allow_short=True
+        )
+    assert store.lookup(b"short-key") == key_id("short-key", SECRET)
+    assert {r.name for r in caplog.records} == {"darkpose.service.api.access_control.keys"}
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and key_id("short-key") in warned[0]
-    assert "short-key" not in warned[0] and key_id("a-long-enough-random-key-0123") not in warned[0]
+    assert len(warned) == 1 and key_id("short-key", SECRET) in warned[0]
+    assert "short-key" not in warned[0]
+    assert key_id("a-long-enough-random-key-0123", SECRET) not in warned[0]
+    with pytest.raises(AccessConfigError, match="DARKPOSE_METRICS_KEY: expected at least 16"):
+        AccessPolicy.from_settings(api_settings(metrics_key=SecretStr("m1")))
+
+
+def test_serve_exits_2_with_one_line_for_a_short_key() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "DARKPOSE_API_KEYS": "short-key", "DARKPOSE_WARMUP": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "darkpose.service.cli", "serve", "--port", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "expected at least 16 characters" in ln]
+    assert len(lines) == 1 and "short-key" not in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
     ("overrides", "security", "codes"),
     [
         ({}, False, set()),
-        ({"api_keys": SecretStr("k" * 20)}, True, {"401"}),
+        ({"api_keys": SecretStr("k" * 20)}, True, {"401", "429"}),  # failed-auth throttling
+        ({"api_keys": SecretStr("k" * 20), "auth_failure_rate": 0.0}, True, {"401"}),
         ({"max_inflight_per_client": 2}, False, {"429"}),
         ({"api_keys": SecretStr("k" * 20), "rate_limit": 1.0}, True, {"401", "429"}),
     ],
@@ -380,3 +450,30 @@ def test_warns_when_listening_beyond_loopback_without_keys(
     if not is_loopback(host):  # the warning and the middleware agree on "no keys"
         policy = AccessPolicy.from_settings(s)
         assert (policy is not None and policy.keys.enabled) is not warns
+
+
+def test_failed_authentications_are_throttled_per_address_not_on_open_routes() -> None:
+    from fastapi.testclient import TestClient
+
+    from darkpose.service.api import create_app
+
+    key = "a-right-key-0123456789"
+    s = api_settings(
+        warmup=False, api_keys=SecretStr(key), auth_failure_rate=0.001, auth_failure_burst=3
+    )
+    app = create_app(s)  # no lifespan (no models loaded): access control decides first
+    c = TestClient(app, client=("198.51.100.30", 1))
+    wrong = {"X-API-Key": "a-wrong-key-0123456789"}
+    assert [c.get("/v1/models", headers=wrong).status_code for _ in range(3)] == [401] * 3
+    r = c.get("/v1/models", headers={"X-API-Key": key})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert "too many failed authentications" in r.json()["error"]["message"]
+    assert c.get("/metrics").status_code == 200  # open without a metrics key
+    assert c.get("/healthz").status_code == 200
+    text = c.get("/metrics").text
+    assert (
+        'darkpose_client_throttled_total{client="unauthenticated",reason="auth_failures"} 1.0'
+        in text
+    )
+    other = TestClient(app, client=("198.51.100.31", 1))  # another address: admitted
+    assert other.get("/v1/models", headers={"X-API-Key": key}).status_code == 200

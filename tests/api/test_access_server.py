@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from darkpose.service.api.access import key_id
+from darkpose.service.api.access_control import key_id as _key_id
 from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
 
 pytestmark = pytest.mark.slow
@@ -30,6 +30,13 @@ JPEG = CROWD_IMAGE.read_bytes()
 _NAMES = ("inline", "alice", "bob", "carol", "dave", "greedy", "polite", "rotated", "metrics")
 KEYS = {name: f"{name}-{secrets.token_hex(12)}" for name in _NAMES}
 RATE_BURST = 4
+#: The servers' DARKPOSE_KEY_ID_SECRET: the ids in their logs and metrics are computable here.
+ID_SECRET = secrets.token_hex(16)
+AUTH_FAILURE_BURST = 50  # the refusals of these tests, all from 127.0.0.1, stay under it
+
+
+def key_id(key: str) -> str:
+    return _key_id(key, ID_SECRET.encode())
 
 
 def _write_keys(path: Path, names: list[str]) -> None:
@@ -115,6 +122,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, keyfile: Path) -> Iterator[S
             "DARKPOSE_API_KEYS": KEYS["inline"],
             "DARKPOSE_API_KEYS_FILE": str(keyfile),
             "DARKPOSE_METRICS_KEY": KEYS["metrics"],
+            "DARKPOSE_KEY_ID_SECRET": ID_SECRET,
+            "DARKPOSE_AUTH_FAILURE_RATE": "0.2",
+            "DARKPOSE_AUTH_FAILURE_BURST": str(AUTH_FAILURE_BURST),
             "DARKPOSE_RATE_LIMIT": "0.5",
             "DARKPOSE_RATE_BURST": str(RATE_BURST),
             "DARKPOSE_MAX_INFLIGHT_PER_CLIENT": "2",
@@ -294,7 +304,11 @@ def test_key_file_reload_on_sighup_and_on_change(keyed: ServerProcess, keyfile: 
     # a broken file keeps the keys in force
     keyfile.write_text("two words\n")
     keyed.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.2)  # not a threshold: the next assertion holds before and after the reload
+    assert keyed.log_path is not None
+    _wait_until(
+        "the broken file reported",
+        lambda: "API keys not reloaded (SIGHUP)" in keyed.log_path.read_text(errors="replace"),  # type: ignore[union-attr]
+    )
     assert status("alice") == 200
 
 
