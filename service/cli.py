@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-det": ("eval_det", "COCO person-box AP for detector configurations"),
     "quantize": ("quantize", "int8 pose model calibrated on real crops, with measured parity"),
     "card": ("card", "the model card a model file gets (metadata, beside it, or shipped)"),
+    "docs": ("docs", "regenerate the configuration and HTTP reference pages of docs/"),
 }
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
