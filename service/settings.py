@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         0, ge=0, description="onnxruntime inter-op threads per session; 0 = onnxruntime default"
     )
 
-    # --- runtime backend / precision (docs/benchmarks.md "Reduced precision") ---------------
+    # --- runtime backend / precision (docs/models.md "Backends and precision") ----------
     pose_backend: Literal["onnxruntime", "openvino"] | None = Field(
         None,
         description="pose-model runtime (None = the model card's, onnxruntime by default); "
