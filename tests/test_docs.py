@@ -219,16 +219,19 @@ def test_infer_examples_run(tmp_path: Path, page: str) -> None:
         assert [p.name for p in vis.iterdir()] == ["photo.png"]
 
 
-def test_readme_curl_quickstart_runs(tmp_path: Path) -> None:
-    """The README's curl block against a real ``darkpose serve`` on 127.0.0.1."""
+@pytest.mark.parametrize("page", ["README.md", "docs/http-api.md"])
+def test_curl_examples_run(tmp_path: Path, page: str) -> None:
+    """The page's curl block (without its ``darkpose serve`` line) against a real
+    ``darkpose serve`` on 127.0.0.1."""
     if shutil.which("curl") is None:
         missing_requirement("curl is not installed")
     _photo(tmp_path)
-    block = next(b for b in _blocks(README.read_text(), "bash") if b.startswith("curl "))
+    block = next(b for b in _blocks((REPO / page).read_text(), "bash") if "curl " in b)
+    lines = [ln for ln in block.splitlines() if not ln.startswith("darkpose serve")]
     server = ServerProcess()
     try:
         server.wait_ready()
-        script = block.replace("http://127.0.0.1:8000", server.base)
+        script = "\n".join(lines).replace("http://127.0.0.1:8000", server.base)
         proc = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=tmp_path,
@@ -240,7 +243,10 @@ def test_readme_curl_quickstart_runs(tmp_path: Path) -> None:
         server.terminate()
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
-    assert len(answer["persons"]) == 6 and len(answer["persons"][0]["keypoints"]) == 17
+    assert {"persons", "image", "model", "timings_ms"} <= set(answer)
+    person = answer["persons"][0]
+    assert 1 <= len(answer["persons"]) <= 6 and len(person["keypoints"]) == 17
+    assert {"bbox", "score"} <= set(person) and len(person["keypoints"][0]) == 3
     assert (tmp_path / "overlay.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
 

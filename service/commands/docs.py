@@ -118,6 +118,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _row(*cells: object) -> str:
+    """One Markdown table row; ``|`` inside a cell is escaped."""
+    return "| " + " | ".join(_cell(str(c)) for c in cells) + " |"
+
+
 def configuration_page() -> str:
     """``docs/configuration.md``: one row per setting, in the order of the class."""
     from darkpose.service.commands.serve import _default
@@ -146,15 +151,15 @@ def configuration_page() -> str:
         "|---|---|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        env = f"`{ENV_PREFIX}{name.upper()}`"
-        row = (
-            env,
-            _cell(_type_name(field.annotation)),
-            _cell(_default_text(name, _default(name))),
-            _cell(_bounds(field)),
-            _cell(field.description or ""),
+        lines.append(
+            _row(
+                f"`{ENV_PREFIX}{name.upper()}`",
+                _type_name(field.annotation),
+                _default_text(name, _default(name)),
+                _bounds(field),
+                field.description or "",
+            )
         )
-        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,12 +171,13 @@ def readme_settings_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name in HELP_SETTINGS:
         field = Settings.model_fields[name]
-        row = (
-            f"`{ENV_PREFIX}{name.upper()}`",
-            _cell(_default_text(name, _default(name))),
-            _cell(field.description or ""),
+        lines.append(
+            _row(
+                f"`{ENV_PREFIX}{name.upper()}`",
+                _default_text(name, _default(name)),
+                field.description or "",
+            )
         )
-        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,14 +265,15 @@ def http_reference(doc: dict[str, Any]) -> str:
                 for p in params:
                     schema = p.get("schema", {})
                     default = schema.get("default", "")
-                    row = (
-                        f"`{p['name']}`",
-                        p["in"],
-                        _schema_type(schema),
-                        f"`{json.dumps(default)}`" if default != "" else "",
-                        p.get("description", ""),
+                    lines.append(
+                        _row(
+                            f"`{p['name']}`",
+                            p["in"],
+                            _schema_type(schema),
+                            f"`{json.dumps(default)}`" if default != "" else "",
+                            p.get("description", ""),
+                        )
                     )
-                    lines.append("| " + " | ".join(_cell(str(c)) for c in row) + " |")
                 lines.append("")
             body = op.get("requestBody")
             if body:
@@ -279,8 +286,7 @@ def http_reference(doc: dict[str, Any]) -> str:
                 for kind, media in content.items():
                     schema = media.get("schema", {})
                     bodies.append(f"`{kind}` {_schema_type(schema)}" if schema else f"`{kind}`")
-                row = (status, resp.get("description", ""), "; ".join(bodies))
-                lines.append("| " + " | ".join(_cell(str(c)) for c in row) + " |")
+                lines.append(_row(status, resp.get("description", ""), "; ".join(bodies)))
             lines.append("")
     lines += ["## Schemas", ""]
     for name, schema in doc.get("components", {}).get("schemas", {}).items():
@@ -292,13 +298,14 @@ def http_reference(doc: dict[str, Any]) -> str:
             required = set(schema.get("required", []))
             lines += ["| field | type | required | meaning |", "|---|---|---|---|"]
             for field, sub in props.items():
-                row = (
-                    f"`{field}`",
-                    _schema_type(sub),
-                    "yes" if field in required else "",
-                    sub.get("description", _inner_bounds(sub).get("description", "")),
+                lines.append(
+                    _row(
+                        f"`{field}`",
+                        _schema_type(sub),
+                        "yes" if field in required else "",
+                        sub.get("description", _inner_bounds(sub).get("description", "")),
+                    )
                 )
-                lines.append("| " + " | ".join(_cell(str(c)) for c in row) + " |")
             lines.append("")
         elif "enum" in schema:
             lines += ["One of " + ", ".join(f"`{v}`" for v in schema["enum"]) + ".", ""]
