@@ -1,4 +1,4 @@
-"""GPU check in one short script: CUDA-EP figures for the README when a GPU is lent.
+"""GPU check in one short script: CUDA-EP figures for docs/benchmarks.md on a machine with a GPU.
 
 Prints, on onnxruntime's CUDA execution provider:
 

@@ -1,4 +1,4 @@
-"""Hostile clients against a real ``darkpose serve`` (issue 15), one attack after another.
+"""Hostile clients against a real ``darkpose serve``, one attack after another.
 
 Starts the server (default settings, CPU, 127.0.0.1:<free port>) unless ``--url``/``--pid``
 name a running one, then runs each attack for a few seconds while

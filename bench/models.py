@@ -1,4 +1,4 @@
-"""The measurements behind the shipped models' defaults (issue 12), in one run on coco-mini.
+"""The measurements behind the shipped models' defaults, in one run on coco-mini.
 
     python bench/models.py [--threads 1] [--rounds 20] [--json out.json]
 

@@ -1,4 +1,4 @@
-"""Speed/accuracy table of the shipped models at each precision (README "Reduced precision").
+"""Speed/accuracy table of the shipped models at each precision (docs/benchmarks.md).
 
 One run measures, on coco-mini and this CPU (1 thread per session unless ``--threads``):
 
@@ -381,7 +381,7 @@ def _speed(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def markdown(out: dict[str, Any]) -> str:
-    """The README tables of one run's results."""
+    """The docs/benchmarks.md tables of one run's results."""
     parts = []
     for key, rows in out.get("pose_speed", {}).items():
         parts.append(f"pose ms/crop, {key}, {out['threads']} thread(s)")

@@ -68,7 +68,7 @@ from load import (  # noqa: E402
 
 logger = logging.getLogger("bench.scale")
 
-#: Targets of issue 17 (ratios measured in one run; bytes per image in the default topology).
+#: Targets of the scale-out design (ratios measured in one run; bytes per image, default topology).
 TARGETS = {
     "ray1_vs_single": 0.8,
     "ray2_vs_ray1": 0.8,

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-det": ("eval_det", "measure person-detector accuracy (COCO box AP) on an annotated set"),
     "quantize": ("quantize", "make a faster int8 copy of a pose model and measure its accuracy"),
     "card": ("card", "show the model card of a model file: what it is and where it came from"),
+    "docs": ("docs", "regenerate the configuration and HTTP reference pages of docs/"),
 }
 #: What ``darkpose --help`` says above the command list (for a user, not about the code).
 DESCRIPTION = """\

@@ -204,11 +204,19 @@ class Settings(BaseSettings):
     det_max_detections: int = Field(
         100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
     )
-    providers: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
-    inter_op_threads: int = Field(0, ge=0)
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="onnxruntime execution providers: auto = CUDA when a session gets it, else "
+        "CPU; cuda = every session must run on CUDA (else the start fails); cpu = CPU only",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per session; 0 = onnxruntime default"
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, description="onnxruntime inter-op threads per session; 0 = onnxruntime default"
+    )
 
-    # --- runtime backend / precision (README "Reduced precision") ---------------------------
+    # --- runtime backend / precision (docs/models.md "Backends and precision") ----------
     pose_backend: Literal["onnxruntime", "openvino"] | None = Field(
         None,
         description="pose-model runtime (None = the model card's, onnxruntime by default); "
@@ -235,10 +243,22 @@ class Settings(BaseSettings):
     blur_kernel: int | None = Field(
         None, ge=1, description="DARK blur kernel (odd); None = the model card's"
     )
-    flip: bool = False
-    flip_shift: bool = True
-    det_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    det_nms_iou: float = Field(0.65, gt=0.0, le=1.0)
+    flip: bool = Field(
+        False,
+        description="flip test: also run the mirrored crops and average (twice the pose time)",
+    )
+    flip_shift: bool = Field(
+        True, description="shift the mirrored heatmaps by one pixel before averaging (flip test)"
+    )
+    det_score_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="person detection score threshold when serving"
+    )
+    det_nms_iou: float = Field(
+        0.65,
+        gt=0.0,
+        le=1.0,
+        description="IoU of the detectors' box NMS where neither the config nor the card sets one",
+    )
     eval_det_score_threshold: float = Field(
         0.05,
         ge=0.0,
@@ -246,32 +266,66 @@ class Settings(BaseSettings):
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
         "uses det_score_threshold",
     )
-    oks_nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    keypoint_score_threshold: float = Field(0.2, ge=0.0, le=1.0)
-    box_padding: float = Field(1.25, gt=0.0)
+    oks_nms_threshold: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="OKS above which the lower-scored of two persons is dropped",
+    )
+    keypoint_score_threshold: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="keypoints above this score count in a person's rescored score",
+    )
+    box_padding: float = Field(
+        1.25, gt=0.0, description="person box enlargement before cropping for the pose model"
+    )
 
     # --- limits ---------------------------------------------------------------------------
-    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0)
-    max_image_side: int = Field(16384, gt=0)
-    min_image_side: int = Field(8, gt=0)
-    max_persons: int = Field(100, gt=0, description="upper bound a request may ask for")
-    default_max_persons: int = Field(30, gt=0)
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="largest request body / image file in bytes (413)"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="most pixels of an image, read from its header (413)"
+    )
+    max_image_side: int = Field(
+        16384, gt=0, description="longest image side in pixels, read from its header (413)"
+    )
+    min_image_side: int = Field(
+        8, gt=0, description="a valid image with a shorter side has no persons (not an error)"
+    )
+    max_persons: int = Field(100, gt=0, description="upper bound of a request's max_persons")
+    default_max_persons: int = Field(
+        30, gt=0, description="persons returned when a request does not ask (≤ max_persons)"
+    )
 
     # --- batching / concurrency --------------------------------------------------------------
-    batching: bool = True
-    max_batch: int = Field(32, gt=0)
-    max_wait_ms: float = Field(2.0, ge=0.0)
+    batching: bool = Field(
+        True, description="micro-batch the pose crops of concurrent requests into one model call"
+    )
+    max_batch: int = Field(32, gt=0, description="most crops in one micro-batched model call")
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, description="how long a batch waits for more crops before it runs"
+    )
     queue_size: int = Field(512, gt=0, description="max crops waiting for the pose model")
     batch_workers: int = Field(
         2, gt=0, description="micro-batcher threads: pose-model calls that may run at once"
     )
-    max_inflight_requests: int = Field(64, gt=0)
-    retry_after_s: float = Field(1.0, gt=0.0)
-    request_timeout_s: float = Field(30.0, gt=0.0)
-    warmup: bool = True
+    max_inflight_requests: int = Field(
+        64, gt=0, description="requests being worked on at once; more are refused 503"
+    )
+    retry_after_s: float = Field(
+        1.0, gt=0.0, description="Retry-After of 503 / per-client 429 answers, in seconds"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, description="time a request body has to arrive (408 beyond)"
+    )
+    warmup: bool = Field(
+        True, description="run the models once at start, before /readyz answers 200"
+    )
 
-    # --- access control, fair use, edge limits (service/api/access_control, protocol.py) -----
+    # --- access control, fair use, edge limits (service/api/access_control; docs/security.md) -
     api_keys: SecretStr = Field(
         SecretStr(""), description="comma-separated API keys; empty and no file = no keys"
     )
@@ -313,7 +367,7 @@ class Settings(BaseSettings):
     )
     max_header_count: int = Field(100, gt=0, description="most headers in a request (431)")
 
-    # --- hostile input and slow clients (README "Reliability") ----------------------------------
+    # --- hostile input and slow clients (docs/security.md) ------------------------------------
     max_jpeg_scans: int = Field(100, gt=0, description="most scans (SOS) a JPEG may have")
     max_png_chunks: int = Field(20_000, gt=0, description="most chunks a PNG may have")
     work_timeout_s: float = Field(
@@ -342,9 +396,11 @@ class Settings(BaseSettings):
     )
 
     # --- server -----------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="bind address of darkpose serve")
+    port: int = Field(8000, gt=0, lt=65536, description="port of darkpose serve")
+    log_level: str = Field(
+        "info", description="level of the service's and uvicorn's loggers (debug … critical)"
+    )
     access_log: bool = Field(
         True, description="one INFO line per request: method, path, status, ms, request id"
     )

@@ -1,4 +1,4 @@
-"""Generated hostile payloads (issue 15), shared by tests/api/test_hostile.py and
+"""Generated hostile payloads, shared by tests/api/test_hostile.py and
 bench/hostile.py.  Nothing here is stored on disk; every payload is built in memory."""
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def test_serve_help_shows_real_defaults_and_model_settings(
         "8000",
         "DARKPOSE_MODEL_DIR",
         "DARKPOSE_POSE_MODELS",
-        "pp_tinypose_256x192.onnx",  # the default pose model since issue 12
+        "pp_tinypose_256x192.onnx",  # the default pose model
         "DARKPOSE_DETECTOR_MODEL",
     ):
         assert needle in out, needle

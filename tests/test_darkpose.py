@@ -114,18 +114,20 @@ def test_settings_keywords_override() -> None:
 def test_readme_python_one_liner_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The README's Python block, as written (the photo path made absolute)."""
+    """The README's Python block, as written, on a coco-mini photo saved as ``photo.jpg``."""
     import re
+    import shutil
 
-    from tests.conftest import REPO, SHARED
+    from tests.conftest import REPO
 
     readme = (REPO / "README.md").read_text()
     block = re.search(r"```python\n(from darkpose import PoseEstimator\n.*?)```", readme, re.S)
-    assert block is not None, "expected the Python one-liner block in README.md"
+    assert block is not None, "expected the Python quickstart block in README.md"
+    shutil.copy(IMAGES / "000000211325.jpg", tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DARKPOSE_PROVIDERS", "cpu")
-    exec(block.group(1).replace("../shared", str(SHARED)), {})  # noqa: S102
-    assert capsys.readouterr().out.startswith("6 (6, 17, 3) ")
+    exec(block.group(1), {})  # noqa: S102
+    assert capsys.readouterr().out.startswith("6 (6, 17, 3)")
     assert (tmp_path / "overlay.png").is_file()
 
 

@@ -1,6 +1,6 @@
 """``darkpose eval``: COCO keypoint AP for every decode × flip × box-source combination.
 
-Example (the README's table)::
+Example (docs/benchmarks.md, "Keypoint accuracy")::
 
     darkpose eval --images ../shared/data/coco-mini/train2017 \\
         --ann ../shared/data/coco-mini/annotations/person_keypoints_train2017.json \\

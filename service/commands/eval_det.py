@@ -1,6 +1,6 @@
 """``darkpose eval-det``: COCO person-box AP (and optionally keypoint AP) per detector config.
 
-Example (the README's "Detectors" table)::
+Example (docs/benchmarks.md, "Detectors")::
 
     darkpose eval-det --images ../shared/data/coco-mini/train2017 \\
         --ann ../shared/data/coco-mini/annotations/person_keypoints_train2017.json \\

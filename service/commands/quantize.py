@@ -1,6 +1,6 @@
 """``darkpose quantize``: an int8 pose model calibrated on real person crops, with its parity.
 
-Example (the README's "Reduced precision" section)::
+Example (docs/models.md, "Backends and precision")::
 
     darkpose quantize --out models/pp_tinypose_256x192.int8.onnx --keep-float depthwise
 

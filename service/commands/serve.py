@@ -174,7 +174,7 @@ def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
 
 
 def _http_protocol(settings: Settings) -> Any:
-    """uvicorn's httptools protocol with the connection limits of README "Reliability" (cap,
+    """uvicorn's httptools protocol with the connection limits of docs/security.md (cap,
     head/write timeouts, tiny-chunk uploads); plain ``"auto"`` when httptools is missing."""
     try:
         from darkpose.service.api.protocol import (

@@ -30,7 +30,7 @@ separable Toeplitz matrices of their offset instead.  The per-map rescale is a c
 (or where the blurred values are so small relative to the peak that cv2's float32 rounding
 decides the result) go through an exact fallback that blurs the whole map with cv2 exactly as
 mmpose does.  Deviation from mmpose: a Newton step that is not finite (mmpose would return
-NaN/inf) is skipped.  ``bench/decode.py`` measures it; README "Decoding benchmark" has figures.
+NaN/inf) is skipped.  ``bench/decode.py`` measures it; docs/benchmarks.md "Decoding" has figures.
 """
 
 from __future__ import annotations

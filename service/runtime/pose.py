@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 #: the SimpleBaseline model, 2 shared cores, 1 intra-op thread: 9.1 ms/crop for runs of 1-4
 #: crops, 11.1 ms/crop for runs of 6-12 (activations of large batches fall out of cache), so
 #: its CPU batches are cut into runs of 4.  OpenVINO (bf16 above all) gains per crop up to
-#: batch 8 on PP-TinyPose (README, "Reduced precision").
+#: batch 8 on PP-TinyPose (docs/benchmarks.md, "Reduced precision").
 CPU_MAX_BATCH: dict[str, int] = {"onnxruntime": 4, "openvino": 8}
 
 

@@ -120,7 +120,7 @@ def test_health_ready_models(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["ready"] is True
     m = client.get("/v1/models").json()
     assert m["ready"] is True
-    # the default pose model is PP-TinyPose (issue 12: chosen by coco-mini AP; the small
+    # the default pose model is PP-TinyPose (chosen by coco-mini AP; the small
     # SimpleBaseline model stays selectable as pose_simplepose_256x192.onnx)
     assert m["pose_models"][0]["name"] == "pp_tinypose_256x192"
     assert m["pose_models"][0]["codec"] == "dark"

@@ -1,4 +1,4 @@
-"""Hostile input and slow clients (issue 15) against a real ``darkpose serve`` on 127.0.0.1.
+"""Hostile input and slow clients against a real ``darkpose serve`` on 127.0.0.1.
 
 Every attack is generated here (tests/hostile_payloads.py); limits are set small through
 settings so each test is quick.  One server (``srv``) serves most tests; the shutdown and

@@ -1,4 +1,4 @@
-"""HTTP details a newcomer meets (issue 13.6, 13.2, 13.7): unknown query parameters, raw
+"""HTTP details a newcomer meets: unknown query parameters, raw
 bodies without an image Content-Type, tiny images, decode time in the total, offline docs,
 ``GET /``, overlay encoding, upright photos, per-request access log lines."""
 

@@ -159,7 +159,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 
 def test_serve_with_no_model_settings_answers_with_pp_tinypose(srv: ServerProcess) -> None:
     """``darkpose serve`` with no model settings: PP-TinyPose keypoints, decoded as its card
-    says (DARK, blur kernel 11), YOLOX boxes (issue 12's defaults)."""
+    says (DARK, blur kernel 11), YOLOX boxes (the defaults)."""
     r = httpx.post(
         srv.base + "/pose", content=JPEG, headers={"Content-Type": "image/jpeg"}, timeout=60
     )

@@ -1,4 +1,4 @@
-"""The HTTP layer's layout (issue 13.8): routes live in their modules, the state is typed."""
+"""The HTTP layer's layout: routes live in their modules, the state is typed."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.docker.conftest import COMPOSE_FILE
 
-#: The commented lines an operator uncomments to turn API keys on (README "Securing the service").
+#: The commented lines an operator uncomments to turn API keys on (docs/security.md).
 _ACCESS_LINE = re.compile(
     r"^(\s*)# ((?:DARKPOSE_API_KEYS_FILE|DARKPOSE_MAX_INFLIGHT_PER_CLIENT|secrets): .*"
     r"|secrets:$|  darkpose_api_keys:$|    file: \./secrets/api_keys$)"

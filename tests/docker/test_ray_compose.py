@@ -108,13 +108,13 @@ def test_head_retries_serve_deploy_a_bounded_number_of_times(
 
 
 def test_readme_compose_commands_name_existing_files_and_profiles() -> None:
-    """Every `docker compose …` line of the README uses a compose file that exists and a
-    profile that file defines (the Ray services moved out of the `ray` profile)."""
+    """Every `docker compose …` line of the README and the deployment page uses a compose file
+    that exists and a profile that file defines."""
     import re
 
     import yaml
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text() + (REPO / "docs" / "deployment.md").read_text()
     commands = [
         ln for ln in readme.splitlines() if re.search(r"docker[ -]compose (-f|--profile|up)", ln)
     ]
@@ -124,8 +124,8 @@ def test_readme_compose_commands_name_existing_files_and_profiles() -> None:
         profiles: set[str] = set()
         for name in files:
             path = REPO / name
-            assert path.is_file(), f"README: {line!r} names a missing {name}"
+            assert path.is_file(), f"docs: {line!r} names a missing {name}"
             services = yaml.safe_load(path.read_text())["services"].values()
             profiles |= {p for svc in services for p in svc.get("profiles", [])}
         for profile in re.findall(r"--profile (\S+)", line):
-            assert profile in profiles, f"README: {line!r}: no profile {profile} in {files}"
+            assert profile in profiles, f"docs: {line!r}: no profile {profile} in {files}"

@@ -393,7 +393,7 @@ def test_dashboard_panels_and_queries() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     exprs = dashboard_exprs(dash)
     joined = "\n".join(exprs)
-    # The panels issue 8 asks for.
+    # The panels the dashboard must have.
     for pattern in (
         r"histogram_quantile\(0\.5, sum by \(le, stage\) \(rate\(darkpose_stage_seconds_bucket",
         r"histogram_quantile\(0\.99, sum by \(le, stage\) \(rate\(darkpose_stage_seconds_bucket",

@@ -269,7 +269,7 @@ def test_full_hrnet_w32_export_256x192(tmp_path: Path) -> None:
 
 def test_in_graph_decode_is_reported_and_other_decodes_refused(decoded_onnx: Path) -> None:
     """An export with the decode in its graph serves with its card from the ONNX metadata; the
-    response says which decode ran, and asking for another one is a 422 (issue 12)."""
+    response says which decode ran, and asking for another one is a 422."""
     from fastapi.testclient import TestClient
 
     from darkpose.service.api import create_app

@@ -236,7 +236,7 @@ def warn_if_open(settings: Settings, host: str) -> bool:
         return False
     logger.warning(
         "listening on %s without API keys: anyone who can reach the port can use POST /pose; "
-        "set DARKPOSE_API_KEYS_FILE (or DARKPOSE_API_KEYS) - README 'Securing the service'",
+        "set DARKPOSE_API_KEYS_FILE (or DARKPOSE_API_KEYS) - docs/security.md",
         host,
     )
     return True
