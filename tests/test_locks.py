@@ -51,10 +51,22 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def _requirements(extras: tuple[str, ...]) -> list[Requirement]:
+    """The requirements of the project with ``extras``; an extra naming the project itself
+    (``darkpose-service[docs]``) contributes that extra's requirements."""
     project = _project()
+    me = canonicalize_name(project["name"])
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in extras:
-        reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for r in map(Requirement, project["optional-dependencies"][extra]):
+            if canonicalize_name(r.name) == me:
+                todo.extend(r.extras)
+            else:
+                reqs.append(r)
     return [r for r in reqs if r.marker is None or r.marker.evaluate()]
 
 
