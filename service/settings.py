@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_origin
+from typing import Any, TypedDict, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -26,9 +26,24 @@ from pydantic_settings import (
 )
 
 from darkpose.service.core.cards import ZOO_DIR
-from darkpose.service.core.types import DecodeMethod
+from darkpose.service.core.choices import (
+    Backend,
+    BlurKernel,
+    BoxPadding,
+    DecodeMethod,
+    FloatPrecision,
+    IoU,
+    OksThreshold,
+    PersonCount,
+    Probability,
+    Providers,
+)
+from darkpose.service.core.errors import describe_validation_errors
+from darkpose.service.core.pipeline import PipelineOptions
 
 ENV_PREFIX = "DARKPOSE_"
+#: The pipeline's own defaults (flip, thresholds, padding, persons): the settings start there.
+_OPTIONS = PipelineOptions()
 
 
 def split_list(value: str) -> list[Any]:
@@ -55,27 +70,24 @@ class _PlainTextEnvSource(EnvSettingsSource):
         return super().decode_complex_value(field_name, field, value)
 
 
+def default_of(name: str) -> Any:
+    """The built-in default of the :class:`Settings` field ``name`` (no environment): what
+    ``serve --help``, the Ray app and the configuration reference show and use."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return field.default_factory()  # type: ignore[call-arg]
+    return field.default
+
+
 def settings_error_line(exc: Exception) -> str:
     """One line for a settings error (``ValidationError`` or ``SettingsError``), naming the
     setting and its environment variable: ``settings: det_score_threshold
     (DARKPOSE_DET_SCORE_THRESHOLD): expected ..., got 2``."""
     if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ())]
-            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-            msg = msg.removeprefix("Input should be ")
-            if not loc:  # a cross-field check: its message names the fields
-                parts.append(msg)
-                continue
-            name = loc[0]
-            got = err.get("input")
-            got_s = json.dumps(got, default=str) if got is not None else "nothing"
-            if len(got_s) > 80:
-                got_s = got_s[:77] + "..."
-            where = f"{'.'.join(loc)} ({ENV_PREFIX}{name.upper()})"
-            parts.append(f"{where}: expected {msg[:1].lower() + msg[1:]}, got {got_s}")
-        return "settings: " + "; ".join(parts)
+        return "settings: " + describe_validation_errors(
+            exc.errors(),
+            lambda loc: f"{'.'.join(map(str, loc))} ({ENV_PREFIX}{str(loc[0]).upper()})",
+        )
     if isinstance(exc, SettingsError):
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         m = re.search(r'field "(\w+)"', str(exc))
@@ -146,25 +158,25 @@ class Settings(BaseSettings):
     det_max_detections: int = Field(
         100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
     )
-    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    providers: Providers = "auto"
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
     inter_op_threads: int = Field(0, ge=0)
 
     # --- runtime backend / precision (README "Reduced precision") ---------------------------
-    pose_backend: Literal["onnxruntime", "openvino"] | None = Field(
+    pose_backend: Backend | None = Field(
         None,
         description="pose-model runtime (None = the model card's, onnxruntime by default); "
         "openvino = optional extra, CPU only",
     )
-    pose_precision: Literal["fp32", "bf16"] | None = Field(
+    pose_precision: FloatPrecision | None = Field(
         None,
         description="pose float precision (None = the card's); bf16 needs backend openvino and "
         "a CPU with native bf16; int8 = a model file from `darkpose quantize`",
     )
-    detector_backend: Literal["onnxruntime", "openvino"] | None = Field(
+    detector_backend: Backend | None = Field(
         None, description="detector runtime (None = the card's)"
     )
-    detector_precision: Literal["fp32", "bf16"] | None = Field(
+    detector_precision: FloatPrecision | None = Field(
         None, description="detector float precision (None = the card's)"
     )
 
@@ -174,23 +186,23 @@ class Settings(BaseSettings):
         description="heatmap decoder (darkpose.service.core.codec.DECODERS); None = the "
         "model card's",
     )
-    blur_kernel: int | None = Field(
-        None, ge=1, description="DARK blur kernel (odd); None = the model card's"
+    blur_kernel: BlurKernel | None = Field(
+        None, description="DARK blur kernel (odd); None = the model card's"
     )
-    flip: bool = False
-    flip_shift: bool = True
-    det_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    det_nms_iou: float = Field(0.65, gt=0.0, le=1.0)
-    eval_det_score_threshold: float = Field(
+    flip: bool = _OPTIONS.flip
+    flip_shift: bool = _OPTIONS.flip_shift
+    det_score_threshold: Probability = _OPTIONS.det_score_threshold
+    det_nms_iou: IoU = 0.65
+    eval_det_score_threshold: Probability = Field(
         0.05,
-        ge=0.0,
-        le=1.0,
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
         "uses det_score_threshold",
     )
-    oks_nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    keypoint_score_threshold: float = Field(0.2, ge=0.0, le=1.0)
-    box_padding: float = Field(1.25, gt=0.0)
+    oks_nms_threshold: OksThreshold = Field(
+        _OPTIONS.oks_nms_threshold, description="OKS-NMS threshold; 1 and above: no OKS-NMS"
+    )
+    keypoint_score_threshold: Probability = _OPTIONS.keypoint_score_threshold
+    box_padding: BoxPadding = _OPTIONS.box_padding
 
     # --- limits ---------------------------------------------------------------------------
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
@@ -198,7 +210,7 @@ class Settings(BaseSettings):
     max_image_side: int = Field(16384, gt=0)
     min_image_side: int = Field(8, gt=0)
     max_persons: int = Field(100, gt=0, description="upper bound a request may ask for")
-    default_max_persons: int = Field(30, gt=0)
+    default_max_persons: PersonCount = _OPTIONS.max_persons
 
     # --- batching / concurrency --------------------------------------------------------------
     batching: bool = True
@@ -311,22 +323,6 @@ class Settings(BaseSettings):
     def pose_model_weights(self) -> list[float]:
         """The ensemble weight of each ``pose_models`` entry (1 unless ``file@weight``)."""
         return [split_weight(e)[1] for e in self.pose_models]
-
-    @field_validator("decode")
-    @classmethod
-    def _known_decoder(cls, v: str | None) -> str | None:
-        from darkpose.service.core.codec import DECODERS
-
-        if v is not None and v not in DECODERS:
-            raise ValueError(f"expected one of {', '.join(DECODERS)}, got {v!r}")
-        return v
-
-    @field_validator("blur_kernel")
-    @classmethod
-    def _odd_kernel(cls, v: int | None) -> int | None:
-        if v is not None and v % 2 == 0:
-            raise ValueError(f"expected an odd kernel size, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -8,6 +8,10 @@ answered 500 (logged with the request id).  The API maps these in exactly one pl
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 
 class DarkPoseError(Exception):
     """Base class of every error raised on purpose by this project."""
@@ -76,3 +80,39 @@ class NotReady(DarkPoseError):
 
     status_code = 503
     code = "not_ready"
+
+
+def describe_validation_errors(
+    errors: Sequence[Mapping[str, Any]], where: Callable[[Sequence[Any]], str] | None = None
+) -> str:
+    """pydantic's ``ValidationError.errors()`` as one line, ``"<where>: expected X, got Y"`` per
+    error, joined by ``"; "`` (the one formatter of validation errors: settings, model cards,
+    detector configs and HTTP requests use it).
+
+    ``where(loc)`` names the place of an error (default: the dotted ``loc``); an error without
+    a ``loc`` (a cross-field check, whose message names the fields) is its message alone.
+    Messages that already say what they expected (our validators') are kept as they are.
+    """
+    parts = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not loc:
+            parts.append(msg)
+            continue
+        place = where(loc) if where is not None else ".".join(str(p) for p in loc)
+        msg = msg.removeprefix(f"{loc[-1]}: ")  # a rule that names its field: named once
+        got = err.get("input")
+        shown = "{...}" if isinstance(got, dict) else json.dumps(got, default=str)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if err.get("type") == "missing":
+            parts.append(f"{place}: expected a value, got none")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"{place}: expected no such key (unknown field), got {shown}")
+        elif "expected" in msg:
+            parts.append(f"{place}: {msg}")
+        else:
+            msg = msg.removeprefix("Input should be ")
+            parts.append(f"{place}: expected {msg[:1].lower() + msg[1:]}, got {shown}")
+    return "; ".join(parts)

@@ -45,12 +45,16 @@ from darkpose.service.core.errors import DarkPoseError, InvalidParameter, ModelE
 from darkpose.service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult, PoseStage
 from darkpose.service.core.types import F32, ModelSpec
 from darkpose.service.ray_app import INGRESS_NAME, POSE_NAME
-from darkpose.service.settings import Settings
+from darkpose.service.settings import Settings, default_of
 
 logger = logging.getLogger(__name__)
 
-#: Default pose batching of ``PoseModel`` (crops per model call, seconds a batch may wait).
-DEFAULT_POSE_BATCH: dict[str, Any] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+#: Default pose batching of ``PoseModel`` (crops per model call, seconds a batch may wait):
+#: the settings' ``max_batch`` and ``max_wait_ms``.
+DEFAULT_POSE_BATCH: dict[str, Any] = {
+    "max_batch_size": default_of("max_batch"),
+    "batch_wait_timeout_s": default_of("max_wait_ms") / 1000.0,
+}
 #: ``max_ongoing_requests`` of ``PoseModel``: calls in flight per replica (worker threads);
 #: must stay above the batch size in calls or it caps every batch.
 POSE_MAX_ONGOING = 64

@@ -28,15 +28,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from darkpose.service.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
-
-InferencePrecision = Literal["fp32", "bf16"]
 
 #: ``get_providers()`` of an OpenVINO session (stands where onnxruntime names its provider).
 OPENVINO_CPU = "OpenVINO:CPU"
