@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from darkpose.service import package_version
+
 logger = logging.getLogger(__name__)
 
 #: command name → (module under darkpose.service.commands, one-line help)
@@ -31,18 +33,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def package_version() -> str:
-    """The installed distribution's version (``darkpose-service``); ``0+unknown`` (a valid
-    PEP 440 version) when it is not installed.  ``darkpose --version`` and
-    ``darkpose.__version__`` both read it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("darkpose-service")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:

@@ -11,7 +11,6 @@ same shape; anything unexpected is logged with the request id and answered 500 b
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -25,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from darkpose.service.core.errors import DarkPoseError
+from darkpose.service.core.errors import DarkPoseError, describe_validation_errors
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
@@ -96,16 +95,7 @@ def _format_loc(loc: Sequence[Any]) -> str:
 
 def format_validation_errors(errors: Sequence[Any]) -> str:
     """One readable line per pydantic error: ``query parameter 'flip': expected ..., got ...``."""
-    lines = []
-    for err in errors:
-        loc = _format_loc(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
-        got = err.get("input", None)
-        got_s = json.dumps(got, default=str) if got is not None else "nothing"
-        if len(got_s) > 80:
-            got_s = got_s[:77] + "..."
-        lines.append(f"{loc}: expected {msg[0].lower() + msg[1:] if msg else msg}, got {got_s}")
-    return "; ".join(lines) or "invalid request"
+    return describe_validation_errors(errors, _format_loc) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
