@@ -111,7 +111,7 @@ def describe_validation_errors(
         elif err.get("type") == "extra_forbidden":
             parts.append(f"{place}: expected no such key (unknown field), got {shown}")
         elif "expected" in msg:
-            parts.append(f"{place}: {msg}")
+            parts.append(f"{place}: {msg}" + ("" if "got" in msg else f", got {shown}"))
         else:
             msg = msg.removeprefix("Input should be ")
             parts.append(f"{place}: expected {msg[:1].lower() + msg[1:]}, got {shown}")

@@ -7,25 +7,23 @@ import logging
 from darkpose.service.core.errors import ModelError
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import Detector, PoseModel
+from darkpose.service.runtime.detector_config import build_detector_from_config
+from darkpose.service.runtime.pose import OnnxPoseModel
 from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def build_detector(settings: Settings) -> Detector:
-    """The person detector described by ``settings.detector``, a detector config string
-    (``yolox``, ``htc``, ``chips(...)``, ``fused(...)``:
+    """The person detector described by ``settings.detector``: a detector config (text form
+    ``yolox``, ``chips(...)``, ``fused(...)``, or JSON;
     :mod:`darkpose.service.runtime.detector_config`)."""
-    from darkpose.service.runtime.detector_config import build_detector_from_config
-
     return build_detector_from_config(settings.detector, settings)
 
 
 def build_pose_models(settings: Settings) -> list[PoseModel]:
     """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble;
     their weights: ``settings.pose_model_weights``)."""
-    from darkpose.service.runtime.pose import OnnxPoseModel
-
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
     paths = [settings.resolve_model(name) for name in settings.pose_model_files]

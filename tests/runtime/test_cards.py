@@ -92,7 +92,7 @@ def _bad(change: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     ("data", "needle"),
     [
         (_bad({"codec.blur_kernel": 4}), "codec.blur_kernel: expected an odd integer >= 1, got 4"),
-        (_bad({"colour": "red"}), "colour: expected no such key (unknown field), got \"red\""),
+        (_bad({"colour": "red"}), 'colour: expected no such key (unknown field), got "red"'),
         (_bad({"schema": 2}), "schema"),
         (_bad({"kind": "segmenter"}), "kind"),
         (_bad({}, drop=("codec",)), "expected 'pose' and 'codec' sections"),
