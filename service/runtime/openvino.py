@@ -43,15 +43,6 @@ OPENVINO_CPU = "OpenVINO:CPU"
 _HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
 
 
-def openvino_available() -> bool:
-    """True when the optional ``openvino`` package imports."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @cache
 def _core() -> Any:
     """One ``openvino.Core`` per process (:class:`ModelError` when openvino is missing)."""
