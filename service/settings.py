@@ -13,17 +13,17 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, TypedDict, get_origin
+from typing import Annotated, Any, TypedDict
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from darkpose.service.core.cards import ZOO_DIR
 from darkpose.service.core.choices import (
@@ -60,14 +60,13 @@ def split_list(value: str) -> list[Any]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class _PlainTextEnvSource(EnvSettingsSource):
-    """The environment source, except that a complex (list) value that does not look like JSON
-    is passed on as text for :meth:`Settings._split_lists` instead of failing ``json.loads``."""
+def _split_text(value: Any) -> Any:
+    return split_list(value) if isinstance(value, str) else value
 
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
-            return value
-        return super().decode_complex_value(field_name, field, value)
+
+#: A list setting as a person types it (environment or keyword): one value, a comma list or a
+#: JSON list (:func:`split_list`; ``NoDecode``: the environment source leaves the text to it).
+TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_text)]
 
 
 def default_of(name: str) -> Any:
@@ -140,7 +139,7 @@ class Settings(BaseSettings):
         description="directory holding the ONNX files named by relative paths (default: the "
         "models packaged with darkpose, darkpose/zoo)",
     )
-    pose_models: list[str] = Field(
+    pose_models: TextList = Field(
         default_factory=lambda: ["pp_tinypose_256x192.onnx"],
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
@@ -277,35 +276,6 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         True, description="one INFO line per request: method, path, status, ms, request id"
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            _PlainTextEnvSource(settings_cls),
-            dotenv_settings,
-            file_secret_settings,
-        )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split_lists(cls, data: Any) -> Any:
-        """Text given to a list setting (environment or keyword) → :func:`split_list`."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for name, info in cls.model_fields.items():
-            value = out.get(name)
-            if isinstance(value, str) and get_origin(info.annotation) in (list, tuple, set):
-                out[name] = split_list(value)
-        return out
 
     @field_validator("pose_models")
     @classmethod
