@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
-from darkpose.service.core.codec import BLUR_KERNEL_MIN, check_blur_kernel, check_decode_method
+from darkpose.service.core import codec
+from darkpose.service.core.codec import check_blur_kernel, check_decode_method
 from darkpose.service.core.errors import InvalidParameter, describe_validation_errors
 
 #: Pixel order a network reads.
@@ -36,11 +37,17 @@ FLOAT_PRECISIONS: tuple[str, ...] = get_args(FloatPrecision)
 #: A heatmap decoder's name: a key of :data:`darkpose.service.core.codec.DECODERS` (checked
 #: when validated, so a decoder registered at run time is accepted).
 DecodeMethod = Annotated[str, AfterValidator(check_decode_method)]
-#: The DARK blur kernel: an odd integer >= ``BLUR_KERNEL_MIN``.
+
+
+def _blur_kernel_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema of :data:`BlurKernel`, read from the rule when a schema is made."""
+    schema["minimum"] = codec.BLUR_KERNEL_MIN
+    schema["description"] = f"odd, >= {codec.BLUR_KERNEL_MIN}"
+
+
+#: The DARK blur kernel: an odd integer >= ``codec.BLUR_KERNEL_MIN`` (:func:`check_blur_kernel`).
 BlurKernel = Annotated[
-    int,
-    AfterValidator(check_blur_kernel),
-    Field(json_schema_extra={"minimum": BLUR_KERNEL_MIN, "description": "odd"}),
+    int, AfterValidator(check_blur_kernel), Field(json_schema_extra=_blur_kernel_schema)
 ]
 #: A score threshold or any other fraction in [0, 1].
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
