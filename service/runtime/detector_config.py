@@ -459,11 +459,7 @@ class _Builder:
 
     def onnx_leaf(self, spec: _OnnxLeaf, cls: type[OnnxDetector], default_model: str) -> Detector:
         s = self.settings
-        path = s.resolve_model(spec.model or default_model)
-        if not Path(path).is_file():
-            raise ModelError(
-                f"{spec.kind} model: expected an existing ONNX file, got {path}{s.model_dir_hint()}"
-            )
+        path = existing_model_file(f"{spec.kind} model", spec.model or default_model, s)
         return cls(
             path,
             score_threshold=s.det_score_threshold if spec.score is None else spec.score,
@@ -514,6 +510,43 @@ class _Builder:
             conf_type=spec.conf,
             max_detections=self.settings.det_max_detections,
         )
+
+
+def existing_model_file(what: str, name: str, settings: Settings) -> Path:
+    """The file of model ``name`` (relative to ``settings.model_dir`` or absolute);
+    :class:`ModelError` naming ``what`` and the fix when there is no such file."""
+    path = settings.resolve_model(name)
+    if not path.is_file():
+        raise ModelError(
+            f"{what}: expected an existing ONNX file, got {path}{settings.model_dir_hint()}"
+        )
+    return path
+
+
+#: ONNX leaf kinds → (the setting naming their default file, ``None``: ``model=`` only;
+#: whether the file needs a model card: YOLOX has a built-in one).
+_ONNX_LEAVES: dict[type[_OnnxLeaf], tuple[str | None, bool]] = {
+    YoloxConfig: ("detector_model", False),
+    PicoDetConfig: ("picodet_model", True),
+    OnnxConfig: (None, True),
+}
+
+
+def detector_model_files(
+    config: str | Mapping[str, Any] | DetectorConfig, settings: Settings
+) -> list[tuple[str, Path, bool]]:
+    """The ONNX files the detector ``config`` loads, without loading them: (what, path,
+    whether the detector needs a model card for it).  ``ModelError`` for a missing file."""
+    spec = parse_detector_config(config)
+    out: list[tuple[str, Path, bool]] = []
+    if isinstance(spec, _OnnxLeaf):
+        default_field, needs_card = _ONNX_LEAVES[type(spec)]
+        default = "" if default_field is None else str(getattr(settings, default_field))
+        what = f"{spec.kind} model"
+        out.append((what, existing_model_file(what, spec.model or default, settings), needs_card))
+    for child in spec.children:
+        out.extend(detector_model_files(child, settings))
+    return out
 
 
 def build_detector_from_config(
