@@ -57,7 +57,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from darkpose.service.cli import package_version
+        from darkpose.service import package_version
 
         return package_version()
     module = _EXPORTS.get(name)

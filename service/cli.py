@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from darkpose.service import package_version
+
 #: Named, not ``__name__``: ``python -m darkpose.service.cli`` would log as ``__main__``.
 logger = logging.getLogger("darkpose.service.cli")
 
@@ -44,18 +46,6 @@ EXAMPLES = """examples:
   darkpose COMMAND --help                     the options of one command"""
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def package_version() -> str:
-    """The installed distribution's version (``darkpose-service``); ``0+unknown`` (a valid
-    PEP 440 version) when it is not installed.  ``darkpose --version`` and
-    ``darkpose.__version__`` both read it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("darkpose-service")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
@@ -125,9 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic_settings import SettingsError
 
     from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.runtime.detector_config import HtcSettings
     from darkpose.service.settings import settings_error_line, unknown_env_warnings
 
-    for warning in unknown_env_warnings(os.environ):
+    for warning in unknown_env_warnings(os.environ, HtcSettings):
         logger.warning("%s", warning)
 
     try:

@@ -15,9 +15,10 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_origin
+from typing import Annotated, Any, TypedDict
 
 from pydantic import (
+    BeforeValidator,
     Field,
     IPvAnyNetwork,
     SecretStr,
@@ -25,19 +26,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from darkpose.service.core.cards import ZOO_DIR
-from darkpose.service.core.types import DecodeMethod
+from darkpose.service.core.choices import (
+    Backend,
+    BlurKernel,
+    BoxPadding,
+    DecodeMethod,
+    FloatPrecision,
+    IoU,
+    OksThreshold,
+    PersonCount,
+    Probability,
+    Providers,
+)
+from darkpose.service.core.errors import describe_validation_errors
+from darkpose.service.core.pipeline import PipelineOptions
 
 ENV_PREFIX = "DARKPOSE_"
+#: The pipeline's own defaults (flip, thresholds, padding, persons): the settings start there.
+_OPTIONS = PipelineOptions()
 
 
 def split_list(value: str) -> list[Any]:
@@ -47,77 +56,32 @@ def split_list(value: str) -> list[Any]:
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"expected a JSON list, got {text[:60]!r} ({exc.msg})") from None
+            raise ValueError(
+                f"expected a plain value, a comma list or a JSON list, got {text[:60]!r}, "
+                f"which does not parse as JSON ({exc.msg})"
+            ) from None
         if not isinstance(parsed, list):
             raise ValueError(f"expected a JSON list, got {text[:60]!r}")
         return parsed
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class _PlainTextEnvSource(EnvSettingsSource):
-    """The environment source, except that a complex (list) value that does not look like JSON
-    is passed on as text for :meth:`Settings._split_lists` instead of failing ``json.loads``."""
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
-            return value
-        return super().decode_complex_value(field_name, field, value)
+def _split_text(value: Any) -> Any:
+    return split_list(value) if isinstance(value, str) else value
 
 
-def _got(value: Any) -> str:
-    """The value a user gave, as an error message quotes it (JSON, at most 80 characters)."""
-    if value is None:
-        return "nothing"
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+#: A list setting as a person types it (environment or keyword): one value, a comma list or a
+#: JSON list (:func:`split_list`; ``NoDecode``: the environment source leaves the text to it).
+TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_text)]
 
 
-#: What a pydantic error type expects, in words (types not listed: pydantic's own message).
-_EXPECTED_BY_TYPE: dict[str, str] = {
-    "int_parsing": "an integer",
-    "int_type": "an integer",
-    "int_from_float": "a whole number",
-    "float_parsing": "a number",
-    "float_type": "a number",
-    "finite_number": "a finite number",
-    "bool_parsing": "true or false (also 1/0, yes/no, on/off)",
-    "bool_type": "true or false",
-    "string_type": "text",
-    "list_type": "a list",
-    "path_type": "a file system path",
-    "missing": "a value",
-}
-#: pydantic bound error type → (its context key, the words for it).
-_BOUNDS: dict[str, tuple[str, str]] = {
-    "greater_than": ("gt", "greater than"),
-    "greater_than_equal": ("ge", "at least"),
-    "less_than": ("lt", "less than"),
-    "less_than_equal": ("le", "at most"),
-}
-
-
-def validation_error_text(err: Mapping[str, Any]) -> str:
-    """One pydantic error (an item of ``ValidationError.errors()``) as "expected X, got Y",
-    in words (no "Input should be", no doubled "expected").  A ``ValueError`` of our own
-    validators already says "expected ..., got ..." and is kept as it is."""
-    kind = str(err.get("type", ""))
-    ctx = err.get("ctx") or {}
-    msg = str(err.get("msg", "")).removeprefix("Value error, ")
-    got = _got(err.get("input"))
-    if kind == "value_error":
-        return msg if "expected" in msg else f"expected {msg}, got {got}"
-    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
-        key, words = _BOUNDS[kind]
-        expected = f"a number {words} {ctx[key]}"
-    elif kind in ("literal_error", "enum") and "expected" in ctx:
-        choices = re.findall(r"'([^']*)'", str(ctx["expected"]))
-        expected = f"one of {', '.join(choices)}" if choices else str(ctx["expected"])
-    elif kind in _EXPECTED_BY_TYPE:
-        expected = _EXPECTED_BY_TYPE[kind]
-    else:  # pydantic's words: "Input should be a valid X, <detail>" -> "a valid X"
-        expected = msg.removeprefix("Input should be ").split(", ")[0] or "a valid value"
-        expected = expected[:1].lower() + expected[1:]
-    return f"expected {expected}, got {got}"
+def default_of(name: str) -> Any:
+    """The built-in default of the :class:`Settings` field ``name`` (no environment): what
+    ``serve --help``, the Ray app and the configuration reference show and use."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return field.default_factory()  # type: ignore[call-arg]
+    return field.default
 
 
 def settings_error_line(exc: Exception) -> str:
@@ -125,15 +89,10 @@ def settings_error_line(exc: Exception) -> str:
     setting and its environment variable: ``settings: det_score_threshold
     (DARKPOSE_DET_SCORE_THRESHOLD): expected a number at most 1.0, got 2``."""
     if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ())]
-            text = validation_error_text(err)
-            if not loc:  # a cross-field check: its message names the fields
-                parts.append(text)
-                continue
-            parts.append(f"{'.'.join(loc)} ({ENV_PREFIX}{loc[0].upper()}): {text}")
-        return "settings: " + "; ".join(parts)
+        return "settings: " + describe_validation_errors(
+            exc.errors(),
+            lambda loc: f"{'.'.join(map(str, loc))} ({ENV_PREFIX}{str(loc[0]).upper()})",
+        )
     if isinstance(exc, SettingsError):
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         m = re.search(r'field "(\w+)"', str(exc))
@@ -186,7 +145,7 @@ class Settings(BaseSettings):
         description="directory holding the ONNX files named by relative paths (default: the "
         "models packaged with darkpose, darkpose/zoo)",
     )
-    pose_models: list[str] = Field(
+    pose_models: TextList = Field(
         default_factory=lambda: ["pp_tinypose_256x192.onnx"],
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
@@ -204,7 +163,7 @@ class Settings(BaseSettings):
     det_max_detections: int = Field(
         100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
     )
-    providers: Literal["auto", "cpu", "cuda"] = Field(
+    providers: Providers = Field(
         "auto",
         description="onnxruntime execution providers: auto = CUDA when a session gets it, else "
         "CPU; cuda = every session must run on CUDA (else the start fails); cpu = CPU only",
@@ -217,20 +176,20 @@ class Settings(BaseSettings):
     )
 
     # --- runtime backend / precision (docs/models.md "Backends and precision") ----------
-    pose_backend: Literal["onnxruntime", "openvino"] | None = Field(
+    pose_backend: Backend | None = Field(
         None,
         description="pose-model runtime (None = the model card's, onnxruntime by default); "
         "openvino = optional extra, CPU only",
     )
-    pose_precision: Literal["fp32", "bf16"] | None = Field(
+    pose_precision: FloatPrecision | None = Field(
         None,
         description="pose float precision (None = the card's); bf16 needs backend openvino and "
         "a CPU with native bf16; int8 = a model file from `darkpose quantize`",
     )
-    detector_backend: Literal["onnxruntime", "openvino"] | None = Field(
+    detector_backend: Backend | None = Field(
         None, description="detector runtime (None = the card's)"
     )
-    detector_precision: Literal["fp32", "bf16"] | None = Field(
+    detector_precision: FloatPrecision | None = Field(
         None, description="detector float precision (None = the card's)"
     )
 
@@ -240,46 +199,41 @@ class Settings(BaseSettings):
         description="heatmap decoder (darkpose.service.core.codec.DECODERS); None = the "
         "model card's",
     )
-    blur_kernel: int | None = Field(
-        None, ge=1, description="DARK blur kernel (odd); None = the model card's"
+    blur_kernel: BlurKernel | None = Field(
+        None, description="DARK blur kernel (odd); None = the model card's"
     )
     flip: bool = Field(
-        False,
+        _OPTIONS.flip,
         description="flip test: also run the mirrored crops and average (twice the pose time)",
     )
     flip_shift: bool = Field(
-        True, description="shift the mirrored heatmaps by one pixel before averaging (flip test)"
+        _OPTIONS.flip_shift,
+        description="shift the mirrored heatmaps by one pixel before averaging (flip test)",
     )
-    det_score_threshold: float = Field(
-        0.3, ge=0.0, le=1.0, description="person detection score threshold when serving"
+    det_score_threshold: Probability = Field(
+        _OPTIONS.det_score_threshold, description="person detection score threshold when serving"
     )
-    det_nms_iou: float = Field(
+    det_nms_iou: IoU = Field(
         0.65,
-        gt=0.0,
-        le=1.0,
         description="IoU of the detectors' box NMS where neither the config nor the card sets one",
     )
-    eval_det_score_threshold: float = Field(
+    eval_det_score_threshold: Probability = Field(
         0.05,
-        ge=0.0,
-        le=1.0,
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
         "uses det_score_threshold",
     )
-    oks_nms_threshold: float = Field(
-        0.9,
-        gt=0.0,
-        le=1.0,
-        description="OKS above which the lower-scored of two persons is dropped",
+    oks_nms_threshold: OksThreshold = Field(
+        _OPTIONS.oks_nms_threshold,
+        description="OKS above which the lower-scored of two persons is dropped; 1 and above: "
+        "no OKS-NMS",
     )
-    keypoint_score_threshold: float = Field(
-        0.2,
-        ge=0.0,
-        le=1.0,
+    keypoint_score_threshold: Probability = Field(
+        _OPTIONS.keypoint_score_threshold,
         description="keypoints above this score count in a person's rescored score",
     )
-    box_padding: float = Field(
-        1.25, gt=0.0, description="person box enlargement before cropping for the pose model"
+    box_padding: BoxPadding = Field(
+        _OPTIONS.box_padding,
+        description="person box enlargement before cropping for the pose model",
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -296,8 +250,9 @@ class Settings(BaseSettings):
         8, gt=0, description="a valid image with a shorter side has no persons (not an error)"
     )
     max_persons: int = Field(100, gt=0, description="upper bound of a request's max_persons")
-    default_max_persons: int = Field(
-        30, gt=0, description="persons returned when a request does not ask (≤ max_persons)"
+    default_max_persons: PersonCount = Field(
+        _OPTIONS.max_persons,
+        description="persons returned when a request does not ask (≤ max_persons)",
     )
 
     # --- batching / concurrency --------------------------------------------------------------
@@ -405,42 +360,13 @@ class Settings(BaseSettings):
         True, description="one INFO line per request: method, path, status, ms, request id"
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            _PlainTextEnvSource(settings_cls),
-            dotenv_settings,
-            file_secret_settings,
-        )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split_lists(cls, data: Any) -> Any:
-        """Text given to a list setting (environment or keyword) → :func:`split_list`."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for name, info in cls.model_fields.items():
-            value = out.get(name)
-            if isinstance(value, str) and get_origin(info.annotation) in (list, tuple, set):
-                try:
-                    out[name] = split_list(value)
-                except ValueError as exc:  # name the setting: this check has no field location
-                    raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}): {exc}") from None
-        return out
-
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, v: Any) -> Any:
-        """Addresses or CIDR networks (host bits allowed: ``10.0.0.1/8`` is ``10.0.0.0/8``)."""
+        """Addresses or CIDR networks: one value, a comma list or a JSON list (host bits
+        allowed: ``10.0.0.1/8`` is ``10.0.0.0/8``)."""
+        if isinstance(v, str):
+            v = split_list(v)
         if not isinstance(v, list):
             return v
         out = []
@@ -467,22 +393,6 @@ class Settings(BaseSettings):
     def pose_model_weights(self) -> list[float]:
         """The ensemble weight of each ``pose_models`` entry (1 unless ``file@weight``)."""
         return [split_weight(e)[1] for e in self.pose_models]
-
-    @field_validator("decode")
-    @classmethod
-    def _known_decoder(cls, v: str | None) -> str | None:
-        from darkpose.service.core.codec import DECODERS
-
-        if v is not None and v not in DECODERS:
-            raise ValueError(f"expected one of {', '.join(DECODERS)}, got {v!r}")
-        return v
-
-    @field_validator("blur_kernel")
-    @classmethod
-    def _odd_kernel(cls, v: int | None) -> int | None:
-        if v is not None and v % 2 == 0:
-            raise ValueError(f"expected an odd kernel size, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -550,22 +460,24 @@ ENV_NOT_SETTINGS: frozenset[str] = frozenset(
 )
 
 
-def setting_env_names() -> list[str]:
+def setting_env_names(*others: type[BaseSettings]) -> list[str]:
     """Every environment variable a setting reads: ``DARKPOSE_<FIELD>`` of :class:`Settings`
-    and ``DARKPOSE_HTC_<FIELD>`` of the ``htc`` detector's defaults."""
-    from darkpose.service.runtime.detector_config import HtcSettings
-
+    and ``<prefix><FIELD>`` of each settings class of ``others`` (the ``htc`` detector's
+    defaults, ``DARKPOSE_HTC_*``: the runtime passes them, this layer does not import it)."""
     names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
-    prefix = str(HtcSettings.model_config.get("env_prefix", ""))
-    return names + [prefix + name.upper() for name in HtcSettings.model_fields]
+    for other in others:
+        prefix = str(other.model_config.get("env_prefix", ""))
+        names += [prefix + name.upper() for name in other.model_fields]
+    return names
 
 
-def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
-    """One message per ``DARKPOSE_*`` variable of ``environ`` that no setting reads (a typo is
-    silently ignored otherwise), naming the closest setting when one is close."""
+def unknown_env_warnings(environ: Mapping[str, str], *others: type[BaseSettings]) -> list[str]:
+    """One message per ``DARKPOSE_*`` variable of ``environ`` that no setting (of
+    :class:`Settings` or ``others``) reads (a typo is silently ignored otherwise), naming the
+    closest setting when one is close."""
     import difflib
 
-    known = setting_env_names()
+    known = setting_env_names(*others)
     ignored = set(known) | ENV_NOT_SETTINGS
     suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}  # the shared prefix
     out = []  # would make every name look close

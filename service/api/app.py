@@ -25,6 +25,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.types import Scope
 
+from darkpose.service import package_version
 from darkpose.service.api.access_control import install_access_control
 from darkpose.service.api.access_control.middleware import ROUTE_LABEL
 from darkpose.service.api.deps import reject_unknown_query
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
 
     app = FastAPI(
         title="DARK pose service",
-        version="0.1.0",
+        version=package_version(),
         description="Top-down human pose estimation (COCO 17 keypoints) with DARK decoding.",
         lifespan=lifespan,
         docs_url=None,  # served offline by darkpose.service.api.routes.docs

@@ -25,8 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkpose.service.api.logsafe import RepeatFilter, escape, throttle
-from darkpose.service.core.errors import DarkPoseError
-from darkpose.service.settings import validation_error_text
+from darkpose.service.core.errors import DarkPoseError, describe_validation_errors
 
 logger = logging.getLogger(__name__)
 #: One line per request (``RequestContextMiddleware(access_log=True)``, setting ``access_log``).
@@ -106,9 +105,8 @@ def _format_loc(loc: Sequence[Any]) -> str:
 
 def format_validation_errors(errors: Sequence[Any]) -> str:
     """One readable line per pydantic error: ``query parameter 'flip': expected true or false
-    (also 1/0, yes/no, on/off), got "perhaps"`` (the words: :func:`validation_error_text`)."""
-    lines = [f"{_format_loc(err.get('loc', ()))}: {validation_error_text(err)}" for err in errors]
-    return "; ".join(lines) or "invalid request"
+    (also 1/0, yes/no, on/off), got "perhaps"``."""
+    return describe_validation_errors(errors, _format_loc) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -106,6 +106,7 @@ class ServiceState:
         self._upload_slots = _Slots(
             "uploads in progress", settings.max_concurrent_uploads, settings.retry_after_s
         )
+        self.metrics.work_in_progress.set_function(lambda: self._work_slots.held)
         self._loader: threading.Thread | None = None
         self._response_info: dict[str, Any] | None = None
         self.memory = MemoryBudget(settings.memory_budget_mb * MB, settings.retry_after_s)

@@ -24,6 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from darkpose.service.core.choices import PROVIDERS
     from darkpose.service.core.codec import DECODERS
 
     parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-persons", type=int, default=None, help="at most this many persons")
     parser.add_argument(
-        "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
+        "--providers", choices=PROVIDERS, default=None, help="onnxruntime providers"
     )
     parser.add_argument(
         "--exif-orientation",

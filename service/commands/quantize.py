@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from darkpose.service.core.choices import BACKENDS
+
     parser.add_argument(
         "--model", default=None, help="float pose model (default: settings.pose_models[0])"
     )
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("mixed", "performance"), default="mixed")
     parser.add_argument(
         "--backend",
-        choices=("onnxruntime", "openvino"),
+        choices=BACKENDS,
         default="openvino",
         help="runtime the parity is measured on (int8 numerics differ between runtimes)",
     )

@@ -35,12 +35,9 @@ EXIT_LOAD_FAILED = 2
 def _default(name: str) -> object:
     """The built-in default of a :class:`~darkpose.service.settings.Settings` field (no
     environment)."""
-    from darkpose.service.settings import Settings
+    from darkpose.service.settings import default_of
 
-    field = Settings.model_fields[name]
-    if field.default_factory is not None:
-        return field.default_factory()  # type: ignore[call-arg]
-    return field.default
+    return default_of(name)
 
 
 #: Settings whose ``None`` default means "the model card's value" (each model's card decides).

@@ -35,8 +35,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from darkpose.service.core.errors import ModelError
-from darkpose.service.core.types import COCO_FLIP_PAIRS, COCO_KEYPOINTS, DecodeMethod, ModelSpec
+from darkpose.service.core.choices import (
+    Backend,
+    BlurKernel,
+    ChannelOrder,
+    DecodeMethod,
+    FilePrecision,
+)
+from darkpose.service.core.errors import ModelError, describe_validation_errors
+from darkpose.service.core.types import COCO_FLIP_PAIRS, COCO_KEYPOINTS, ModelSpec
 
 CARD_SCHEMA_VERSION = 1
 #: Suffix of a card file beside its model: ``model.onnx`` → ``model.card.json``.
@@ -53,8 +60,6 @@ ZOO_DIR = Path(__file__).parent.parent.parent / "zoo"
 ModelKind = Literal["pose", "detector"]
 ResizeMode = Literal["affine", "letterbox", "stretch"]
 OutputLayout = Literal["heatmaps", "keypoints", "yolox", "boxes", "scores"]
-Backend = Literal["onnxruntime", "openvino"]
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 Size = tuple[PositiveInt, PositiveInt]
 Triple = tuple[float, float, float]
@@ -69,7 +74,7 @@ class InputCard(_Strict):
 
     name: str | None = Field(None, description="graph input name (None = the only input)")
     size: Size = Field(description="(W, H) of the network input")
-    channel_order: Literal["RGB", "BGR"] = "RGB"
+    channel_order: ChannelOrder = "RGB"
     pixel_scale: float = Field(1.0 / 255.0, gt=0.0)
     mean: Triple = (0.485, 0.456, 0.406)
     std: Triple = (0.229, 0.224, 0.225)
@@ -110,18 +115,8 @@ class CodecCard(_Strict):
     )
     sigma: float = Field(2.0, gt=0.0, description="Gaussian sigma of the training targets")
     unbiased: bool = Field(True, description="sub-pixel (DARK) training targets")
-    blur_kernel: int = Field(11, ge=1, description="DARK modulation kernel (odd)")
+    blur_kernel: BlurKernel = Field(11, description="DARK modulation kernel (odd)")
     in_graph: bool = Field(False, description="the graph outputs decoded keypoints (N, K, 3)")
-
-    @model_validator(mode="after")
-    def _odd(self) -> CodecCard:
-        from darkpose.service.core.codec import DECODERS
-
-        if self.method not in DECODERS:
-            raise ValueError(f"method: expected one of {', '.join(DECODERS)}, got {self.method!r}")
-        if self.blur_kernel % 2 == 0:
-            raise ValueError(f"blur_kernel: expected an odd size, got {self.blur_kernel}")
-        return self
 
 
 class DetectorCard(_Strict):
@@ -165,7 +160,7 @@ class ModelCard(_Strict):
     file: str | None = Field(None, description="the model file name this card describes")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     backend: Backend = "onnxruntime"
-    precision: Precision = "fp32"
+    precision: FilePrecision = "fp32"
     input: InputCard
     outputs: tuple[OutputCard, ...] = Field(min_length=1)
     pose: PoseCard | None = None
@@ -285,25 +280,6 @@ class ModelCard(_Strict):
         return self.model_dump_json(by_alias=True, indent=2, exclude_none=True) + "\n"
 
 
-def _format_errors(exc: ValidationError) -> str:
-    """pydantic's errors as "field: expected X, got Y" (one per bad field)."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "card"
-        msg = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        shown = "{...}" if isinstance(got, dict) else repr(got)[:80]
-        if "expected" in msg:
-            parts.append(f"{loc}: {msg}")  # our validators already say what they got
-        elif err["type"] == "missing":
-            parts.append(f"{loc}: expected a value, got none")
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: expected no such key (unknown field), got {shown}")
-        else:
-            parts.append(f"{loc}: expected {msg.removeprefix('Input should be ')}, got {shown}")
-    return "; ".join(parts)
-
-
 def parse_card(data: Any, where: str) -> ModelCard:
     """Validate ``data`` (a dict or JSON text) as a :class:`ModelCard`; :class:`ModelError`
     naming ``where`` and each bad field otherwise."""
@@ -312,7 +288,7 @@ def parse_card(data: Any, where: str) -> ModelCard:
             return ModelCard.model_validate_json(data)
         return ModelCard.model_validate(data)
     except ValidationError as exc:
-        raise ModelError(f"model card {where}: {_format_errors(exc)}") from exc
+        raise ModelError(f"model card {where}: {describe_validation_errors(exc.errors())}") from exc
 
 
 def read_card(path: str | Path) -> ModelCard:

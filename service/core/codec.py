@@ -47,8 +47,10 @@ import numpy.typing as npt
 from darkpose.service.core.errors import InputError, InvalidParameter
 
 __all__ = [
+    "BLUR_KERNEL_MIN",
     "DECODERS",
     "Decoder",
+    "check_blur_kernel",
     "check_decode_method",
     "decode_heatmaps",
     "encode_heatmaps",
@@ -105,15 +107,22 @@ _CHUNK_BYTES = 512 * 1024
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_kernel(blur_kernel: Any) -> int:
+#: The smallest DARK blur kernel (sizes are odd: ``BLUR_KERNEL_MIN``, ``BLUR_KERNEL_MIN + 2``, ...).
+BLUR_KERNEL_MIN = 1
+
+
+def check_blur_kernel(blur_kernel: Any, what: str = "blur_kernel") -> int:
+    """``blur_kernel`` as an int when it is an odd integer >= :data:`BLUR_KERNEL_MIN` (the one
+    rule of the blur kernel: settings, cards, options and the API read it), else
+    :class:`InvalidParameter`."""
     if isinstance(blur_kernel, bool) or not isinstance(blur_kernel, int | np.integer):
         raise InvalidParameter(
-            f"blur_kernel: expected an odd integer >= 1, got {type(blur_kernel).__name__} "
-            f"{blur_kernel!r}"
+            f"{what}: expected an odd integer >= {BLUR_KERNEL_MIN}, got "
+            f"{type(blur_kernel).__name__} {blur_kernel!r}"
         )
     k = int(blur_kernel)
-    if k < 1 or k % 2 == 0:
-        raise InvalidParameter(f"blur_kernel: expected an odd integer >= 1, got {k}")
+    if k < BLUR_KERNEL_MIN or k % 2 == 0:
+        raise InvalidParameter(f"{what}: expected an odd integer >= {BLUR_KERNEL_MIN}, got {k}")
     return k
 
 
@@ -208,7 +217,7 @@ def gaussian_blur_heatmaps(heatmaps: Any, kernel: int = 11) -> F32:
     multiplied by ``orig_max / blurred_max`` (computed in float32 as mmpose does; a map whose
     blurred maximum is 0 yields inf/NaN exactly like mmpose).
     """
-    k = _check_kernel(kernel)
+    k = check_blur_kernel(kernel)
     arr = _as_heatmaps(heatmaps, ndim=None)
     if arr.ndim < 2:
         raise InputError(f"heatmaps: expected at least 2 dims (..., H, W), got shape {arr.shape}")
@@ -439,7 +448,7 @@ def decode_heatmaps(heatmaps: Any, method: str = "dark", blur_kernel: int = 11) 
     :class:`InvalidParameter` for an unknown method or a bad kernel.
     """
     decoder = DECODERS[check_decode_method(method, "method")]
-    kernel = _check_kernel(blur_kernel)
+    kernel = check_blur_kernel(blur_kernel)
     return decoder(_as_heatmaps(heatmaps), kernel)
 
 

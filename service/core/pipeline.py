@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from darkpose.service.core.codec import check_decode_method, decode_heatmaps
+from darkpose.service.core.choices import (
+    BoxPadding,
+    OksThreshold,
+    PersonCount,
+    Probability,
+    check,
+)
+from darkpose.service.core.codec import check_blur_kernel, check_decode_method, decode_heatmaps
 from darkpose.service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
 from darkpose.service.core.nms import oks_nms, rescore
@@ -58,12 +65,21 @@ from darkpose.service.core.types import (
 logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
+#: The range of each numeric :class:`PipelineOptions` field (the settings use the same types).
+_OPTION_TYPES: dict[str, Any] = {
+    "det_score_threshold": Probability,
+    "keypoint_score_threshold": Probability,
+    "oks_nms_threshold": OksThreshold,
+    "max_persons": PersonCount,
+    "box_padding": BoxPadding,
+}
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Per-call knobs of :class:`Pipeline` (defaults mirror
-    :class:`darkpose.service.settings.Settings`).
+    """Per-call knobs of :class:`Pipeline`; their defaults are the settings' defaults
+    (:class:`darkpose.service.settings.Settings` reads them from here) and their ranges the
+    types of :mod:`darkpose.service.core.choices`.
 
     ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
     (:meth:`Pipeline.resolve_options`); ``max_persons`` bounds the boxes sent to the pose model
@@ -89,24 +105,10 @@ class PipelineOptions:
         """Raise :class:`InvalidParameter` ("expected X, got Y") on an out-of-range value."""
         if self.decode is not None:
             check_decode_method(self.decode)
-        k = self.blur_kernel
-        if k is not None:
-            if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
-                raise InvalidParameter(f"blur_kernel: expected an int >= 1, got {k!r}")
-            if k % 2 == 0:
-                raise InvalidParameter(f"blur_kernel: expected an odd size, got {k}")
-        for name in ("det_score_threshold", "keypoint_score_threshold"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0):
-                raise InvalidParameter(f"{name}: expected a number in [0, 1], got {v!r}")
-        if not (isinstance(self.oks_nms_threshold, int | float) and self.oks_nms_threshold > 0):
-            raise InvalidParameter(
-                f"oks_nms_threshold: expected a number > 0, got {self.oks_nms_threshold!r}"
-            )
-        if not (isinstance(self.max_persons, int) and self.max_persons >= 1):
-            raise InvalidParameter(f"max_persons: expected an int >= 1, got {self.max_persons!r}")
-        if not (isinstance(self.box_padding, int | float) and self.box_padding > 0):
-            raise InvalidParameter(f"box_padding: expected a number > 0, got {self.box_padding!r}")
+        if self.blur_kernel is not None:
+            check_blur_kernel(self.blur_kernel)
+        for name, kind in _OPTION_TYPES.items():
+            check(kind, getattr(self, name), name)
 
     def replace(self, **changes: Any) -> PipelineOptions:
         """A copy with ``changes`` applied (validated)."""

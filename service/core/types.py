@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from darkpose.service.core.choices import CHANNEL_ORDERS, ChannelOrder, DecodeMethod
+from darkpose.service.core.codec import check_decode_method
 from darkpose.service.core.errors import ModelError
 
 F32 = npt.NDArray[np.float32]
@@ -38,11 +40,6 @@ COCO_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
     (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )  # fmt: skip
-
-#: A heatmap decoder's name: a key of :data:`darkpose.service.core.codec.DECODERS` (the one table of
-#: decoders; ``argmax`` | ``standard`` | ``dark`` are built in).
-DecodeMethod = str
-ChannelOrder = Literal["RGB", "BGR"]
 
 
 @dataclass(frozen=True)
@@ -136,16 +133,12 @@ class ModelSpec:
             return tuple((int(a), int(b)) for a, b in json.loads(raw))
 
         def order(raw: str) -> str:
-            if raw not in get_args(ChannelOrder):
-                raise ValueError("expected RGB or BGR")
+            if raw not in CHANNEL_ORDERS:
+                raise ValueError(f"expected one of {', '.join(CHANNEL_ORDERS)}")
             return raw
 
         def method(raw: str) -> str:
-            from darkpose.service.core.codec import DECODERS
-
-            if raw not in DECODERS:
-                raise ValueError(f"expected one of {', '.join(DECODERS)}")
-            return raw
+            return check_decode_method(raw, "darkpose.codec")
 
         spec = cls(
             name=str(get("name", str, base.name)),

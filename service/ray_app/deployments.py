@@ -45,12 +45,20 @@ from darkpose.service.core.errors import DarkPoseError, InvalidParameter, ModelE
 from darkpose.service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult, PoseStage
 from darkpose.service.core.types import F32, ModelSpec
 from darkpose.service.ray_app import INGRESS_NAME, POSE_NAME
-from darkpose.service.settings import Settings
+from darkpose.service.settings import Settings, default_of
 
 logger = logging.getLogger(__name__)
 
-#: Default pose batching of ``PoseModel`` (crops per model call, seconds a batch may wait).
-DEFAULT_POSE_BATCH: dict[str, Any] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+
+def default_pose_batch() -> dict[str, Any]:
+    """Default pose batching of ``PoseModel`` (crops per model call, seconds a batch may wait):
+    the settings' defaults of ``max_batch`` and ``max_wait_ms``."""
+    return {
+        "max_batch_size": default_of("max_batch"),
+        "batch_wait_timeout_s": default_of("max_wait_ms") / 1000.0,
+    }
+
+
 #: ``max_ongoing_requests`` of ``PoseModel``: calls in flight per replica (worker threads);
 #: must stay above the batch size in calls or it caps every batch.
 POSE_MAX_ONGOING = 64
@@ -91,18 +99,19 @@ def _writeable(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
 def parse_batch_config(config: Mapping[str, Any]) -> tuple[int, float]:
     """``PoseModel``'s ``user_config`` → (max_batch_size crops > 0, batch_wait_timeout_s ≥ 0).
 
-    Missing keys take :data:`DEFAULT_POSE_BATCH`; unknown keys and bad values raise
+    Missing keys take :func:`default_pose_batch`; unknown keys and bad values raise
     :class:`InvalidParameter`.
     """
     if not isinstance(config, Mapping):
         raise InvalidParameter(f"user_config: expected a mapping, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(DEFAULT_POSE_BATCH))
+    defaults = default_pose_batch()
+    unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise InvalidParameter(
-            f"user_config: expected keys among {sorted(DEFAULT_POSE_BATCH)}, got {unknown}"
+            f"user_config: expected keys among {sorted(defaults)}, got {unknown}"
         )
-    size = config.get("max_batch_size", DEFAULT_POSE_BATCH["max_batch_size"])
-    wait = config.get("batch_wait_timeout_s", DEFAULT_POSE_BATCH["batch_wait_timeout_s"])
+    size = config.get("max_batch_size", defaults["max_batch_size"])
+    wait = config.get("batch_wait_timeout_s", defaults["batch_wait_timeout_s"])
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise InvalidParameter(f"max_batch_size: expected an int > 0, got {size!r}")
     if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait < 10:
@@ -395,7 +404,7 @@ class PoseAnswer:
 @serve.deployment(
     name=POSE_NAME,
     max_ongoing_requests=POSE_MAX_ONGOING,
-    user_config=DEFAULT_POSE_BATCH,
+    user_config=default_pose_batch(),
     ray_actor_options={"num_cpus": 1},
 )
 class PoseDeployment:
@@ -426,7 +435,7 @@ class PoseDeployment:
             "batches": 0,
             "max_crops_per_batch": 0,
         }
-        size, wait = parse_batch_config(DEFAULT_POSE_BATCH)
+        size, wait = parse_batch_config({})
         self._batchers = [
             MicroBatcher(
                 m,

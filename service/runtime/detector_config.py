@@ -1,41 +1,34 @@
-"""Detector configuration strings: ``picodet | yolox | chips(picodet) | fused(picodet,yolox)``.
+"""Detector configuration: a typed tree (``picodet | yolox | onnx | htc | chips | fused``).
 
-Grammar (whitespace is ignored)::
+A configuration is a :data:`DetectorConfig`: a pydantic discriminated union on ``kind``, so it
+can be given as JSON (``{"kind": "fused", "detectors": [{"kind": "picodet"}, {"kind": "yolox",
+"variant": 2}]}``) or in the short text form, which parses into the same tree::
 
-    expr    := atom [ "@" variant ]
-    atom    := NAME [ "(" [ arg { "," arg } ] ")" ]
-    arg     := KEY "=" VALUE | expr
-    variant := <float> "x"          run on the image resized by that factor (yolox@2x)
-             | "chips"              SNIPER chips with their defaults (yolox@chips == chips(yolox))
+    expr    := NAME [ "(" [ arg { "," arg } ] ")" ] [ "@" variant ]
+    arg     := KEY "=" VALUE | expr              (whitespace is ignored; lists use "/")
+    variant := <factor> ["x"] run on the image resized by that factor (yolox@2x, yolox@2)
+             | "chips"        SNIPER chips with their defaults (yolox@chips == chips(yolox))
 
-Detectors and their options (``KEY=VALUE``; lists separated by ``/``):
+Kinds and options (the fields of each model below):
 
-* ``picodet`` — the ONNX PicoDet of the settings (``DARKPOSE_PICODET_MODEL``); ``model=<file>``,
-  ``score=<thr>``, ``nms=<iou>``.
-* ``yolox`` — the ONNX YOLOX of the settings (``DARKPOSE_DETECTOR_MODEL``); same options.
-* ``onnx`` — any ONNX detector with a model card (:mod:`darkpose.service.runtime.cards`):
-  ``model=<file>`` (required), ``score=<thr>``, ``nms=<iou>``.
-* ``htc`` — mmdet HTC (extra ``mmdet``); ``config=<file or shipped name>``,
-  ``checkpoint=<.pth>``, ``scale=1333x800`` (or ``800``), ``device=cpu|cuda``, ``score=<thr>``,
-  ``random=1`` (random weights: smoke tests only), ``trusted=1`` (unpickle checkpoint metadata).
-  Defaults come from ``DARKPOSE_HTC_CONFIG``, ``DARKPOSE_HTC_CHECKPOINT``, ``DARKPOSE_HTC_SCALE``,
-  ``DARKPOSE_HTC_DEVICE``.
-* ``chips(<expr>)`` — :class:`~darkpose.service.runtime.chips.MultiScaleChipDetector`;
-``scales=fit/2``,
-  ``chip=512``, ``stride=384``, ``ranges=40:inf/0:120`` (one ``lo:hi`` per scale, sqrt of the
-  box area in image px), ``nms=<iou>`` (default DARKPOSE_DET_NMS_IOU, 0.65), ``margin=2``.
-* ``fused(<expr>, <expr>, ...)`` — :class:`~darkpose.service.runtime.fusion.FusedDetector` (weighted
-  boxes fusion); ``weights=2/1/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
+* ``picodet`` / ``yolox`` — the ONNX PicoDet / YOLOX of the settings (``DARKPOSE_PICODET_MODEL``,
+  ``DARKPOSE_DETECTOR_MODEL``); ``model=<file>``, ``score=<thr>``, ``nms=<iou>``.
+* ``onnx`` — any ONNX detector with a model card: ``model=<file>`` (required), ``score``, ``nms``.
+* ``htc`` — mmdet HTC (extra ``mmdet``): ``config``, ``checkpoint``, ``scale=1333x800`` (or
+  ``800``), ``device=cpu|cuda``, ``score``, ``random=1`` (random weights: smoke tests only),
+  ``trusted=1`` (unpickle checkpoint metadata); defaults from ``DARKPOSE_HTC_*``.
+* ``chips(<expr>)`` — :class:`~darkpose.service.runtime.chips.MultiScaleChipDetector`:
+  ``scales=fit/2``, ``chip=512``, ``stride=384``, ``ranges=40:inf/0:120`` (one ``lo:hi`` per
+  scale, sqrt of the box area in image px), ``nms=<iou>`` (default ``DARKPOSE_DET_NMS_IOU``),
+  ``margin=2``.
+* ``fused(<expr>, ...)`` — :class:`~darkpose.service.runtime.fusion.FusedDetector` (weighted boxes
+  fusion): ``weights=2/1``, ``iou=0.55``, ``skip=0``, ``conf=avg``.
 
-Every detector kind is one entry of :data:`DETECTORS` (name → options, number of
-sub-detectors, builder): adding a kind is a builder function plus one line there.  Leaves cap
-their output at ``DARKPOSE_DET_MAX_DETECTIONS`` (the detector's own cap; a request's person cap is
-``max_persons`` and applies afterwards, in the pipeline).  Every kind honours a per-call
-``detect(image, score_threshold)``.
-
-Syntax errors and unknown names/options raise :class:`InvalidParameter`; configurations that
-parse but cannot be built (missing files, mmdet not installed) raise :class:`ModelError`.
-Leaves that appear several times (``fused(yolox@1x,yolox@chips)``) share one instance.
+Leaves cap their output at ``DARKPOSE_DET_MAX_DETECTIONS``; every kind honours a per-call
+``detect(image, score_threshold)``.  Leaves that appear several times
+(``fused(yolox@1x,yolox@chips)``) share one instance.  Syntax errors, unknown names/options and
+bad values raise :class:`InvalidParameter`; configurations that cannot be built (missing files,
+mmdet not installed) raise :class:`ModelError`.
 """
 
 from __future__ import annotations
@@ -43,25 +36,33 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveFloat,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from darkpose.service.core.errors import InvalidParameter, ModelError
+from darkpose.service.core.choices import IoU, Probability
+from darkpose.service.core.errors import InvalidParameter, ModelError, describe_validation_errors
 from darkpose.service.core.types import Detector
-from darkpose.service.runtime.htc import DEFAULT_HTC_CONFIG
+from darkpose.service.runtime import chips as ch
+from darkpose.service.runtime.detectors import OnnxDetector, PicoDetDetector, YoloxDetector
+from darkpose.service.runtime.fusion import FusedDetector
+from darkpose.service.runtime.htc import DEFAULT_HTC_CONFIG, HtcDetector, parse_test_scale
 from darkpose.service.settings import Settings
 
-if TYPE_CHECKING:
-    from darkpose.service.runtime.detectors import OnnxDetector
-
 logger = logging.getLogger(__name__)
-
-_PUNCT = "(),=@"
-_TOKEN = re.compile(r"[(),=@]|[^\s(),=@]+")
 
 
 class HtcSettings(BaseSettings):
@@ -75,187 +76,347 @@ class HtcSettings(BaseSettings):
     device: str = "cpu"
 
 
-@dataclass(frozen=True)
-class DetectorSpec:
-    """A parsed detector configuration (a tree)."""
+# ------------------------------------------------------------------------------ option values
+def _factor(value: Any) -> Any:
+    """``"2x"`` / ``"2"`` → ``2.0`` (other values unchanged, for pydantic to check)."""
+    return value[:-1] if isinstance(value, str) and value.lower().endswith("x") else value
 
-    name: str
-    children: tuple[DetectorSpec, ...] = ()
-    options: tuple[tuple[str, str], ...] = ()
-    variant: str | None = None
 
-    def option(self, key: str, default: str | None = None) -> str | None:
-        return dict(self.options).get(key, default)
+def _slashed(value: Any) -> Any:
+    """``"a/b/c"`` → ``["a", "b", "c"]`` (the text form of a list option)."""
+    return value.split("/") if isinstance(value, str) else value
+
+
+def _ranges(value: Any) -> Any:
+    """``"40:inf/0:120"`` → ``[["40", "inf"], ["0", "120"]]``."""
+    return [p.split(":") for p in value.split("/")] if isinstance(value, str) else value
+
+
+Factor = Annotated[PositiveFloat, Field(allow_inf_nan=False), BeforeValidator(_factor)]
+Variant = Literal["chips"] | Factor
+Scales = Annotated[tuple[Literal["fit"] | Factor, ...], BeforeValidator(_slashed)]
+Ranges = Annotated[tuple[tuple[float, float], ...], BeforeValidator(_ranges)]
+Weights = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], BeforeValidator(_slashed)]
+
+
+def _text(value: Any) -> str:
+    """An option value in the text form (the inverse of the validators above)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, tuple | list):  # scales, weights: a/b; ranges: lo:hi/lo:hi
+        return "/".join(
+            ":".join(map(_text, v)) if isinstance(v, tuple | list) else _text(v) for v in value
+        )
+    return str(value)
+
+
+# ------------------------------------------------------------------------------ the typed tree
+class _Node(BaseModel):
+    """Fields shared by every kind; subclasses add their options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+    #: (min, max) sub-detectors (``None`` = unbounded) and the field holding them.
+    arity: ClassVar[tuple[int, int | None]] = (0, 0)
+    children_field: ClassVar[str | None] = None
+    help: ClassVar[str] = ""
+
+    kind: str
+    variant: Variant | None = Field(
+        None, description="'chips' (chips around it) or a factor the image is resized by first"
+    )
+
+    @property
+    def children(self) -> tuple[DetectorConfig, ...]:
+        if self.children_field is None:
+            return ()
+        value = getattr(self, self.children_field)
+        return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The ``KEY=VALUE`` options of this kind (its fields but the structural ones)."""
+        skip = {"kind", "variant", cls.children_field}
+        return tuple(n for n in cls.model_fields if n not in skip)
 
     def __str__(self) -> str:
-        args = [str(c) for c in self.children] + [f"{k}={v}" for k, v in self.options]
-        text = self.name + (f"({','.join(args)})" if args else "")
-        return text + (f"@{self.variant}" if self.variant else "")
+        """The text form (parses back into an equal tree)."""
+        options = self.model_dump(exclude_defaults=True, include=set(self.option_names()))
+        args = [str(c) for c in self.children]
+        args += [f"{k}={_text(getattr(self, k))}" for k in self.option_names() if k in options]
+        text = str(self.kind) + (f"({','.join(args)})" if args else "")
+        return text + ("" if self.variant is None else "@" + _variant_text(self.variant))
+
+    def without_variant(self) -> _Node:
+        return self.model_copy(update={"variant": None})
 
 
-@dataclass
-class _Parser:
-    text: str
-    tokens: list[tuple[str, int]] = field(default_factory=list)
-    pos: int = 0
+def _variant_text(variant: Variant) -> str:
+    return "chips" if variant == "chips" else f"{_text(variant)}x"
 
-    def __post_init__(self) -> None:
+
+class _OnnxLeaf(_Node):
+    model: str | None = Field(None, description="ONNX file (relative to model_dir)")
+    score: Probability | None = Field(None, description="score threshold (None = setting)")
+    nms: IoU | None = Field(None, description="NMS IoU (None = card, else setting)")
+
+
+class PicoDetConfig(_OnnxLeaf):
+    kind: Literal["picodet"] = "picodet"
+    help: ClassVar[str] = "PicoDet ONNX (card-driven)"
+
+
+class YoloxConfig(_OnnxLeaf):
+    kind: Literal["yolox"] = "yolox"
+    help: ClassVar[str] = "YOLOX ONNX (raw grid head)"
+
+
+class OnnxConfig(_OnnxLeaf):
+    kind: Literal["onnx"] = "onnx"
+    model: str = Field(description="ONNX file with a model card (required)")  # type: ignore[assignment]
+    help: ClassVar[str] = "any ONNX detector with a card"
+
+
+class HtcConfig(_Node):
+    kind: Literal["htc"] = "htc"
+    help: ClassVar[str] = "mmdet HTC (extra mmdet)"
+
+    config: str | None = Field(None, description="mmdet config file or shipped name")
+    checkpoint: str | None = Field(None, description=".pth checkpoint")
+    scale: str | None = Field(None, description="test scale: 1333x800 or a short side 800")
+    device: str | None = Field(None, description="cpu | cuda")
+    score: Probability | None = None
+    random: bool = Field(False, description="random weights (smoke tests only)")
+    trusted: bool = Field(False, description="unpickle the checkpoint's metadata")
+
+
+class ChipsConfig(_Node):
+    kind: Literal["chips"] = "chips"
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    children_field: ClassVar[str | None] = "detector"
+    help: ClassVar[str] = "SNIPER chips around one detector"
+
+    detector: DetectorConfig
+    scales: Scales = ch.DEFAULT_SCALES
+    chip: int = Field(ch.DEFAULT_CHIP_SIZE, ge=32, le=4096)
+    stride: int = Field(ch.DEFAULT_STRIDE, ge=1, le=4096)
+    ranges: Ranges | None = Field(None, description="lo:hi per scale (None = the defaults)")
+    nms: IoU | None = Field(None, description="None = DARKPOSE_DET_NMS_IOU")
+    margin: float = Field(2.0, ge=0.0, le=64.0)
+
+
+class FusedConfig(_Node):
+    kind: Literal["fused"] = "fused"
+    arity: ClassVar[tuple[int, int | None]] = (1, None)
+    children_field: ClassVar[str | None] = "detectors"
+    help: ClassVar[str] = "weighted boxes fusion of several detectors"
+
+    detectors: list[DetectorConfig] = Field(min_length=1)
+    weights: Weights | None = None
+    iou: IoU = 0.55
+    skip: Probability = 0.0
+    conf: str = Field("avg", description="WBF score rule (fusion.CONF_TYPES)")
+
+
+def _kind_of(value: Any) -> str | None:
+    return value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+
+
+#: A detector configuration: one of the kinds, told apart by ``kind``.
+DetectorConfig = Annotated[
+    Annotated[PicoDetConfig, Tag("picodet")]
+    | Annotated[YoloxConfig, Tag("yolox")]
+    | Annotated[OnnxConfig, Tag("onnx")]
+    | Annotated[HtcConfig, Tag("htc")]
+    | Annotated[ChipsConfig, Tag("chips")]
+    | Annotated[FusedConfig, Tag("fused")],
+    Discriminator(
+        _kind_of,
+        custom_error_type="detector_kind",
+        custom_error_message="expected a 'kind' among picodet, yolox, onnx, htc, chips, fused",
+    ),
+]
+ChipsConfig.model_rebuild()
+FusedConfig.model_rebuild()
+
+_ADAPTER: TypeAdapter[DetectorConfig] = TypeAdapter(DetectorConfig)
+#: Every kind by name (the parser and the docs read it).
+DETECTORS: dict[str, type[_Node]] = {
+    cls.model_fields["kind"].default: cls
+    for cls in (PicoDetConfig, YoloxConfig, OnnxConfig, HtcConfig, ChipsConfig, FusedConfig)
+}
+#: Detector names (the keys of :data:`DETECTORS`).
+NAMES: tuple[str, ...] = tuple(DETECTORS)
+
+
+# ------------------------------------------------------------------------------ the text form
+_TOKEN = re.compile(r"[(),=@]|[^\s(),=@]+")
+
+
+class _Syntax:
+    """The text form → the plain dict that :data:`DetectorConfig` validates."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
         # every non-space character starts a token, so the matches skip exactly the whitespace
-        self.tokens = [(m.group(), m.start()) for m in _TOKEN.finditer(self.text)]
+        self.tokens = [(m.group(), m.start()) for m in _TOKEN.finditer(text)]
+        self.pos = 0
+
+    def fail(
+        self, expected: str, at: int | None = None, got: str | None = None
+    ) -> InvalidParameter:
+        at = self.at() if at is None else at
+        shown = got if got is not None else repr(self.text[at:].strip()[:30] or "end of text")
+        return InvalidParameter(
+            f"detector config {self.text!r}: expected {expected} at position {at}, got {shown}"
+        )
 
     def at(self) -> int:
-        """Text position of the next token (the end of the text when there is none)."""
         return self.tokens[self.pos][1] if self.pos < len(self.tokens) else len(self.text)
-
-    def error(self, expected: str, at: int | None = None) -> InvalidParameter:
-        if at is None:
-            at = self.at()
-        got = self.text[at:].strip()[:30] or "end of text"
-        return InvalidParameter(
-            f"detector config {self.text!r}: expected {expected} at position {at}, got {got!r}"
-        )
 
     def peek(self, k: int = 0) -> str | None:
         i = self.pos + k
         return self.tokens[i][0] if i < len(self.tokens) else None
 
-    def take(self) -> str:
+    def word(self, what: str) -> str:
         tok = self.peek()
-        if tok is None:
-            raise self.error("more text")
+        if tok is None or tok in "(),=@":
+            raise self.fail(what)
         self.pos += 1
         return tok
 
     def expect(self, tok: str) -> None:
         if self.peek() != tok:
-            raise self.error(repr(tok))
+            raise self.fail(repr(tok))
         self.pos += 1
 
-    def word(self, what: str) -> str:
-        tok = self.peek()
-        if tok is None or tok in _PUNCT:
-            raise self.error(what)
-        self.pos += 1
-        return tok
-
-    def parse(self) -> DetectorSpec:
+    def parse(self) -> dict[str, Any]:
         if not self.tokens:
             raise InvalidParameter(
                 f"detector config: expected e.g. 'yolox' or 'fused(yolox,yolox@chips)', "
                 f"got {self.text!r}"
             )
-        spec = self.expr()
+        tree = self.expr()
         if self.peek() is not None:
-            raise self.error("end of the config")
-        return spec
+            raise self.fail("end of the config")
+        return tree
 
-    def expr(self) -> DetectorSpec:
+    def expr(self) -> dict[str, Any]:
         start = self.at()
         name = self.word("a detector name").lower()
-        if name not in DETECTORS:
-            raise InvalidParameter(
-                f"detector config {self.text!r}: expected a detector name (one of "
-                f"{', '.join(DETECTORS)}) at position {start}, got {name!r}"
-            )
-        kind = DETECTORS[name]
-        children: list[DetectorSpec] = []
-        options: list[tuple[str, str]] = []
+        kind = DETECTORS.get(name)
+        if kind is None:
+            raise self.fail(f"a detector name (one of {', '.join(DETECTORS)})", start, repr(name))
+        tree: dict[str, Any] = {"kind": name}
+        children: list[dict[str, Any]] = []
         if self.peek() == "(":
-            self.take()
+            self.pos += 1
             while self.peek() != ")":
                 if self.peek(1) == "=":
                     key_at = self.at()
                     key = self.word("an option name").lower()
                     self.expect("=")
                     value = self.word(f"a value for {key}")
-                    if key not in kind.options:
-                        raise InvalidParameter(
-                            f"detector config {self.text!r}: expected an option of {name} "
-                            f"({', '.join(kind.options)}) at position {key_at}, got {key!r}"
-                        )
-                    if any(k == key for k, _ in options):
-                        raise self.error(f"{key} given once", key_at)
-                    options.append((key, value))
+                    if key not in kind.option_names():
+                        options = ", ".join(kind.option_names())
+                        raise self.fail(f"an option of {name} ({options})", key_at, repr(key))
+                    if key in tree:
+                        raise self.fail(f"{key} given once", key_at)
+                    tree[key] = value
                 else:
                     children.append(self.expr())
                 if self.peek() == ",":
-                    self.take()
+                    self.pos += 1
                 elif self.peek() != ")":
-                    raise self.error("',' or ')'")
+                    raise self.fail("',' or ')'")
             self.expect(")")
-        variant = None
         if self.peek() == "@":
-            self.take()
-            variant = self.word("a variant (chips or <factor>x)").lower()
-            if variant != "chips" and _parse_factor(variant) is None:
+            self.pos += 1
+            tree["variant"] = self.word("a variant (chips or <factor>[x])").lower()
+            if tree["variant"] != "chips" and not _is_factor(tree["variant"]):
                 raise InvalidParameter(
-                    f"detector config {self.text!r}: expected a variant 'chips' or "
-                    f"'<factor>x' (e.g. 2x) after '@', got {variant!r}"
+                    f"detector config {self.text!r}: expected a variant 'chips' or a "
+                    f"factor > 0 ('2' or '2x') after '@', got {tree['variant']!r}"
                 )
-        spec = DetectorSpec(name, tuple(children), tuple(options), variant)
-        lo, hi = kind.children
+        self.place_children(kind, name, tree, children)
+        return tree
+
+    def place_children(
+        self, kind: type[_Node], name: str, tree: dict[str, Any], children: list[Any]
+    ) -> None:
+        lo, hi = kind.arity
         if not (lo <= len(children) and (hi is None or len(children) <= hi)):
+            count = {1: "one", 2: "two"}.get(lo, str(lo))
             want = (
                 "no sub-detectors"
                 if hi == 0
-                else f"exactly {_count(lo)} detector"
+                else f"exactly {count} detector"
                 if lo == hi
-                else f"at least {_count(lo)} detector"
+                else f"at least {count} detector"
             )
             raise InvalidParameter(
                 f"detector config {self.text!r}: expected {want} in {name}(...), "
                 f"got {len(children)}"
             )
-        for key in kind.required:
-            if spec.option(key) is None:
+        if kind.children_field is not None:
+            tree[kind.children_field] = children[0] if hi == 1 else children
+        for key in kind.option_names():
+            if kind.model_fields[key].is_required() and key not in tree:
                 raise InvalidParameter(
                     f"detector config {self.text!r}: expected option {key}=... in {name}(...), "
                     "got none"
                 )
-        return spec
 
 
-def _count(n: int) -> str:
-    return {1: "one", 2: "two"}.get(n, str(n))
-
-
-def _parse_factor(variant: str) -> float | None:
-    if not variant.endswith("x"):
-        return None
+def _is_factor(text: str) -> bool:
     try:
-        f = float(variant[:-1])
+        f = float(text.removesuffix("x"))
     except ValueError:
-        return None
-    return f if math.isfinite(f) and f > 0 else None
+        return False
+    return math.isfinite(f) and f > 0
 
 
-def parse_detector_config(text: str) -> DetectorSpec:
-    """Parse a detector configuration string (grammar in the module docstring)."""
-    if not isinstance(text, str):
-        raise InvalidParameter(f"detector config: expected a string, got {type(text).__name__}")
-    return _Parser(text).parse()
+def _where(loc: Any) -> str:
+    """A validation error's place, without pydantic's names of union members."""
+    return ".".join(str(p) for p in loc if not re.search(r"[\[(]", str(p))) or "config"
+
+
+def parse_detector_config(config: str | Mapping[str, Any] | _Node) -> DetectorConfig:
+    """The typed tree of ``config``: the text form (grammar in the module docstring), JSON text
+    (``{"kind": ...}``) or an already parsed / plain-dict tree."""
+    if isinstance(config, _Node):
+        return config  # type: ignore[return-value]
+    shown = config if isinstance(config, str) else "(json)"
+    try:
+        if isinstance(config, str) and config.lstrip().startswith("{"):
+            return _ADAPTER.validate_json(config)
+        if isinstance(config, str):
+            return _ADAPTER.validate_python(_Syntax(config).parse())
+        if isinstance(config, Mapping):
+            return _ADAPTER.validate_python(config)
+    except ValidationError as exc:
+        errors = describe_validation_errors(exc.errors(), _where)
+        raise InvalidParameter(f"detector config {shown!r}: {errors}") from None
+    raise InvalidParameter(
+        f"detector config: expected a string or a mapping, got {type(config).__name__}"
+    )
 
 
 def split_configs(text: str) -> list[str]:
     """Split a comma-separated list of configs at nesting depth 0:
     ``"yolox,fused(yolox,htc)"`` → ``["yolox", "fused(yolox,htc)"]``."""
-    out: list[str] = []
-    depth = 0
-    cur = ""
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise InvalidParameter(
-                    f"detector list: expected balanced parentheses, got {text!r}"
-                )
-        if ch == "," and depth == 0:
+    out, depth, cur = [], 0, ""
+    for ch_ in text:
+        depth += {"(": 1, ")": -1}.get(ch_, 0)
+        if depth < 0:
+            break
+        if ch_ == "," and depth == 0:
             out.append(cur.strip())
             cur = ""
         else:
-            cur += ch
+            cur += ch_
     if depth != 0:
         raise InvalidParameter(f"detector list: expected balanced parentheses, got {text!r}")
     out.append(cur.strip())
@@ -264,125 +425,45 @@ def split_configs(text: str) -> list[str]:
     return out
 
 
-# ------------------------------------------------------------------------------- option values
-def _num(spec: DetectorSpec, key: str, default: float, lo: float, hi: float) -> float:
-    raw = spec.option(key)
-    if raw is None:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        v = math.nan
-    if not (lo <= v <= hi):
-        raise InvalidParameter(f"{spec.name} option {key}: expected a number in [{lo}, {hi}], "
-                               f"got {raw!r}")  # fmt: skip
-    return v
-
-
-def _int(spec: DetectorSpec, key: str, default: int, lo: int, hi: int) -> int:
-    raw = spec.option(key)
-    if raw is None:
-        return default
-    if not re.fullmatch(r"\d+", raw) or not lo <= int(raw) <= hi:
-        raise InvalidParameter(
-            f"{spec.name} option {key}: expected an integer in [{lo}, {hi}], got {raw!r}"
-        )
-    return int(raw)
-
-
-def _flag(spec: DetectorSpec, key: str) -> bool:
-    raw = (spec.option(key) or "0").lower()
-    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise InvalidParameter(f"{spec.name} option {key}: expected 0 or 1, got {raw!r}")
-    return raw in ("1", "true", "yes", "on")
-
-
-def _scales(spec: DetectorSpec) -> tuple[float | Literal["fit"], ...] | None:
-    raw = spec.option("scales")
-    if raw is None:
-        return None
-    out: list[float | Literal["fit"]] = []
-    for part in raw.split("/"):
-        part = part.strip().lower()
-        if part == "fit":
-            out.append("fit")
-            continue
-        f = _parse_factor(part if part.endswith("x") else part + "x")
-        if f is None:
-            raise InvalidParameter(
-                f"chips option scales: expected factors or 'fit' separated by '/', got {raw!r}"
-            )
-        out.append(f)
-    return tuple(out)
-
-
-def _ranges(spec: DetectorSpec) -> tuple[tuple[float, float], ...] | None:
-    raw = spec.option("ranges")
-    if raw is None:
-        return None
-    out = []
-    for part in raw.split("/"):
-        try:
-            lo, hi = (float(v) for v in part.split(":"))
-        except ValueError as exc:
-            raise InvalidParameter(
-                f"chips option ranges: expected lo:hi pairs separated by '/', got {raw!r}"
-            ) from exc
-        out.append((lo, hi))
-    return tuple(out)
-
-
-def _weights(spec: DetectorSpec) -> list[float] | None:
-    raw = spec.option("weights")
-    if raw is None:
-        return None
-    try:
-        return [float(v) for v in raw.split("/")]
-    except ValueError as exc:
-        raise InvalidParameter(
-            f"fused option weights: expected numbers separated by '/', got {raw!r}"
-        ) from exc
-
-
 # ------------------------------------------------------------------------------------ building
 class _Builder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache: dict[str, Detector] = {}
 
-    def build(self, spec: DetectorSpec) -> Detector:
+    def build(self, spec: DetectorConfig) -> Detector:
         key = str(spec)
         if key not in self.cache:
             self.cache[key] = self._build(spec)
         return self.cache[key]
 
-    def _build(self, spec: DetectorSpec) -> Detector:
+    def _build(self, spec: DetectorConfig) -> Detector:
         if spec.variant is not None:
-            inner = self.build(DetectorSpec(spec.name, spec.children, spec.options))
+            inner = self.build(spec.without_variant())  # type: ignore[arg-type]
             if spec.variant == "chips":
-                return self.chips(inner, DetectorSpec("chips", (), ()))
-            factor = _parse_factor(spec.variant)
-            if factor is None:
-                raise InvalidParameter(
-                    f"detector variant: expected <factor>x, got {spec.variant!r}"
+                return self.chips(
+                    inner, ChipsConfig.model_validate({"detector": spec.without_variant()})
                 )
-            if factor == 1.0:
-                return inner
-            from darkpose.service.runtime.chips import ScaledDetector
+            return inner if spec.variant == 1.0 else ch.ScaledDetector(inner, spec.variant)
+        if isinstance(spec, YoloxConfig):
+            return self.onnx_leaf(spec, YoloxDetector, self.settings.detector_model)
+        if isinstance(spec, PicoDetConfig):
+            return self.onnx_leaf(spec, PicoDetDetector, self.settings.picodet_model)
+        if isinstance(spec, OnnxConfig):
+            return self.onnx_leaf(spec, OnnxDetector, spec.model)
+        if isinstance(spec, HtcConfig):
+            return self.htc(spec)
+        if isinstance(spec, ChipsConfig):
+            return self.chips(self.build(spec.detector), spec)
+        return self.fused(spec)
 
-            return ScaledDetector(inner, factor)
-        return DETECTORS[spec.name].build(self, spec)
-
-    def onnx_leaf(
-        self, spec: DetectorSpec, cls: type[OnnxDetector], default_model: str
-    ) -> Detector:
+    def onnx_leaf(self, spec: _OnnxLeaf, cls: type[OnnxDetector], default_model: str) -> Detector:
         s = self.settings
-        path = existing_model_file(f"{spec.name} model", spec.option("model") or default_model, s)
-        nms = spec.option("nms")
+        path = existing_model_file(f"{spec.kind} model", spec.model or default_model, s)
         return cls(
             path,
-            score_threshold=_num(spec, "score", s.det_score_threshold, 0.0, 1.0),
-            nms_iou=None if nms is None else _num(spec, "nms", s.det_nms_iou, 1e-6, 1.0),
+            score_threshold=s.det_score_threshold if spec.score is None else spec.score,
+            nms_iou=spec.nms,
             max_detections=s.det_max_detections,
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
@@ -392,62 +473,41 @@ class _Builder:
             default_nms_iou=s.det_nms_iou,
         )
 
-    def yolox(self, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime.detectors import YoloxDetector
-
-        return self.onnx_leaf(spec, YoloxDetector, self.settings.detector_model)
-
-    def picodet(self, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime.detectors import PicoDetDetector
-
-        return self.onnx_leaf(spec, PicoDetDetector, self.settings.picodet_model)
-
-    def onnx(self, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime.detectors import OnnxDetector
-
-        return self.onnx_leaf(spec, OnnxDetector, spec.option("model") or "")
-
-    def htc(self, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime.htc import HtcDetector, parse_test_scale
-
+    def htc(self, spec: HtcConfig) -> Detector:
         d = HtcSettings()
-        scale = spec.option("scale", d.scale)
-        checkpoint = spec.option("checkpoint", d.checkpoint)
+        scale = spec.scale or d.scale
+        checkpoint = spec.checkpoint or d.checkpoint
         return HtcDetector(
-            spec.option("config", d.config) or d.config,
+            spec.config or d.config,
             None if checkpoint is None else self.settings.resolve_model(checkpoint),
-            random_weights=_flag(spec, "random"),
-            trusted_checkpoint=_flag(spec, "trusted"),
-            score_threshold=_num(spec, "score", self.settings.det_score_threshold, 0.0, 1.0),
+            random_weights=spec.random,
+            trusted_checkpoint=spec.trusted,
+            score_threshold=self.settings.det_score_threshold if spec.score is None else spec.score,
             max_detections=self.settings.det_max_detections,
-            device=spec.option("device", d.device) or "cpu",
+            device=spec.device or d.device,
             test_scale=None if scale is None else parse_test_scale(scale),
             num_threads=self.settings.intra_op_threads,
         )
 
-    def chips(self, inner: Detector, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime import chips as ch
-
+    def chips(self, inner: Detector, spec: ChipsConfig) -> Detector:
         return ch.MultiScaleChipDetector(
             inner,
-            scales=_scales(spec) or ch.DEFAULT_SCALES,
-            valid_ranges=_ranges(spec),
-            chip_size=_int(spec, "chip", ch.DEFAULT_CHIP_SIZE, 32, 4096),
-            stride=_int(spec, "stride", ch.DEFAULT_STRIDE, 1, 4096),
-            nms_iou=_num(spec, "nms", self.settings.det_nms_iou, 1e-6, 1.0),
-            border_margin=_num(spec, "margin", 2.0, 0.0, 64.0),
+            scales=spec.scales,
+            valid_ranges=spec.ranges,
+            chip_size=spec.chip,
+            stride=spec.stride,
+            nms_iou=self.settings.det_nms_iou if spec.nms is None else spec.nms,
+            border_margin=spec.margin,
             max_detections=self.settings.det_max_detections,
         )
 
-    def fused(self, spec: DetectorSpec) -> Detector:
-        from darkpose.service.runtime.fusion import FusedDetector
-
+    def fused(self, spec: FusedConfig) -> Detector:
         return FusedDetector(
-            [self.build(c) for c in spec.children],
-            weights=_weights(spec),
-            iou_thr=_num(spec, "iou", 0.55, 1e-6, 1.0),
-            skip_box_thr=_num(spec, "skip", 0.0, 0.0, 1.0),
-            conf_type=spec.option("conf", "avg") or "avg",
+            [self.build(c) for c in spec.detectors],
+            weights=spec.weights,
+            iou_thr=spec.iou,
+            skip_box_thr=spec.skip,
+            conf_type=spec.conf,
             max_detections=self.settings.det_max_detections,
         )
 
@@ -463,85 +523,39 @@ def existing_model_file(what: str, name: str, settings: Settings) -> Path:
     return path
 
 
+#: ONNX leaf kinds → (the setting naming their default file, ``None``: ``model=`` only;
+#: whether the file needs a model card: YOLOX has a built-in one).
+_ONNX_LEAVES: dict[type[_OnnxLeaf], tuple[str | None, bool]] = {
+    YoloxConfig: ("detector_model", False),
+    PicoDetConfig: ("picodet_model", True),
+    OnnxConfig: (None, True),
+}
+
+
 def detector_model_files(
-    config: str | DetectorSpec, settings: Settings
+    config: str | Mapping[str, Any] | DetectorConfig, settings: Settings
 ) -> list[tuple[str, Path, bool]]:
     """The ONNX files the detector ``config`` loads, without loading them: (what, path,
     whether the detector needs a model card for it).  ``ModelError`` for a missing file."""
-    spec = parse_detector_config(config) if isinstance(config, str) else config
+    spec = parse_detector_config(config)
     out: list[tuple[str, Path, bool]] = []
-    if spec.name in _ONNX_LEAVES:
-        default_field, needs_card = _ONNX_LEAVES[spec.name]
+    if isinstance(spec, _OnnxLeaf):
+        default_field, needs_card = _ONNX_LEAVES[type(spec)]
         default = "" if default_field is None else str(getattr(settings, default_field))
-        name = spec.option("model") or default
-        out.append(
-            (
-                f"{spec.name} model",
-                existing_model_file(f"{spec.name} model", name, settings),
-                needs_card,
-            )
-        )
+        what = f"{spec.kind} model"
+        out.append((what, existing_model_file(what, spec.model or default, settings), needs_card))
     for child in spec.children:
         out.extend(detector_model_files(child, settings))
     return out
 
 
-def build_detector_from_config(config: str | DetectorSpec, settings: Settings) -> Detector:
-    """The :class:`~darkpose.service.core.types.Detector` described by ``config`` (a string in the
-    grammar of this module, or a parsed :class:`DetectorSpec`), built with ``settings``
-    (model paths, providers, thresholds, ``det_max_detections``)."""
-    spec = parse_detector_config(config) if isinstance(config, str) else config
+def build_detector_from_config(
+    config: str | Mapping[str, Any] | DetectorConfig, settings: Settings
+) -> Detector:
+    """The :class:`~darkpose.service.core.types.Detector` described by ``config`` (the text
+    form, JSON, or a :data:`DetectorConfig` tree), built with ``settings`` (model paths,
+    providers, thresholds, ``det_max_detections``)."""
+    spec = parse_detector_config(config)
     detector = _Builder(settings).build(spec)
     logger.info("detector: %s → %r", spec, detector)
     return detector
-
-
-@dataclass(frozen=True)
-class DetectorKind:
-    """One detector kind of the config grammar: its ``KEY=VALUE`` options (``required`` ones
-    must be given), how many sub-detectors it takes (min, max; ``None`` = unbounded) and its
-    builder ``(builder, spec) -> Detector``."""
-
-    options: tuple[str, ...]
-    build: Callable[[_Builder, DetectorSpec], Detector]
-    children: tuple[int, int | None] = (0, 0)
-    required: tuple[str, ...] = ()
-    help: str = ""
-
-
-_ONNX_OPTIONS = ("model", "score", "nms")
-#: ONNX detector kinds → (the setting naming their default file, ``None``: ``model=`` only;
-#: whether the file needs a model card: YOLOX has a built-in one).
-_ONNX_LEAVES: dict[str, tuple[str | None, bool]] = {
-    "yolox": ("detector_model", False),
-    "picodet": ("picodet_model", True),
-    "onnx": (None, True),
-}
-
-#: The detector table: name → options, sub-detectors, builder (parser and builder read it).
-DETECTORS: dict[str, DetectorKind] = {
-    "picodet": DetectorKind(_ONNX_OPTIONS, _Builder.picodet, help="PicoDet ONNX (card-driven)"),
-    "yolox": DetectorKind(_ONNX_OPTIONS, _Builder.yolox, help="YOLOX ONNX (raw grid head)"),
-    "onnx": DetectorKind(
-        _ONNX_OPTIONS, _Builder.onnx, required=("model",), help="any ONNX detector with a card"
-    ),
-    "htc": DetectorKind(
-        ("config", "checkpoint", "scale", "device", "score", "random", "trusted"),
-        _Builder.htc,
-        help="mmdet HTC (extra mmdet)",
-    ),
-    "chips": DetectorKind(
-        ("scales", "chip", "stride", "ranges", "nms", "margin"),
-        lambda b, s: b.chips(b.build(s.children[0]), s),
-        children=(1, 1),
-        help="SNIPER chips around one detector",
-    ),
-    "fused": DetectorKind(
-        ("weights", "iou", "skip", "conf"),
-        _Builder.fused,
-        children=(1, None),
-        help="weighted boxes fusion of several detectors",
-    ),
-}
-#: Detector names (the keys of :data:`DETECTORS`).
-NAMES: tuple[str, ...] = tuple(DETECTORS)

@@ -322,7 +322,7 @@ class _Layout:
 class _YoloxDecode:
     """The ``yolox`` layout's decode for one detector: its anchor grid (A, 2) (x, y cell
     indices) and per-anchor stride (A, 1), built once from the input size and the card's
-    ``detector.strides`` (:class:`YoloxDetector` exposes them as ``grid`` / ``strides``)."""
+    ``detector.strides``."""
 
     def __init__(self, det: OnnxDetector) -> None:
         self.name = det.path.name
@@ -445,25 +445,6 @@ class YoloxDetector(OnnxDetector):
             precision=precision,
             default_nms_iou=default_nms_iou,
         )
-        decode = self._decode
-        if not isinstance(decode, _YoloxDecode):  # the card's layout was checked above
-            raise ModelError(
-                f"YOLOX {Path(path).name}: expected the 'yolox' decode, got {type(decode).__name__}"
-            )
-        # the decode's own anchor grid (A, 2) and strides (A, 1), not a second copy
-        self.grid, self.strides = decode.grid, decode.stride
-
-    def infer_raw(self, image: npt.NDArray[np.uint8]) -> tuple[F32, float]:
-        """Letterbox + session run: raw output (A, 5 + C) float32 and the resize ratio."""
-        blob, scale = self.preprocess(image)
-        return self.run(blob)[0], scale[0]
-
-    def decode(
-        self, raw: F32, ratio: float, image_size: tuple[int, int], score_threshold: float
-    ) -> Detections:
-        """Grid-decode raw output (A, 5 + C) → person :class:`Detections` in an image of
-        ``image_size`` (W, H): score threshold, NMS, clip, ``max_detections``."""
-        return self.postprocess([raw], (ratio, ratio), image_size, score_threshold)
 
 
 def _yolox_card_for(path: str | Path) -> ModelCard:

@@ -9,29 +9,30 @@ from darkpose.service.core.cards import ModelKind
 from darkpose.service.core.errors import ModelError
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import Detector, PoseModel
+from darkpose.service.runtime.cards import load_card, resolve_card
+from darkpose.service.runtime.detector_config import (
+    build_detector_from_config,
+    detector_model_files,
+    existing_model_file,
+)
+from darkpose.service.runtime.pose import OnnxPoseModel
 from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def build_detector(settings: Settings) -> Detector:
-    """The person detector described by ``settings.detector``, a detector config string
-    (``yolox``, ``htc``, ``chips(...)``, ``fused(...)``:
+    """The person detector described by ``settings.detector``: a detector config (text form
+    ``yolox``, ``chips(...)``, ``fused(...)``, or JSON;
     :mod:`darkpose.service.runtime.detector_config`)."""
-    from darkpose.service.runtime.detector_config import build_detector_from_config
-
     return build_detector_from_config(settings.detector, settings)
 
 
 def build_pose_models(settings: Settings) -> list[PoseModel]:
     """One :class:`OnnxPoseModel` per entry of ``settings.pose_models`` (several = ensemble;
     their weights: ``settings.pose_model_weights``)."""
-    from darkpose.service.runtime.pose import OnnxPoseModel
-
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
-    from darkpose.service.runtime.detector_config import existing_model_file
-
     paths = [existing_model_file("pose model", n, settings) for n in settings.pose_model_files]
     return [
         OnnxPoseModel(
@@ -51,12 +52,6 @@ def check_model_files(settings: Settings) -> list[Path]:
     pose and detector ONNX file the settings name exists and its model card resolves (a card of
     the wrong kind or a broken card, or none where the detector needs one, is a
     :class:`ModelError`).  Returns the files checked."""
-    from darkpose.service.runtime.cards import load_card, resolve_card
-    from darkpose.service.runtime.detector_config import (
-        detector_model_files,
-        existing_model_file,
-    )
-
     if not settings.pose_models:
         raise ModelError("pose_models: expected at least one model file, got an empty list")
     checked = [

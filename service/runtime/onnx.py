@@ -21,23 +21,16 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import onnx
 import onnxruntime as ort
 
+from darkpose.service.core.choices import BACKENDS, FLOAT_PRECISIONS
 from darkpose.service.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-ProviderSetting = Literal["auto", "cpu", "cuda"]
-#: Runtime behind a model session (``openvino``: optional extra,
-#: :mod:`darkpose.service.runtime.openvino`).
-BackendSetting = Literal["onnxruntime", "openvino"]
-#: Float compute precision (int8 is a property of the model file: ``darkpose quantize``).
-PrecisionSetting = Literal["fp32", "bf16"]
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -193,8 +186,10 @@ def create_session(
         )
     if backend not in BACKENDS:
         raise ModelError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ModelError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in FLOAT_PRECISIONS:
+        raise ModelError(
+            f"precision: expected one of {', '.join(FLOAT_PRECISIONS)}, got {precision!r}"
+        )
     model = path if isinstance(path, bytes) else read_model_bytes(path)
     if name is None:
         name = "<bytes>" if isinstance(path, bytes) else str(path)

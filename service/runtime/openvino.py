@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -36,22 +36,11 @@ from darkpose.service.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-InferencePrecision = Literal["fp32", "bf16"]
-
 #: ``get_providers()`` of an OpenVINO session (stands where onnxruntime names its provider).
 OPENVINO_CPU = "OpenVINO:CPU"
 
 #: Setting value → ``INFERENCE_PRECISION_HINT``.
 _HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
-
-
-def openvino_available() -> bool:
-    """True when the optional ``openvino`` package imports."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @cache

@@ -389,14 +389,19 @@ def test_bad_boxes(pipeline: Pipeline, crowd: np.ndarray, kwargs: Any, match: st
     ("kwargs", "match"),
     [
         ({"decode": "soft"}, "decode: expected one of argmax, standard, dark, got 'soft'"),
-        ({"blur_kernel": 4}, "blur_kernel: expected an odd size"),
-        ({"blur_kernel": 0}, "blur_kernel: expected an int >= 1"),
-        ({"blur_kernel": True}, "blur_kernel: expected an int >= 1, got True"),
-        ({"det_score_threshold": 1.5}, r"det_score_threshold: expected a number in \[0, 1\]"),
+        ({"blur_kernel": 4}, "blur_kernel: expected an odd integer >= 1, got 4"),
+        ({"blur_kernel": 0}, "blur_kernel: expected an odd integer >= 1, got 0"),
+        ({"blur_kernel": True}, "blur_kernel: expected an odd integer >= 1, got bool True"),
+        (
+            {"det_score_threshold": 1.5},
+            "det_score_threshold: expected a number at most 1.0, got 1.5",
+        ),
+        ({"det_score_threshold": "0.5"}, 'det_score_threshold: expected a number, got "0.5"'),
         ({"keypoint_score_threshold": -0.1}, "keypoint_score_threshold: expected"),
-        ({"max_persons": 0}, "max_persons: expected an int >= 1"),
-        ({"oks_nms_threshold": 0}, "oks_nms_threshold: expected a number > 0"),
-        ({"box_padding": -1.0}, "box_padding: expected a number > 0"),
+        ({"max_persons": 0}, "max_persons: expected a number at least 1, got 0"),
+        ({"max_persons": 2.0}, "max_persons: expected an integer, got 2.0"),
+        ({"oks_nms_threshold": 0}, "oks_nms_threshold: expected a number greater than 0.0, got 0"),
+        ({"box_padding": -1.0}, "box_padding: expected a number greater than 0.0, got -1.0"),
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], match: str) -> None:

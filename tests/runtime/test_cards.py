@@ -91,8 +91,8 @@ def _bad(change: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        (_bad({"codec.blur_kernel": 4}), "codec: blur_kernel: expected an odd size, got 4"),
-        (_bad({"colour": "red"}), "colour: expected no such key (unknown field), got 'red'"),
+        (_bad({"codec.blur_kernel": 4}), "codec.blur_kernel: expected an odd integer >= 1, got 4"),
+        (_bad({"colour": "red"}), 'colour: expected no such key (unknown field), got "red"'),
         (_bad({"schema": 2}), "schema"),
         (_bad({"kind": "segmenter"}), "kind"),
         (_bad({}, drop=("codec",)), "expected 'pose' and 'codec' sections"),

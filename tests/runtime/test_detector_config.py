@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +14,12 @@ from darkpose.service.core.errors import InvalidParameter, ModelError
 from darkpose.service.core.types import Detector
 from darkpose.service.runtime.chips import MultiScaleChipDetector, ScaledDetector
 from darkpose.service.runtime.detector_config import (
-    DetectorSpec,
+    ChipsConfig,
+    DetectorConfig,
+    FusedConfig,
+    HtcConfig,
+    OnnxConfig,
+    YoloxConfig,
     build_detector_from_config,
     parse_detector_config,
     split_configs,
@@ -27,66 +34,69 @@ from tests.conftest import IMAGES, MODELS
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("yolox", DetectorSpec("yolox")),
-        (" YOLOX ", DetectorSpec("yolox")),
-        ("htc", DetectorSpec("htc")),
-        ("chips(yolox)", DetectorSpec("chips", (DetectorSpec("yolox"),))),
-        ("yolox@chips", DetectorSpec("yolox", variant="chips")),
-        ("yolox@2x", DetectorSpec("yolox", variant="2x")),
+        ("yolox", YoloxConfig()),
+        (" YOLOX ", YoloxConfig()),
+        ("htc", HtcConfig()),
+        ("chips(yolox)", ChipsConfig(detector=YoloxConfig())),
+        ("yolox@chips", YoloxConfig(variant="chips")),
+        ("yolox@2x", YoloxConfig(variant=2.0)),
+        ("yolox@2", YoloxConfig(variant=2.0)),
         (
             "fused(yolox@1x, yolox@chips, htc)",
-            DetectorSpec(
-                "fused",
-                (
-                    DetectorSpec("yolox", variant="1x"),
-                    DetectorSpec("yolox", variant="chips"),
-                    DetectorSpec("htc"),
-                ),
+            FusedConfig(
+                detectors=[YoloxConfig(variant=1.0), YoloxConfig(variant="chips"), HtcConfig()]
             ),
         ),
         (
             "chips(yolox(score=0.1), scales=fit/2/3, chip=256, ranges=40:inf/0:120/0:60)",
-            DetectorSpec(
-                "chips",
-                (DetectorSpec("yolox", options=(("score", "0.1"),)),),
-                (("scales", "fit/2/3"), ("chip", "256"), ("ranges", "40:inf/0:120/0:60")),
+            ChipsConfig(
+                detector=YoloxConfig(score=0.1),
+                scales=("fit", 2.0, 3.0),
+                chip=256,
+                ranges=((40.0, math.inf), (0.0, 120.0), (0.0, 60.0)),
             ),
         ),
         (
             "htc(config=/a/b/htc.py,checkpoint=x.pth)@0.5x",
-            DetectorSpec(
-                "htc", (), (("config", "/a/b/htc.py"), ("checkpoint", "x.pth")), variant="0.5x"
-            ),
+            HtcConfig(config="/a/b/htc.py", checkpoint="x.pth", variant=0.5),
         ),
+        ("onnx(model=x.onnx, nms=0.5)", OnnxConfig(model="x.onnx", nms=0.5)),
     ],
 )
-def test_parse(text: str, expected: DetectorSpec) -> None:
+def test_parse(text: str, expected: DetectorConfig) -> None:
     spec = parse_detector_config(text)
     assert spec == expected
     assert parse_detector_config(str(spec)) == spec
+    # the same tree as JSON (what the text form is short for)
+    assert parse_detector_config(spec.model_dump_json()) == spec
+    assert parse_detector_config(spec.model_dump()) == spec
 
 
-def _specs() -> st.SearchStrategy[DetectorSpec]:
-    leaf = st.builds(
-        DetectorSpec,
-        st.sampled_from(["yolox", "htc"]),
-        st.just(()),
-        st.sampled_from([(), (("score", "0.2"),)]),
-        st.sampled_from([None, "chips", "2x", "0.5x"]),
+def _specs() -> st.SearchStrategy[DetectorConfig]:
+    leaf = st.one_of(
+        st.builds(
+            YoloxConfig,
+            score=st.sampled_from([None, 0.2]),
+            variant=st.sampled_from([None, "chips", 2.0, 0.5]),
+        ),
+        st.builds(
+            HtcConfig,
+            score=st.sampled_from([None, 0.2]),
+            variant=st.sampled_from([None, "chips", 2.0, 0.5]),
+        ),
     )
 
-    def extend(children: st.SearchStrategy[DetectorSpec]) -> st.SearchStrategy[DetectorSpec]:
+    def extend(children: st.SearchStrategy[DetectorConfig]) -> st.SearchStrategy[DetectorConfig]:
         chips = st.builds(
-            DetectorSpec,
-            st.just("chips"),
-            st.tuples(children),
-            st.sampled_from([(), (("chip", "256"), ("stride", "128"))]),
+            ChipsConfig,
+            detector=children,
+            chip=st.sampled_from([512, 256]),
+            stride=st.sampled_from([384, 128]),
         )
         fused = st.builds(
-            DetectorSpec,
-            st.just("fused"),
-            st.lists(children, min_size=1, max_size=3).map(tuple),
-            st.sampled_from([(), (("iou", "0.6"),)]),
+            FusedConfig,
+            detectors=st.lists(children, min_size=1, max_size=3),
+            iou=st.sampled_from([0.55, 0.6]),
         )
         return chips | fused
 
@@ -95,9 +105,10 @@ def _specs() -> st.SearchStrategy[DetectorSpec]:
 
 @settings(max_examples=150, deadline=None)
 @given(_specs(), st.sampled_from(["", " ", "  "]))
-def test_round_trip(spec: DetectorSpec, pad: str) -> None:
+def test_round_trip(spec: DetectorConfig, pad: str) -> None:
     text = str(spec).replace(",", "," + pad).replace("(", "(" + pad)
     assert parse_detector_config(pad + text + pad) == spec
+    assert parse_detector_config(spec.model_dump_json()) == spec
     # a list of configs splits back at depth 0
     assert split_configs(f"{spec},yolox , {spec}") == [str(spec), "yolox", str(spec)]
 

@@ -59,10 +59,11 @@ def test_grid_decode_of_one_anchor(
     raw[anchor, 4] = 0.9
     raw[anchor, 5] = 0.8
     raw[anchor, 6] = 0.99  # another class: must not matter
-    det = yolox.decode(raw, ratio, (100000, 100000), 0.3)
-    s = yolox.strides[anchor, 0]
-    cx = (yolox.grid[anchor, 0] + off[0]) * s
-    cy = (yolox.grid[anchor, 1] + off[1]) * s
+    det = yolox.postprocess([raw], (ratio, ratio), (100000, 100000), 0.3)
+    grid, strides = make_grids((416, 416))
+    s = strides[anchor, 0]
+    cx = (grid[anchor, 0] + off[0]) * s
+    cy = (grid[anchor, 1] + off[1]) * s
     w, h = np.exp(logwh[0]) * s, np.exp(logwh[1]) * s
     expected = np.clip(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]) / ratio, 0, None)
     if min(expected[2] - expected[0], expected[3] - expected[1]) <= 1e-3:
@@ -79,7 +80,7 @@ def test_non_person_class_and_low_scores_give_nothing(yolox: YoloxDetector) -> N
     raw = np.zeros((3549, 85), np.float32)
     raw[10, 4], raw[10, 6] = 0.95, 0.95  # a confident bicycle
     raw[20, 4], raw[20, 5] = 0.5, 0.5  # person at 0.25 < 0.3
-    assert len(yolox.decode(raw, 1.0, (416, 416), 0.3)) == 0
+    assert len(yolox.postprocess([raw], (1.0, 1.0), (416, 416), 0.3)) == 0
 
 
 def test_finds_the_persons_of_a_crowd_image(yolox: YoloxDetector) -> None:

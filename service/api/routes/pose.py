@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query, Request
@@ -29,6 +30,7 @@ from darkpose.service.api.errors import request_id_of
 from darkpose.service.api.schemas import PoseResponse, Timings, error_responses
 from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import Job, current_job, estimate_request_bytes
+from darkpose.service.core.choices import DecodeMethod, Probability
 from darkpose.service.core.codec import DECODERS
 from darkpose.service.core.errors import InvalidImage
 from darkpose.service.core.pipeline import (
@@ -39,14 +41,13 @@ from darkpose.service.core.pipeline import (
     reported_keypoints,
     too_small_for_person,
 )
-from darkpose.service.core.types import DecodeMethod
 
 RenderFormat = Literal["jpeg", "png"]
 #: ``render_format`` → (cv2 suffix, encoder flags, media type); JPEG quality 90: a 640×427
 #: photo overlay is ~97 KB against ~530 KB as PNG (photos do not compress losslessly).
 RENDER_ENCODINGS: dict[str, tuple[str, list[int], str]] = {
-    "jpeg": (".jpg", [1, 90], "image/jpeg"),  # cv2.IMWRITE_JPEG_QUALITY = 1
-    "png": (".png", [16, 3], "image/png"),  # cv2.IMWRITE_PNG_COMPRESSION = 16
+    "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90], "image/jpeg"),
+    "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3], "image/png"),
 }
 
 BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
@@ -146,8 +147,6 @@ def render_overlay(
 ) -> tuple[bytes, str]:
     """The skeleton overlay, encoded per ``render_format`` and downscaled so its longest side is
     at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin)."""
-    import cv2
-
     from darkpose.service.core.visualize import draw_poses
 
     h, w = image.shape[:2]
@@ -381,11 +380,10 @@ def build_router(person_cap: int) -> APIRouter:
         ] = None,
         flip: Annotated[bool | None, Query(description="flip test-time augmentation")] = None,
         score_threshold: Annotated[
-            float | None, Query(ge=0.0, le=1.0, description="person detection score threshold")
+            Probability | None, Query(description="person detection score threshold")
         ] = None,
         keypoint_threshold: Annotated[
-            float | None,
-            Query(ge=0.0, le=1.0, description="keypoint score threshold used in rescoring"),
+            Probability | None, Query(description="keypoint score threshold used in rescoring")
         ] = None,
         max_persons: Annotated[
             int | None,

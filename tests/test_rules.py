@@ -1,0 +1,93 @@
+"""Each rule is defined once (darkpose.service.core.choices / core.codec): changing it in that
+one place changes the settings, the model cards, the pipeline options, the codec, the HTTP
+query's OpenAPI schema, ``serve --help`` and the Ray app together."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+import numpy as np
+import pytest
+
+from darkpose.service.api import create_app
+from darkpose.service.commands import serve
+from darkpose.service.core import choices, codec
+from darkpose.service.core.cards import CodecCard
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.pipeline import PipelineOptions
+from darkpose.service.settings import Settings, default_of
+from tests.conftest import MODELS
+
+
+def test_changing_the_blur_kernel_rule_changes_every_user_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for accepted in (1, 3, 11):
+        assert Settings(blur_kernel=accepted).blur_kernel == accepted  # type: ignore[call-arg]
+        assert PipelineOptions(blur_kernel=accepted).blur_kernel == accepted
+    assert Settings.model_json_schema()["properties"]["blur_kernel"]["anyOf"][0]["minimum"] == 1
+
+    monkeypatch.setattr(codec, "BLUR_KERNEL_MIN", 5)  # the one place the rule's bound lives
+    maps = np.zeros((1, 1, 8, 8), np.float32)
+    for refuse in (
+        lambda: Settings(blur_kernel=3),  # type: ignore[call-arg]
+        lambda: PipelineOptions(blur_kernel=3),
+        lambda: CodecCard(blur_kernel=3),
+        lambda: codec.decode_heatmaps(maps, "dark", 3),
+    ):
+        with pytest.raises(ValueError, match="expected an odd integer >= 5, got 3"):
+            refuse()
+    assert PipelineOptions(blur_kernel=5).blur_kernel == 5
+    schema = Settings.model_json_schema()["properties"]["blur_kernel"]["anyOf"][0]
+    assert schema["minimum"] == 5 and schema["description"] == "odd, >= 5"
+
+
+def test_the_settings_pipeline_and_query_share_the_range_types() -> None:
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    assert hints["det_score_threshold"] is choices.Probability
+    assert hints["keypoint_score_threshold"] is choices.Probability
+    assert hints["box_padding"] is choices.BoxPadding
+    assert hints["providers"] is choices.Providers
+    with pytest.raises(InvalidParameter, match="det_score_threshold: expected a number at most"):
+        PipelineOptions(det_score_threshold=1.5)
+    # the HTTP query's schema is the same type's schema
+    doc = create_app(Settings(warmup=False, model_dir=MODELS)).openapi()  # type: ignore[call-arg]
+    params = {p["name"]: p for p in doc["paths"]["/pose"]["post"]["parameters"]}
+    schemas = params["score_threshold"]["schema"]["anyOf"]
+    (number,) = [s for s in schemas if s.get("type") == "number"]
+    bounds = Settings.model_json_schema()["properties"]["det_score_threshold"]
+    assert (number["minimum"], number["maximum"]) == (bounds["minimum"], bounds["maximum"])
+
+
+def test_pipeline_defaults_are_the_settings_defaults() -> None:
+    options, fields = PipelineOptions(), Settings.model_fields
+    assert fields["det_score_threshold"].default == options.det_score_threshold
+    assert fields["keypoint_score_threshold"].default == options.keypoint_score_threshold
+    assert fields["default_max_persons"].default == options.max_persons
+    assert fields["box_padding"].default == options.box_padding
+    assert fields["flip"].default == options.flip
+
+
+def test_the_batch_wait_default_is_the_settings_in_help_and_ray(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DARKPOSE_MAX_WAIT_MS", raising=False)
+    assert default_of("max_wait_ms") == Settings().max_wait_ms  # type: ignore[call-arg]
+    monkeypatch.setattr(Settings.model_fields["max_wait_ms"], "default", 7.5)
+    help_line = next(x for x in serve.epilog().splitlines() if "DARKPOSE_MAX_WAIT_MS" in x)
+    assert "default 7.5" in help_line
+    pytest.importorskip("ray")
+    from darkpose.service.ray_app import deployments
+
+    assert deployments.parse_batch_config({}) == (default_of("max_batch"), 7.5 / 1000.0)
+
+
+def test_cli_choices_are_the_shared_tuples() -> None:
+    from darkpose.service.commands import infer
+
+    parser = argparse.ArgumentParser()
+    infer.add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert tuple(actions["providers"].choices) == choices.PROVIDERS
+    assert tuple(actions["decode"].choices) == tuple(codec.DECODERS)
