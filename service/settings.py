@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     min_image_side: int = Field(8, gt=0)
     max_persons: int = Field(100, gt=0, description="upper bound a request may ask for")
     default_max_persons: int = Field(30, gt=0)
+    working_side: int = Field(
+        1280,
+        ge=0,
+        description="longest side photos are worked on at: larger ones are decoded at a reduced "
+        "scale (JPEG: DCT-scaled) and answered in original coordinates; 0 = full resolution",
+    )
 
     # --- batching / concurrency --------------------------------------------------------------
     batching: bool = True

@@ -54,6 +54,7 @@ from darkpose.service.core.types import (
     ModelSpec,
     PoseModel,
 )
+from darkpose.service.core.working import to_original_xy
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +217,33 @@ def as_bgr_uint8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(img)
 
 
-def too_small_for_person(image: npt.NDArray[Any], min_side: int) -> bool:
-    """True when ``image`` (H, W[, C]) has a side under ``min_side`` px
+def too_small_for_person(image: npt.NDArray[Any] | tuple[int, ...], min_side: int) -> bool:
+    """True when ``image`` (H, W[, C]) — or its shape ``(H, W[, C])``, e.g. the full-resolution
+    shape of a photo worked on at a reduced size — has a side under ``min_side`` px
     (``Settings.min_image_side``): a valid image that holds no detectable person, answered with
     no persons without running the pipeline (the one place this rule is written; the API,
     ``darkpose infer`` and :class:`darkpose.PoseEstimator` call it)."""
-    return min(image.shape[:2]) < min_side
+    shape = image if isinstance(image, tuple) else image.shape
+    return min(shape[:2]) < min_side
+
+
+def to_original(
+    result: PoseResult, scale: tuple[float, float], original_size: tuple[int, int]
+) -> PoseResult:
+    """``result`` found on a working image (:mod:`darkpose.service.core.working`) → the same
+    persons in the original image's coordinates: keypoints (K, 3) and boxes (4,) xyxy mapped
+    with :func:`~darkpose.service.core.working.to_original_xy` (``scale`` = (sx, sy) =
+    original / working size), ``image_size`` = ``original_size`` (W, H).  The one place
+    results are scaled back; scale (1, 1) returns ``result`` with only the size set."""
+    if scale == (1.0, 1.0):
+        return dataclasses.replace(result, image_size=original_size)
+    persons = []
+    for p in result.persons:
+        kp = np.array(p.keypoints, dtype=np.float32, copy=True)
+        kp[:, :2] = to_original_xy(kp[:, :2], scale)
+        box = to_original_xy(np.asarray(p.bbox, np.float32).reshape(2, 2), scale).reshape(4)
+        persons.append(dataclasses.replace(p, keypoints=kp, bbox=box))
+    return dataclasses.replace(result, persons=persons, image_size=original_size)
 
 
 def _check_boxes(
