@@ -228,6 +228,10 @@ def run_pose(
         state.memory.reserve(need)
         reserved = need
 
+    # an overlay is drawn at up to max_render_side: it is not worked on at fewer pixels
+    working_side = s.working_side
+    if query.render and working_side:
+        working_side = max(working_side, s.max_render_side)
     token = current_job.set(job)
     try:
         check()
@@ -235,7 +239,7 @@ def run_pose(
         decoded = decode_working(
             data,
             **s.image_limits,
-            working_side=s.working_side,
+            working_side=working_side,
             exif_orientation=query.exif_orientation,
             on_header=admit,
         )
