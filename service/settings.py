@@ -200,10 +200,11 @@ class Settings(BaseSettings):
     max_persons: int = Field(100, gt=0, description="upper bound a request may ask for")
     default_max_persons: int = Field(30, gt=0)
     working_side: int = Field(
-        1280,
+        2000,
         ge=0,
-        description="longest side photos are worked on at: larger ones are decoded at a reduced "
-        "scale (JPEG: DCT-scaled) and answered in original coordinates; 0 = full resolution",
+        description="photos with a longer side are worked on at a reduced size keeping at least "
+        "this longest side (JPEG: DCT-scaled decode) and answered in original coordinates; "
+        "0 = full resolution",
     )
 
     # --- batching / concurrency --------------------------------------------------------------

@@ -341,8 +341,9 @@ def decode_working(
     on_header: HeaderHook | None = None,
 ) -> Decoded:
     """:func:`decode_image` at a working resolution (:mod:`darkpose.service.core.working`):
-    an image whose longest side exceeds ``working_side`` (> 0) comes back with that longest
-    side, a JPEG decoded directly at a DCT scale.  Every limit is checked against the full
+    an image whose longest side exceeds ``working_side`` (> 0) comes back reduced — a JPEG
+    decoded directly at the smallest DCT scale that keeps its longest side ≥ ``working_side``,
+    another format reduced to exactly ``working_side``.  Every limit is checked against the full
     size declared in the header; ``on_header`` gets the size the decoder will hold (a JPEG's
     DCT-scaled size, else the full size).  ``working_side=0``: full resolution."""
     if not data:
@@ -397,7 +398,7 @@ def decode_working(
                 "JPEG data ends before the image does (its last blocks decode as the decoder's "
                 "grey fill); expected a complete, valid JPEG image"
             )
-        if target is not None:
+        if target is not None and draft is None:  # a DCT-scaled JPEG is used as decoded
             out = reduce_to(out, target)
         upright = full[::-1] if orientation in (5, 6, 7, 8) else full
         return Decoded(apply_exif_orientation(out, orientation), (upright[0], upright[1]))

@@ -2,12 +2,15 @@
 
 The detector sees a few hundred pixels and each pose crop 256×192, so most pixels of a 12 MP
 photo are paid for (decoding, memory) and then thrown away.  With a working side ``S > 0`` an
-image whose longest side exceeds ``S`` is worked on with its longest side equal to ``S``:
+image whose longest side exceeds ``S`` is worked on at a reduced size that keeps a longest side
+of at least ``S``:
 
 * JPEG is decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the longest
-  side ≥ ``S`` (libjpeg's scaled IDCT, through PIL's ``Image.draft``), then reduced to ``S``
-  with ``cv2.INTER_AREA``; the decoder never holds the full-size pixels;
-* other formats (PNG, WebP, BMP) are decoded at full size and reduced with ``cv2.INTER_AREA``.
+  side ≥ ``S`` (libjpeg's scaled IDCT, through PIL's ``Image.draft``) and used as decoded
+  (longest side from ``S`` to under ``2 S``; a JPEG that no DCT scale fits is decoded at full
+  size); the decoder never holds the full-size pixels;
+* other formats (PNG, WebP, BMP) are decoded at full size and reduced to a longest side of
+  exactly ``S`` with ``cv2.INTER_AREA``.
 
 Coordinates found on the working image map back to the original (upright) image with one
 scale per axis, ``s = original / working``, and pixel centres at integer positions:

@@ -138,3 +138,14 @@ def test_to_original_maps_keypoints_and_boxes_once() -> None:
     assert np.allclose(p.bbox, [1.5, 0.5, 401.5, 100.5])
     assert np.array_equal(result.persons[0].keypoints, kp)  # the input is not modified
     assert to_original(result, (1.0, 1.0), (150, 100)).persons[0] is person
+
+
+@pytest.mark.parametrize(("fmt", "shape"), [("JPEG", (800, 1200, 3)), ("PNG", (467, 700, 3))])
+def test_jpeg_keeps_its_dct_size_others_get_the_working_side(
+    fmt: str, shape: tuple[int, int, int]
+) -> None:
+    """Side 700: a JPEG is used at its smallest DCT scale with ≥ 700 px (1/2: 1200), a PNG is
+    reduced to exactly 700."""
+    d = decode_working(photo(fmt), working_side=700)
+    assert d.image.shape == shape
+    assert d.original_size == (W, H)
