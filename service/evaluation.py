@@ -40,7 +40,7 @@ METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 #: (image, options, boxes, scores, image id) of an image waiting for its pose-model call
 _Pending = tuple[npt.NDArray[np.uint8], PipelineOptions, F32, F32, int]
 #: Crops of consecutive images gathered into one pose-model call by :func:`evaluate`.
-DEFAULT_BATCH_CROPS = 64
+DEFAULT_BATCH_CROPS = 16
 
 
 @dataclass(frozen=True)
