@@ -242,7 +242,6 @@ def mosaic_ap(big: list[bytes], coco_json: dict[str, Any], sides: list[int]) -> 
 
     from darkpose.service.core.io import decode_working
     from darkpose.service.core.pipeline import Pipeline, PipelineOptions, to_original
-    from darkpose.service.core.working import working_size
     from darkpose.service.evaluation import coco_keypoint_metrics, gt_boxes
     from darkpose.service.runtime.factory import build_detector, build_pose_models
 
@@ -272,7 +271,7 @@ def mosaic_ap(big: list[bytes], coco_json: dict[str, Any], sides: list[int]) -> 
             gt_opts = opts.replace(max_persons=max(opts.max_persons, len(boxes)))
             result = pipeline(d.image, gt_opts, wb, scores, image_id=cid)
             res["gt"] += to_original(result, d.scale, d.original_size).to_coco(cid)
-        size = working_size(*CANVAS, side) or CANVAS
+        size = (int(d.image.shape[1]), int(d.image.shape[0]))  # the working image's (W, H)
         for source, rows in res.items():
             table[f"{source} side {side or 'full'} {size[0]}x{size[1]}"] = coco_keypoint_metrics(
                 coco, rows
