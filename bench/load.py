@@ -4,8 +4,10 @@
    process (no HTTP, no JSON; crops prepared outside the timed region) → images/s.
 2. For batching on and off: start ``darkpose serve`` (uvicorn subprocess on 127.0.0.1), warm
    it, then ``--clients`` concurrent keep-alive clients POST images for ``--duration`` seconds.
-   Prints throughput (images/s and the ratio to the ceiling), p50/p99 latency, the error
-   count, the server's RSS growth and the mean pose batch size (from /metrics).
+   Prints throughput (images/s and the ratio to the ceiling, served/ceiling), the cores the
+   server kept busy (its process CPU time / wall time, and that over the machine's cores),
+   p50/p99 latency, the error count, the server's RSS growth and the mean pose batch size
+   (from /metrics).
 
     python bench/load.py                      # 16 clients, 60 s per mode
     python bench/load.py --duration 15 --modes on
@@ -305,6 +307,8 @@ def run_mode(
         "ok": summary["ok"],
         "images_per_s": summary["images_per_s"],
         "cpu_ms_per_image": 1000 * (cpu1 - cpu0) / max(summary["ok"], 1),
+        # process CPU time / wall time: how many cores the server kept busy
+        "cores_used": (cpu1 - cpu0) / elapsed,
         "p50_ms": summary["p50_ms"],
         "p99_ms": summary["p99_ms"],
         "errors": sum(errors.values()),
@@ -354,7 +358,9 @@ def main() -> int:
         rows.append(res)
         print(
             f"batching {mode:>3}: {res['images_per_s']:.2f} images/s, "
-            f"{res['cpu_ms_per_image']:.1f} server CPU-ms/image | "
+            f"{res['cpu_ms_per_image']:.1f} server CPU-ms/image, "
+            f"{res['cores_used']:.2f} of {os.cpu_count()} cores used "
+            f"({res['cores_used'] / (os.cpu_count() or 1):.2f}) [target >= 0.85] | "
             f"p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms | "
             f"errors {res['errors']} {res['error_kinds'] or ''}| "
             f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MB "

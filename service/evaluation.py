@@ -23,6 +23,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 BOX_SOURCES: tuple[str, ...] = ("gt", "detector")
 METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR")
+#: (image, options, boxes, scores, image id) of an image waiting for its pose-model call
+_Pending = tuple[npt.NDArray[np.uint8], PipelineOptions, F32, F32, int]
+#: Crops of consecutive images gathered into one pose-model call by :func:`evaluate`.
+DEFAULT_BATCH_CROPS = 16
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,12 @@ def evaluate(
     base_options: PipelineOptions | None = None,
     progress: bool = True,
     limit: int | None = None,
+    batch_crops: int = DEFAULT_BATCH_CROPS,
 ) -> tuple[list[EvalRow], dict[EvalConfig, list[dict[str, Any]]]]:
     """Run ``pipeline`` over the images of ``coco`` and score every configuration.
+
+    The persons' crops of consecutive images are batched into one pose-model call once they
+    number at least ``batch_crops`` (1: one call per image), per box source.
 
     Returns the rows (in ``configs`` order) and the COCO results per configuration.
     """
@@ -174,30 +183,54 @@ def evaluate(
         raise InvalidParameter("--boxes detector: expected a pipeline with a detector, got none")
     any_flip = {s: any(c.flip for c in configs if c.boxes == s) for s in sources}
     missing = 0
+    # per box source: (image, options, boxes, scores, image id) waiting for one pose call
+    pending: dict[str, list[tuple[npt.NDArray[np.uint8], PipelineOptions, F32, F32, int]]] = {
+        s: [] for s in sources
+    }
+
+    def flush(source: str) -> None:
+        items = pending[source]
+        if not items:
+            return
+        stages = pipeline.run_models_many(
+            [it[0] for it in items],
+            [it[1] for it in items],
+            [it[2] for it in items],
+            [it[3] for it in items],
+            [it[4] for it in items],
+        )
+        for stage in stages:
+            for cfg in configs:
+                if cfg.boxes != source:
+                    continue
+                opts = base.replace(decode=cfg.decode, flip=cfg.flip, flip_shift=cfg.flip_shift)
+                results[cfg].extend(pipeline.finish(stage, opts).to_coco(stage.image_id))
+        items.clear()
+
     t0 = time.perf_counter()
     bar = tqdm(img_ids, desc="eval", unit="img", file=sys.stderr, disable=not progress)
     for image_id in bar:
         info = coco.loadImgs([image_id])[0]
         path = images_dir / info["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if image is None:
+        read = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if read is None:
             missing += 1
             logger.warning("image %s: expected a readable file, got nothing; skipped", path)
             continue
+        image = np.asarray(read, np.uint8)
         for source in sources:
             run_opts = base.replace(flip=any_flip[source])
             if source == "gt":
                 boxes, scores = gt_boxes(coco, image_id)
                 # every GT box is evaluated: the per-request person cap does not apply here
-                gt_opts = run_opts.replace(max_persons=max(run_opts.max_persons, len(boxes)))
-                stage = pipeline.run_models(image, gt_opts, boxes, scores, image_id=image_id)
+                run_opts = run_opts.replace(max_persons=max(run_opts.max_persons, len(boxes)))
             else:
-                stage = pipeline.run_models(image, run_opts, image_id=image_id)
-            for cfg in configs:
-                if cfg.boxes != source:
-                    continue
-                opts = base.replace(decode=cfg.decode, flip=cfg.flip, flip_shift=cfg.flip_shift)
-                results[cfg].extend(pipeline.finish(stage, opts).to_coco(image_id))
+                boxes, scores = pipeline.person_boxes(image, run_opts)
+            pending[source].append((image, run_opts, boxes, scores, image_id))
+            if sum(len(b) for _, _, b, _, _ in pending[source]) >= batch_crops:
+                flush(source)
+    for source in sources:
+        flush(source)
     elapsed = time.perf_counter() - t0
     logger.info(
         "evaluated %d images (%d missing) × %d configurations in %.1f s",

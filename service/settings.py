@@ -254,6 +254,13 @@ class Settings(BaseSettings):
         _OPTIONS.max_persons,
         description="persons returned when a request does not ask (≤ max_persons)",
     )
+    working_side: int = Field(
+        2000,
+        ge=0,
+        description="photos with a longer side are worked on at a reduced size keeping at least "
+        "this longest side (JPEG: DCT-scaled decode) and answered in original coordinates; "
+        "0 = full resolution",
+    )
 
     # --- batching / concurrency --------------------------------------------------------------
     batching: bool = Field(

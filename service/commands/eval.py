@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--providers", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime providers"
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument(
+        "--batch-crops",
+        type=int,
+        default=None,
+        help="crops of consecutive images run in one pose-model call once they number at least "
+        "this many (1 = one call per image; default darkpose.service.evaluation."
+        "DEFAULT_BATCH_CROPS)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--results-dir", type=Path, default=None, help="write results per row")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from darkpose.service.core.codec import DECODERS
     from darkpose.service.core.pipeline import Pipeline, PipelineOptions
     from darkpose.service.evaluation import (
+        DEFAULT_BATCH_CROPS,
         check_evaluable,
         evaluate,
         expand_configs,
@@ -127,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         base,
         progress=not args.no_progress,
         limit=args.limit,
+        batch_crops=DEFAULT_BATCH_CROPS if args.batch_crops is None else args.batch_crops,
     )
     if args.results_dir is not None:
         args.results_dir.mkdir(parents=True, exist_ok=True)

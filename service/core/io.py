@@ -28,6 +28,10 @@ mode)`` (optional) is called once the header passed the limits and before pixels
 the service admits the request's memory there.  Decoding keeps one copy of the pixels besides
 the decoder's own (16-bit data is narrowed through a byte view, no wide temporaries).
 
+:func:`decode_working` decodes at a working resolution (:mod:`darkpose.service.core.working`):
+the limits above still apply to the declared full size; a JPEG is decoded at a DCT scale, so
+``on_header`` then gets that smaller size (the pixels the decoder really holds).
+
 Conversions to BGR uint8 ``(H, W, 3)`` C-contiguous:
 
 * **EXIF orientation is applied** by default (``exif_orientation=True``), as image viewers,
@@ -50,6 +54,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -67,6 +72,7 @@ from darkpose.service.core.imageguard import (
     jpeg_tail_is_fill,
     jpeg_with_probe,
 )
+from darkpose.service.core.working import jpeg_draft_size, reduce_to, working_size
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +90,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 16384
 DEFAULT_MIN_SIDE = 8
 
-#: ``on_header(width, height, mode)``: called after the header checks, before decoding.
+#: ``on_header(width, height, mode)``: called after the header checks, before decoding, with the
+#: size the decoder will hold (the full size, or a JPEG's DCT-scaled size at a working side).
 HeaderHook = Callable[[int, int, str], None]
 
 #: EXIF tag number of ``Orientation``.
@@ -93,8 +100,10 @@ EXIF_ORIENTATION_TAG = 0x0112
 __all__ = [
     "ACCEPTED",
     "ACCEPTED_FORMATS",
+    "Decoded",
     "apply_exif_orientation",
     "decode_image",
+    "decode_working",
     "exif_orientation_of",
     "read_image_file",
     "sniff_format",
@@ -258,6 +267,32 @@ def apply_exif_orientation(image: npt.NDArray[np.uint8], orientation: int) -> U8
     return np.ascontiguousarray(op(image))
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image at its working resolution.
+
+    image: (h, w, 3) BGR uint8, upright (per the EXIF orientation when asked);
+    original_size: (W, H) of the full-resolution image in the same orientation (what the
+    results' coordinates refer to).  ``image`` is the full image when no reduction applied.
+    """
+
+    image: U8
+    original_size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sx, sy) = original / working size per axis; (1.0, 1.0) at full resolution."""
+        return (
+            self.original_size[0] / self.image.shape[1],
+            self.original_size[1] / self.image.shape[0],
+        )
+
+    @property
+    def original_shape(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution image."""
+        return self.original_size[1], self.original_size[0]
+
+
 def decode_image(
     data: bytes,
     *,
@@ -279,6 +314,38 @@ def decode_image(
     BMP, …).  ``on_header(width, height, mode)`` runs after the header checks and before
     decoding; what it raises propagates.
     """
+    return decode_working(
+        data,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        min_side=min_side,
+        max_jpeg_scans=max_jpeg_scans,
+        max_png_chunks=max_png_chunks,
+        exif_orientation=exif_orientation,
+        on_header=on_header,
+    ).image
+
+
+def decode_working(
+    data: bytes,
+    *,
+    working_side: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
+    exif_orientation: bool = True,
+    on_header: HeaderHook | None = None,
+) -> Decoded:
+    """:func:`decode_image` at a working resolution (:mod:`darkpose.service.core.working`):
+    an image whose longest side exceeds ``working_side`` (> 0) comes back reduced — a JPEG
+    decoded directly at the smallest DCT scale that keeps its longest side ≥ ``working_side``,
+    another format reduced to exactly ``working_side``.  Every limit is checked against the full
+    size declared in the header; ``on_header`` gets the size the decoder will hold (a JPEG's
+    DCT-scaled size, else the full size).  ``working_side=0``: full resolution."""
     if not data:
         raise InvalidImage(f"empty image data; expected {ACCEPTED_TEXT}")
     n_bytes = len(data)
@@ -313,6 +380,9 @@ def decode_image(
             f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
         ) from exc
     try:
+        full = im.size
+        target = working_size(full[0], full[1], working_side)
+        draft = jpeg_draft_size(full[0], full[1], target) if target and fmt == "JPEG" else None
         out, orientation = _check_and_load(
             im,
             fmt,
@@ -321,25 +391,33 @@ def decode_image(
             min_side=min_side,
             hook=on_header,
             exif_orientation=exif_orientation,
+            draft=draft,
         )
-        if fmt == "JPEG" and jpeg_tail_is_fill(out) and _jpeg_truncated(data, eoi, out):
+        if fmt == "JPEG" and jpeg_tail_is_fill(out) and _jpeg_truncated(data, eoi, out, draft):
             raise InvalidImage(
                 "JPEG data ends before the image does (its last blocks decode as the decoder's "
                 "grey fill); expected a complete, valid JPEG image"
             )
-        return apply_exif_orientation(out, orientation)
+        if target is not None and draft is None:  # a DCT-scaled JPEG is used as decoded
+            out = reduce_to(out, target)
+        upright = full[::-1] if orientation in (5, 6, 7, 8) else full
+        return Decoded(apply_exif_orientation(out, orientation), (upright[0], upright[1]))
     finally:
         im.close()
 
 
-def _jpeg_truncated(data: bytes, eoi: int, decoded: U8) -> bool:
-    """Decode ``data`` again with a probe before its end-of-image marker (see
-    :func:`darkpose.service.core.imageguard.jpeg_with_probe`): different pixels mean missing
-    data."""
+def _jpeg_truncated(
+    data: bytes, eoi: int, decoded: U8, draft: tuple[int, int] | None = None
+) -> bool:
+    """Decode ``data`` again (at the same ``draft`` scale) with a probe before its end-of-image
+    marker (see :func:`darkpose.service.core.imageguard.jpeg_with_probe`): different pixels
+    mean missing data."""
     if eoi < 0:
         return True
     try:
         with Image.open(io.BytesIO(jpeg_with_probe(data, eoi)), formats=["JPEG"]) as im:
+            if draft is not None:
+                im.draft(None, draft)
             im.load()
             again = _to_bgr(im)
     except Exception:  # noqa: BLE001 - a complete file decodes with the probe as without it
@@ -356,8 +434,10 @@ def _check_and_load(
     min_side: int,
     hook: HeaderHook | None = None,
     exif_orientation: bool = True,
+    draft: tuple[int, int] | None = None,
 ) -> tuple[U8, int]:
-    """Limits, then decode: ``(BGR pixels as stored, EXIF orientation or 1)``."""
+    """Limits (on the declared full size), then decode — a JPEG at the DCT scale that keeps at
+    least ``draft`` (w, h) when given: ``(BGR pixels as stored, EXIF orientation or 1)``."""
     w, h = im.size
     if w <= 0 or h <= 0:
         raise InvalidImage(f"image is {w}x{h}; expected positive dimensions")
@@ -380,6 +460,14 @@ def _check_and_load(
             f"animated {fmt} with {n_frames} frames is not supported; expected a still "
             f"{ACCEPTED_TEXT[2:]}"
         )
+    if draft is not None:
+        try:
+            im.draft(None, draft)
+        except Exception as exc:  # noqa: BLE001 - a header PIL cannot scale is a broken file
+            raise InvalidImage(
+                f"cannot read the {fmt} header ({exc}); expected {ACCEPTED_TEXT}"
+            ) from exc
+        w, h = im.size
     if hook is not None:
         hook(w, h, im.mode)
     try:

@@ -61,6 +61,7 @@ from darkpose.service.core.types import (
     ModelSpec,
     PoseModel,
 )
+from darkpose.service.core.working import to_original_xy
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +231,33 @@ def as_bgr_uint8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(img)
 
 
-def too_small_for_person(image: npt.NDArray[Any], min_side: int) -> bool:
-    """True when ``image`` (H, W[, C]) has a side under ``min_side`` px
+def too_small_for_person(image: npt.NDArray[Any] | tuple[int, ...], min_side: int) -> bool:
+    """True when ``image`` (H, W[, C]) — or its shape ``(H, W[, C])``, e.g. the full-resolution
+    shape of a photo worked on at a reduced size — has a side under ``min_side`` px
     (``Settings.min_image_side``): a valid image that holds no detectable person, answered with
     no persons without running the pipeline (the one place this rule is written; the API,
     ``darkpose infer`` and :class:`darkpose.PoseEstimator` call it)."""
-    return min(image.shape[:2]) < min_side
+    shape = image if isinstance(image, tuple) else image.shape
+    return min(shape[:2]) < min_side
+
+
+def to_original(
+    result: PoseResult, scale: tuple[float, float], original_size: tuple[int, int]
+) -> PoseResult:
+    """``result`` found on a working image (:mod:`darkpose.service.core.working`) → the same
+    persons in the original image's coordinates: keypoints (K, 3) and boxes (4,) xyxy mapped
+    with :func:`~darkpose.service.core.working.to_original_xy` (``scale`` = (sx, sy) =
+    original / working size), ``image_size`` = ``original_size`` (W, H).  The one place
+    results are scaled back; scale (1, 1) returns ``result`` with only the size set."""
+    if scale == (1.0, 1.0):
+        return dataclasses.replace(result, image_size=original_size)
+    persons = []
+    for p in result.persons:
+        kp = np.array(p.keypoints, dtype=np.float32, copy=True)
+        kp[:, :2] = to_original_xy(kp[:, :2], scale)
+        box = to_original_xy(np.asarray(p.bbox, np.float32).reshape(2, 2), scale).reshape(4)
+        persons.append(dataclasses.replace(p, keypoints=kp, bbox=box))
+    return dataclasses.replace(result, persons=persons, image_size=original_size)
 
 
 def _check_boxes(
@@ -442,34 +464,82 @@ class Pipeline:
     ) -> PoseStage:
         """Detect (unless ``boxes``), crop and run the pose model(s): a :class:`PoseStage`.
         With ``options.flip`` the mirrored crops run in the same call per model."""
-        opts = options or self.options
-        t0 = time.perf_counter()
-        img = as_bgr_uint8(image)
-        size = (int(img.shape[1]), int(img.shape[0]))
-        timings = dict.fromkeys(STAGES, 0.0)
-        b, s = self.person_boxes(img, opts, boxes, box_scores)
-        t1 = time.perf_counter()
-        timings["detect"] = t1 - t0
-        centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
-        n = b.shape[0]
-        if n == 0:
-            timings["total"] = time.perf_counter() - t0
-            empty = np.zeros((0, self.spec.num_keypoints, 3), np.float32)
-            return PoseStage(b, s, centers, scales, empty, None, size, timings, image_id)
-        crops: dict[tuple[Any, ...], F32] = {}
-        for m in self.pose_models:
-            key = _preprocess_key(m.spec)
-            if key not in crops:
-                batch = warp_crops(img, centers, scales, m.spec.input_size, spec=m.spec)
-                crops[key] = np.concatenate([batch, flip_batch(batch)]) if opts.flip else batch
-        t2 = time.perf_counter()
-        timings["crop"] = t2 - t1
-        outs = [m.infer(crops[_preprocess_key(m.spec)]) for m in self.pose_models]
-        outputs, flipped = self.combine_outputs(outs, n, opts.flip)
-        t3 = time.perf_counter()
-        timings["pose"] = t3 - t2
-        timings["total"] = t3 - t0
-        return PoseStage(b, s, centers, scales, outputs, flipped, size, timings, image_id)
+        return self.run_models_many([image], [options], [boxes], [box_scores], [image_id])[0]
+
+    def run_models_many(
+        self,
+        images: Sequence[npt.NDArray[Any]],
+        options: Sequence[PipelineOptions | None],
+        boxes: Sequence[npt.ArrayLike | None],
+        box_scores: Sequence[npt.ArrayLike | None],
+        image_ids: Sequence[int | None],
+    ) -> list[PoseStage]:
+        """:meth:`run_models` for several images (one entry per image in each sequence) with
+        **one** ``PoseModel.infer`` call per model for the crops of all of them (batching
+        across images: an evaluation's images with few persons fill one batch).  Each stage's
+        ``pose`` timing is its share of that call by crop count."""
+        n_img = len(images)
+        if not (len(options) == len(boxes) == len(box_scores) == len(image_ids) == n_img):
+            raise InvalidParameter(
+                f"run_models_many: expected {n_img} options, boxes, box_scores and image_ids "
+                f"(one per image), got {len(options)}, {len(boxes)}, {len(box_scores)}, "
+                f"{len(image_ids)}"
+            )
+        prepared = []
+        for image, o, b_in, s_in in zip(images, options, boxes, box_scores, strict=True):
+            opts = o or self.options
+            t0 = time.perf_counter()
+            img = as_bgr_uint8(image)
+            size = (int(img.shape[1]), int(img.shape[0]))
+            timings = dict.fromkeys(STAGES, 0.0)
+            b, s = self.person_boxes(img, opts, b_in, s_in)
+            t1 = time.perf_counter()
+            timings["detect"] = t1 - t0
+            centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
+            crops: dict[tuple[Any, ...], F32] = {}
+            if b.shape[0]:
+                for m in self.pose_models:
+                    key = _preprocess_key(m.spec)
+                    if key not in crops:
+                        batch = warp_crops(img, centers, scales, m.spec.input_size, spec=m.spec)
+                        crops[key] = (
+                            np.concatenate([batch, flip_batch(batch)]) if opts.flip else batch
+                        )
+            timings["crop"] = time.perf_counter() - t1
+            prepared.append((opts, b, s, centers, scales, crops, size, timings))
+        counts = [next(iter(c.values())).shape[0] if c else 0 for *_, c, _, _ in prepared]
+        total = sum(counts)
+        outs: list[list[npt.NDArray[Any]]] = [[] for _ in prepared]
+        pose_s = 0.0
+        if total:
+            t2 = time.perf_counter()
+            edges = np.cumsum([0, *counts])
+            for m in self.pose_models:
+                key = _preprocess_key(m.spec)
+                parts = [c[key] for *_, c, _, _ in prepared if c]
+                out = np.asarray(m.infer(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+                if out.shape[0] != total:
+                    raise ModelError(
+                        f"pose model output: expected {total} results (one per crop), got "
+                        f"{out.shape[0]}"
+                    )
+                for i in range(n_img):
+                    outs[i].append(out[edges[i] : edges[i + 1]])
+            pose_s = time.perf_counter() - t2
+        stages = []
+        for i, (opts, b, s, centers, scales, _, size, timings) in enumerate(prepared):
+            n = b.shape[0]
+            if n == 0:
+                empty = np.zeros((0, self.spec.num_keypoints, 3), np.float32)
+                outputs, flipped = empty, None
+            else:
+                outputs, flipped = self.combine_outputs(outs[i], n, opts.flip)
+                timings["pose"] = pose_s * counts[i] / total
+            timings["total"] = timings["detect"] + timings["crop"] + timings["pose"]
+            stages.append(
+                PoseStage(b, s, centers, scales, outputs, flipped, size, timings, image_ids[i])
+            )
+        return stages
 
     def combine_outputs(
         self, outs: Sequence[npt.ArrayLike], n: int, flip: bool

@@ -458,3 +458,32 @@ def test_draw_poses(pipeline: Pipeline, crowd: np.ndarray) -> None:
 def test_too_small_for_person(shape: tuple[int, ...], min_side: int, small: bool) -> None:
     """The shared min_image_side rule: a side under ``min_side`` px (either side, any channels)."""
     assert too_small_for_person(np.zeros(shape, np.uint8), min_side) is small
+
+
+def test_run_models_many_batches_images_into_one_call_with_the_same_results() -> None:
+    """Crops of several images in one pose call: the same stages as one call per image."""
+    from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+    from darkpose.service.runtime.pose import OnnxPoseModel
+    from tests.conftest import POSE_ONNX
+    from tests.runtime.onnx_fixtures import CountingPose
+
+    counting = CountingPose(OnnxPoseModel(POSE_ONNX))
+    pipe = Pipeline(None, counting)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (120 + 10 * i, 160, 3), dtype=np.uint8) for i in range(3)]
+    boxes = [
+        np.array([[10, 10, 80, 110]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[0, 0, 60, 90], [50, 20, 150, 130]], np.float32),
+    ]
+    opts = [PipelineOptions(flip=True), PipelineOptions(), PipelineOptions(flip=False)]
+    many = pipe.run_models_many(images, opts, boxes, [None] * 3, [1, 2, 3])
+    assert counting.calls == [2 + 2]  # one call: 1 crop + its mirror, then 2 crops
+    for i, stage in enumerate(many):
+        one = pipe.run_models(images[i], opts[i], boxes[i], image_id=i + 1)
+        assert stage.image_id == i + 1
+        assert stage.outputs.shape == one.outputs.shape
+        np.testing.assert_allclose(stage.outputs, one.outputs, atol=1e-5)
+        assert (stage.outputs_flipped is None) == (one.outputs_flipped is None)
+        if one.outputs_flipped is not None:
+            np.testing.assert_allclose(stage.outputs_flipped, one.outputs_flipped, atol=1e-5)

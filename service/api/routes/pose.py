@@ -39,6 +39,7 @@ from darkpose.service.core.pipeline import (
     PipelineOptions,
     PoseResult,
     reported_keypoints,
+    to_original,
     too_small_for_person,
 )
 
@@ -143,17 +144,29 @@ def _scaled_persons(persons: list[Person], scale: float) -> list[Person]:
 
 
 def render_overlay(
-    image: npt.NDArray[np.uint8], persons: list[Person], max_side: int, render_format: str
+    image: npt.NDArray[np.uint8],
+    persons: list[Person],
+    max_side: int,
+    render_format: str,
+    original_size: tuple[int, int] | None = None,
 ) -> tuple[bytes, str]:
     """The skeleton overlay, encoded per ``render_format`` and downscaled so its longest side is
-    at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin)."""
+    at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin).
+
+    ``persons`` are in the coordinates of the original image of ``original_size`` (W, H)
+    (default: ``image``'s own size); ``image`` may be that image at a working resolution: the
+    overlay has the size the original would get and is drawn from ``image``."""
     from darkpose.service.core.visualize import draw_poses
 
     h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
+    ow, oh = original_size if original_size is not None else (w, h)
+    scale = min(1.0, max_side / max(oh, ow))
+    size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
+    if size != (w, h):
+        shrink = size[0] < w
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        image = np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
     if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
         persons = _scaled_persons(persons, scale)
     suffix, flags, media = RENDER_ENCODINGS[render_format]
     ok, enc = cv2.imencode(suffix, draw_poses(image, persons), flags)
@@ -188,7 +201,7 @@ def run_pose(
     The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
     (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
     """
-    from darkpose.service.core.io import decode_image
+    from darkpose.service.core.io import decode_working
 
     s = state.settings
     check = job.check if job is not None else (lambda: None)
@@ -197,6 +210,8 @@ def run_pose(
     crops = crops_upper_bound(options)
 
     def admit(width: int, height: int, mode: str) -> None:
+        # width × height: the pixels the decoder will hold (a JPEG's working size when it is
+        # decoded at a reduced scale, else the full size; see decode_working)
         nonlocal reserved
         check()
         render_px = min(width * height, s.max_render_side**2) if query.render else 0
@@ -214,24 +229,36 @@ def run_pose(
         state.memory.reserve(need)
         reserved = need
 
+    # an overlay is drawn at up to max_render_side: it is not worked on at fewer pixels
+    working_side = s.working_side
+    if query.render and working_side:
+        working_side = max(working_side, s.max_render_side)
     token = current_job.set(job)
     try:
         check()
         t0 = time.perf_counter()
-        image = decode_image(
-            data, **s.image_limits, exif_orientation=query.exif_orientation, on_header=admit
+        decoded = decode_working(
+            data,
+            **s.image_limits,
+            working_side=working_side,
+            exif_orientation=query.exif_orientation,
+            on_header=admit,
         )
+        image = decoded.image
         decode_s = time.perf_counter() - t0
         check()
         # decode / blur kernel from the model card where the request and settings leave them
         # open (a request asking an in-graph-decoded model for another decode: 422 here)
         options = pipeline.resolve_options(options)
-        h, w = image.shape[:2]
-        if too_small_for_person(image, s.min_image_side):
+        w, h = decoded.original_size
+        if too_small_for_person(decoded.original_shape, s.min_image_side):
             result = PoseResult([], (int(w), int(h)), {})
         else:
             state.check_queue_room(pipeline, crops)
-            result = pipeline(image, options=options)
+            # found on the working image, answered in the original image's coordinates
+            result = to_original(
+                pipeline(image, options=options), decoded.scale, decoded.original_size
+            )
         total_s = time.perf_counter() - t0
         timings = {**result.timings, "image_decode": decode_s, "total": total_s}
         state.metrics.observe_timings(timings)
@@ -239,7 +266,11 @@ def run_pose(
         check()
         if query.render:
             return render_overlay(
-                image, list(result.persons), s.max_render_side, query.render_format
+                image,
+                list(result.persons),
+                s.max_render_side,
+                query.render_format,
+                decoded.original_size,
             )
         stage_ms = dict.fromkeys(Timings.model_fields, 0.0)
         for k, v in timings.items():
