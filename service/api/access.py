@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkpose.service.api.errors import error_response, request_id_of
+from darkpose.service.api.work import release_after_work
 from darkpose.service.core.errors import DarkPoseError
 from darkpose.service.settings import Settings
 
@@ -627,12 +628,16 @@ class AccessMiddleware:
             return
         if m is not None:
             m.inflight.labels(client=label).inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
+
+        def release() -> None:
             p.release(bucket_client)
             if m is not None:
                 m.inflight.labels(client=label).dec()
+
+        try:
+            await self.app(scope, receive, send)
+        finally:  # held until the request's worker has stopped: abandoned work still counts
+            release_after_work(scope, release)
 
     # --- refusals --------------------------------------------------------------------------
     def _label_route(self, scope: Scope) -> None:
