@@ -22,8 +22,8 @@ I64 = npt.NDArray[np.int64]
 __all__ = ["DEFAULT_PRE_NMS_TOPK", "nms_boxes", "oks_iou", "oks_nms", "rescore", "top_k"]
 
 #: Detector candidates (highest scores first) kept before box NMS
-#: (``DARKPOSE_DET_PRE_NMS_TOPK``): the smallest cap that leaves end-to-end COCO AP unchanged
-#: at the evaluation threshold 0.05 nor any answer at the serving default 0.3 on coco-val-dev
+#: (``DARKPOSE_DET_PRE_NMS_TOPK``): the smallest cap measured to change neither end-to-end COCO
+#: AP at the evaluation threshold 0.05 nor any answer at the serving default 0.3
 #: (docs/request-cost.md).
 DEFAULT_PRE_NMS_TOPK = 200
 
