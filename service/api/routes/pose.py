@@ -321,18 +321,20 @@ async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) ->
         job = Job(settings.work_timeout_s, settings.retry_after_s)
         state.enter()
         stopped = hold_work(request.scope)
+        state.metrics.work_running.inc()
+
+        def worker_stopped(_: object = None) -> None:
+            state.metrics.work_running.dec()
+            state.leave()
+            stopped()
+
         try:
             future = state.executor.submit(
                 run_pose, state, pipeline, data, options, query, request_id, job
             )
         except BaseException:
-            state.leave()
-            stopped()
+            worker_stopped()
             raise
-
-        def worker_stopped(_: object) -> None:
-            state.leave()
-            stopped()
 
         future.add_done_callback(worker_stopped)
         del data
