@@ -205,6 +205,7 @@ def test_abandoned_work_keeps_its_client_slot_and_memory_until_the_worker_stops(
         r = _post(base, JPEG, "image/jpeg")
         _error(r, 429, "in flight")
         assert state.memory.used == held and state.inflight == 2
+        assert "\ndarkpose_work_running 2.0" in httpx.get(base + "/metrics").text
         gate.set()  # the workers finish
         _wait("the slots freed", lambda: state.inflight == 0 and state.memory.used == 0)
         _wait(
