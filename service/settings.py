@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from darkpose.service.core.cards import ZOO_DIR
+from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
 from darkpose.service.core.types import DecodeMethod
 
 ENV_PREFIX = "DARKPOSE_"
@@ -298,6 +299,18 @@ class Settings(BaseSettings):
     max_persons: int = Field(100, gt=0, description="upper bound of a request's max_persons")
     default_max_persons: int = Field(
         30, gt=0, description="persons returned when a request does not ask (≤ max_persons)"
+    )
+    min_score_threshold: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="lowest score_threshold a /pose request may ask for (422 below; "
+        "`darkpose eval` uses eval_det_score_threshold)",
+    )
+    det_pre_nms_topk: int = Field(
+        DEFAULT_PRE_NMS_TOPK,
+        gt=0,
+        description="detector candidates (highest scores) kept before NMS; bounds its cost",
     )
 
     # --- batching / concurrency --------------------------------------------------------------

@@ -75,6 +75,11 @@ class Metrics:
         self.inflight = Gauge(
             "darkpose_inflight_requests", "POST /pose requests being served", registry=r
         )
+        self.work_running = Gauge(
+            "darkpose_work_running",
+            "POST /pose work in worker threads, abandoned work included (until it stops)",
+            registry=r,
+        )
         self.persons = Histogram(
             "darkpose_persons_per_image",
             "Persons returned per image",

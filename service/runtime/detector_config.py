@@ -384,6 +384,7 @@ class _Builder:
             score_threshold=_num(spec, "score", s.det_score_threshold, 0.0, 1.0),
             nms_iou=None if nms is None else _num(spec, "nms", s.det_nms_iou, 1e-6, 1.0),
             max_detections=s.det_max_detections,
+            pre_nms_topk=s.det_pre_nms_topk,
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
             inter_op_threads=s.inter_op_threads,
