@@ -9,6 +9,9 @@ name a running one, then runs each attack for a few seconds while
 * one real request (a coco-mini photo) is sent in the middle of the attack (its status).
 
 Payloads are generated (tests/hostile_payloads.py); nothing is read from disk but the photo.
+An attack that needs settings of its own (``hangup``: 2 requests in flight per client) gets a
+server of its own.  ``everything`` and ``hangup`` also print the figures of their own requests
+(server CPU seconds and RSS peak of the one request, refusals at the per-client cap).
 
     python bench/hostile.py                       # all attacks, ~2 minutes
     python bench/hostile.py --only bomb,slow_upload --json out.json
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import statistics
@@ -63,6 +67,7 @@ class Result:
     real_status: str = "-"
     real_ms: float = 0.0
     seconds: float = 0.0
+    note: str = ""
 
 
 class Server:
@@ -241,6 +246,98 @@ def post_many(srv: Server, payloads: list[tuple[bytes, str, str]], answers: Coun
 
 # --- the attacks ----------------------------------------------------------------------------------
 Payloads = dict[str, Any]
+#: The lowest ``score_threshold`` the service accepts by default (``min_score_threshold``); the
+#: pose-heavy attacks ask for it (lower is refused with 422 at once).
+LOWEST_THRESHOLD = "0.05"
+#: Attack 1: a 268-byte 8×8 noise PNG asking for everything.
+EVERYTHING = "?max_persons=100&score_threshold=0&flip=true"
+#: Attack 2: heavy requests (16 MP decoded from ~200 bytes, 100 persons with flip) one client
+#: sends and hangs up on 50 ms later; the server it runs on caps 2 in flight per client.
+HANGUP_QUERY = f"?max_persons=100&score_threshold={LOWEST_THRESHOLD}&flip=true"
+HANGUP_ENV = {"DARKPOSE_MAX_INFLIGHT_PER_CLIENT": "2"}
+
+
+def measure(srv: Server, fn: Callable[[], str]) -> tuple[str, float, float, float]:
+    """Run ``fn`` (one request; returns its status) while sampling the server every 10 ms:
+    (status, wall ms, server CPU seconds, server RSS peak above the start in MB)."""
+    stop = threading.Event()
+    rss0 = rss_mb(srv.pid)
+    peak = [rss0]
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.append(rss_mb(srv.pid))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=sample, daemon=True)
+    cpu0, t0 = cpu_seconds(srv.pid), time.perf_counter()
+    t.start()
+    try:
+        status = fn()
+    finally:
+        stop.set()
+        t.join()
+    return status, 1000 * (time.perf_counter() - t0), cpu_seconds(srv.pid) - cpu0, max(peak) - rss0
+
+
+def _post_status(srv: Server, body: bytes, ctype: str, query: str) -> str:
+    try:
+        r = httpx.post(
+            srv.base + "/pose" + query, content=body, headers={"Content-Type": ctype}, timeout=120
+        )
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return str(r.status_code) if r.status_code < 400 else f"{r.status_code} {r.text[:160]}"
+
+
+def attack_everything(srv: Server, res: Result, p: Payloads) -> None:
+    """Attack 1: the 268-byte 8×8 noise PNG with max_persons=100&score_threshold=0&flip=true;
+    refused, the same at the lowest threshold the server accepts."""
+    png = p["png"]
+    status, ms, cpu, rss = measure(srv, lambda: _post_status(srv, png, "image/png", EVERYTHING))
+    res.answers[status.split(" ", 1)[0]] += 1
+    res.note = f"{len(png)} B PNG{EVERYTHING}: {status[:3]}, {cpu:.2f} CPU-s, RSS +{rss:.0f} MB"
+    floor = re.search(r"(?:greater than or equal to|at least) ([0-9.]+)", status)
+    if status.startswith("422") and floor:
+        q = EVERYTHING.replace("score_threshold=0", f"score_threshold={floor.group(1)}")
+        status, ms, cpu, rss = measure(srv, lambda: _post_status(srv, png, "image/png", q))
+        res.answers[status.split(" ", 1)[0]] += 1
+        res.note += f"; {q}: {status[:3]}, {cpu:.2f} CPU-s, RSS +{rss:.0f} MB"
+
+
+def _metric(srv: Server, name: str) -> float:
+    text = httpx.get(srv.base + "/metrics", timeout=10).text
+    return sum(
+        float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    )
+
+
+def _until_idle(srv: Server, timeout: float = 120.0) -> None:
+    """Wait until the server has used < 20 ms of CPU in 0.5 s (its abandoned work is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c0 = cpu_seconds(srv.pid)
+        time.sleep(0.5)
+        if cpu_seconds(srv.pid) - c0 < 0.02:
+            return
+
+
+def attack_hangup(srv: Server, res: Result, p: Payloads) -> None:
+    """Attack 2: one client (2 in flight allowed) sends 10 heavy requests (lossless WebP
+    4000², 100 persons with flip), each closed 50 ms after sending; then until the server is
+    idle.  Compare the RSS peak with one honest request's (its cap's worth: 2 of them)."""
+    body, throttled = p["webp"], "darkpose_client_throttled_total"
+    _, _, _, one = measure(srv, lambda: _post_status(srv, body, "image/webp", HANGUP_QUERY))
+    before = _metric(srv, throttled)
+    for _ in range(10):
+        s = connect(srv)
+        s.sendall(head(srv, len(body), "image/webp", HANGUP_QUERY) + body)
+        time.sleep(0.05)
+        s.close()
+        res.answers["abandoned"] += 1
+    _until_idle(srv)
+    refused = _metric(srv, throttled) - before
+    res.note = f"one honest request: RSS +{one:.0f} MB; refused at the cap: {refused:.0f} of 10"
 
 
 def attack_bomb(srv: Server, res: Result, p: Payloads) -> None:
@@ -249,11 +346,11 @@ def attack_bomb(srv: Server, res: Result, p: Payloads) -> None:
 
 
 def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
-    """4 clients ask for a pose-heavy answer (the photo with max_persons=60, score_threshold=0,
+    """4 clients ask for a pose-heavy answer (the photo with max_persons=60, score_threshold=0.05,
     flip=true: ~120 crops each, ~1.5 s of CPU), leave after 0.3 s; then 10 s (the work a
     server does not cancel ends within the window)."""
     photo = p["photo"]
-    q = "?max_persons=60&score_threshold=0&flip=true"
+    q = f"?max_persons=60&score_threshold={LOWEST_THRESHOLD}&flip=true"
     socks = []
     for _ in range(4):
         s = connect(srv)
@@ -268,9 +365,9 @@ def attack_abandon(srv: Server, res: Result, p: Payloads) -> None:
 
 def attack_memory(srv: Server, res: Result, p: Payloads) -> None:
     """2 × 16-bit grey PNG 6000², 2 × lossless WebP 6000², 16 photos with max_persons=100,
-    score_threshold=0, flip=true, all at once."""
+    score_threshold=0.05, flip=true, all at once."""
     png16, webp, photo = p["png16"], p["webp"], p["photo"]
-    q = "?max_persons=100&score_threshold=0&flip=true"
+    q = f"?max_persons=100&score_threshold={LOWEST_THRESHOLD}&flip=true"
     payloads = [(png16, "image/png", "")] * 2 + [(webp, "image/webp", "")] * 2
     payloads += [(photo, "image/jpeg", q)] * 16
     post_many(srv, payloads, res.answers)
@@ -364,8 +461,27 @@ def attack_corrupt(srv: Server, res: Result, p: Payloads) -> None:
 def attack_worst(srv: Server, res: Result, p: Payloads) -> None:
     """One worst-case legitimate request: a 6324×6324 photo-sized JPEG (40 MP, the pixel limit)
     with max_persons=100, flip=true, render=true&render_format=png."""
-    q = "?max_persons=100&score_threshold=0&flip=true&render=true&render_format=png"
+    q = (
+        f"?max_persons=100&score_threshold={LOWEST_THRESHOLD}&flip=true&render=true"
+        "&render_format=png"
+    )
     post_many(srv, [(p["big"], "image/jpeg", q)], res.answers)
+
+
+def _noise_png() -> bytes:
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    buf = BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "PNG")
+    return buf.getvalue()
+
+
+#: Settings of the server an attack needs on top of the defaults (started for it alone).
+ATTACK_ENV: dict[str, dict[str, str]] = {"hangup": HANGUP_ENV}
 
 
 def _corrupt() -> list[tuple[bytes, str, str]]:
@@ -382,6 +498,8 @@ def _corrupt() -> list[tuple[bytes, str, str]]:
 #: Payloads per attack, generated before its measurement starts (the generator's CPU and GIL
 #: would otherwise distort the /healthz figures of this process).
 PREPARE: dict[str, Callable[[], Payloads]] = {
+    "everything": lambda: {"png": _noise_png()},
+    "hangup": lambda: {"webp": hp.webp_lossless(4000)},
     "worst": lambda: {"big": hp.smooth_jpeg(6324, 6324)},
     "bomb": lambda: {"bomb": hp.jpeg_scan_bomb(4096, 1000)},
     "abandon": lambda: {"photo": PHOTO.read_bytes()},
@@ -396,6 +514,8 @@ PREPARE: dict[str, Callable[[], Payloads]] = {
 }
 
 ATTACKS: dict[str, Callable[[Server, Result, Payloads], None]] = {
+    "everything": attack_everything,
+    "hangup": attack_hangup,
     "worst": attack_worst,
     "bomb": attack_bomb,
     "abandon": attack_abandon,
@@ -566,7 +686,7 @@ def report(res: Result) -> None:
         f"{res.name:13s} cpu {res.cpu_s:6.1f} s | rss +{res.rss_growth_mb:6.0f} MB | "
         f"/healthz p50 {res.healthz_p50_ms:6.0f} ms max {res.healthz_max_ms:6.0f} ms | "
         f"real request {res.real_status} in {res.real_ms:5.0f} ms | {res.seconds:4.1f} s | "
-        f"answers: {answers}",
+        f"answers: {answers}" + (f" | {res.note}" if res.note else ""),
         flush=True,
     )
 
@@ -607,10 +727,14 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"--only: expected names from {', '.join(every)}, got {sorted(unknown)}")
     results = []
-    plain = [n for n in names if n in ATTACKS]
+    # an attack that needs settings of its own (ATTACK_ENV) gets a server of its own
+    plain = [n for n in names if n in ATTACKS and (args.url or n not in ATTACK_ENV)]
     edge = [n for n in names if n in EDGE_ATTACKS]
     if plain:
         results += run_all(Server(args.url, args.pid, {}), plain)
+    if not args.url:
+        for n in [n for n in names if n in ATTACK_ENV]:
+            results += run_all(Server(None, None, ATTACK_ENV[n]), [n])
     if edge:
         with tempfile.TemporaryDirectory() as tmp:
             results += run_all(edge_server(args, Path(tmp)), edge)

@@ -42,6 +42,7 @@ from darkpose.service.core.choices import (
     Providers,
 )
 from darkpose.service.core.errors import describe_validation_errors
+from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
 from darkpose.service.core.pipeline import PipelineOptions
 
 ENV_PREFIX = "DARKPOSE_"
@@ -260,6 +261,16 @@ class Settings(BaseSettings):
         description="photos with a longer side are worked on at a reduced size keeping at least "
         "this longest side (JPEG: DCT-scaled decode) and answered in original coordinates; "
         "0 = full resolution",
+    )
+    min_score_threshold: Probability = Field(
+        0.05,
+        description="lowest score_threshold a /pose request may ask for (422 below; "
+        "`darkpose eval` uses eval_det_score_threshold)",
+    )
+    det_pre_nms_topk: int = Field(
+        DEFAULT_PRE_NMS_TOPK,
+        gt=0,
+        description="detector candidates (highest scores) kept before NMS; bounds its cost",
     )
 
     # --- batching / concurrency --------------------------------------------------------------

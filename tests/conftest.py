@@ -23,7 +23,7 @@ CONTRACT_METRICS: tuple[str, ...] = (
     "darkpose_queue_wait_seconds",
     "darkpose_batch_size",
     "darkpose_inflight_requests",
-    "darkpose_work_in_progress",
+    "darkpose_work_running",
     "darkpose_persons_per_image",
     "darkpose_model_info",
 )

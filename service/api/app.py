@@ -79,7 +79,10 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     install_access_control(app, settings, state.metrics.registry)
     app.add_middleware(RequestContextMiddleware, on_done=on_done, access_log=settings.access_log)
     strict_query = [Depends(reject_unknown_query)]  # 422 for undeclared query parameters
-    app.include_router(pose.build_router(settings.max_persons), dependencies=strict_query)
+    app.include_router(
+        pose.build_router(settings.max_persons, settings.min_score_threshold),
+        dependencies=strict_query,
+    )
     app.include_router(health.router, dependencies=strict_query)
     app.include_router(ops.router, dependencies=strict_query)
     docs.install(app)

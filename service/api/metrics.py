@@ -8,7 +8,6 @@ The names are fixed in docs/contracts.md; dashboards and alert rules rely on the
 - ``darkpose_queue_wait_seconds`` histogram (crop batch waiting in the micro-batcher)
 - ``darkpose_batch_size`` histogram (crops per pose-model call)
 - ``darkpose_inflight_requests`` gauge
-- ``darkpose_work_in_progress`` gauge (pose work holding a worker slot, abandoned work included)
 - ``darkpose_persons_per_image`` histogram
 - ``darkpose_model_info{pose_model,detector,providers,decode}`` gauge (= 1)
 """
@@ -76,9 +75,9 @@ class Metrics:
         self.inflight = Gauge(
             "darkpose_inflight_requests", "POST /pose requests being served", registry=r
         )
-        self.work_in_progress = Gauge(
-            "darkpose_work_in_progress",
-            "POST /pose work holding a worker slot (work a client left stays until it stops)",
+        self.work_running = Gauge(
+            "darkpose_work_running",
+            "POST /pose work in worker threads, abandoned work included (until it stops)",
             registry=r,
         )
         self.persons = Histogram(

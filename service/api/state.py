@@ -15,8 +15,14 @@ import numpy as np
 
 from darkpose.service.api.batching import MicroBatcher
 from darkpose.service.api.metrics import Metrics
-from darkpose.service.api.work import MB, MemoryBudget
-from darkpose.service.core.errors import NotReady, Overloaded
+from darkpose.service.api.work import (
+    DEFAULT_DETECTOR_INPUT,
+    MB,
+    MemoryBudget,
+    RequestCost,
+    estimate_request_cost,
+)
+from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded, PayloadTooLarge
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import PoseModel
 from darkpose.service.settings import Settings
@@ -106,7 +112,6 @@ class ServiceState:
         self._upload_slots = _Slots(
             "uploads in progress", settings.max_concurrent_uploads, settings.retry_after_s
         )
-        self.metrics.work_in_progress.set_function(lambda: self._work_slots.held)
         self._loader: threading.Thread | None = None
         self._response_info: dict[str, Any] | None = None
         self.memory = MemoryBudget(settings.memory_budget_mb * MB, settings.retry_after_s)
@@ -255,6 +260,70 @@ class ServiceState:
     @property
     def inflight(self) -> int:
         return self._work_slots.held
+
+    # --- memory admission -------------------------------------------------------------------
+    def request_cost(
+        self,
+        pipeline: Pipeline,
+        options: PipelineOptions,
+        render: bool,
+        width: int = 0,
+        height: int = 0,
+        mode: str = "RGB",
+    ) -> RequestCost:
+        """The estimated memory of one request on ``pipeline`` per stage
+        (:func:`~darkpose.service.api.work.estimate_request_cost`): an image of ``width`` ×
+        ``height`` (0 × 0: the query's part alone), ``options.max_persons`` × (2 with flip)
+        crops per pose model, the detector's input and candidates, the overlay with ``render``."""
+        spec = pipeline.spec
+        detector = pipeline.detector
+        det_input = getattr(detector, "input_size", None) or DEFAULT_DETECTOR_INPUT
+        candidates = getattr(detector, "pre_nms_topk", None) or self.settings.det_pre_nms_topk
+        render_px = min(width * height, self.settings.max_render_side**2) if render else 0
+        return estimate_request_cost(
+            width,
+            height,
+            mode,
+            persons=options.max_persons,
+            flip=bool(options.flip),
+            crop_size=spec.input_size,
+            heatmap_size=spec.heatmap_size,
+            keypoints=spec.num_keypoints,
+            models=len(pipeline.pose_models),
+            render_pixels=render_px,
+            detector_input=(int(det_input[0]), int(det_input[1])),
+            candidates=int(candidates),
+        )
+
+    def check_parameters_fit(
+        self, pipeline: Pipeline, options: PipelineOptions, render: bool
+    ) -> None:
+        """Refuse before any work (``InvalidParameter``, 422) a query whose own part of the
+        estimate (``max_persons`` × flip crops and heatmaps, detector, base) exceeds the whole
+        ``memory_budget_mb``: no image could make it fit."""
+        cost = self.request_cost(pipeline, options, render)
+        if cost.without_image <= self.memory.limit:
+            return
+        per_person = self.request_cost(pipeline, options.replace(max_persons=1), render)
+        fixed = per_person.without_image - (per_person.crops + per_person.heatmaps)
+        fits = max(0, (self.memory.limit - fixed) // max(1, per_person.crops + per_person.heatmaps))
+        raise InvalidParameter(
+            f"max_persons: expected at most {fits} with flip={str(bool(options.flip)).lower()} "
+            f"(memory_budget_mb={self.memory.limit // MB}), got {options.max_persons}"
+        )
+
+    def reserve_memory(self, cost: RequestCost, width: int, height: int) -> int:
+        """Reserve ``cost.total`` bytes of the memory budget (returned: release them when the
+        work has stopped).  Refuses with 413 naming the image size when the request can never
+        fit, with ``Overloaded`` (503) while others hold the budget."""
+        if cost.total > self.memory.limit:
+            raise PayloadTooLarge(
+                f"image: expected one whose estimated request memory fits memory_budget_mb "
+                f"({self.memory.limit // MB} MB; {-(-cost.image_decode // MB)} MB of it for "
+                f"{width}×{height} pixels), got {-(-cost.total // MB)} MB"
+            )
+        self.memory.reserve(cost.total)
+        return cost.total
 
     # --- description ------------------------------------------------------------------------
     def response_model_info(self) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Box NMS, OKS similarity / OKS-NMS (as mmpose's ``oks_iou`` / ``oks_nms``) and rescoring.
 
-All functions are vectorised with numpy; the greedy loops run over kept items only.  Ties in
+All functions are vectorised with numpy; the greedy loops run over kept items only and compute
+one similarity row per kept item, so NMS memory is linear in the candidates.  Ties in
 scores are broken by the lower index first (stable sort), so results are deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,13 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-__all__ = ["nms_boxes", "oks_iou", "oks_nms", "rescore"]
+__all__ = ["DEFAULT_PRE_NMS_TOPK", "nms_boxes", "oks_iou", "oks_nms", "rescore", "top_k"]
+
+#: Detector candidates (highest scores first) kept before box NMS
+#: (``DARKPOSE_DET_PRE_NMS_TOPK``): the smallest cap measured to change neither end-to-end COCO
+#: AP at the evaluation threshold 0.05 nor any answer at the serving default 0.3
+#: (docs/request-cost.md).
+DEFAULT_PRE_NMS_TOPK = 200
 
 
 def _array(a: npt.ArrayLike, name: str, shape: str, ndim: int) -> F64:
@@ -36,28 +43,38 @@ def _order(scores: F64) -> I64:
     return np.argsort(-scores, kind="stable").astype(np.int64)
 
 
-def _pairwise_iou(boxes: F64) -> F64:
-    """boxes: (N, 4) xyxy → (N, N) IoU (continuous areas, no +1)."""
-    x1, y1, x2, y2 = boxes.T
-    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
-    ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+def top_k(scores: npt.ArrayLike, k: int) -> I64:
+    """Indices of the ``k`` highest ``scores`` (N,), by score descending, ties by index
+    ascending; all N of them (in that order) when N ≤ k.  Returns ``(min(N, k),) int64``."""
+    return _order(np.asarray(scores, np.float64).reshape(-1))[: max(0, int(k))]
+
+
+def _iou(a: F64, b: F64) -> F64:
+    """boxes a: (Na, 4), b: (Nb, 4) xyxy → (Na, Nb) IoU (continuous areas, no +1)."""
+    ax1, ay1, ax2, ay2 = a.T
+    bx1, by1, bx2, by2 = b.T
+    area_a = np.clip(ax2 - ax1, 0, None) * np.clip(ay2 - ay1, 0, None)
+    area_b = np.clip(bx2 - bx1, 0, None) * np.clip(by2 - by1, 0, None)
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(ax1[:, None], bx1[None]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(ay1[:, None], by1[None]), 0, None)
     inter = iw * ih
-    union = area[:, None] + area[None] - inter
+    union = area_a[:, None] + area_b[None] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return iou
 
 
-def _greedy(sim: F64, order: I64, threshold: float) -> I64:
-    """Greedy suppression: keep ``order[0]``, drop everything with ``sim > threshold``, repeat."""
-    suppressed = np.zeros(sim.shape[0], bool)
+def _greedy(row: Callable[[int], F64], n: int, order: I64, threshold: float) -> I64:
+    """Greedy suppression over ``n`` items: keep ``order[0]``, drop every item whose similarity
+    ``row(kept)`` (n,) to it is ``> threshold``, repeat.  One row at a time: memory O(n), time
+    O(n × kept)."""
+    suppressed = np.zeros(n, bool)
     keep: list[int] = []
     for i in order:
         if suppressed[i]:
             continue
         keep.append(int(i))
-        suppressed |= sim[i] > threshold
+        suppressed |= row(int(i)) > threshold
     return np.asarray(keep, np.int64)
 
 
@@ -66,7 +83,7 @@ def nms_boxes(boxes_xyxy: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: f
 
     boxes_xyxy: (N, 4); scores: (N,).  Returns kept indices ``(M,) int64`` ordered by score
     descending.  A box is suppressed when its IoU with a kept, higher-scored box is
-    ``> iou_threshold``.
+    ``> iou_threshold``.  Memory is O(N): one IoU row per kept box, never the (N, N) matrix.
     """
     b = _array(boxes_xyxy, "boxes_xyxy", "(N, 4)", 2)
     s = _array(scores, "scores", "(N,)", 1)
@@ -78,7 +95,7 @@ def nms_boxes(boxes_xyxy: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: f
         raise InvalidParameter(f"iou_threshold: expected a value in [0, 1], got {iou_threshold}")
     if b.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    return _greedy(_pairwise_iou(b), _order(s), iou_threshold)
+    return _greedy(lambda i: _iou(b[i : i + 1], b)[0], b.shape[0], _order(s), iou_threshold)
 
 
 def _sigmas(sigmas: Sequence[float] | npt.ArrayLike, k: int) -> F64:
@@ -86,6 +103,31 @@ def _sigmas(sigmas: Sequence[float] | npt.ArrayLike, k: int) -> F64:
     if sig.shape != (k,):
         raise InvalidParameter(f"sigmas: expected shape ({k},), got {sig.shape}")
     return sig
+
+
+def _checked_kpts(kpts: npt.ArrayLike, areas: npt.ArrayLike) -> tuple[F64, F64]:
+    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
+    a = _array(areas, "areas", "(N,)", 1)
+    if kp.shape[2] != 3 or kp.shape[0] != a.shape[0]:
+        raise InvalidParameter(
+            f"kpts/areas: expected (N, K, 3) and (N,), got {kp.shape} and {a.shape}"
+        )
+    return kp, a
+
+
+def _oks(kp_a: F64, a_a: F64, kp_b: F64, a_b: F64, var: F64, vis_thr: float | None) -> F64:
+    """OKS of instances a: (Na, K, 3), areas (Na,) against b: (Nb, K, 3), (Nb,) → (Na, Nb)."""
+    na, k = kp_a.shape[:2]
+    d2 = ((kp_a[:, None, :, :2] - kp_b[None, :, :, :2]) ** 2).sum(-1)  # (Na, Nb, K)
+    denom = (a_a[:, None] + a_b[None]) / 2.0 + np.spacing(1)
+    e = d2 / var / denom[..., None] / 2.0
+    ex = np.exp(-e)
+    if vis_thr is None:
+        return ex.mean(-1) if k else np.zeros((na, kp_b.shape[0]))
+    both = (kp_a[:, None, :, 2] > vis_thr) & (kp_b[None, :, :, 2] > vis_thr)
+    cnt = both.sum(-1)
+    tot = np.where(both, ex, 0.0).sum(-1)
+    return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
 
 
 def oks_iou(
@@ -101,25 +143,9 @@ def oks_iou(
     OKS = mean over keypoints of ``exp(-e)``; with ``vis_thr`` only keypoints whose score is
     ``> vis_thr`` in *both* instances count (0 when none do).  Returns ``(N, N) float64``.
     """
-    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
-    a = _array(areas, "areas", "(N,)", 1)
-    if kp.shape[2] != 3 or kp.shape[0] != a.shape[0]:
-        raise InvalidParameter(
-            f"kpts/areas: expected (N, K, 3) and (N,), got {kp.shape} and {a.shape}"
-        )
-    n, k, _ = kp.shape
-    var = (2.0 * _sigmas(sigmas, k)) ** 2
-    d2 = ((kp[:, None, :, :2] - kp[None, :, :, :2]) ** 2).sum(-1)  # (N, N, K)
-    denom = (a[:, None] + a[None]) / 2.0 + np.spacing(1)
-    e = d2 / var / denom[..., None] / 2.0
-    ex = np.exp(-e)
-    if vis_thr is None:
-        return ex.mean(-1) if k else np.zeros((n, n))
-    vis = kp[:, :, 2] > vis_thr
-    both = vis[:, None, :] & vis[None, :, :]
-    cnt = both.sum(-1)
-    tot = np.where(both, ex, 0.0).sum(-1)
-    return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
+    kp, a = _checked_kpts(kpts, areas)
+    var = (2.0 * _sigmas(sigmas, kp.shape[1])) ** 2
+    return _oks(kp, a, kp, a, var, vis_thr)
 
 
 def oks_nms(
@@ -134,7 +160,7 @@ def oks_nms(
 
     kpts: (N, K, 3); scores: (N,); areas: (N,).  An instance is dropped when its OKS with a
     kept, higher-scored instance is ``> threshold``.  Returns kept indices ``(M,) int64``
-    ordered by score descending.
+    ordered by score descending; memory O(N × K) (one OKS row per kept instance).
     """
     s = _array(scores, "scores", "(N,)", 1)
     kp = _array(kpts, "kpts", "(N, K, 3)", 3)
@@ -144,8 +170,13 @@ def oks_nms(
         )
     if kp.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    sim = oks_iou(kp, areas, sigmas, vis_thr)
-    return _greedy(sim, _order(s), threshold)
+    kp, a = _checked_kpts(kp, areas)
+    var = (2.0 * _sigmas(sigmas, kp.shape[1])) ** 2
+
+    def row(i: int) -> F64:
+        return _oks(kp[i : i + 1], a[i : i + 1], kp, a, var, vis_thr)[0]
+
+    return _greedy(row, kp.shape[0], _order(s), threshold)
 
 
 def rescore(box_scores: npt.ArrayLike, kpt_scores: npt.ArrayLike, threshold: float = 0.2) -> F32:

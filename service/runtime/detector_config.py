@@ -465,6 +465,7 @@ class _Builder:
             score_threshold=s.det_score_threshold if spec.score is None else spec.score,
             nms_iou=spec.nms,
             max_detections=s.det_max_detections,
+            pre_nms_topk=s.det_pre_nms_topk,
             providers=s.providers,
             intra_op_threads=s.intra_op_threads,
             inter_op_threads=s.inter_op_threads,

@@ -13,9 +13,11 @@ order; ``(pixel * pixel_scale - mean) / std``) and post-processing from the outp
 * ``boxes_scores`` — ``boxes`` (1, A, 4) xyxy in input px and ``scores`` (1, C, A) (PicoDet
   exported without NMS); score = scores[person_class].
 
-Then: score threshold, boxes mapped from input px to image px (letterbox: ``/ ratio``; stretch:
-``* (W / input_W, H / input_H)``), clipped, empty ones dropped, NMS in numpy
-(:func:`darkpose.service.core.nms.nms_boxes`), at most ``max_detections``.
+Then: score threshold, the ``pre_nms_topk`` highest-scoring candidates (a score threshold of 0
+would otherwise send every anchor, 3,549 for YOLOX at 416², into NMS), boxes mapped from input
+px to image px (letterbox: ``/ ratio``; stretch: ``* (W / input_W, H / input_H)``), clipped,
+empty ones dropped, NMS in numpy (:func:`darkpose.service.core.nms.nms_boxes`), at most
+``max_detections``.
 :class:`YoloxDetector` / :class:`PicoDetDetector` are the two shipped kinds (a YOLOX file without
 a card gets :data:`YOLOX_CARD`).
 """
@@ -33,7 +35,7 @@ import numpy.typing as npt
 
 from darkpose.service.core.cards import ModelCard, parse_card
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
-from darkpose.service.core.nms import nms_boxes
+from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK, nms_boxes, top_k
 from darkpose.service.core.types import F32, Detections
 from darkpose.service.runtime.cards import load_card, resolve_card
 from darkpose.service.runtime.onnx import create_session
@@ -170,7 +172,8 @@ class OnnxDetector:
     ``max_detections``).  ``card=None`` reads the file's card
     (:mod:`darkpose.service.runtime.cards`).
     ``nms_iou=None``: the card's ``detector.nms_iou``, else ``default_nms_iou`` (the builder
-    passes ``DARKPOSE_DET_NMS_IOU``).
+    passes ``DARKPOSE_DET_NMS_IOU``).  At most ``pre_nms_topk`` candidates (by score) enter NMS
+    (``DARKPOSE_DET_PRE_NMS_TOPK``).
     """
 
     kind = "onnx"
@@ -181,6 +184,7 @@ class OnnxDetector:
         score_threshold: float = 0.3,
         nms_iou: float | None = None,
         max_detections: int = 100,
+        pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK,
         providers: str = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
@@ -203,6 +207,9 @@ class OnnxDetector:
             raise InvalidParameter(f"nms_iou: expected (0, 1], got {nms_iou}")
         if max_detections < 1:
             raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
+        if pre_nms_topk < 1:
+            raise InvalidParameter(f"pre_nms_topk: expected >= 1, got {pre_nms_topk}")
+        self.pre_nms_topk = int(pre_nms_topk)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.max_detections = int(max_detections)
@@ -286,6 +293,8 @@ class OnnxDetector:
         boxes, scores = self._decode(outputs, score_threshold)
         if scores.size == 0:
             return Detections.empty()
+        keep_top = top_k(scores, self.pre_nms_topk)
+        boxes, scores = boxes[keep_top], scores[keep_top]
         boxes = clip_boxes(input_to_image(boxes, scale), image_size)
         ok = non_empty(boxes)
         if not ok.any():
@@ -413,6 +422,7 @@ class YoloxDetector(OnnxDetector):
         score_threshold: float = 0.3,
         nms_iou: float | None = None,
         max_detections: int = 100,
+        pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK,
         providers: str = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
@@ -437,6 +447,7 @@ class YoloxDetector(OnnxDetector):
             score_threshold=score_threshold,
             nms_iou=nms_iou,
             max_detections=max_detections,
+            pre_nms_topk=pre_nms_topk,
             providers=providers,
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,

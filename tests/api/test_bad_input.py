@@ -235,6 +235,22 @@ CASES = [
         content=_jpeg,
     ),
     Case(
+        "score threshold 0: every candidate a person",
+        422,
+        "invalid_parameter",
+        "'score_threshold'",
+        query="score_threshold=0&max_persons=100&flip=true",
+        content=_jpeg,
+    ),
+    Case(
+        "score threshold under the floor",
+        422,
+        "invalid_parameter",
+        "score_threshold",
+        query="score_threshold=0.049",
+        content=_jpeg,
+    ),
+    Case(
         "unknown decode method",
         422,
         "invalid_parameter",

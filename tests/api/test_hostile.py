@@ -38,7 +38,7 @@ SETTINGS = {
     "DARKPOSE_RESPONSE_WRITE_TIMEOUT_S": "1",
     "DARKPOSE_MAX_RENDER_SIDE": "2048",
     "DARKPOSE_MAX_CONNECTIONS": "40",
-    "DARKPOSE_MEMORY_BUDGET_MB": "180",
+    "DARKPOSE_MEMORY_BUDGET_MB": "200",
     "DARKPOSE_MAX_JPEG_SCANS": "100",
     "DARKPOSE_MAX_PNG_CHUNKS": "20000",
 }
@@ -170,13 +170,12 @@ def test_abandoned_request_stops_before_the_models(srv: ServerProcess) -> None:
     gone_before = _metric(srv.base, "darkpose_requests_total", gone)
     s = _connect(srv.port)
     s.sendall(_head(srv.port, len(slow)) + slow)
-    _wait_metric(srv.base, "darkpose_work_in_progress", 1.0)  # body in; the worker is decoding
+    _wait_metric(srv.base, "darkpose_work_running", 1.0)  # the body has arrived; decoding
     s.close()
     _wait_inflight_zero(srv)
     # counted once the middleware is done with it, which may be just after the gauge drops
     _wait_metric(srv.base, "darkpose_requests_total", gone_before + 1, gone)
-    # the worker has stopped and given its slot back: had it gone on, it would have detected
-    _wait_metric(srv.base, "darkpose_work_in_progress", 0.0)
+    _wait_metric(srv.base, "darkpose_work_running", 0.0)  # the worker has stopped
     assert _metric(srv.base, "darkpose_stage_seconds_count", detect) == detect_before
     _served(srv)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +18,9 @@ from darkpose.service.api.work import (
     JobCancelled,
     MemoryBudget,
     estimate_request_bytes,
+    estimate_request_cost,
+    hold_work,
+    release_after_work,
 )
 from darkpose.service.core.errors import InvalidImage, Overloaded, PayloadTooLarge
 from tests import hostile_payloads as hp
@@ -33,14 +39,73 @@ def test_memory_budget_admits_refuses_and_releases() -> None:
     assert budget.used == 100 * MB
 
 
-def test_estimate_grows_with_pixels_crops_and_render() -> None:
-    kw = {"crop_size": (192, 256), "heatmap_size": (48, 64), "keypoints": 17}
-    small = estimate_request_bytes(640, 480, "RGB", crops=30, **kw)  # type: ignore[arg-type]
-    flip = estimate_request_bytes(640, 480, "RGB", crops=60, **kw)  # type: ignore[arg-type]
-    big = estimate_request_bytes(6000, 6000, "RGB", crops=30, **kw)  # type: ignore[arg-type]
-    render = estimate_request_bytes(640, 480, "RGB", crops=30, render_pixels=640 * 480, **kw)  # type: ignore[arg-type]
-    assert small < flip and small < big and small < render
-    assert big - small == (6000 * 6000 - 640 * 480) * 11  # 4 (PIL) + 4 (copy) + 3 (BGR) B/px
+SHAPE = {"crop_size": (192, 256), "heatmap_size": (48, 64), "keypoints": 17}
+
+
+def test_estimate_covers_every_stage_and_follows_the_parameters() -> None:
+    small = estimate_request_cost(640, 480, "RGB", persons=30, flip=False, **SHAPE)  # type: ignore[arg-type]
+    flip = estimate_request_cost(640, 480, "RGB", persons=30, flip=True, **SHAPE)  # type: ignore[arg-type]
+    more = estimate_request_cost(640, 480, "RGB", persons=100, flip=False, **SHAPE)  # type: ignore[arg-type]
+    big = estimate_request_cost(6000, 6000, "RGB", persons=30, flip=False, **SHAPE)  # type: ignore[arg-type]
+    render = estimate_request_cost(
+        640,
+        480,
+        "RGB",
+        persons=30,
+        flip=False,
+        render_pixels=640 * 480,
+        **SHAPE,  # type: ignore[arg-type]
+    )
+    assert all(v > 0 for k, v in small.as_dict().items() if k != "render")
+    assert flip.crops == 2 * small.crops and flip.heatmaps == 2 * small.heatmaps
+    assert more.crops * 30 == small.crops * 100
+    assert big.image_decode - small.image_decode == (6000 * 6000 - 640 * 480) * 11  # 4+4+3 B/px
+    assert render.total - small.total == render.render > 0
+    assert big.without_image == small.without_image  # the query's part does not see the image
+    assert estimate_request_bytes(640, 480, "RGB", persons=30, flip=False, **SHAPE) == small.total  # type: ignore[arg-type]
+    wide = estimate_request_cost(
+        640,
+        480,
+        "RGB",
+        persons=30,
+        flip=False,
+        candidates=3549,
+        **SHAPE,  # type: ignore[arg-type]
+    )
+    assert small.detect < wide.detect < small.detect + 3549 * 200  # NMS: linear in candidates
+
+
+def test_work_hold_releases_only_when_the_work_has_stopped() -> None:
+    def in_thread(fn: Callable[[], object]) -> None:
+        t = threading.Thread(target=fn)
+        t.start()
+        t.join()
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        released = asyncio.Event()
+        scope: dict[str, object] = {}
+        first, second = hold_work(scope), hold_work(scope)
+
+        def release() -> None:
+            events.append("released")
+            released.set()
+
+        release_after_work(scope, release)  # the route has returned, two workers still run
+        events.append("route done")
+        in_thread(first)  # one worker stops: a release would be scheduled on the loop now
+        for _ in range(3):
+            await asyncio.sleep(0)  # let any scheduled callback run
+        events.append("one stopped")
+        in_thread(lambda: (second(), second()))  # the last stops (twice: counted once)
+        await asyncio.wait_for(released.wait(), 10)
+        return events
+
+    events = asyncio.run(scenario())
+    assert events == ["route done", "one stopped", "released"]
+    now: list[str] = []
+    release_after_work({}, lambda: now.append("now"))  # no work held: released at once
+    assert now == ["now"]
 
 
 def test_job_cancel_and_deadline() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darkpose.service.core.errors import InvalidParameter
-from darkpose.service.core.nms import nms_boxes, oks_iou, oks_nms, rescore
+from darkpose.service.core.nms import nms_boxes, oks_iou, oks_nms, rescore, top_k
 from darkpose.service.core.types import COCO_SIGMAS
 
 SIG = np.array(COCO_SIGMAS)
@@ -192,3 +192,95 @@ def test_empty_inputs() -> None:
     assert nms_boxes(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
     assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), np.zeros(0)).shape == (0,)
     assert rescore(np.zeros(0), np.zeros((0, 17))).shape == (0,)
+
+
+# ---- linear-memory NMS against the (N, N) matrix version it replaced ------------------------
+def matrix_nms_boxes(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    """The former nms_boxes: the full (N, N) IoU matrix, then the greedy pass over it."""
+    b = np.asarray(boxes, np.float64)
+    x1, y1, x2, y2 = b.T
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+    inter = iw * ih
+    union = area[:, None] + area[None] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.where(union > 0, inter / union, 0.0)
+    suppressed = np.zeros(len(b), bool)
+    keep: list[int] = []
+    for i in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
+        if not suppressed[i]:
+            keep.append(int(i))
+            suppressed |= sim[i] > thr
+    return keep
+
+
+@st.composite
+def crowded_box_sets(draw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Up to 400 boxes clustered like detector anchors (many overlaps, duplicates, ties)."""
+    n = draw(st.integers(0, 400))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    centres = rng.uniform(0, 400, (max(n // 8, 1), 2))
+    xy = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 6, (n, 2))
+    wh = rng.uniform(0, 80, (n, 2))
+    if n and draw(st.booleans()):
+        xy[: n // 3] = xy[0]  # exact duplicates
+        wh[: n // 3] = wh[0]
+    scores = rng.choice([0.05, 0.5], n) if draw(st.booleans()) else rng.uniform(0, 1, n)
+    return np.concatenate([xy, xy + wh], 1).astype(np.float32), scores.astype(np.float32)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=crowded_box_sets(), thr=st.sampled_from([0.0, 0.3, 0.5, 0.65, 0.9, 1.0]))
+def test_nms_boxes_identical_to_matrix_version(data: tuple, thr: float) -> None:
+    boxes, scores = data
+    assert nms_boxes(boxes, scores, thr).tolist() == matrix_nms_boxes(boxes, scores, thr)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=pose_sets(), thr=st.sampled_from([0.0, 0.5, 0.9, 1.0]), vis=st.sampled_from([None, 0.2])
+)
+def test_oks_nms_identical_to_matrix_version(data: tuple, thr: float, vis: float | None) -> None:
+    kpts, scores, areas = data
+    if len(kpts) == 0:
+        return
+    sim = oks_iou(kpts, areas, SIG, vis)  # the (N, N) matrix the former oks_nms used
+    suppressed = np.zeros(len(kpts), bool)
+    keep: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not suppressed[i]:
+            keep.append(int(i))
+            suppressed |= sim[i] > thr
+    assert oks_nms(kpts, scores, areas, thr, SIG, vis).tolist() == keep
+
+
+def test_nms_memory_is_linear_in_the_candidates() -> None:
+    """3,549 candidates (every YOLOX-416 anchor): the (N, N) float64 matrices of the former
+    version took ~100 MB each; one IoU row per kept box stays far below one such matrix."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n = 3549
+    xy = rng.uniform(0, 400, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 40, (n, 2))], 1)
+    scores = rng.uniform(0, 1, n)
+    tracemalloc.start()
+    try:
+        nms_boxes(boxes, scores, 0.65)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 8 / 10, f"peak {peak / 2**20:.1f} MB"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.1, 0.5, 0.5, 0.9, 1.0]), max_size=60),
+    k=st.integers(1, 70),
+)
+def test_top_k_is_the_k_highest_scores_ties_by_index(scores: list[float], k: int) -> None:
+    idx = top_k(np.array(scores, np.float32), k)
+    expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+    assert idx.dtype == np.int64
+    assert idx.tolist() == expected

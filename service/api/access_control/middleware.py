@@ -23,6 +23,7 @@ from darkpose.service.api.access_control.policy import (
 )
 from darkpose.service.api.errors import error_response, request_id_of
 from darkpose.service.api.logsafe import escape, throttle
+from darkpose.service.api.work import release_after_work
 
 logger = logging.getLogger(__name__)
 throttle(logger)  # 401/429 lines: at most a few per template per 10 s, with the count dropped
@@ -146,12 +147,16 @@ class AccessMiddleware:
             return
         if m is not None:
             m.inflight.labels(client=label).inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
+
+        def release() -> None:
             p.release(bucket_client)
             if m is not None:
                 m.inflight.labels(client=label).dec()
+
+        try:
+            await self.app(scope, receive, send)
+        finally:  # held until the request's worker has stopped: abandoned work still counts
+            release_after_work(scope, release)
 
     # --- refusals --------------------------------------------------------------------------
     def _label_route(self, scope: Scope) -> None:

@@ -3,8 +3,8 @@
 The route is thin: :func:`serve_pose` reads the body under an upload slot, admits the request
 (an in-flight slot) and runs :func:`run_pose` (decode → pipeline → response body) in one of the
 state's worker threads, cancelling it when the client leaves or its deadline passes.  The
-router is built per app by :func:`build_router` because the ``max_persons`` bound of the query
-is a setting and is part of the OpenAPI document.
+router is built per app by :func:`build_router` because the ``max_persons`` and
+``score_threshold`` bounds of the query are settings and part of the OpenAPI document.
 """
 
 import asyncio
@@ -29,7 +29,7 @@ from darkpose.service.api.deps import StateDep
 from darkpose.service.api.errors import request_id_of
 from darkpose.service.api.schemas import PoseResponse, Timings, error_responses
 from darkpose.service.api.state import ServiceState
-from darkpose.service.api.work import Job, current_job, estimate_request_bytes
+from darkpose.service.api.work import Job, current_job, hold_work
 from darkpose.service.core.choices import DecodeMethod, Probability
 from darkpose.service.core.codec import DECODERS
 from darkpose.service.core.errors import InvalidImage
@@ -196,8 +196,9 @@ def run_pose(
     false.  A valid image with a side under ``min_image_side`` holds no detectable person: it
     is answered with no persons (the pipeline does not run).  ``timings_ms.total`` spans
     decoding and the pipeline.  ``job`` (optional) is checked between stages; the request's
-    estimated memory is reserved in ``state.memory`` once the image header is known (before
-    decoding) and released when this returns; a full pose queue refuses before detection.
+    estimated memory (every stage: :meth:`ServiceState.request_cost`) is reserved in
+    ``state.memory`` once the image header is known (before decoding) and released when this
+    returns, i.e. when the worker has stopped; a full pose queue refuses before detection.
     The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
     (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
     """
@@ -206,7 +207,6 @@ def run_pose(
     s = state.settings
     check = job.check if job is not None else (lambda: None)
     reserved = 0
-    spec = pipeline.spec
     crops = crops_upper_bound(options)
 
     def admit(width: int, height: int, mode: str) -> None:
@@ -214,20 +214,8 @@ def run_pose(
         # decoded at a reduced scale, else the full size; see decode_working)
         nonlocal reserved
         check()
-        render_px = min(width * height, s.max_render_side**2) if query.render else 0
-        need = estimate_request_bytes(
-            width,
-            height,
-            mode,
-            crops=crops,
-            crop_size=spec.input_size,
-            heatmap_size=spec.heatmap_size,
-            keypoints=spec.num_keypoints,
-            models=len(pipeline.pose_models),
-            render_pixels=render_px,
-        )
-        state.memory.reserve(need)
-        reserved = need
+        cost = state.request_cost(pipeline, options, query.render, width, height, mode)
+        reserved = state.reserve_memory(cost, width, height)
 
     # an overlay is drawn at up to max_render_side: it is not worked on at fewer pixels
     working_side = s.working_side
@@ -343,30 +331,44 @@ async def await_work(
 async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) -> Response:
     """Admit, read the image, run :func:`run_pose` in a worker thread, answer.
 
-    Order: ready? → an upload slot while the body arrives (``max_concurrent_uploads``) → an
+    Order: ready? → the query's own memory estimate fits the budget (else 422 naming
+    ``max_persons``) → an upload slot while the body arrives (``max_concurrent_uploads``) → an
     in-flight slot once it has (``max_inflight_requests``) → the work, bounded by
-    ``work_timeout_s`` and cancelled when the client leaves.
+    ``work_timeout_s`` and cancelled when the client leaves.  The in-flight slot, the memory
+    reservation and the client's own slot (access control, :func:`hold_work`) are freed when
+    the worker has stopped, not when the client leaves: abandoned work counts against the
+    client that abandoned it.
     """
     settings = state.settings
     request_id = request_id_of(request.scope)
     pipeline = state.require_ready()
+    options = query.options(state.options(), settings.default_max_persons)
+    state.check_parameters_fit(pipeline, options, query.render)
     state.metrics.inflight.inc()
     try:
         with state.upload_slot():
             data = await extract_image(
                 request, settings.max_image_bytes, settings.request_timeout_s
             )
-        options = query.options(state.options(), settings.default_max_persons)
         job = Job(settings.work_timeout_s, settings.retry_after_s)
         state.enter()
+        stopped = hold_work(request.scope)
+        state.metrics.work_running.inc()
+
+        def worker_stopped(_: object = None) -> None:
+            state.metrics.work_running.dec()
+            state.leave()
+            stopped()
+
         try:
             future = state.executor.submit(
                 run_pose, state, pipeline, data, options, query, request_id, job
             )
         except BaseException:
-            state.leave()
+            worker_stopped()
             raise
-        future.add_done_callback(lambda _: state.leave())
+
+        future.add_done_callback(worker_stopped)
         del data
         content, media_type = await await_work(future, job, request.receive)
     finally:
@@ -374,8 +376,10 @@ async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) ->
     return Response(content, media_type=media_type)
 
 
-def build_router(person_cap: int) -> APIRouter:
-    """The ``POST /pose`` router; ``person_cap`` bounds the ``max_persons`` query (a setting).
+def build_router(person_cap: int, min_score: float = 0.0) -> APIRouter:
+    """The ``POST /pose`` router; ``person_cap`` bounds the ``max_persons`` query and
+    ``min_score`` the ``score_threshold`` query from below (settings ``max_persons``,
+    ``min_score_threshold``).
 
     (No ``from __future__ import annotations`` in this module: the bound is read from the
     enclosing scope when FastAPI evaluates the signature.)
@@ -411,14 +415,24 @@ def build_router(person_cap: int) -> APIRouter:
         ] = None,
         flip: Annotated[bool | None, Query(description="flip test-time augmentation")] = None,
         score_threshold: Annotated[
-            Probability | None, Query(description="person detection score threshold")
+            float | None,
+            Query(
+                ge=min_score,
+                le=1.0,
+                description="person detection score threshold (at least the service's "
+                "min_score_threshold: below it every weak candidate becomes a person)",
+            ),
         ] = None,
         keypoint_threshold: Annotated[
             Probability | None, Query(description="keypoint score threshold used in rescoring")
         ] = None,
         max_persons: Annotated[
             int | None,
-            Query(ge=1, le=person_cap, description="most persons returned"),
+            Query(
+                ge=1,
+                le=person_cap,
+                description="most persons returned (each costs a pose crop, two with flip)",
+            ),
         ] = None,
         render: Annotated[
             bool, Query(description="return the skeleton overlay image instead of JSON")
