@@ -311,7 +311,7 @@ class Settings(BaseSettings):
     rate_limit: float = Field(0.0, ge=0.0, description="requests/s per client; 0 = off")
     rate_burst: int = Field(0, ge=0, description="token bucket size; 0 = ceil(rate_limit)")
     max_inflight_per_client: int = Field(0, ge=0, description="0 = no per-client cap")
-    trusted_proxies: list[IPvAnyNetwork] = Field(
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
         default_factory=list,
         description="comma-separated proxy IPs/CIDRs whose X-Forwarded-For is honoured",
     )

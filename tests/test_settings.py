@@ -256,3 +256,17 @@ def test_list_setting_keyword_errors_name_the_setting(text: str, line: str) -> N
     got = settings_error_line(exc.value)
     assert got.startswith(f"settings: pose_models (DARKPOSE_POSE_MODELS): {line}"), got
     assert got.count("expected") == 1, got
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1,10.0.0.1/8", '["127.0.0.1", "10.0.0.0/8"]', " 127.0.0.1 , 10.0.0.0/8 "]
+)
+def test_trusted_proxies_from_the_environment(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A comma list or a JSON list of addresses / networks; host bits are dropped."""
+    import ipaddress
+
+    monkeypatch.setenv("DARKPOSE_TRUSTED_PROXIES", value)
+    assert Settings().trusted_proxies == [
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    ]
