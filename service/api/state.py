@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from darkpose.service.api.batching import MicroBatcher
 from darkpose.service.api.metrics import Metrics
 from darkpose.service.api.work import MB, MemoryBudget
 from darkpose.service.core.errors import NotReady, Overloaded
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import PoseModel
+from darkpose.service.runtime.batching import MicroBatcher
 from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
-from contextvars import ContextVar
 
 from darkpose.service.core.errors import Overloaded, PayloadTooLarge
+from darkpose.service.runtime.batching import current_job as current_job
 
 MB = 1024 * 1024
 #: Fixed part of every estimate: detector input and outputs, JSON, Python objects.
@@ -76,9 +76,8 @@ class Job:
             raise err
 
 
-#: The job of the request a worker thread is running (set by ``run_pose``): the pose
-#: micro-batcher drops the queued crops of a job that has stopped instead of running them.
-current_job: ContextVar[Job | None] = ContextVar("darkpose_current_job", default=None)
+#: ``current_job`` is the micro-batcher's (:mod:`darkpose.service.runtime.batching`): ``run_pose``
+#: sets it to the request's :class:`Job` in its worker thread.
 
 
 class MemoryBudget:
