@@ -51,13 +51,15 @@ def test_the_settings_pipeline_and_query_share_the_range_types() -> None:
     assert hints["providers"] is choices.Providers
     with pytest.raises(InvalidParameter, match="det_score_threshold: expected a number at most"):
         PipelineOptions(det_score_threshold=1.5)
-    # the HTTP query's schema is the same type's schema
-    doc = create_app(Settings(warmup=False, model_dir=MODELS)).openapi()  # type: ignore[call-arg]
+    # the HTTP query's schema: the same type's upper bound; the lower one is the service's
+    # floor (min_score_threshold), which bounds what a request may cost
+    settings = Settings(warmup=False, model_dir=MODELS, min_score_threshold=0.07)  # type: ignore[call-arg]
+    doc = create_app(settings).openapi()
     params = {p["name"]: p for p in doc["paths"]["/pose"]["post"]["parameters"]}
     schemas = params["score_threshold"]["schema"]["anyOf"]
     (number,) = [s for s in schemas if s.get("type") == "number"]
     bounds = Settings.model_json_schema()["properties"]["det_score_threshold"]
-    assert (number["minimum"], number["maximum"]) == (bounds["minimum"], bounds["maximum"])
+    assert (number["minimum"], number["maximum"]) == (0.07, bounds["maximum"])
 
 
 def test_pipeline_defaults_are_the_settings_defaults() -> None:
@@ -78,9 +80,9 @@ def test_the_batch_wait_default_is_the_settings_in_help_and_ray(
     help_line = next(x for x in serve.epilog().splitlines() if "DARKPOSE_MAX_WAIT_MS" in x)
     assert "default 7.5" in help_line
     pytest.importorskip("ray")
-    from darkpose.service.ray_app import deployments
+    from darkpose.service.ray_app import common
 
-    assert deployments.parse_batch_config({}) == (default_of("max_batch"), 7.5 / 1000.0)
+    assert common.parse_batch_config({}) == (default_of("max_batch"), 7.5 / 1000.0)
 
 
 def test_cli_choices_are_the_shared_tuples() -> None:

@@ -7,9 +7,8 @@ injected :class:`~darkpose.service.core.pipeline.Pipeline` adopted) and warmed i
 thread
 started by the lifespan, so ``/healthz`` answers at once and ``/readyz`` says 503 until the
 pipeline is ready.  When ``settings.batching`` is on, every pose model of a built pipeline is
-wrapped in a :class:`~darkpose.service.api.batching.MicroBatcher`; an injected pipeline is used as
-it
-is (its pose models may batch elsewhere, e.g. Ray Serve).
+wrapped in a :class:`~darkpose.service.runtime.batching.MicroBatcher`; an injected pipeline is
+used as it is (its pose models may batch elsewhere, e.g. Ray Serve).
 
 Pose work runs in the state's worker threads (``max_inflight_requests`` of them, see
 :mod:`darkpose.service.api.routes.pose`); the event loop only reads bodies and writes answers.

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from darkpose.service.api.batching import MicroBatcher
 from darkpose.service.api.metrics import Metrics
 from darkpose.service.api.work import (
     DEFAULT_DETECTOR_INPUT,
@@ -25,6 +24,7 @@ from darkpose.service.api.work import (
 from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded, PayloadTooLarge
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import PoseModel
+from darkpose.service.runtime.batching import MicroBatcher
 from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -20,12 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from darkpose.service.core.errors import Overloaded, PayloadTooLarge
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
+from darkpose.service.runtime.batching import current_job as current_job
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ class Job:
             raise err
 
 
-#: The job of the request a worker thread is running (set by ``run_pose``): the pose
-#: micro-batcher drops the queued crops of a job that has stopped instead of running them.
-current_job: ContextVar[Job | None] = ContextVar("darkpose_current_job", default=None)
+#: ``current_job`` is the micro-batcher's (:mod:`darkpose.service.runtime.batching`): ``run_pose``
+#: sets it to the request's :class:`Job` in its worker thread.
 
 
 #: ``scope["state"]`` key of a request's :class:`WorkHold`.

@@ -2,26 +2,29 @@
 
 Stages (each timed, seconds, in :attr:`PoseResult.timings`):
 
-* ``detect``  — :class:`~darkpose.service.core.types.Detector` (skipped when the caller passes
-boxes,
-  e.g. GT-box evaluation), score threshold, at most ``max_persons`` boxes by score;
-* ``crop``    — :func:`~darkpose.service.core.transforms.boxes_to_center_scale` (``box_padding``)
-and
-  :func:`~darkpose.service.core.transforms.warp_crops` into each model's normalised input;
-* ``pose``    — **one** ``PoseModel.infer`` call per model and image with every crop (and, with
-  the flip test, their mirror images concatenated into the same call); several models = an
-  ensemble whose heatmaps are averaged before decoding;
-* ``decode``  — flip fusion, :func:`~darkpose.service.core.codec.decode_heatmaps` (argmax /
-standard /
-  dark), back-projection to image pixels (skipped for ``spec.decoded_output`` models, whose
-  graph already outputs keypoints);
+* ``detect`` — :class:`~darkpose.service.core.types.Detector` (skipped when the caller passes
+  boxes, e.g. GT-box evaluation), score threshold, at most ``max_persons`` boxes by score, and
+  each box's crop geometry (:func:`~darkpose.service.core.transforms.boxes_to_center_scale`,
+  ``box_padding``);
+* the **pose stage** (:mod:`darkpose.service.core.pose_stage`, pluggable: crops → keypoints):
+
+  * ``crop`` — :func:`~darkpose.service.core.transforms.cut_crops` and
+    :func:`~darkpose.service.core.transforms.normalize_crops` into each model's input;
+  * ``pose`` — **one** ``PoseModel.infer`` call per model and image with every crop (and, with
+    the flip test, their mirror images concatenated into the same call); several models = an
+    ensemble whose heatmaps are averaged before decoding;
+  * ``decode`` — flip fusion, :func:`~darkpose.service.core.codec.decode_heatmaps` (argmax /
+    standard / dark), back-projection to image pixels (``spec.decoded_output`` models' graphs
+    already output keypoints);
+
 * ``postprocess`` — rescoring (box score × mean confident keypoint score) and OKS-NMS (area from
   the box).
 
-The work is split in :meth:`Pipeline.run_models` (detect, crop, pose → :class:`PoseStage`) and
-:meth:`Pipeline.finish` (decode, postprocess) so that an evaluation decodes the same heatmaps
-with several methods and with/without the flip test without rerunning the network.
-The pipeline holds no mutable state: it may be called from several threads at once.
+With pose models that run here, the work can also be split in :meth:`Pipeline.run_models`
+(detect, crop, pose → :class:`PoseStage`) and :meth:`Pipeline.finish` (decode, postprocess) so
+that an evaluation decodes the same heatmaps with several methods and with/without the flip
+test without rerunning the network.  The pipeline holds no mutable state: it may be called from
+several threads at once.
 """
 
 from __future__ import annotations
@@ -43,16 +46,11 @@ from darkpose.service.core.choices import (
     Probability,
     check,
 )
-from darkpose.service.core.codec import check_blur_kernel, check_decode_method, decode_heatmaps
-from darkpose.service.core.errors import InputError, InvalidImage, InvalidParameter, ModelError
-from darkpose.service.core.flip import flip_batch, flip_heatmaps_back, flip_permutation, fuse_flip
+from darkpose.service.core.codec import check_blur_kernel, check_decode_method
+from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.nms import oks_nms, rescore
-from darkpose.service.core.transforms import (
-    boxes_to_center_scale,
-    heatmap_to_image,
-    warp_crops,
-    xyxy_to_xywh,
-)
+from darkpose.service.core.pose_stage import KeypointStage, ModelPose, preprocess_key
+from darkpose.service.core.transforms import boxes_to_center_scale, xyxy_to_xywh
 from darkpose.service.core.types import (
     COCO_SIGMAS,
     F32,
@@ -306,71 +304,60 @@ def _check_boxes(
     return b[ok], s[ok]
 
 
-def _preprocess_key(spec: ModelSpec) -> tuple[Any, ...]:
-    return (spec.input_size, spec.mean, spec.std, spec.pixel_scale, spec.channel_order)
-
-
 class Pipeline:
-    """Detector + pose model(s) → persons.
+    """Detector + pose stage → persons.
 
-    ``pose_models``: one :class:`PoseModel` or several (an ensemble: same heatmap size and input
-    aspect ratio; heatmaps averaged before decoding, weighted by ``weights`` (one number > 0
-    per model, normalised; default equal)).  ``detector`` may be ``None`` when every
-    call passes ``boxes``.  Call as ``pipeline(image, options=None, boxes=None,
-    box_scores=None, image_id=None) -> PoseResult``; ``image`` BGR uint8 (H, W, 3).
+    ``pose``: the pose stage — one :class:`PoseModel` or several (run here by a
+    :class:`~darkpose.service.core.pose_stage.ModelPose`: an ensemble with the same heatmap size
+    and input aspect ratio, heatmaps averaged before decoding, weighted by ``weights`` (one
+    number > 0 per model, normalised; default equal)), or any
+    :class:`~darkpose.service.core.pose_stage.KeypointStage` (e.g. a remote pose pool; then
+    ``weights`` must be ``None``).  ``detector`` may be ``None`` when every call passes
+    ``boxes``.  Call as ``pipeline(image, options=None, boxes=None, box_scores=None,
+    image_id=None) -> PoseResult``; ``image`` BGR uint8 (H, W, 3).
     """
 
     def __init__(
         self,
         detector: Detector | None,
-        pose_models: PoseModel | Sequence[PoseModel],
+        pose: PoseModel | Sequence[PoseModel] | KeypointStage,
         options: PipelineOptions | None = None,
         weights: Sequence[float] | None = None,
     ) -> None:
-        models = [pose_models] if isinstance(pose_models, PoseModel) else list(pose_models)
-        if not models:
-            raise ModelError("pose_models: expected at least one pose model, got none")
-        spec0 = models[0].spec
-        for m in models[1:]:
-            if m.spec.decoded_output or spec0.decoded_output:
+        if isinstance(pose, KeypointStage):  # checked first: a stage may be a PoseModel too
+            if weights is not None:
                 raise ModelError(
-                    "pose_models: expected heatmap models for an ensemble, got a "
-                    "decoded_output model among several"
+                    "weights: expected none with a pose stage (it weights its own models), "
+                    f"got {list(weights)}"
                 )
-            if m.spec.heatmap_size != spec0.heatmap_size:
-                raise ModelError(
-                    f"pose_models: expected equal heatmap sizes in an ensemble, got "
-                    f"{spec0.heatmap_size} and {m.spec.heatmap_size}"
-                )
-            if abs(m.spec.aspect_ratio - spec0.aspect_ratio) > 1e-6:
-                raise ModelError(
-                    f"pose_models: expected equal input aspect ratios in an ensemble, got "
-                    f"{spec0.input_size} and {m.spec.input_size}"
-                )
-            if m.spec.num_keypoints != spec0.num_keypoints:
-                raise ModelError(
-                    f"pose_models: expected the same keypoints in an ensemble, got "
-                    f"{spec0.num_keypoints} and {m.spec.num_keypoints}"
-                )
-        if weights is None:
-            weights = [1.0] * len(models)
-        w = np.asarray(list(weights), np.float64)
-        if w.shape != (len(models),) or not (np.all(np.isfinite(w)) and np.all(w > 0)):
-            raise ModelError(
-                f"ensemble weights: expected {len(models)} finite numbers > 0 (one per pose "
-                f"model), got {list(weights)}"
-            )
-        #: (n_models,) ensemble weights, normalised to sum 1.
-        self.weights: npt.NDArray[np.float32] = (w / w.sum()).astype(np.float32)
+            self.pose: KeypointStage = pose
+        else:
+            self.pose = ModelPose(pose, weights)
         self.detector = detector
-        self.pose_models: list[PoseModel] = models
-        self.spec: ModelSpec = spec0
+        self.spec: ModelSpec = self.pose.spec
         self.options = options or PipelineOptions()
-        k = spec0.num_keypoints
+        k = self.spec.num_keypoints
         if len(COCO_SIGMAS) == k:
             self.sigmas: npt.NDArray[np.float64] = np.asarray(COCO_SIGMAS, np.float64)
         else:  # non-COCO keypoint sets: a uniform sigma
             self.sigmas = np.full((k,), 0.05, np.float64)
+
+    @property
+    def pose_models(self) -> list[PoseModel]:
+        """The pose stage's models (description, warm-up, batcher queues)."""
+        return list(self.pose.pose_models)
+
+    @pose_models.setter
+    def pose_models(self, models: Sequence[PoseModel]) -> None:
+        self._local_pose("pose_models").pose_models = models
+
+    def _local_pose(self, what: str) -> ModelPose:
+        if not isinstance(self.pose, ModelPose):
+            raise ModelError(
+                f"{what}: expected a pipeline whose pose models run in this process, got the "
+                f"pose stage {type(self.pose).__name__}"
+            )
+        return self.pose
 
     # -- public API --------------------------------------------------------------------------
     def __call__(
@@ -383,8 +370,25 @@ class Pipeline:
     ) -> PoseResult:
         """image (H, W, 3) BGR uint8 → :class:`PoseResult` (persons sorted by score)."""
         opts = self.resolve_options(options)
-        stage = self.run_models(image, opts, boxes=boxes, box_scores=box_scores, image_id=image_id)
-        return self.finish(stage, opts)
+        t0 = time.perf_counter()
+        img = as_bgr_uint8(image)
+        size = (int(img.shape[1]), int(img.shape[0]))
+        timings = dict.fromkeys(STAGES, 0.0)
+        b, s = self.person_boxes(img, opts, boxes, box_scores)
+        t1 = time.perf_counter()
+        timings["detect"] = t1 - t0
+        if b.shape[0] == 0:
+            timings["total"] = time.perf_counter() - t0
+            return PoseResult([], size, timings, image_id)
+        centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
+        kpts, stage_timings = self.pose.keypoints(img, centers, scales, opts)
+        timings.update(stage_timings)
+        t2 = time.perf_counter()
+        persons = self._postprocess(b, s, kpts, opts)
+        t3 = time.perf_counter()
+        timings["postprocess"] = t3 - t2
+        timings["total"] = t3 - t0
+        return PoseResult(persons, size, timings, image_id)
 
     def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
         """``options`` (default: the pipeline's) with ``decode`` / ``blur_kernel`` taken from the
@@ -462,8 +466,9 @@ class Pipeline:
         box_scores: npt.ArrayLike | None = None,
         image_id: int | None = None,
     ) -> PoseStage:
-        """Detect (unless ``boxes``), crop and run the pose model(s): a :class:`PoseStage`.
-        With ``options.flip`` the mirrored crops run in the same call per model."""
+        """Detect (unless ``boxes``), crop and run the pose model(s): a :class:`PoseStage`
+        (network outputs before decoding; a pipeline whose pose models run here).  With
+        ``options.flip`` the mirrored crops run in the same call per model."""
         return self.run_models_many([image], [options], [boxes], [box_scores], [image_id])[0]
 
     def run_models_many(
@@ -478,6 +483,7 @@ class Pipeline:
         **one** ``PoseModel.infer`` call per model for the crops of all of them (batching
         across images: an evaluation's images with few persons fill one batch).  Each stage's
         ``pose`` timing is its share of that call by crop count."""
+        pose = self._local_pose("run_models")
         n_img = len(images)
         if not (len(options) == len(boxes) == len(box_scores) == len(image_ids) == n_img):
             raise InvalidParameter(
@@ -496,27 +502,19 @@ class Pipeline:
             t1 = time.perf_counter()
             timings["detect"] = t1 - t0
             centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
-            crops: dict[tuple[Any, ...], F32] = {}
-            if b.shape[0]:
-                for m in self.pose_models:
-                    key = _preprocess_key(m.spec)
-                    if key not in crops:
-                        batch = warp_crops(img, centers, scales, m.spec.input_size, spec=m.spec)
-                        crops[key] = (
-                            np.concatenate([batch, flip_batch(batch)]) if opts.flip else batch
-                        )
+            inputs = pose.inputs(img, centers, scales, opts.flip) if b.shape[0] else {}
             timings["crop"] = time.perf_counter() - t1
-            prepared.append((opts, b, s, centers, scales, crops, size, timings))
-        counts = [next(iter(c.values())).shape[0] if c else 0 for *_, c, _, _ in prepared]
+            prepared.append((opts, b, s, centers, scales, inputs, size, timings))
+        counts = [next(iter(x.values())).shape[0] if x else 0 for *_, x, _, _ in prepared]
         total = sum(counts)
         outs: list[list[npt.NDArray[Any]]] = [[] for _ in prepared]
         pose_s = 0.0
         if total:
             t2 = time.perf_counter()
             edges = np.cumsum([0, *counts])
-            for m in self.pose_models:
-                key = _preprocess_key(m.spec)
-                parts = [c[key] for *_, c, _, _ in prepared if c]
+            for m in pose.pose_models:
+                key = preprocess_key(m.spec)
+                parts = [x[key] for *_, x, _, _ in prepared if x]
                 out = np.asarray(m.infer(parts[0] if len(parts) == 1 else np.concatenate(parts)))
                 if out.shape[0] != total:
                     raise ModelError(
@@ -533,7 +531,7 @@ class Pipeline:
                 empty = np.zeros((0, self.spec.num_keypoints, 3), np.float32)
                 outputs, flipped = empty, None
             else:
-                outputs, flipped = self.combine_outputs(outs[i], n, opts.flip)
+                outputs, flipped = pose.combine_outputs(outs[i], n, opts.flip)
                 timings["pose"] = pose_s * counts[i] / total
             timings["total"] = timings["detect"] + timings["crop"] + timings["pose"]
             stages.append(
@@ -541,32 +539,10 @@ class Pipeline:
             )
         return stages
 
-    def combine_outputs(
-        self, outs: Sequence[npt.ArrayLike], n: int, flip: bool
-    ) -> tuple[F32, F32 | None]:
-        """One raw output per pose model, each (N, ...) with N = 2n with ``flip`` (the mirrored
-        crops after the n plain ones), else n → the weighted ensemble split into (outputs
-        (n, ...), flipped (n, ...) or None), as :class:`PoseStage` holds them."""
-        arrays = [np.asarray(o, np.float32) for o in outs]
-        total = arrays[0]
-        if len(arrays) > 1:
-            total = total * self.weights[0]
-        for out, weight in zip(arrays[1:], self.weights[1:], strict=True):
-            if out.shape != total.shape:
-                raise ModelError(
-                    f"ensemble outputs: expected equal shapes, got {total.shape} and {out.shape}"
-                )
-            total = total + out * weight
-        expect = 2 * n if flip else n
-        if total.shape[0] != expect:
-            raise ModelError(
-                f"pose model output: expected {expect} results (one per crop), got {total.shape[0]}"
-            )
-        return (total[:n], total[n:]) if flip else (total, None)
-
     def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> PoseResult:
         """Decode + postprocess a :class:`PoseStage`.  ``options.flip`` uses the flipped outputs
         when the stage has them (a stage run with flip can be finished with or without it)."""
+        pose = self._local_pose("finish")
         opts = self.resolve_options(options)
         if opts.flip and stage.outputs_flipped is None and stage.boxes.shape[0] > 0:
             raise InvalidParameter(
@@ -574,31 +550,11 @@ class Pipeline:
             )
         timings = dict(stage.timings)
         t0 = time.perf_counter()
-        n = stage.boxes.shape[0]
-        if n == 0:
+        if stage.boxes.shape[0] == 0:
             timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
             return PoseResult([], stage.image_size, timings, stage.image_id)
         flipped = stage.outputs_flipped if opts.flip else None
-        try:
-            if self.spec.decoded_output:
-                coords, scores = self._decoded_keypoints(stage.outputs, flipped, opts.flip_shift)
-            else:
-                hm = stage.outputs
-                if flipped is not None:
-                    back = flip_heatmaps_back(flipped, self.spec.flip_pairs, opts.flip_shift)
-                    hm = fuse_flip(hm, back)
-                # opts is resolved: the card's values stand in only to narrow the types
-                coords, scores = decode_heatmaps(
-                    hm,
-                    method=opts.decode or self.spec.codec,
-                    blur_kernel=opts.blur_kernel or self.spec.blur_kernel,
-                )
-            xy = heatmap_to_image(coords, stage.centers, stage.scales, self.spec.heatmap_size)
-        except InputError as exc:
-            # Everything decoded here came from the model (options are validated up front): a
-            # NaN/inf or misshapen output is a model failure (500), not the caller's input (4xx).
-            raise ModelError(f"pose model output: {exc.message}") from exc
-        kpts = np.concatenate([xy, np.asarray(scores, np.float32)[..., None]], axis=2)
+        kpts = pose.decode(stage.outputs, flipped, stage.centers, stage.scales, opts)
         t1 = time.perf_counter()
         timings["decode"] = t1 - t0
         persons = self._postprocess(stage.boxes, stage.box_scores, kpts, opts)
@@ -608,24 +564,6 @@ class Pipeline:
         return PoseResult(persons, stage.image_size, timings, stage.image_id)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _decoded_keypoints(self, outputs: F32, flipped: F32 | None, shift: bool) -> tuple[F32, F32]:
-        """(M, K, 3) keypoint outputs (heatmap px) → coords (M, K, 2), scores (M, K); with the
-        flip test the mirrored outputs are mapped back (``x → w - 1 - x`` (+1 with ``shift``),
-        left/right swapped) and averaged."""
-        out = np.asarray(outputs, np.float32)
-        if out.ndim != 3 or out.shape[2] != 3:
-            raise ModelError(f"decoded pose output: expected (N, K, 3), got {out.shape}")
-        coords, scores = out[..., :2].copy(), out[..., 2].copy()
-        if flipped is not None:
-            f = np.asarray(flipped, np.float32)
-            perm = flip_permutation(f.shape[1], self.spec.flip_pairs)
-            f = f[:, perm]
-            fx = np.float32(self.spec.heatmap_size[0] - 1 + (1 if shift else 0)) - f[..., 0]
-            coords[..., 0] = (coords[..., 0] + fx) * 0.5
-            coords[..., 1] = (coords[..., 1] + f[..., 1]) * 0.5
-            scores = (scores + f[..., 2]) * 0.5
-        return coords, scores
-
     def _postprocess(
         self, boxes: F32, box_scores: F32, kpts: F32, opts: PipelineOptions
     ) -> list[Person]:

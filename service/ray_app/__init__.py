@@ -4,8 +4,11 @@
 ``deploy/serve_config.yaml``
 (topology ``pipeline``: every ``Ingress`` replica runs the whole pipeline) and of
 ``deploy/serve_config.split.yaml`` (topology ``split``: ``Ingress`` detects and crops,
-a ``PoseModel`` pool runs the pose model(s) and decodes).  ``darkpose.service.ray_app.deployments``
-holds the deployments.  Importing this package does not import Ray; import the submodules.
+a ``PoseModel`` pool runs the pose model(s) and decodes).  Modules: ``ingress`` (the ``Ingress``
+deployments), ``pose_pool`` (the ``PoseModel`` pool and the ingress's remote pose stage),
+``common`` (settings, ``user_config``, calls between deployments), ``wire_bytes`` (debug byte
+counters), ``local_cluster`` (a local Ray cluster for tests and benchmarks).  Importing this
+package does not import Ray; import the submodules.
 """
 
 from __future__ import annotations

@@ -25,13 +25,9 @@ from ray.serve import Application, Deployment
 
 from darkpose.service.core.errors import InvalidParameter, ModelError
 from darkpose.service.ray_app import INGRESS_NAME, POSE_NAME, TOPOLOGIES, Topology
-from darkpose.service.ray_app.deployments import (
-    PipelineIngress,
-    PoseDeployment,
-    SplitIngress,
-    make_settings,
-    parse_address,
-)
+from darkpose.service.ray_app.common import make_settings, parse_address
+from darkpose.service.ray_app.ingress import PipelineIngress, SplitIngress
+from darkpose.service.ray_app.pose_pool import PoseDeployment
 
 
 class BuildArgs(BaseModel):

@@ -236,9 +236,9 @@ def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
 def test_injected_micro_batcher_shows_as_batching_enabled() -> None:
     """model_info's batching.enabled comes from the pipeline's pose models, so a MicroBatcher
     in an injected pipeline counts (it once read only the batchers the app built itself)."""
-    from darkpose.service.api.batching import MicroBatcher
     from darkpose.service.api.state import ServiceState
     from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.batching import MicroBatcher
     from tests.api.tiny_model import TinyOnnxPoseModel
 
     s = api_settings(warmup=False)

@@ -467,8 +467,8 @@ def test_full_pose_queue_is_refused_before_detection() -> None:
     from fastapi.testclient import TestClient
 
     from darkpose.service.api import create_app
-    from darkpose.service.api.batching import MicroBatcher
     from darkpose.service.core.pipeline import Pipeline
+    from darkpose.service.runtime.batching import MicroBatcher
     from darkpose.service.runtime.factory import build_detector
     from tests.api.conftest import api_settings, wait_ready
     from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel

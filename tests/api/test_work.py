@@ -170,8 +170,8 @@ def test_batcher_drops_the_crops_of_a_stopped_job() -> None:
 
     import numpy as np
 
-    from darkpose.service.api.batching import MicroBatcher
     from darkpose.service.api.work import current_job
+    from darkpose.service.runtime.batching import MicroBatcher
     from tests.api.tiny_model import TINY_IN, TinyOnnxPoseModel
 
     gate = threading.Event()

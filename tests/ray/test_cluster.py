@@ -308,7 +308,7 @@ def test_a_pose_call_timing_out_inside_ray_is_a_504_json_error(
 
     from darkpose.service.api.errors import response_for_error
     from darkpose.service.ray_app import APP_NAME, POSE_NAME
-    from darkpose.service.ray_app.deployments import UpstreamTimeout, await_result
+    from darkpose.service.ray_app.common import UpstreamTimeout, await_result
 
     deploy("split")
     crops = np.zeros((40, 3, 256, 192), np.float32)

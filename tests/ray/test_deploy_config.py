@@ -182,7 +182,7 @@ def test_serve_config_args_and_user_config_are_accepted_by_the_app(
 ) -> None:
     from darkpose.service.ray_app import TOPOLOGIES
     from darkpose.service.ray_app.builder import BuildArgs, app_builder
-    from darkpose.service.ray_app.deployments import make_settings, parse_batch_config
+    from darkpose.service.ray_app.common import make_settings, parse_batch_config
 
     app = _load(CONFIGS[topology])["applications"][0]
     args = BuildArgs.model_validate(app["args"])
@@ -231,7 +231,7 @@ def test_working_dir_needs_a_uri(schema: Any, working_dir: str, accepted: bool) 
 )
 def test_bad_pose_user_config_is_refused(schema: Any, config: dict[str, Any], match: str) -> None:
     from darkpose.service.core.errors import InvalidParameter
-    from darkpose.service.ray_app.deployments import parse_batch_config
+    from darkpose.service.ray_app.common import parse_batch_config
 
     with pytest.raises(InvalidParameter, match=match):
         parse_batch_config(config)

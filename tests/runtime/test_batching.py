@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darkpose.service.api.batching import MicroBatcher
 from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded
 from darkpose.service.core.types import PoseModel
+from darkpose.service.runtime.batching import MicroBatcher
 from tests.api.tiny_model import TINY_K, TinyOnnxPoseModel, random_crops
 
 

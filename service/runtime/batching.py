@@ -1,24 +1,24 @@
 """Dynamic micro-batching of pose-model calls across concurrent requests.
 
-:class:`MicroBatcher` wraps a :class:`~darkpose.service.core.types.PoseModel` and is itself one, so
-the
-pipeline does not know it exists.  Each ``infer(batch)`` call (made from a request's worker
-thread) enqueues its crops and blocks on a future; one batcher thread gathers queued crops
-until ``max_batch`` crops are collected or ``max_wait_ms`` has passed since the oldest waiting
-call arrived, runs **one** model call on the concatenation and scatters the heatmaps back.
+:class:`MicroBatcher` wraps a :class:`~darkpose.service.core.types.PoseModel` and is itself one,
+so the pipeline does not know it exists.  Each ``infer(batch)`` call (made from a request's
+worker thread) enqueues its crops and blocks on a future; one batcher thread gathers queued
+crops until ``max_batch`` crops are collected or ``max_wait_ms`` has passed since the oldest
+waiting call arrived, runs **one** model call on the concatenation and scatters the heatmaps
+back.  The HTTP service and the Ray pose pool both use it.
 
 ``workers`` batcher threads share the queue (one of them collects the next batch at a time), so
 up to ``workers`` model calls run at once: on a CPU a single caller thread would leave cores
 idle while every request waits for the one running batch.
 
-Crops queued by a request whose :class:`~darkpose.service.api.work.Job` has stopped (client gone,
-deadline passed; the job comes from :data:`~darkpose.service.api.work.current_job`) are dropped when
-their turn comes: their caller gets the job's error instead of a model call.
+Crops queued by a caller whose :class:`StoppableJob` (read from :data:`current_job`; the HTTP
+layer sets its request's :class:`~darkpose.service.api.work.Job` there) has stopped — client
+gone, deadline passed — are dropped when their turn comes: their caller gets the job's error
+instead of a model call.
 
 The queue is bounded by ``queue_size`` crops: a call that would overflow it raises
 :class:`~darkpose.service.core.errors.Overloaded` at once (HTTP 503 + ``Retry-After``).  A call
-larger
-than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
+larger than ``max_batch`` is split into pieces of at most ``max_batch`` crops.
 """
 
 from __future__ import annotations
@@ -29,15 +29,31 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from darkpose.service.api.work import Job, current_job
 from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded
 from darkpose.service.core.types import F32, PoseModel
 
 logger = logging.getLogger(__name__)
+
+
+class StoppableJob(Protocol):
+    """The work of one caller that may stop early (client gone, deadline passed)."""
+
+    def check(self) -> None:
+        """Raise the job's error when it has stopped."""
+
+    def error(self) -> Exception | None:
+        """What :meth:`check` would raise now (``None``: go on)."""
+
+
+#: The job of the caller a worker thread is running (the HTTP layer sets it per request): the
+#: micro-batcher drops the queued crops of a job that has stopped instead of running them.
+current_job: ContextVar[StoppableJob | None] = ContextVar("darkpose_current_job", default=None)
 
 
 @dataclass
@@ -45,7 +61,7 @@ class _Item:
     crops: F32  # (n, 3, H, W)
     future: Future[F32]
     enqueued: float = field(default_factory=time.perf_counter)
-    job: Job | None = None  # the request's job: its crops are dropped once it has stopped
+    job: StoppableJob | None = None  # the caller's job: its crops are dropped once it has stopped
 
 
 class MicroBatcher:
