@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+from contextvars import ContextVar
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -29,6 +39,49 @@ from darkpose.service.core.cards import ZOO_DIR
 from darkpose.service.core.types import DecodeMethod
 
 ENV_PREFIX = "DARKPOSE_"
+
+# --- profiles (docs/accuracy.md#profiles) -----------------------------------------------------
+#: The profile table: named bundles of settings (``DARKPOSE_PROFILE``), data, not code paths.
+PROFILES_FILE = ZOO_DIR / "profiles.json"
+
+
+@cache
+def profiles_table() -> dict[str, Any]:
+    """The parsed :data:`PROFILES_FILE`: ``{"default": name, "profiles": {name:
+    {"description": str, "settings": {setting: value}}}}``."""
+    table: dict[str, Any] = json.loads(PROFILES_FILE.read_text(encoding="utf-8"))
+    return table
+
+
+def profile_names() -> list[str]:
+    """The profile names of :data:`PROFILES_FILE` (``fast``, ``balanced``, ``accurate``)."""
+    return list(profiles_table()["profiles"])
+
+
+def profile_settings(name: str) -> dict[str, Any]:
+    """The settings profile ``name`` sets (a fresh dict); ``ValueError`` ("expected one of
+    ..., got ...") for an unknown name."""
+    profiles = profiles_table()["profiles"]
+    if name not in profiles:
+        raise ValueError(f"profile: expected one of {', '.join(profiles)}, got {name!r}")
+    return dict(profiles[name]["settings"])
+
+
+def profile_governed() -> list[str]:
+    """Every setting some profile sets (in table order)."""
+    names: dict[str, None] = {}
+    for entry in profiles_table()["profiles"].values():
+        names.update(dict.fromkeys(entry["settings"]))
+    return list(names)
+
+
+def _default_profile_value(name: str) -> Any:
+    """The built-in default of a profile-governed setting: the default profile's value."""
+    return profile_settings(profiles_table()["default"])[name]
+
+
+#: The settings the current validation took from the profile (before → after validator).
+_FROM_PROFILE: ContextVar[frozenset[str]] = ContextVar("darkpose_from_profile", default=frozenset())
 
 
 def split_list(value: str) -> list[Any]:
@@ -128,16 +181,22 @@ class Settings(BaseSettings):
         description="directory holding the ONNX files named by relative paths (default: the "
         "models packaged with darkpose, darkpose/zoo)",
     )
+    profile: str = Field(
+        default_factory=lambda: str(profiles_table()["default"]),
+        description="named bundle of accuracy/speed settings: fast | balanced | accurate "
+        "(darkpose/zoo/profiles.json; docs: accuracy.md#profiles); a setting given explicitly "
+        "(environment or keyword) overrides its profile value",
+    )
     pose_models: list[str] = Field(
-        default_factory=lambda: ["pp_tinypose_256x192.onnx"],
+        default_factory=lambda: list(_default_profile_value("pose_models")),
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
-        "(default 1; the weights are normalised)",
+        "(default 1; the weights are normalised); default: the profile's",
     )
     detector: str = Field(
-        "yolox",
+        default_factory=lambda: str(_default_profile_value("detector")),
         description="detector config: picodet | yolox | onnx(model=...) | htc | chips(...) | "
-        "fused(picodet,yolox,...)",
+        "fused(picodet,yolox,...); default: the profile's (docs: accuracy.md#detector)",
     )
     detector_model: str = Field("yolox_nano_416.onnx", description="YOLOX ONNX file (yolox)")
     picodet_model: str = Field(
@@ -177,7 +236,11 @@ class Settings(BaseSettings):
     blur_kernel: int | None = Field(
         None, ge=1, description="DARK blur kernel (odd); None = the model card's"
     )
-    flip: bool = False
+    flip: bool = Field(
+        default_factory=lambda: bool(_default_profile_value("flip")),
+        description="flip test (mirrored crops averaged); default: the profile's "
+        "(docs: accuracy.md#flip)",
+    )
     flip_shift: bool = True
     det_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     det_nms_iou: float = Field(0.65, gt=0.0, le=1.0)
@@ -281,6 +344,67 @@ class Settings(BaseSettings):
             dotenv_settings,
             file_secret_settings,
         )
+
+    _from_profile: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill every setting the profile sets and the caller did not (environment or keyword)
+        from :data:`PROFILES_FILE`; remembers which (:meth:`setting_sources`)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        name = str(out.get("profile", profiles_table()["default"]))
+        if name not in profile_names():
+            raise ValueError(
+                f"profile ({ENV_PREFIX}PROFILE): expected one of {', '.join(profile_names())}, "
+                f"got {name!r}"
+            )
+        filled = []
+        for key, value in profile_settings(name).items():
+            if key not in out:
+                out[key] = value
+                filled.append(key)
+        _FROM_PROFILE.set(frozenset(filled))
+        return out
+
+    @model_validator(mode="after")
+    def _remember_profile(self) -> Settings:
+        self._from_profile = _FROM_PROFILE.get()
+        _FROM_PROFILE.set(frozenset())
+        return self
+
+    def setting_source(self, name: str) -> str:
+        """Where setting ``name``'s value came from: ``from profile <p>``, ``from
+        DARKPOSE_<NAME>`` (environment), ``set explicitly`` (keyword) or ``default``."""
+        if name in self._from_profile:
+            return f"from profile {self.profile}"
+        if name in self.model_fields_set:
+            env = ENV_PREFIX + name.upper()
+            return f"from {env}" if env in os.environ else "set explicitly"
+        return "default"
+
+    def profile_report(self) -> dict[str, Any]:
+        """The profile and every profile-governed setting's value and source, for
+        ``/v1/models``, the startup log and ``serve --help``: ``{"name": "balanced",
+        "settings": {"flip": {"value": False, "source": "from profile balanced"}, ...}}``."""
+        return {
+            "name": self.profile,
+            "settings": {
+                n: {"value": getattr(self, n), "source": self.setting_source(n)}
+                for n in profile_governed()
+            },
+        }
+
+    def profile_line(self) -> str:
+        """One log line: ``profile balanced: detector=picodet (from profile balanced), ...``."""
+        parts = []
+        for n, entry in self.profile_report()["settings"].items():
+            v = entry["value"]
+            shown = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+            parts.append(f"{n}={shown} ({entry['source']})")
+        return f"profile {self.profile}: " + ", ".join(parts)
 
     @model_validator(mode="before")
     @classmethod
