@@ -48,6 +48,9 @@ def api_settings(**overrides: Any) -> Settings:
         "intra_op_threads": 1,
         "inter_op_threads": 1,
         "max_image_bytes": 3 * 1024 * 1024,
+        # the API tests were written against YOLOX (the cheapest detector to run); the default
+        # profile's detector is covered by tests/test_profiles.py
+        "detector": "yolox",
     }
     base.update(overrides)
     return Settings(**base)
