@@ -4,7 +4,7 @@ AP on coco-val-dev with ground-truth boxes and end to end (DARK, the profile's o
 with a bootstrap 95% CI over images, and the speed on one CPU thread.
 
     python bench/profiles.py [--profiles today,fast,balanced,accurate] [--limit N]
-        [--timing-images 40] [--boot 1000] [--json out.json]
+        [--timing-images 40] [--boot 1000] [--speed-only] [--json out.json]
 
 AP: pycocotools COCOeval (keypoints) over the whole set; detector boxes down to the profile's
 ``eval_det_score_threshold``.  CI: COCOeval matches each image's detections once; a bootstrap
@@ -14,8 +14,9 @@ so 1000 resamples cost seconds, not 1000 COCOeval runs.  "Δ today" is the paire
 its CI comes from the same draws for both rows, which is narrower than comparing two CIs.
 
 Speed: ``--timing-images`` images (the first of the set), the serving options of the profile
-(``det_score_threshold``, ``default_max_persons``), one intra-op thread, one warm-up image; ms
-per image (mean), ms per person (total time / persons returned) and images/s.  Prints the CPU
+(``det_score_threshold``, ``default_max_persons``), one intra-op thread, one warm-up image, the
+profiles interleaved image by image; ms per image (mean), ms per person (total time / persons
+returned) and images/s.  Prints the CPU
 model and flags.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -173,23 +175,35 @@ def read(images: Path, coco: Any, image_id: int) -> np.ndarray:
     return image
 
 
-def time_profile(name: str, coco: Any, images: Path, img_ids: list[int]) -> dict[str, float]:
-    """Serving options, one thread: ms/image, ms/person, images/s over ``img_ids``."""
-    s = settings_for(name)
-    pipeline = Pipeline(build_detector(s), build_pose_models(s), None, s.pose_model_weights)
-    opts = pipeline.resolve_options(PipelineOptions.from_settings(s))
+def time_profiles(
+    names: list[str], coco: Any, images: Path, img_ids: list[int]
+) -> dict[str, dict[str, float]]:
+    """Serving options, one thread: ms/image, ms/person, images/s of each profile over
+    ``img_ids``, interleaved (image by image, every profile in turn) so that a busy machine
+    slows every profile alike and the ratios hold."""
+    runs = {}
     frames = [read(images, coco, i) for i in img_ids]
-    pipeline(frames[0], opts)  # warm-up
-    persons = 0
-    t0 = time.perf_counter()
+    for n in names:
+        s = settings_for(n)
+        pipeline = Pipeline(build_detector(s), build_pose_models(s), None, s.pose_model_weights)
+        opts = pipeline.resolve_options(PipelineOptions.from_settings(s))
+        pipeline(frames[0], opts)  # warm-up
+        runs[n] = (pipeline, opts)
+    spent = dict.fromkeys(names, 0.0)
+    persons = dict.fromkeys(names, 0)
     for frame in frames:
-        persons += len(pipeline(frame, opts).persons)
-    total_ms = 1000.0 * (time.perf_counter() - t0)
+        for n, (pipeline, opts) in runs.items():
+            t0 = time.perf_counter()
+            persons[n] += len(pipeline(frame, opts).persons)
+            spent[n] += time.perf_counter() - t0
     return {
-        "ms_per_image": total_ms / len(frames),
-        "ms_per_person": total_ms / max(persons, 1),
-        "images_per_s": 1000.0 * len(frames) / total_ms,
-        "persons_per_image": persons / len(frames),
+        n: {
+            "ms_per_image": 1000.0 * spent[n] / len(frames),
+            "ms_per_person": 1000.0 * spent[n] / max(persons[n], 1),
+            "images_per_s": len(frames) / spent[n],
+            "persons_per_image": persons[n] / len(frames),
+        }
+        for n in names
     }
 
 
@@ -200,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")
     ap.add_argument("--timing-images", type=int, default=40)
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed columns")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.profiles.split(",") if n.strip()]
@@ -216,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     boots: dict[str, dict[str, np.ndarray]] = {}
     for n in names:
+        if args.speed_only:
+            s = settings_for(n)
+            rows[n] = {"pose_models": ",".join(s.pose_models), "detector": s.detector,
+                       "flip": s.flip, "AP_gt": math.nan, "CI_gt": (math.nan, math.nan),
+                       "AP_e2e": math.nan, "CI_e2e": (math.nan, math.nan)}  # fmt: skip
+            boots[n] = {"gt": np.zeros(args.boot), "e2e": np.zeros(args.boot)}
+            continue
         s, res = evaluate_profile(n, coco, images, img_ids)
         row: dict[str, Any] = {
             "pose_models": ",".join(s.pose_models),
@@ -229,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             boots[n][kind] = b - m.ap  # centred: the paired difference uses the same draws
             row[f"AP_{kind}"] = m.ap
             row[f"CI_{kind}"] = (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5)))
-        row.update(time_profile(n, coco, images, img_ids[: args.timing_images]))
         rows[n] = row
-        print(f"# {n}: done", file=sys.stderr, flush=True)
+        print(f"# {n}: evaluated", file=sys.stderr, flush=True)
+    for n, t in time_profiles(names, coco, images, img_ids[: args.timing_images]).items():
+        rows[n].update(t)
     ref = "today" if "today" in rows else None
     print(
         "| profile | pose model | detector | flip | AP GT boxes [95% CI] | AP end to end "
