@@ -191,7 +191,8 @@ class Settings(BaseSettings):
         default_factory=lambda: list(_default_profile_value("pose_models")),
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
-        "(default 1; the weights are normalised); default: the profile's",
+        "(default 1; the weights are normalised); default: the profile's (docs: "
+        "accuracy.md#profiles)",
     )
     detector: str = Field(
         default_factory=lambda: str(_default_profile_value("detector")),
@@ -203,7 +204,10 @@ class Settings(BaseSettings):
         "picodet_s_416_pedestrian.onnx", description="PicoDet ONNX file (picodet)"
     )
     det_max_detections: int = Field(
-        100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
+        100,
+        gt=0,
+        description="the detector's own cap on boxes per image (before max_persons); every box "
+        "up to the 20th measurably counts (docs: accuracy.md#cap)",
     )
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="0 = onnxruntime default")
@@ -234,7 +238,10 @@ class Settings(BaseSettings):
         "model card's",
     )
     blur_kernel: int | None = Field(
-        None, ge=1, description="DARK blur kernel (odd); None = the model card's"
+        None,
+        ge=1,
+        description="DARK blur kernel (odd); None = the model card's (docs: "
+        "accuracy.md#blur-kernel)",
     )
     flip: bool = Field(
         default_factory=lambda: bool(_default_profile_value("flip")),
@@ -242,18 +249,36 @@ class Settings(BaseSettings):
         "(docs: accuracy.md#flip)",
     )
     flip_shift: bool = True
-    det_score_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    det_nms_iou: float = Field(0.65, gt=0.0, le=1.0)
+    det_score_threshold: float = Field(
+        default_factory=lambda: float(_default_profile_value("det_score_threshold")),
+        ge=0.0,
+        le=1.0,
+        description="serving detector score threshold; default: the profile's, the best F1 of "
+        "persons matched at OKS >= 0.5 for its detector (docs: accuracy.md#serving-threshold)",
+    )
+    det_nms_iou: float = Field(
+        0.65, gt=0.0, le=1.0, description="detector NMS IoU (docs: accuracy.md#nms)"
+    )
     eval_det_score_threshold: float = Field(
         0.05,
         ge=0.0,
         le=1.0,
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
-        "uses det_score_threshold",
+        "uses det_score_threshold (docs: accuracy.md#eval-threshold)",
     )
-    oks_nms_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    keypoint_score_threshold: float = Field(0.2, ge=0.0, le=1.0)
-    box_padding: float = Field(1.25, gt=0.0)
+    oks_nms_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="OKS-NMS threshold (docs: accuracy.md#did-not-help)"
+    )
+    keypoint_score_threshold: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="keypoints above it count in the rescored person score (docs: "
+        "accuracy.md#did-not-help)",
+    )
+    box_padding: float = Field(
+        1.25, gt=0.0, description="box enlargement before cropping (HRNet/mmpose; not re-measured)"
+    )
 
     # --- limits ---------------------------------------------------------------------------
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
