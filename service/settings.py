@@ -12,8 +12,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -21,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     IPvAnyNetwork,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -44,10 +47,20 @@ from darkpose.service.core.choices import (
 from darkpose.service.core.errors import describe_validation_errors
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
 from darkpose.service.core.pipeline import PipelineOptions
+from darkpose.service.core.profiles import (
+    default_profile_value,
+    profile_governed,
+    profile_names,
+    profile_settings,
+    profiles_table,
+)
 
 ENV_PREFIX = "DARKPOSE_"
 #: The pipeline's own defaults (flip, thresholds, padding, persons): the settings start there.
 _OPTIONS = PipelineOptions()
+
+#: The settings the current validation took from the profile (before → after validator).
+_FROM_PROFILE: ContextVar[frozenset[str]] = ContextVar("darkpose_from_profile", default=frozenset())
 
 
 def split_list(value: str) -> list[Any]:
@@ -146,23 +159,33 @@ class Settings(BaseSettings):
         description="directory holding the ONNX files named by relative paths (default: the "
         "models packaged with darkpose, darkpose/zoo)",
     )
+    profile: str = Field(
+        default_factory=lambda: str(profiles_table()["default"]),
+        description="named bundle of accuracy/speed settings: fast | balanced | accurate "
+        "(darkpose/zoo/profiles.json; docs: accuracy.md#profiles); a setting given explicitly "
+        "(environment or keyword) overrides its profile value",
+    )
     pose_models: TextList = Field(
-        default_factory=lambda: ["pp_tinypose_256x192.onnx"],
+        default_factory=lambda: list(default_profile_value("pose_models")),
         description="pose model file(s), relative to model_dir or absolute; several = ensemble "
         "(heatmaps averaged before decoding); 'file.onnx@0.7' gives a model a weight "
-        "(default 1; the weights are normalised)",
+        "(default 1; the weights are normalised); default: the profile's (docs: "
+        "accuracy.md#profiles)",
     )
     detector: str = Field(
-        "yolox",
+        default_factory=lambda: str(default_profile_value("detector")),
         description="detector config: picodet | yolox | onnx(model=...) | htc | chips(...) | "
-        "fused(picodet,yolox,...)",
+        "fused(picodet,yolox,...); default: the profile's (docs: accuracy.md#detector)",
     )
     detector_model: str = Field("yolox_nano_416.onnx", description="YOLOX ONNX file (yolox)")
     picodet_model: str = Field(
         "picodet_s_416_pedestrian.onnx", description="PicoDet ONNX file (picodet)"
     )
     det_max_detections: int = Field(
-        100, gt=0, description="the detector's own cap on boxes per image (before max_persons)"
+        100,
+        gt=0,
+        description="the detector's own cap on boxes per image (before max_persons); every box "
+        "up to the 20th measurably counts (docs: accuracy.md#cap)",
     )
     providers: Providers = Field(
         "auto",
@@ -201,40 +224,48 @@ class Settings(BaseSettings):
         "model card's",
     )
     blur_kernel: BlurKernel | None = Field(
-        None, description="DARK blur kernel (odd); None = the model card's"
+        None,
+        description="DARK blur kernel (odd); None = the model card's (docs: "
+        "accuracy.md#blur-kernel)",
     )
     flip: bool = Field(
         _OPTIONS.flip,
-        description="flip test: also run the mirrored crops and average (twice the pose time)",
+        description="flip test: also run the mirrored crops and average (twice the pose time); "
+        "default: the profile's (docs: accuracy.md#flip)",
     )
     flip_shift: bool = Field(
         _OPTIONS.flip_shift,
         description="shift the mirrored heatmaps by one pixel before averaging (flip test)",
     )
     det_score_threshold: Probability = Field(
-        _OPTIONS.det_score_threshold, description="person detection score threshold when serving"
+        _OPTIONS.det_score_threshold,
+        description="serving detector score threshold; default: the profile's, the best F1 of "
+        "persons matched at OKS >= 0.5 for its detector (docs: accuracy.md#serving-threshold)",
     )
     det_nms_iou: IoU = Field(
         0.65,
-        description="IoU of the detectors' box NMS where neither the config nor the card sets one",
+        description="IoU of the detectors' box NMS where neither the config nor the card sets "
+        "one (docs: accuracy.md#nms)",
     )
     eval_det_score_threshold: Probability = Field(
         0.05,
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
-        "uses det_score_threshold",
+        "uses det_score_threshold (docs: accuracy.md#eval-threshold)",
     )
     oks_nms_threshold: OksThreshold = Field(
         _OPTIONS.oks_nms_threshold,
         description="OKS above which the lower-scored of two persons is dropped; 1 and above: "
-        "no OKS-NMS",
+        "no OKS-NMS (docs: accuracy.md#did-not-help)",
     )
     keypoint_score_threshold: Probability = Field(
         _OPTIONS.keypoint_score_threshold,
-        description="keypoints above this score count in a person's rescored score",
+        description="keypoints above this score count in a person's rescored score (docs: "
+        "accuracy.md#did-not-help)",
     )
     box_padding: BoxPadding = Field(
         _OPTIONS.box_padding,
-        description="person box enlargement before cropping for the pose model",
+        description="person box enlargement before cropping for the pose model (1.25 as in "
+        "HRNet/mmpose)",
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -394,6 +425,68 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("addresses or CIDR networks (e.g. 10.0.0.0/8)") from None
         return out
+
+    _from_profile: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill every setting the profile sets and the caller did not (environment or keyword)
+        from the profile table (:mod:`darkpose.service.core.profiles`); remembers which
+        (:meth:`setting_source`)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        name = str(out.get("profile", profiles_table()["default"]))
+        if name not in profile_names():
+            raise ValueError(
+                f"profile ({ENV_PREFIX}PROFILE): expected one of {', '.join(profile_names())}, "
+                f"got {name!r}"
+            )
+        filled = []
+        for key, value in profile_settings(name).items():
+            if key not in out:
+                out[key] = value
+                filled.append(key)
+        _FROM_PROFILE.set(frozenset(filled))
+        return out
+
+    @model_validator(mode="after")
+    def _remember_profile(self) -> Settings:
+        self._from_profile = _FROM_PROFILE.get()
+        _FROM_PROFILE.set(frozenset())
+        return self
+
+    def setting_source(self, name: str) -> str:
+        """Where setting ``name``'s value came from: ``from profile <p>``, ``from
+        DARKPOSE_<NAME>`` (environment), ``set explicitly`` (keyword) or ``default``."""
+        if name in self._from_profile:
+            return f"from profile {self.profile}"
+        if name in self.model_fields_set:
+            env = ENV_PREFIX + name.upper()
+            return f"from {env}" if env in os.environ else "set explicitly"
+        return "default"
+
+    def profile_report(self) -> dict[str, Any]:
+        """The profile and every profile-governed setting's value and source, for
+        ``/v1/models``, the startup log and ``serve --help``: ``{"name": "balanced",
+        "settings": {"flip": {"value": False, "source": "from profile balanced"}, ...}}``."""
+        return {
+            "name": self.profile,
+            "settings": {
+                n: {"value": getattr(self, n), "source": self.setting_source(n)}
+                for n in profile_governed()
+            },
+        }
+
+    def profile_line(self) -> str:
+        """One log line: ``profile balanced: detector=picodet (from profile balanced), ...``."""
+        parts = []
+        for n, entry in self.profile_report()["settings"].items():
+            v = entry["value"]
+            shown = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+            parts.append(f"{n}={shown} ({entry['source']})")
+        return f"profile {self.profile}: " + ", ".join(parts)
 
     @field_validator("pose_models")
     @classmethod

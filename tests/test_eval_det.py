@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from darkpose.service.cli import main
-from darkpose.service.commands.eval_det import coco_box_metrics, image_ids_with_files
+from darkpose.service.commands.eval_det import (
+    coco_box_metrics,
+    image_ids_with_files,
+    keypoint_person_recall,
+)
 from darkpose.service.evaluation import load_coco
 from tests.conftest import COCO_MINI, IMAGES, KPT_ANN
 
@@ -83,3 +87,24 @@ def test_cli_errors(extra: list[str], needle: str, caplog: pytest.LogCaptureFixt
         rc = main(args + ["--limit", "1"] + extra)
     assert rc == 2
     assert needle in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("shift", "want_05", "want_07"),
+    [(0.0, 1.0, 1.0), (0.2, 1.0, 0.0)],  # IoU 1, 0.67
+)
+def test_keypoint_person_recall(shift: float, want_05: float, want_07: float) -> None:
+    """Recall of the persons with keypoints at IoU 0.5 / 0.7: GT boxes shifted sideways by a
+    share of their width (IoU (1 - s) / (1 + s))."""
+    coco = load_coco(KPT_ANN)
+    ids = image_ids_with_files(coco, IMAGES)
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=ids)) if a.get("num_keypoints", 0) > 0
+            and not a["iscrowd"]]  # fmt: skip
+    res = [
+        {"image_id": a["image_id"], "category_id": 1, "score": 0.9,
+         "bbox": [a["bbox"][0] + a["bbox"][2] * shift, *a["bbox"][1:]]}
+        for a in anns
+    ]  # fmt: skip
+    got = keypoint_person_recall(coco, res, ids)
+    assert got == {"R@.5kp": pytest.approx(want_05), "R@.7kp": pytest.approx(want_07)}
+    assert keypoint_person_recall(coco, [], ids) == {"R@.5kp": 0.0, "R@.7kp": 0.0}

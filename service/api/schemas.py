@@ -101,6 +101,9 @@ class ModelsResponse(BaseModel):
     providers: str
     decode: str
     batching: dict[str, Any]
+    #: ``{"name": "balanced", "settings": {name: {"value": ..., "source": "from profile
+    #: balanced" | "from DARKPOSE_<NAME>" | "set explicitly" | "default"}}}``
+    profile: dict[str, Any]
 
 
 #: OpenAPI ``responses=`` entry shared by the error statuses.

@@ -181,6 +181,7 @@ class ServiceState:
                 time.perf_counter() - t0,
                 info["providers"],
             )
+            logger.info("%s", self.settings.profile_line())
         except Exception as exc:  # every load failure is final: nothing retries it
             from darkpose.service.core.errors import DarkPoseError
 
@@ -387,6 +388,7 @@ class ServiceState:
             "detector": det_name,
             "providers": ",".join(sorted(providers)) or s.providers,
             "decode": self.resolved_decode(),
+            "profile": s.profile_report(),
             "batching": {
                 # the pipeline's pose models, built or injected (not ``self.batchers``,
                 # which lists only the batchers built here)

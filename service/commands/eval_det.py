@@ -9,7 +9,9 @@ Example (docs/benchmarks.md, "Detectors")::
 Every configuration (grammar: :mod:`darkpose.service.runtime.detector_config`) runs over the images
 of
 the annotation file; its person boxes are scored with pycocotools (``iouType="bbox"``,
-``catIds=[1]``).  ``--keypoints`` also runs the pose model on each configuration's boxes and
+``catIds=[1]``); ``R@.5kp`` / ``R@.7kp`` are the share of annotated persons with keypoints (the
+ones the pose stage is scored on) that some box covers at IoU >= 0.5 / 0.7.
+``--keypoints`` also runs the pose model on each configuration's boxes and
 reports the downstream keypoint AP (DARK decoding, no flip; as ``darkpose eval --boxes
 detector`` with ``DARKPOSE_DETECTOR=<config>``).  ``ms/img`` is the detector's mean wall time
 per image in this run (model loading and one warm-up image excluded).
@@ -42,6 +44,14 @@ DEFAULT_DETECTORS = "yolox,chips(yolox),fused(yolox,yolox@chips)"
 BOX_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APS", "APM", "APL", "AR")
 #: COCOeval ``stats`` indices of :data:`BOX_METRICS` (AR = AR@100)
 _STATS_INDEX = (0, 1, 2, 3, 4, 5, 8)
+#: IoUs of :func:`keypoint_person_recall`: a person the pose stage can use needs a box at IoU
+#: >= 0.5 (COCO's box match), and >= 0.7 for a crop that holds the whole person.
+RECALL_IOUS: tuple[float, ...] = (0.5, 0.7)
+
+
+def recall_name(iou: float) -> str:
+    """The metric key of recall at ``iou``: ``R@.5kp``, ``R@.7kp``."""
+    return f"R@{iou:.1f}".replace("0.", ".") + "kp"
 
 
 @dataclass
@@ -80,6 +90,58 @@ def coco_box_metrics(
         ev.accumulate()
         ev.summarize()
     return {m: max(0.0, float(ev.stats[i])) for m, i in zip(BOX_METRICS, _STATS_INDEX, strict=True)}
+
+
+def _iou(a: Any, b: Any) -> Any:
+    """IoU matrix (N, M) of xyxy boxes ``a`` (N, 4) and ``b`` (M, 4)."""
+    import numpy as np
+
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0.0, None).prod(-1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def keypoint_person_recall(
+    coco: COCO, results: list[dict[str, Any]], img_ids: list[int]
+) -> dict[str, float]:
+    """Share of the annotated persons the pose stage needs (``num_keypoints > 0``, not crowd)
+    that some box of ``results`` (COCO bbox results, any score) covers at IoU >= each of
+    :data:`RECALL_IOUS`: ``{"R@.5kp": 0.99, "R@.7kp": 0.93}``."""
+    import numpy as np
+
+    by_image: dict[int, list[list[float]]] = {}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        by_image.setdefault(int(r["image_id"]), []).append([x, y, x + w, y + h])
+    hits = np.zeros(len(RECALL_IOUS))
+    total = 0
+    for image_id in img_ids:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+        gt = np.asarray(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+                if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0)
+            ],
+            np.float64,
+        ).reshape(-1, 4)
+        total += len(gt)
+        boxes = np.asarray(by_image.get(image_id, []), np.float64).reshape(-1, 4)
+        if len(gt) == 0 or len(boxes) == 0:
+            continue
+        best = _iou(gt, boxes).max(axis=1)
+        hits += [(best >= t).sum() for t in RECALL_IOUS]
+    return {
+        recall_name(t): float(h / max(total, 1)) for t, h in zip(RECALL_IOUS, hits, strict=True)
+    }
 
 
 def image_ids_with_files(coco: COCO, images_dir: Path, limit: int | None = None) -> list[int]:
@@ -190,7 +252,9 @@ def evaluate_detectors(
         detector = build_detector_from_config(text, settings)
         build_s = time.perf_counter() - t0
         results, ms = run_detector(detector, coco, images_dir, img_ids, progress, desc=text)
-        row = DetRow(text, coco_box_metrics(coco, results, img_ids), ms, len(img_ids),
+        metrics = coco_box_metrics(coco, results, img_ids)
+        metrics.update(keypoint_person_recall(coco, results, img_ids))
+        row = DetRow(text, metrics, ms, len(img_ids),
                      len(results), extra={"build_s": round(build_s, 2)})  # fmt: skip
         if keypoints:
             row.keypoint_ap = keypoint_ap(detector, settings, coco, images_dir, limit, pose_models)
@@ -203,11 +267,14 @@ def format_table(rows: list[DetRow]) -> str:
     """Fixed-width table: detector, box AP metrics, ms/img, (keypoint AP)."""
     width = max([len("detector")] + [len(r.detector) for r in rows]) + 2
     kp = any(r.keypoint_ap is not None for r in rows)
-    head = f"{'detector':<{width}}" + "".join(f"{m:>7}" for m in BOX_METRICS) + f"{'ms/img':>9}"
+    names = BOX_METRICS + tuple(recall_name(t) for t in RECALL_IOUS)
+    head = f"{'detector':<{width}}" + "".join(f"{m:>7}" for m in names) + f"{'ms/img':>9}"
     head += f"{'kpt AP':>8}" if kp else ""
     lines = [head, "-" * len(head)]
     for r in rows:
-        line = f"{r.detector:<{width}}" + "".join(f"{r.metrics[m]:>7.3f}" for m in BOX_METRICS)
+        line = f"{r.detector:<{width}}" + "".join(
+            f"{r.metrics[m]:>7.3f}" if m in r.metrics else f"{'-':>7}" for m in names
+        )
         line += f"{r.ms_per_image:>9.1f}"
         if kp:
             line += f"{r.keypoint_ap:>8.3f}" if r.keypoint_ap is not None else f"{'-':>8}"

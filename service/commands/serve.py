@@ -67,6 +67,7 @@ def _shown(value: object, name: str | None = None) -> str:
 
 #: Settings listed by ``darkpose serve --help`` (environment variable DARKPOSE_<NAME>).
 HELP_SETTINGS = (
+    "profile",
     "model_dir",
     "pose_models",
     "detector",
@@ -89,13 +90,32 @@ HELP_SETTINGS = (
 def epilog() -> str:
     """The settings table of ``serve --help``: each setting's environment variable, built-in
     default and, when the environment sets it, the value in effect."""
+    from darkpose.service.core.profiles import (
+        profile_governed,
+        profile_names,
+        profile_settings,
+        profiles_table,
+    )
+
+    governed = profile_governed()
+    chosen = os.environ.get("DARKPOSE_PROFILE", "")
+    if chosen not in profile_names():
+        chosen = str(profiles_table()["default"])
+    from_profile = profile_settings(chosen)
     lines = ["settings (environment variables; the flags above override some of them):"]
-    for name in HELP_SETTINGS:
+    for name in HELP_SETTINGS + tuple(n for n in governed if n not in HELP_SETTINGS):
         env = "DARKPOSE_" + name.upper()
-        line = f"  {env:<34} default {_shown(_default(name), name)}"
+        if name in from_profile:
+            line = f"  {env:<34} {_shown(from_profile[name], name)} from profile {chosen}"
+        else:
+            line = f"  {env:<34} default {_shown(_default(name), name)}"
         if env in os.environ:
             line += f"  (set here: {os.environ[env]})"
         lines.append(line)
+    lines.append(
+        f"  profiles ({', '.join(profile_names())}) are bundles of the settings above "
+        "(darkpose/zoo/profiles.json); a setting given explicitly overrides its profile value"
+    )
     lines.append(
         "  list settings take a path, a comma list (a.onnx,b.onnx) or JSON; every setting: "
         "the configuration page of the documentation"

@@ -50,6 +50,7 @@ from darkpose.service.core.codec import check_blur_kernel, check_decode_method
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.nms import oks_nms, rescore
 from darkpose.service.core.pose_stage import KeypointStage, ModelPose, preprocess_key
+from darkpose.service.core.profiles import default_profile_value
 from darkpose.service.core.transforms import boxes_to_center_scale, xyxy_to_xywh
 from darkpose.service.core.types import (
     COCO_SIGMAS,
@@ -77,8 +78,9 @@ _OPTION_TYPES: dict[str, Any] = {
 @dataclass(frozen=True)
 class PipelineOptions:
     """Per-call knobs of :class:`Pipeline`; their defaults are the settings' defaults
-    (:class:`darkpose.service.settings.Settings` reads them from here) and their ranges the
-    types of :mod:`darkpose.service.core.choices`.
+    (:class:`darkpose.service.settings.Settings` reads them from here; ``flip`` and
+    ``det_score_threshold`` are the default profile's, :mod:`darkpose.service.core.profiles`) and
+    their ranges the types of :mod:`darkpose.service.core.choices`.
 
     ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
     (:meth:`Pipeline.resolve_options`); ``max_persons`` bounds the boxes sent to the pose model
@@ -89,9 +91,11 @@ class PipelineOptions:
 
     decode: DecodeMethod | None = None
     blur_kernel: int | None = None
-    flip: bool = False
+    flip: bool = dataclasses.field(default_factory=lambda: bool(default_profile_value("flip")))
     flip_shift: bool = True
-    det_score_threshold: float = 0.3
+    det_score_threshold: float = dataclasses.field(
+        default_factory=lambda: float(default_profile_value("det_score_threshold"))
+    )
     max_persons: int = 30
     oks_nms_threshold: float = 0.9
     keypoint_score_threshold: float = 0.2

@@ -48,6 +48,11 @@ def api_settings(**overrides: Any) -> Settings:
         "intra_op_threads": 1,
         "inter_op_threads": 1,
         "max_image_bytes": 3 * 1024 * 1024,
+        # the API tests were written against YOLOX without the flip test at score 0.3 (the
+        # cheapest to run); the default profile is covered by tests/test_profiles.py
+        "detector": "yolox",
+        "flip": False,
+        "det_score_threshold": 0.3,
     }
     base.update(overrides)
     return Settings(**base)

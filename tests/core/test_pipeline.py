@@ -112,7 +112,7 @@ def test_one_pose_call_per_image_with_and_without_flip(
     detector: YoloxDetector, pose: OnnxPoseModel, crowd: np.ndarray
 ) -> None:
     counting = CountingPose(pose)
-    pipe = Pipeline(detector, counting)
+    pipe = Pipeline(detector, counting, PipelineOptions(flip=False))
     n = len(pipe(crowd).persons)
     n_boxes = counting.calls[0]
     assert counting.calls == [n_boxes] and n_boxes >= n >= 6
@@ -140,7 +140,7 @@ def test_stage_reuse_matches_direct_calls(
     b = pipeline.finish(stage, PipelineOptions(flip=True)).persons[0].keypoints
     c = pipeline.finish(stage, PipelineOptions(flip=True, flip_shift=False)).persons[0].keypoints
     assert not np.allclose(a, b) and not np.allclose(b, c)
-    no_flip_stage = pipeline.run_models(crowd, PipelineOptions(), boxes)
+    no_flip_stage = pipeline.run_models(crowd, PipelineOptions(flip=False), boxes)
     with pytest.raises(InvalidParameter, match="expected a stage computed with flip=True"):
         pipeline.finish(no_flip_stage, PipelineOptions(flip=True))
 
@@ -208,9 +208,9 @@ def test_decoded_output_models_skip_decoding(
     pose: OnnxPoseModel, crowd: np.ndarray, gt: Any
 ) -> None:
     boxes, _ = gt
-    heat = Pipeline(None, pose)(crowd, PipelineOptions(decode="dark"), boxes)
+    heat = Pipeline(None, pose)(crowd, PipelineOptions(decode="dark", flip=False), boxes)
     decoded = Pipeline(None, DecodedPose(pose))
-    dec = decoded(crowd, PipelineOptions(), boxes)  # the card's decode (dark)
+    dec = decoded(crowd, PipelineOptions(flip=False), boxes)  # the card's decode (dark)
     assert decoded.resolve_options().decode == "dark"
     assert len(heat.persons) == len(dec.persons)
     for a, b in zip(heat.persons, dec.persons, strict=True):
@@ -306,7 +306,7 @@ def test_max_persons_bounds_the_pose_batch(
     detector: YoloxDetector, pose: OnnxPoseModel, crowd: np.ndarray
 ) -> None:
     counting = CountingPose(pose)
-    res = Pipeline(detector, counting)(crowd, PipelineOptions(max_persons=3))
+    res = Pipeline(detector, counting)(crowd, PipelineOptions(max_persons=3, flip=False))
     assert counting.calls == [3] and len(res.persons) <= 3
 
 

@@ -236,6 +236,7 @@ def test_factory_delegates_configs(settings_: Settings) -> None:
 
     chips = build_detector(settings_.model_copy(update={"detector": "chips(yolox)"}))
     assert isinstance(chips, MultiScaleChipDetector)
-    assert isinstance(build_detector(settings_), YoloxDetector)
+    yolox = settings_.model_copy(update={"detector": "yolox"})  # the default profile's: picodet
+    assert isinstance(build_detector(yolox), YoloxDetector)
     with pytest.raises(InvalidParameter, match="got 'retina'"):
         build_detector(settings_.model_copy(update={"detector": "retina"}))

@@ -1,0 +1,135 @@
+"""Profiles (DARKPOSE_PROFILE): a table of named setting bundles; explicit settings win."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from darkpose.service.core.cards import ZOO_DIR
+from darkpose.service.core.profiles import (
+    PROFILES_FILE,
+    profile_governed,
+    profile_names,
+    profile_settings,
+    profiles_table,
+)
+from darkpose.service.settings import Settings, default_of, settings_error_line
+
+
+@pytest.fixture(autouse=True)
+def _no_darkpose_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("DARKPOSE_"):
+            monkeypatch.delenv(key)
+
+
+def test_table_is_the_one_source() -> None:
+    table = json.loads(PROFILES_FILE.read_text())
+    assert set(table["profiles"]) == {"fast", "balanced", "accurate"}
+    assert table["default"] == "balanced"
+    # every profile value names a real setting; the built-in default of a governed setting
+    # is the default profile's value (no second copy in settings.py)
+    default = profile_settings(table["default"])
+    for name in profile_governed():
+        assert name in Settings.model_fields, name
+        assert default_of(name) == default[name], name
+    assert Settings().profile == "balanced"
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_each_profile_fills_its_settings(name: str) -> None:
+    s = Settings(profile=name)
+    for key, value in profile_settings(name).items():
+        assert getattr(s, key) == value
+        assert s.setting_source(key) == f"from profile {name}"
+    # its model files are packaged
+    for f in s.pose_model_files:
+        assert (ZOO_DIR / f).is_file(), f
+    report = s.profile_report()
+    assert report["name"] == name
+    assert set(report["settings"]) == set(profile_governed())
+
+
+def test_fast_is_the_small_model_and_accurate_flips() -> None:
+    assert Settings(profile="fast").pose_models == ["pp_tinypose_128x96.onnx"]
+    assert Settings(profile="accurate").flip is True
+
+
+def test_explicit_keyword_and_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings(profile="accurate", flip=False)
+    assert s.flip is False
+    assert s.setting_source("flip") == "set explicitly"
+    assert s.setting_source("detector") == "from profile accurate"
+    monkeypatch.setenv("DARKPOSE_PROFILE", "fast")
+    monkeypatch.setenv("DARKPOSE_DETECTOR", "fused(picodet,yolox)")
+    monkeypatch.setenv("DARKPOSE_POSE_MODELS", "pp_tinypose_256x192.onnx")
+    s = Settings()
+    assert s.profile == "fast"
+    assert s.detector == "fused(picodet,yolox)"
+    assert s.pose_models == ["pp_tinypose_256x192.onnx"]
+    assert s.setting_source("detector") == "from DARKPOSE_DETECTOR"
+    assert s.setting_source("flip") == "from profile fast"
+    assert s.setting_source("max_batch") == "default"
+    line = s.profile_line()
+    assert line.startswith("profile fast: ")
+    assert "detector=fused(picodet,yolox) (from DARKPOSE_DETECTOR)" in line
+    # a keyword beats the environment's profile too
+    assert Settings(profile="balanced").detector == "fused(picodet,yolox)"
+
+
+@pytest.mark.parametrize("bad", ["turbo", "", "Balanced"])
+def test_unknown_profile_is_one_clear_line(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DARKPOSE_PROFILE", bad)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    line = settings_error_line(info.value)
+    assert "DARKPOSE_PROFILE" in line
+    assert "expected one of fast, balanced, accurate" in line
+    assert repr(bad) in line
+
+
+def test_serve_help_shows_profile_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from darkpose.service.commands.serve import epilog
+
+    monkeypatch.setenv("DARKPOSE_PROFILE", "fast")
+    monkeypatch.setenv("DARKPOSE_FLIP", "true")
+    text = epilog()
+    assert "DARKPOSE_PROFILE" in text
+    assert "DARKPOSE_POSE_MODELS               pp_tinypose_128x96.onnx from profile fast" in text
+    assert "from profile fast  (set here: true)" in text
+
+
+def test_models_endpoint_and_startup_log_show_the_profile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real app on the packaged models (fast profile: the cheapest to load)."""
+    from fastapi.testclient import TestClient
+
+    from darkpose.service.api import create_app
+    from tests.api.conftest import wait_ready
+
+    settings = Settings(
+        profile="fast", flip=True, providers="cpu", intra_op_threads=1, inter_op_threads=1
+    )
+    with (
+        caplog.at_level(logging.INFO, logger="darkpose.service.api.state"),
+        TestClient(create_app(settings), raise_server_exceptions=False) as client,
+    ):
+        wait_ready(client)
+        m = client.get("/v1/models").json()
+    assert m["profile"]["name"] == "fast"
+    got = m["profile"]["settings"]
+    assert got["flip"] == {"value": True, "source": "set explicitly"}
+    assert got["pose_models"] == {
+        "value": ["pp_tinypose_128x96.onnx"],
+        "source": "from profile fast",
+    }
+    assert m["pose_models"][0]["name"] == "pp_tinypose_128x96"
+    assert m["detector"] == profiles_table()["profiles"]["fast"]["settings"]["detector"]
+    assert "profile fast: " in caplog.text
+    assert "pose_models=pp_tinypose_128x96.onnx (from profile fast)" in caplog.text
