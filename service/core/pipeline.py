@@ -1,6 +1,6 @@
 """Top-down pipeline: image (BGR uint8) → detected persons with 17 keypoints each.
 
-Stages (each timed, seconds, in :attr:`PoseResult.timings`):
+Stages (each timed, seconds, in :attr:`Poses.timings`):
 
 * ``detect`` — :class:`~darkpose.service.core.types.Detector` (skipped when the caller passes
   boxes, e.g. GT-box evaluation), score threshold, at most ``max_persons`` boxes by score, and
@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,8 +50,9 @@ from darkpose.service.core.codec import check_blur_kernel, check_decode_method
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.nms import oks_nms, rescore
 from darkpose.service.core.pose_stage import KeypointStage, ModelPose, preprocess_key
+from darkpose.service.core.poses import Person, Poses, reported_keypoints
 from darkpose.service.core.profiles import default_profile_value
-from darkpose.service.core.transforms import boxes_to_center_scale, xyxy_to_xywh
+from darkpose.service.core.transforms import boxes_to_center_scale
 from darkpose.service.core.types import (
     COCO_SIGMAS,
     F32,
@@ -60,9 +61,22 @@ from darkpose.service.core.types import (
     ModelSpec,
     PoseModel,
 )
-from darkpose.service.core.working import to_original_xy
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "STAGES",
+    "Person",
+    "Pipeline",
+    "PipelineOptions",
+    "PoseResult",
+    "PoseStage",
+    "Poses",
+    "as_bgr_uint8",
+    "reported_keypoints",
+    "to_original",
+    "too_small_for_person",
+]
 
 STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
 #: The range of each numeric :class:`PipelineOptions` field (the settings use the same types).
@@ -136,57 +150,8 @@ class PipelineOptions:
         return cls(**values)
 
 
-def reported_keypoints(keypoints: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Keypoints as every output reports them (HTTP response, COCO results, the Python API):
-    (K, 3) float64 x, y (image px), score, a copy with the scores clipped to [0, 1] (a
-    heatmap peak, DARK's refinement or an ensemble can exceed 1 slightly).  Rescoring and NMS
-    use the unclipped scores.
-
-    keypoints: (K, 3) or (K * 3,) numbers."""
-    out = np.array(keypoints, dtype=np.float64, copy=True).reshape(-1, 3)
-    np.clip(out[:, 2], 0.0, 1.0, out=out[:, 2])
-    return out
-
-
-@dataclass(frozen=True)
-class Person:
-    """One detected person.
-
-    bbox: (4,) float32 xyxy image px; keypoints: (K, 3) float32 (x, y image px, score);
-    box_score: detector (or given) score; score: rescored instance score.
-    """
-
-    bbox: F32
-    box_score: float
-    keypoints: F32
-    score: float
-
-    def to_coco(self, image_id: int | None) -> dict[str, Any]:
-        """COCO result dict: image_id, category_id 1, keypoints [x, y, s] × K flat, score,
-        bbox [x, y, w, h]."""
-        xywh = xyxy_to_xywh(self.bbox.reshape(1, 4))[0]
-        return {
-            "image_id": image_id,
-            "category_id": 1,
-            "keypoints": [round(float(v), 3) for v in reported_keypoints(self.keypoints).flat],
-            "score": float(self.score),
-            "bbox": [round(float(v), 2) for v in xywh],
-        }
-
-
-@dataclass
-class PoseResult:
-    """Persons of one image (sorted by ``score`` descending), the image size (W, H) and the
-    stage timings in seconds (detect, crop, pose, decode, postprocess, total)."""
-
-    persons: list[Person]
-    image_size: tuple[int, int]
-    timings: dict[str, float] = field(default_factory=dict)
-    image_id: int | None = None
-
-    def to_coco(self, image_id: int | None = None) -> list[dict[str, Any]]:
-        iid = self.image_id if image_id is None else image_id
-        return [p.to_coco(iid) for p in self.persons]
+#: The pipeline's result type (the one result type, :class:`Poses`; this name is kept).
+PoseResult = Poses
 
 
 @dataclass
@@ -243,23 +208,9 @@ def too_small_for_person(image: npt.NDArray[Any] | tuple[int, ...], min_side: in
     return min(shape[:2]) < min_side
 
 
-def to_original(
-    result: PoseResult, scale: tuple[float, float], original_size: tuple[int, int]
-) -> PoseResult:
-    """``result`` found on a working image (:mod:`darkpose.service.core.working`) → the same
-    persons in the original image's coordinates: keypoints (K, 3) and boxes (4,) xyxy mapped
-    with :func:`~darkpose.service.core.working.to_original_xy` (``scale`` = (sx, sy) =
-    original / working size), ``image_size`` = ``original_size`` (W, H).  The one place
-    results are scaled back; scale (1, 1) returns ``result`` with only the size set."""
-    if scale == (1.0, 1.0):
-        return dataclasses.replace(result, image_size=original_size)
-    persons = []
-    for p in result.persons:
-        kp = np.array(p.keypoints, dtype=np.float32, copy=True)
-        kp[:, :2] = to_original_xy(kp[:, :2], scale)
-        box = to_original_xy(np.asarray(p.bbox, np.float32).reshape(2, 2), scale).reshape(4)
-        persons.append(dataclasses.replace(p, keypoints=kp, bbox=box))
-    return dataclasses.replace(result, persons=persons, image_size=original_size)
+def to_original(result: Poses, scale: tuple[float, float], original_size: tuple[int, int]) -> Poses:
+    """:meth:`Poses.to_original` (kept as a function for its callers)."""
+    return result.to_original(scale, original_size)
 
 
 def _check_boxes(
@@ -318,7 +269,7 @@ class Pipeline:
     :class:`~darkpose.service.core.pose_stage.KeypointStage` (e.g. a remote pose pool; then
     ``weights`` must be ``None``).  ``detector`` may be ``None`` when every call passes
     ``boxes``.  Call as ``pipeline(image, options=None, boxes=None, box_scores=None,
-    image_id=None) -> PoseResult``; ``image`` BGR uint8 (H, W, 3).
+    image_id=None) -> Poses``; ``image`` BGR uint8 (H, W, 3).
     """
 
     def __init__(
@@ -371,8 +322,8 @@ class Pipeline:
         boxes: npt.ArrayLike | None = None,
         box_scores: npt.ArrayLike | None = None,
         image_id: int | None = None,
-    ) -> PoseResult:
-        """image (H, W, 3) BGR uint8 → :class:`PoseResult` (persons sorted by score)."""
+    ) -> Poses:
+        """image (H, W, 3) BGR uint8 → :class:`Poses` (sorted by score)."""
         opts = self.resolve_options(options)
         t0 = time.perf_counter()
         img = as_bgr_uint8(image)
@@ -383,16 +334,16 @@ class Pipeline:
         timings["detect"] = t1 - t0
         if b.shape[0] == 0:
             timings["total"] = time.perf_counter() - t0
-            return PoseResult([], size, timings, image_id)
+            return self._empty(size, timings, image_id)
         centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
         kpts, stage_timings = self.pose.keypoints(img, centers, scales, opts)
         timings.update(stage_timings)
         t2 = time.perf_counter()
-        persons = self._postprocess(b, s, kpts, opts)
+        result = self._postprocess(b, s, kpts, opts)
         t3 = time.perf_counter()
         timings["postprocess"] = t3 - t2
         timings["total"] = t3 - t0
-        return PoseResult(persons, size, timings, image_id)
+        return dataclasses.replace(result, image_size=size, timings=timings, image_id=image_id)
 
     def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
         """``options`` (default: the pipeline's) with ``decode`` / ``blur_kernel`` taken from the
@@ -543,7 +494,7 @@ class Pipeline:
             )
         return stages
 
-    def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> PoseResult:
+    def finish(self, stage: PoseStage, options: PipelineOptions | None = None) -> Poses:
         """Decode + postprocess a :class:`PoseStage`.  ``options.flip`` uses the flipped outputs
         when the stage has them (a stage run with flip can be finished with or without it)."""
         pose = self._local_pose("finish")
@@ -556,21 +507,33 @@ class Pipeline:
         t0 = time.perf_counter()
         if stage.boxes.shape[0] == 0:
             timings["total"] = timings.get("total", 0.0) + time.perf_counter() - t0
-            return PoseResult([], stage.image_size, timings, stage.image_id)
+            return self._empty(stage.image_size, timings, stage.image_id)
         flipped = stage.outputs_flipped if opts.flip else None
         kpts = pose.decode(stage.outputs, flipped, stage.centers, stage.scales, opts)
         t1 = time.perf_counter()
         timings["decode"] = t1 - t0
-        persons = self._postprocess(stage.boxes, stage.box_scores, kpts, opts)
+        result = self._postprocess(stage.boxes, stage.box_scores, kpts, opts)
         t2 = time.perf_counter()
         timings["postprocess"] = t2 - t1
         timings["total"] = timings.get("total", 0.0) + (t2 - t0)
-        return PoseResult(persons, stage.image_size, timings, stage.image_id)
+        return dataclasses.replace(
+            result, image_size=stage.image_size, timings=timings, image_id=stage.image_id
+        )
 
     # -- helpers -----------------------------------------------------------------------------
-    def _postprocess(
-        self, boxes: F32, box_scores: F32, kpts: F32, opts: PipelineOptions
-    ) -> list[Person]:
+    def _empty(
+        self, size: tuple[int, int], timings: dict[str, float], image_id: int | None
+    ) -> Poses:
+        return Poses.empty(
+            keypoint_names=tuple(self.spec.keypoint_names),
+            image_size=size,
+            timings=timings,
+            image_id=image_id,
+        )
+
+    def _postprocess(self, boxes: F32, box_scores: F32, kpts: F32, opts: PipelineOptions) -> Poses:
+        """Rescoring and OKS-NMS on the unclipped scores → :class:`Poses` sorted by score
+        (keypoint scores clipped there)."""
         scores = rescore(box_scores, kpts[..., 2], threshold=opts.keypoint_score_threshold)
         n = boxes.shape[0]
         if opts.oks_nms_threshold < 1.0 and n > 1:
@@ -582,12 +545,10 @@ class Pipeline:
         else:
             keep = np.arange(n, dtype=np.int64)
         keep = keep[np.argsort(-scores[keep], kind="stable")]
-        return [
-            Person(
-                bbox=boxes[i].astype(np.float32),
-                box_score=float(box_scores[i]),
-                keypoints=kpts[i].astype(np.float32),
-                score=float(scores[i]),
-            )
-            for i in keep
-        ]
+        return Poses(
+            boxes[keep],
+            box_scores[keep],
+            kpts[keep],
+            np.asarray(scores, np.float32)[keep],
+            keypoint_names=tuple(self.spec.keypoint_names),
+        )

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from darkpose.service.core.errors import InvalidImage
-from darkpose.service.core.pipeline import Person
+from darkpose.service.core.poses import Person
 from darkpose.service.core.types import COCO_SKELETON
 
 #: BGR colours: left limbs, right limbs, centre (head/torso).
