@@ -25,8 +25,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from darkpose.estimator import ChannelOrder, PoseEstimator, Poses
-    from darkpose.service.core.pipeline import Person, PipelineOptions
+    from darkpose.estimator import ChannelOrder, PoseEstimator
+    from darkpose.service.core.pipeline import PipelineOptions
+    from darkpose.service.core.poses import Person, Poses
     from darkpose.service.core.types import COCO_KEYPOINTS, COCO_SKELETON
     from darkpose.service.settings import Settings
 
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "ChannelOrder": "darkpose.estimator",
     "PoseEstimator": "darkpose.estimator",
-    "Poses": "darkpose.estimator",
-    "Person": "darkpose.service.core.pipeline",
+    "Poses": "darkpose.service.core.poses",
+    "Person": "darkpose.service.core.poses",
     "PipelineOptions": "darkpose.service.core.pipeline",
     "COCO_KEYPOINTS": "darkpose.service.core.types",
     "COCO_SKELETON": "darkpose.service.core.types",

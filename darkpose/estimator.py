@@ -1,5 +1,11 @@
 """``PoseEstimator``: settings → pipeline, then ``estimator(image) -> Poses``.
 
+:class:`Poses` is the service's one result type (:mod:`darkpose.service.core.poses`): columns
+``boxes`` (N, 4) xyxy, ``box_scores`` (N,), ``keypoints`` (N, K, 3) x, y, score in [0, 1],
+``scores`` (N,), in the coordinates of the upright photo; it holds that photo (``image``, BGR
+uint8 (H, W, 3)) for :meth:`~Poses.draw` and the file name (``source``) for
+:meth:`~Poses.to_coco`.
+
 Accepted images:
 
 * a path (``str`` / ``os.PathLike``) or encoded bytes (JPEG/PNG/WebP/BMP): decoded with the
@@ -19,107 +25,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from darkpose.service.core.errors import InvalidImage, InvalidParameter
 from darkpose.service.core.io import apply_exif_orientation, decode_image, read_image_file
 from darkpose.service.core.pipeline import (
-    Person,
     Pipeline,
     PipelineOptions,
     as_bgr_uint8,
-    reported_keypoints,
     too_small_for_person,
 )
-from darkpose.service.core.types import COCO_KEYPOINTS
+from darkpose.service.core.poses import Poses
 from darkpose.service.settings import Settings
 
 ChannelOrder = Literal["BGR", "RGB"]
 U8 = npt.NDArray[np.uint8]
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PipelineOptions))
-
-
-@dataclass
-class Poses:
-    """The persons found in one image, in the coordinates of ``image`` (the upright photo).
-
-    persons: sorted by ``score`` (each: ``bbox`` (4,) xyxy, ``keypoints`` (K, 3) x, y, score in
-    image pixels with pixel centres at integers, ``box_score``, ``score``); image: BGR uint8
-    (H, W, 3), what the model saw; timings: seconds per stage; source: the file name when the
-    input was a path.
-    """
-
-    persons: list[Person]
-    image: U8
-    timings: dict[str, float] = field(default_factory=dict)
-    keypoint_names: tuple[str, ...] = COCO_KEYPOINTS
-    source: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.persons)
-
-    def __iter__(self) -> Iterator[Person]:
-        return iter(self.persons)
-
-    def __getitem__(self, index: int) -> Person:
-        return self.persons[index]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(W, H) of :attr:`image`."""
-        return (int(self.image.shape[1]), int(self.image.shape[0]))
-
-    @property
-    def keypoints(self) -> npt.NDArray[np.float32]:
-        """All persons' keypoints, (N, K, 3) float32: x, y (image px), score in [0, 1]
-        (:func:`~darkpose.service.core.pipeline.reported_keypoints`)."""
-        k = len(self.keypoint_names)
-        if not self.persons:
-            return np.zeros((0, k, 3), np.float32)
-        return np.stack([reported_keypoints(p.keypoints) for p in self.persons]).astype(np.float32)
-
-    @property
-    def boxes(self) -> npt.NDArray[np.float32]:
-        """All persons' boxes, (N, 4) float32 xyxy."""
-        if not self.persons:
-            return np.zeros((0, 4), np.float32)
-        return np.stack([p.bbox for p in self.persons]).astype(np.float32)
-
-    def to_coco(self, image_id: int | None = None) -> list[dict[str, Any]]:
-        """COCO keypoint results (``image_id``, ``category_id`` 1, flat ``keypoints``,
-        ``score``, ``bbox`` xywh), plus ``file_name`` when the input was a path."""
-        out = [p.to_coco(image_id) for p in self.persons]
-        if self.source is not None:
-            out = [{**r, "file_name": self.source} for r in out]
-        return out
-
-    def draw(
-        self, path: str | os.PathLike[str] | None = None, *, keypoint_threshold: float = 0.2
-    ) -> U8:
-        """The overlay (boxes, scores, skeletons) on a copy of :attr:`image`, BGR uint8
-        (H, W, 3); written to ``path`` too when given (format from its suffix)."""
-        from darkpose.service.core.visualize import draw_poses
-
-        overlay = draw_poses(self.image, self.persons, keypoint_threshold=keypoint_threshold)
-        if path is not None:
-            p = Path(path)
-            try:
-                ok, enc = cv2.imencode(p.suffix or ".png", overlay)
-            except cv2.error:  # no encoder for the suffix
-                ok = False
-            if not ok:
-                raise InvalidParameter(
-                    f"draw path: expected a suffix OpenCV can write (.png, .jpg), got {p.name}"
-                )
-            p.write_bytes(enc.tobytes())
-        return overlay
 
 
 class PoseEstimator:
@@ -177,16 +102,11 @@ class PoseEstimator:
         bgr, source = self.load(image, channel_order=channel_order, exif_orientation=upright)
         opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
         if too_small_for_person(bgr, self.settings.min_image_side):
-            persons, timings = [], {}
+            result = Poses.empty(keypoint_names=tuple(self.pipeline.spec.keypoint_names))
         else:
             result = self.pipeline(bgr, opts)
-            persons, timings = result.persons, dict(result.timings)
-        return Poses(
-            persons=persons,
-            image=bgr,
-            timings=timings,
-            keypoint_names=tuple(self.pipeline.spec.keypoint_names),
-            source=source,
+        return dataclasses.replace(
+            result, image=bgr, image_size=(int(bgr.shape[1]), int(bgr.shape[0])), source=source
         )
 
     def load(

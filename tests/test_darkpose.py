@@ -82,12 +82,14 @@ def test_results_to_coco_and_draw(estimator: PoseEstimator, tmp_path: Path) -> N
     overlay = poses.draw(out)
     assert overlay.shape == poses.image.shape and out.is_file()
     assert (np.abs(overlay.astype(int) - poses.image.astype(int)).sum(axis=2) > 60).mean() > 0.005
-    assert poses[0] is poses.persons[0] and list(poses) == poses.persons
+    first = poses[0]
+    assert np.array_equal(first.keypoints, poses.keypoints[0]) and first.score == poses.scores[0]
+    assert [p.score for p in poses] == [p.score for p in poses.persons] == poses.scores.tolist()
 
 
 @pytest.mark.parametrize("name", ["overlay.txt", "overlay.notanimage"])
 def test_draw_to_a_path_without_an_image_suffix_is_a_typed_error(tmp_path: Path, name: str) -> None:
-    poses = Poses(persons=[], image=np.zeros((32, 48, 3), np.uint8))
+    poses = Poses.empty(image=np.zeros((32, 48, 3), np.uint8))
     with pytest.raises(InvalidParameter, match="expected a suffix OpenCV can write"):
         poses.draw(tmp_path / name)
     assert not (tmp_path / name).exists()

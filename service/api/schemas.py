@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
+
+from darkpose.service.core.poses import Poses
 
 
 class ErrorDetail(BaseModel):
@@ -30,12 +34,28 @@ class PersonOut(BaseModel):
     bbox: list[float] = Field(description="[x1, y1, x2, y2]", min_length=4, max_length=4)
     box_score: float = Field(description="detector score")
     score: float = Field(description="rescored instance score (box × mean confident keypoint)")
-    keypoints: list[list[float]] = Field(
-        description="K × [x, y, score] in COCO keypoint order (K = 17 for COCO models)"
+    keypoints: list[float] = Field(
+        description="COCO results format: [x1, y1, s1, x2, y2, s2, ...], 3K values in the "
+        "model's keypoint order (`model.keypoint_names`; K = 17 for COCO models); scores in "
+        "[0, 1]. Keypoint k is at indices 3k, 3k + 1, 3k + 2."
     )
-    keypoints_flat: list[float] = Field(
-        description="COCO results format: [x1, y1, s1, x2, y2, s2, ...] (3K values)"
-    )
+
+    @staticmethod
+    def rows(poses: Poses) -> list[dict[str, Any]]:
+        """``poses`` (columns) → one :class:`PersonOut`-shaped dict per person (non-finite
+        numbers become 0); ``PoseResponse`` validates and serialises them."""
+        n = len(poses)
+        clean = partial(np.nan_to_num, nan=0.0, posinf=0.0, neginf=0.0)
+        boxes = clean(poses.boxes.astype(np.float64)).tolist()
+        box_scores = clean(poses.box_scores.astype(np.float64)).tolist()
+        scores = clean(poses.scores.astype(np.float64)).tolist()
+        kpts = clean(
+            poses.keypoints.astype(np.float64).reshape(n, 3 * poses.num_keypoints)
+        ).tolist()
+        return [
+            {"bbox": boxes[i], "box_score": box_scores[i], "score": scores[i], "keypoints": kpts[i]}
+            for i in range(n)
+        ]
 
 
 class ModelInfo(BaseModel):

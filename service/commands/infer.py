@@ -120,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
             logger.error("%s: %s", path, exc.message)
             continue
         results.extend({**r, "file_name": path.name} for r in result.to_coco(image_id))
-        persons += len(result.persons)
+        persons += len(result)
         timings = " ".join(f"{k}={1000 * v:.1f}ms" for k, v in result.timings.items())
-        logger.debug("%s: %d persons, %s", path.name, len(result.persons), timings)
+        logger.debug("%s: %d persons, %s", path.name, len(result), timings)
         if args.vis is not None:
-            overlay = draw_poses(image, result.persons)
+            overlay = draw_poses(image, result)
             cv2.imwrite(str(args.vis / f"{path.stem}.png"), overlay)
     if args.out is None:
         sys.stdout.write(json.dumps(results) + "\n")

@@ -71,7 +71,7 @@ def _column(value: npt.ArrayLike, shape: tuple[int, ...], name: str) -> F32:
         a = a.reshape((0, *shape[1:]))
     want = tuple(a.shape[0] if d < 0 else d for d in shape)
     if a.shape != want:
-        shown = "(" + ", ".join("N" if d < 0 else str(d) for d in shape) + ")"
+        shown = str(shape).replace("-1", "N")
         raise InvalidParameter(f"{name}: expected shape {shown}, got {a.shape}")
     return a
 
@@ -177,6 +177,11 @@ class Poses(Sequence[Person]):
         return (self[i] for i in range(len(self)))
 
     @property
+    def num_keypoints(self) -> int:
+        """K."""
+        return int(self.keypoints.shape[1])
+
+    @property
     def persons(self) -> list[Person]:
         """The rows as :class:`Person` objects."""
         return list(self)
@@ -220,15 +225,16 @@ class Poses(Sequence[Person]):
         [x, y, w, h] (2 decimals), plus ``file_name`` when :attr:`source` is set."""
         iid = self.image_id if image_id is None else image_id
         n = len(self)
-        kps = np.round(self.keypoints.astype(np.float64).reshape(n, -1), 3).tolist()
+        kps = np.round(self.keypoints.astype(np.float64).reshape(n, 3 * self.num_keypoints), 3)
         boxes = np.round(xyxy_to_xywh(self.boxes).astype(np.float64), 2).tolist()
+        kp_rows = kps.tolist()
         scores = self.scores.astype(np.float64).tolist()
         extra = {} if self.source is None else {"file_name": self.source}
         return [
             {
                 "image_id": iid,
                 "category_id": 1,
-                "keypoints": kps[i],
+                "keypoints": kp_rows[i],
                 "score": scores[i],
                 "bbox": boxes[i],
                 **extra,

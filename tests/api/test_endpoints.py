@@ -22,11 +22,11 @@ def _check_pose_json(body: dict, width: int, height: int) -> None:
     assert body["persons"], "expected persons in a crowd image, got none"
     for p in body["persons"]:
         assert len(p["bbox"]) == 4
-        assert len(p["keypoints"]) == 17
-        assert all(len(k) == 3 for k in p["keypoints"])
-        assert p["keypoints_flat"] == [v for k in p["keypoints"] for v in k]
-        xs = np.array(p["keypoints"])[:, 0]
-        ys = np.array(p["keypoints"])[:, 1]
+        # each keypoint once, as COCO's results format has it: [x1, y1, s1, x2, ...]
+        assert set(p) == {"bbox", "box_score", "score", "keypoints"}
+        assert len(p["keypoints"]) == 3 * 17 and all(isinstance(v, float) for v in p["keypoints"])
+        xs, ys, ss = (np.array(p["keypoints"])[i::3] for i in range(3))
+        assert np.all((ss >= 0.0) & (ss <= 1.0))
         # keypoints lie within the padded crop around the image
         assert np.all((xs > -0.5 * width) & (xs < 1.5 * width))
         assert np.all((ys > -0.5 * height) & (ys < 1.5 * height))
@@ -77,8 +77,8 @@ def test_query_options_are_applied(client: TestClient, jpeg_bytes: bytes) -> Non
     dark = client.post("/pose?max_persons=1", content=jpeg_bytes,
                        headers={"Content-Type": "image/jpeg"}).json()  # fmt: skip
     assert not np.allclose(
-        np.array(body["persons"][0]["keypoints"])[:, :2],
-        np.array(dark["persons"][0]["keypoints"])[:, :2],
+        np.array(body["persons"][0]["keypoints"]).reshape(-1, 3)[:, :2],
+        np.array(dark["persons"][0]["keypoints"]).reshape(-1, 3)[:, :2],
     )
 
 
@@ -229,7 +229,7 @@ def test_injected_pipeline_is_served(jpeg_bytes: bytes) -> None:
         assert app.state.service.pipeline is pipeline
         direct = pipeline(imdecode(jpeg_bytes))
         got = np.array([p["keypoints"] for p in r.json()["persons"]])
-        want = np.array([p.keypoints for p in direct.persons])
+        want = direct.keypoints.reshape(len(direct), -1)
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
@@ -247,10 +247,10 @@ def test_injected_micro_batcher_shows_as_batching_enabled() -> None:
     try:
         on = ServiceState(s, Pipeline(None, batcher))
         off = ServiceState(s, Pipeline(None, tiny))
-        assert on.batchers == [] and on.model_info()["batching"]["enabled"] is True
+        assert on.batchers == [] and on.model_info().batching.enabled is True
         assert on.response_model_info()["batching"] is True
-        assert off.model_info()["batching"]["enabled"] is False
-        assert ServiceState(s).model_info()["batching"]["enabled"] is False  # not loaded yet
+        assert off.model_info().batching.enabled is False
+        assert ServiceState(s).model_info().batching.enabled is False  # not loaded yet
     finally:
         batcher.close()
 

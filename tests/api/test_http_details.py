@@ -144,7 +144,7 @@ def test_sideways_photo_is_answered_upright(client: TestClient) -> None:
         out = []
         for p in body["persons"]:  # type: ignore[attr-defined]
             x1, y1, x2, y2 = p["bbox"]
-            out.append({"bbox": [x1, y1, x2 - x1, y2 - y1], "keypoints": p["keypoints_flat"]})
+            out.append({"bbox": [x1, y1, x2 - x1, y2 - y1], "keypoints": p["keypoints"]})
         return out
 
     assert max(match_persons(coco(a), coco(b))) < 3.0

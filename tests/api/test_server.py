@@ -168,4 +168,4 @@ def test_serve_with_no_model_settings_answers_with_pp_tinypose(srv: ServerProces
     model = body["model"]
     assert model["pose_models"] == ["pp_tinypose_256x192"] and model["detector"] == "yolox"
     assert (model["decode"], model["blur_kernel"], model["decode_in_graph"]) == ("dark", 11, False)
-    assert body["persons"] and all(len(p["keypoints"]) == 17 for p in body["persons"])
+    assert body["persons"] and all(len(p["keypoints"]) == 51 for p in body["persons"])

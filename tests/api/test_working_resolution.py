@@ -62,9 +62,9 @@ def test_large_photo_is_answered_in_original_coordinates(apps: dict[int, TestCli
     # keypoints within 4% of its box height (the pose model saw a 2x smaller crop)
     for p in full[:3]:
         box = np.asarray(p["bbox"])
-        kp = np.asarray(p["keypoints"])
+        kp = np.asarray(p["keypoints"]).reshape(-1, 3)
         best = min(working, key=lambda q: float(np.abs(np.asarray(q["bbox"]) - box).sum()))
-        kq = np.asarray(best["keypoints"])
+        kq = np.asarray(best["keypoints"]).reshape(-1, 3)
         sure = (kp[:, 2] > 0.5) & (kq[:, 2] > 0.5)
         assert sure.sum() >= 5
         err = np.linalg.norm(kp[sure, :2] - kq[sure, :2], axis=1)

@@ -323,7 +323,7 @@ def test_max_persons_bounds_the_pose_batch(
 )
 def test_odd_images_give_an_empty_result(pipeline: Pipeline, image: np.ndarray) -> None:
     res = pipeline(image)
-    assert res.persons == []
+    assert res.persons == [] and len(res) == 0 and res.keypoints.shape == (0, 17, 3)
     assert res.image_size == (image.shape[1], image.shape[0])
 
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from darkpose.estimator import Poses
-from darkpose.service.api.routes.pose import persons_json
-from darkpose.service.core.pipeline import Person, PoseResult, reported_keypoints
+from darkpose.service.api.schemas import PersonOut
+from darkpose.service.core.pipeline import Person, reported_keypoints
 
 floats = st.floats(-10.0, 10.0, allow_nan=False, width=32)
 
@@ -44,11 +44,9 @@ def _scores_ok(scores: list[float]) -> None:
 
 def test_every_output_reports_clipped_scores(person: Person) -> None:
     _scores_ok(person.to_coco(1)["keypoints"][2::3])
-    _scores_ok(PoseResult([person], (20, 40)).to_coco(1)[0]["keypoints"][2::3])
-    (out,) = persons_json([person])
-    _scores_ok([k[2] for k in out["keypoints"]])
-    _scores_ok(out["keypoints_flat"][2::3])
-    poses = Poses([person], np.zeros((40, 20, 3), np.uint8))
+    poses = Poses.from_persons([person], image=np.zeros((40, 20, 3), np.uint8))
+    (out,) = PersonOut.rows(poses)
+    _scores_ok(out["keypoints"][2::3])
     _scores_ok(poses.keypoints[0, :, 2].tolist())
     _scores_ok(poses.to_coco(1)[0]["keypoints"][2::3])
     assert person.keypoints[0, 2] == pytest.approx(1.07)  # the person itself is unchanged

@@ -129,7 +129,7 @@ def test_exif_orientation_applies_at_working_resolution(orientation: int) -> Non
 def test_to_original_maps_keypoints_and_boxes_once() -> None:
     kp = np.array([[10.0, 20.0, 0.9], [0.0, 0.0, 0.5]], np.float32)
     person = Person(np.array([0, 0, 100, 50], np.float32), 0.8, kp, 0.7)
-    result = PoseResult([person], (150, 100), {"total": 1.0})
+    result = PoseResult.from_persons([person], image_size=(150, 100), timings={"total": 1.0})
     out = to_original(result, (4.0, 2.0), (600, 200))
     assert out.image_size == (600, 200)
     p = out.persons[0]
@@ -137,7 +137,8 @@ def test_to_original_maps_keypoints_and_boxes_once() -> None:
     assert np.allclose(p.keypoints[:, 2], kp[:, 2])  # scores untouched
     assert np.allclose(p.bbox, [1.5, 0.5, 401.5, 100.5])
     assert np.array_equal(result.persons[0].keypoints, kp)  # the input is not modified
-    assert to_original(result, (1.0, 1.0), (150, 100)).persons[0] is person
+    same = to_original(result, (1.0, 1.0), (150, 100))
+    assert same.keypoints is result.keypoints and same.boxes is result.boxes  # no copy
 
 
 @pytest.mark.parametrize(("fmt", "shape"), [("JPEG", (800, 1200, 3)), ("PNG", (467, 700, 3))])

@@ -159,14 +159,14 @@ def _assert_same_persons(got: dict[str, Any], want: dict[str, Any], where: str) 
     for g, w in zip(got["persons"], want["persons"], strict=True):
         np.testing.assert_allclose(g["bbox"], w["bbox"], atol=1e-4, err_msg=where)
         np.testing.assert_allclose(
-            np.asarray(g["keypoints"])[:, :2],
-            np.asarray(w["keypoints"])[:, :2],
+            np.asarray(g["keypoints"]).reshape(-1, 3)[:, :2],
+            np.asarray(w["keypoints"]).reshape(-1, 3)[:, :2],
             atol=1e-4,
             rtol=0,
             err_msg=where,
         )
         np.testing.assert_allclose(
-            np.asarray(g["keypoints"])[:, 2], np.asarray(w["keypoints"])[:, 2], atol=1e-4
+            np.asarray(g["keypoints"])[2::3], np.asarray(w["keypoints"])[2::3], atol=1e-4
         )
         assert g["score"] == pytest.approx(w["score"], abs=1e-4), where
 

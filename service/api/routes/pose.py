@@ -9,10 +9,7 @@ router is built per app by :func:`build_router` because the ``max_persons`` and
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import enum
-import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -27,21 +24,14 @@ from starlette.types import Receive
 from darkpose.service.api.body import ClientGoneError, extract_image
 from darkpose.service.api.deps import StateDep
 from darkpose.service.api.errors import request_id_of
-from darkpose.service.api.schemas import PoseResponse, Timings, error_responses
+from darkpose.service.api.schemas import PersonOut, PoseResponse, Timings, error_responses
 from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import Job, current_job, hold_work
 from darkpose.service.core.choices import DecodeMethod, Probability
 from darkpose.service.core.codec import DECODERS
 from darkpose.service.core.errors import InvalidImage
-from darkpose.service.core.pipeline import (
-    Person,
-    Pipeline,
-    PipelineOptions,
-    PoseResult,
-    reported_keypoints,
-    to_original,
-    too_small_for_person,
-)
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions, too_small_for_person
+from darkpose.service.core.poses import Poses
 
 RenderFormat = Literal["jpeg", "png"]
 #: ``render_format`` → (cv2 suffix, encoder flags, media type); JPEG quality 90: a 640×427
@@ -104,48 +94,9 @@ class PoseQuery:
         return defaults.replace(**overrides)
 
 
-def _finite(v: Any) -> float:
-    f = float(v)
-    return f if math.isfinite(f) else 0.0
-
-
-def _clean(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def persons_json(persons: list[Person]) -> list[dict[str, Any]]:
-    """Persons as :class:`PersonOut`-shaped dicts (keypoint scores in [0, 1]:
-    :func:`reported_keypoints`; non-finite numbers become 0)."""
-    out = []
-    for p in persons:
-        kpts = _clean(reported_keypoints(p.keypoints))
-        bbox = _clean(np.asarray(p.bbox, dtype=np.float64).reshape(4))
-        out.append(
-            {
-                "bbox": bbox.tolist(),
-                "box_score": _finite(p.box_score),
-                "score": _finite(p.score),
-                "keypoints": kpts.tolist(),
-                "keypoints_flat": kpts.reshape(-1).tolist(),
-            }
-        )
-    return out
-
-
-def _scaled_persons(persons: list[Person], scale: float) -> list[Person]:
-    """Persons with coordinates multiplied by ``scale`` (for a downscaled overlay)."""
-    out = []
-    for p in persons:
-        kp = np.array(p.keypoints, dtype=np.float32, copy=True)
-        kp[:, :2] *= scale
-        bbox = np.asarray(p.bbox, dtype=np.float32) * np.float32(scale)
-        out.append(dataclasses.replace(p, keypoints=kp, bbox=bbox))
-    return out
-
-
 def render_overlay(
     image: npt.NDArray[np.uint8],
-    persons: list[Person],
+    poses: Poses,
     max_side: int,
     render_format: str,
     original_size: tuple[int, int] | None = None,
@@ -153,7 +104,7 @@ def render_overlay(
     """The skeleton overlay, encoded per ``render_format`` and downscaled so its longest side is
     at most ``max_side`` (``max_render_side``: bounds the body a slow reader can pin).
 
-    ``persons`` are in the coordinates of the original image of ``original_size`` (W, H)
+    ``poses`` are in the coordinates of the original image of ``original_size`` (W, H)
     (default: ``image``'s own size); ``image`` may be that image at a working resolution: the
     overlay has the size the original would get and is drawn from ``image``."""
     from darkpose.service.core.visualize import draw_poses
@@ -167,9 +118,9 @@ def render_overlay(
         interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         image = np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
     if scale < 1.0:
-        persons = _scaled_persons(persons, scale)
+        poses = poses.scaled(scale)
     suffix, flags, media = RENDER_ENCODINGS[render_format]
-    ok, enc = cv2.imencode(suffix, draw_poses(image, persons), flags)
+    ok, enc = cv2.imencode(suffix, draw_poses(image, poses), flags)
     if not ok:
         raise InvalidImage(f"render: expected an encodable overlay, got a {suffix} encoder failure")
     return enc.tobytes(), media
@@ -199,8 +150,9 @@ def run_pose(
     estimated memory (every stage: :meth:`ServiceState.request_cost`) is reserved in
     ``state.memory`` once the image header is known (before decoding) and released when this
     returns, i.e. when the worker has stopped; a full pose queue refuses before detection.
-    The body is built as plain JSON here, off the event loop; its schema is ``PoseResponse``
-    (OpenAPI document, tests) and skipping pydantic validation of our own output saves CPU.
+    The body is produced by its schema, ``PoseResponse`` (the same model documents it in the
+    OpenAPI document): validated from plain columns-turned-lists and serialised by pydantic's
+    compiled serialiser, off the event loop (faster than ``json.dumps``: bench/response_json.py).
     """
     from darkpose.service.core.io import decode_working
 
@@ -240,22 +192,24 @@ def run_pose(
         options = pipeline.resolve_options(options)
         w, h = decoded.original_size
         if too_small_for_person(decoded.original_shape, s.min_image_side):
-            result = PoseResult([], (int(w), int(h)), {})
+            result = Poses.empty(
+                keypoint_names=tuple(pipeline.spec.keypoint_names), image_size=(int(w), int(h))
+            )
         else:
             state.check_queue_room(pipeline, crops)
             # found on the working image, answered in the original image's coordinates
-            result = to_original(
-                pipeline(image, options=options), decoded.scale, decoded.original_size
+            result = pipeline(image, options=options).to_original(
+                decoded.scale, decoded.original_size
             )
         total_s = time.perf_counter() - t0
         timings = {**result.timings, "image_decode": decode_s, "total": total_s}
         state.metrics.observe_timings(timings)
-        state.metrics.persons.observe(len(result.persons))
+        state.metrics.persons.observe(len(result))
         check()
         if query.render:
             return render_overlay(
                 image,
-                list(result.persons),
+                result,
                 s.max_render_side,
                 query.render_format,
                 decoded.original_size,
@@ -267,7 +221,7 @@ def run_pose(
         body = {
             "request_id": request_id,
             "image": {"width": int(w), "height": int(h)},
-            "persons": persons_json(list(result.persons)),
+            "persons": PersonOut.rows(result),
             "model": {
                 **state.response_model_info(),
                 "decode": str(options.decode),
@@ -277,8 +231,7 @@ def run_pose(
             },
             "timings_ms": stage_ms,
         }
-        content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return content.encode("utf-8"), "application/json"
+        return PoseResponse.model_validate(body).model_dump_json().encode(), "application/json"
     finally:
         current_job.reset(token)
         if reserved:
