@@ -114,16 +114,42 @@ class PoseModelEntry(BaseModel):
     precision: str = Field("fp32", description="fp32 | bf16 | int8 (a quantised file)")
 
 
+class BatchingInfo(BaseModel):
+    """The pose models' micro-batching and the service's concurrency limits."""
+
+    enabled: bool = Field(description="the pose models run behind the micro-batcher")
+    max_batch: int = Field(description="most crops in one micro-batched model call")
+    max_wait_ms: float = Field(description="longest a crop waits for its batch to fill")
+    queue_size: int = Field(description="most crops waiting for the pose model")
+    workers: int = Field(description="batch workers per pose model")
+    max_inflight_requests: int = Field(description="most requests worked on at once")
+
+
+class ProfileSetting(BaseModel):
+    value: Any = Field(description="the setting's value")
+    source: str = Field(
+        description='where it comes from: "from profile <name>", "from DARKPOSE_<NAME>", '
+        '"set explicitly" or "default"'
+    )
+
+
+class ProfileInfo(BaseModel):
+    name: str = Field(description="the profile (fast | balanced | accurate)")
+    settings: dict[str, ProfileSetting] = Field(
+        description="every setting the profile governs, by name"
+    )
+
+
 class ModelsResponse(BaseModel):
+    """``GET /v1/models``: the loaded models and the settings they run with."""
+
     ready: bool
     pose_models: list[PoseModelEntry]
     detector: str
-    providers: str
-    decode: str
-    batching: dict[str, Any]
-    #: ``{"name": "balanced", "settings": {name: {"value": ..., "source": "from profile
-    #: balanced" | "from DARKPOSE_<NAME>" | "set explicitly" | "default"}}}``
-    profile: dict[str, Any]
+    providers: str = Field(description="execution providers in use, comma-separated")
+    decode: str = Field(description="the default decode (the setting, else the model card's)")
+    batching: BatchingInfo
+    profile: ProfileInfo
 
 
 #: OpenAPI ``responses=`` entry shared by the error statuses.

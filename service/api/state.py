@@ -14,6 +14,12 @@ from typing import Any
 import numpy as np
 
 from darkpose.service.api.metrics import Metrics
+from darkpose.service.api.schemas import (
+    BatchingInfo,
+    ModelsResponse,
+    PoseModelEntry,
+    ProfileInfo,
+)
 from darkpose.service.api.work import (
     DEFAULT_DETECTOR_INPUT,
     MB,
@@ -169,9 +175,9 @@ class ServiceState:
                 self._warmup()
             info = self.model_info()
             self.metrics.set_model_info(
-                pose_model=",".join(m["name"] for m in info["pose_models"]),
-                detector=info["detector"],
-                providers=info["providers"],
+                pose_model=",".join(m.name for m in info.pose_models),
+                detector=info.detector,
+                providers=info.providers,
                 decode=self.resolved_decode(),
             )
             self.loaded_at = time.time()
@@ -179,7 +185,7 @@ class ServiceState:
             logger.info(
                 "models loaded and warmed in %.2f s (providers: %s)",
                 time.perf_counter() - t0,
-                info["providers"],
+                info.providers,
             )
             logger.info("%s", self.settings.profile_line())
         except Exception as exc:  # every load failure is final: nothing retries it
@@ -333,14 +339,14 @@ class ServiceState:
         if cached is not None:
             return cached
         info = self.model_info()
-        first = info["pose_models"][0] if info["pose_models"] else {}
+        first = info.pose_models[0] if info.pose_models else None
         out = {
-            "pose_models": [m["name"] for m in info["pose_models"]],
-            "detector": info["detector"],
+            "pose_models": [m.name for m in info.pose_models],
+            "detector": info.detector,
             "keypoint_names": list(self.keypoint_names()),
-            "input_size": list(first.get("input_size", [])),
-            "heatmap_size": list(first.get("heatmap_size", [])),
-            "batching": bool(info["batching"]["enabled"]),
+            "input_size": list(first.input_size) if first else [],
+            "heatmap_size": list(first.heatmap_size) if first else [],
+            "batching": info.batching.enabled,
         }
         if self.ready.is_set():
             self._response_info = out
@@ -356,7 +362,8 @@ class ServiceState:
         models = _pose_models_of(self.pipeline)
         return tuple(models[0].spec.keypoint_names) if models else ()
 
-    def model_info(self) -> dict[str, Any]:
+    def model_info(self) -> ModelsResponse:
+        """``GET /v1/models``: the loaded models and the settings they run with."""
         s = self.settings
         entries = []
         providers: set[str] = set()
@@ -365,38 +372,38 @@ class ServiceState:
             spec = m.spec
             providers.update(getattr(inner, "providers", []) or [])
             entries.append(
-                {
-                    "name": spec.name,
-                    "path": Path(str(getattr(inner, "path", spec.name))).name,
-                    "arch": spec.arch,
-                    "input_size": list(spec.input_size),
-                    "heatmap_size": list(spec.heatmap_size),
-                    "keypoints": spec.num_keypoints,
-                    "codec": spec.codec,
-                    "decoded_output": bool(spec.decoded_output),
+                PoseModelEntry(
+                    name=spec.name,
+                    path=Path(str(getattr(inner, "path", spec.name))).name,
+                    arch=spec.arch,
+                    input_size=list(spec.input_size),
+                    heatmap_size=list(spec.heatmap_size),
+                    keypoints=spec.num_keypoints,
+                    codec=spec.codec,
+                    decoded_output=bool(spec.decoded_output),
                     **_runtime_of(inner),
-                }
+                )
             )
         detector = getattr(self.pipeline, "detector", None)
         det_name = s.detector if not self.injected else type(detector).__name__
         det_providers = getattr(detector, "providers", None)
         if det_providers:
             providers.update(det_providers)
-        return {
-            "ready": self.ready.is_set(),
-            "pose_models": entries,
-            "detector": det_name,
-            "providers": ",".join(sorted(providers)) or s.providers,
-            "decode": self.resolved_decode(),
-            "profile": s.profile_report(),
-            "batching": {
+        return ModelsResponse(
+            ready=self.ready.is_set(),
+            pose_models=entries,
+            detector=det_name,
+            providers=",".join(sorted(providers)) or s.providers,
+            decode=self.resolved_decode(),
+            profile=ProfileInfo.model_validate(s.profile_report()),
+            batching=BatchingInfo(
                 # the pipeline's pose models, built or injected (not ``self.batchers``,
                 # which lists only the batchers built here)
-                "enabled": any(isinstance(m, MicroBatcher) for m in _pose_models_of(self.pipeline)),
-                "max_batch": s.max_batch,
-                "max_wait_ms": s.max_wait_ms,
-                "queue_size": s.queue_size,
-                "workers": s.batch_workers,
-                "max_inflight_requests": s.max_inflight_requests,
-            },
-        }
+                enabled=any(isinstance(m, MicroBatcher) for m in _pose_models_of(self.pipeline)),
+                max_batch=s.max_batch,
+                max_wait_ms=s.max_wait_ms,
+                queue_size=s.queue_size,
+                workers=s.batch_workers,
+                max_inflight_requests=s.max_inflight_requests,
+            ),
+        )

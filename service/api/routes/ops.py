@@ -24,4 +24,4 @@ async def metrics(state: StateDep) -> Response:
 
 @router.get("/v1/models", response_model=ModelsResponse, summary="Loaded models and settings")
 async def models(state: StateDep) -> ModelsResponse:
-    return ModelsResponse(**state.model_info())
+    return state.model_info()
