@@ -141,7 +141,7 @@ class ProfileInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    """``GET /v1/models``: the loaded models and the settings they run with."""
+    """The loaded models and the settings they run with."""
 
     ready: bool
     pose_models: list[PoseModelEntry]
