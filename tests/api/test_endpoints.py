@@ -51,6 +51,33 @@ def test_pose_multipart(client: TestClient, jpeg_bytes: bytes) -> None:
     assert body["model"]["decode"] == "dark"
 
 
+def test_persons_are_coco_results_as_sent(client: TestClient, jpeg_bytes: bytes) -> None:
+    """Each person's ``keypoints`` is the list pycocotools reads as a result's keypoints."""
+    from pycocotools.coco import COCO
+
+    body = client.post("/pose", content=jpeg_bytes, headers={"Content-Type": "image/jpeg"}).json()
+    w, h = body["image"]["width"], body["image"]["height"]
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1, "width": w, "height": h}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "person", "keypoints": body["model"]["keypoint_names"]}],
+    }
+    gt.createIndex()
+    sent = [
+        {"image_id": 1, "category_id": 1, "keypoints": p["keypoints"], "score": p["score"]}
+        for p in body["persons"]
+    ]
+    loaded = gt.loadRes(sent)
+    anns = loaded.loadAnns(loaded.getAnnIds())
+    assert len(anns) == len(body["persons"]) >= 1
+    for ann, p in zip(anns, body["persons"], strict=True):
+        kp = np.reshape(p["keypoints"], (-1, 3))
+        assert ann["keypoints"] == p["keypoints"]
+        x0, y0 = kp[:, 0].min(), kp[:, 1].min()
+        assert ann["bbox"][:2] == pytest.approx([x0, y0])  # pycocotools' box from x, y
+
+
 def test_pose_raw_body_equals_multipart(client: TestClient, jpeg_bytes: bytes) -> None:
     a = client.post("/pose", content=jpeg_bytes, headers={"Content-Type": "image/jpeg"})
     b = client.post("/pose", files={"image": ("x.jpg", jpeg_bytes, "image/jpeg")})
