@@ -159,13 +159,16 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 
 def test_serve_with_no_model_settings_answers_with_pp_tinypose(srv: ServerProcess) -> None:
     """``darkpose serve`` with no model settings: PP-TinyPose keypoints, decoded as its card
-    says (DARK, blur kernel 11), YOLOX boxes (the defaults)."""
+    says (DARK, blur kernel 11), the default profile's detector."""
+    from darkpose.service.settings import default_of
+
     r = httpx.post(
         srv.base + "/pose", content=JPEG, headers={"Content-Type": "image/jpeg"}, timeout=60
     )
     assert r.status_code == 200, r.text
     body = r.json()
     model = body["model"]
-    assert model["pose_models"] == ["pp_tinypose_256x192"] and model["detector"] == "yolox"
+    assert model["pose_models"] == ["pp_tinypose_256x192"]
+    assert model["detector"] == default_of("detector") == "picodet"
     assert (model["decode"], model["blur_kernel"], model["decode_in_graph"]) == ("dark", 11, False)
     assert body["persons"] and all(len(p["keypoints"]) == 51 for p in body["persons"])
