@@ -28,7 +28,7 @@ from starlette.types import Scope
 from darkpose.service.api.access import install_access_control
 from darkpose.service.api.deps import reject_unknown_query
 from darkpose.service.api.errors import RequestContextMiddleware, install_error_handlers
-from darkpose.service.api.routes import docs, health, ops, pose
+from darkpose.service.api.routes import demo, docs, health, ops, pose, stream, video
 from darkpose.service.api.state import ServiceState
 from darkpose.service.core.pipeline import Pipeline
 from darkpose.service.settings import Settings
@@ -77,6 +77,11 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     app.add_middleware(RequestContextMiddleware, on_done=on_done, access_log=settings.access_log)
     strict_query = [Depends(reject_unknown_query)]  # 422 for undeclared query parameters
     app.include_router(pose.build_router(settings.max_persons), dependencies=strict_query)
+    app.state.video_jobs = video.VideoJobs.from_settings(settings)  # videos + streams, shared
+    app.include_router(video.build_router(settings.max_persons), dependencies=strict_query)
+    app.include_router(stream.build_router(settings.max_persons))
+    if settings.demo:
+        app.include_router(demo.router)
     app.include_router(health.router, dependencies=strict_query)
     app.include_router(ops.router, dependencies=strict_query)
     docs.install(app)
