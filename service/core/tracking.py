@@ -55,8 +55,9 @@ class TrackerConfig:
     match_threshold: least similarity (max of OKS and box IoU) for a person to continue a track;
     grace_frames: frames a track may go unmatched before it dies (re-identified within them);
     max_tracks: most live tracks (births beyond are refused, lowest scores first);
-    redetect_score: a track whose mean confident-keypoint score is below this asks for a
-    detection on the next frame;
+    redetect_score: a track whose mean confident-keypoint score falls below this asks for a
+    detection on the next frame (once per fall: a person seen poorly all along does not make
+    every frame a detection frame);
     smoothing: One-Euro smoothing of the keypoints; min_cutoff (Hz), beta (per box diagonal/s),
     d_cutoff (Hz): its parameters.
     """
@@ -219,6 +220,8 @@ class Track:
     keypoints: F64
     box: F64
     score: float
+    box_score: float = 1.0
+    low: bool = False
     velocity: F64 = field(default_factory=lambda: np.zeros(2, np.float64))
     missed: int = 0
     age: int = 1
@@ -342,6 +345,7 @@ class Tracker:
             keypoints=np.asarray(person.keypoints, np.float64).copy(),
             box=np.asarray(person.bbox, np.float64).copy(),
             score=float(person.score),
+            box_score=float(person.box_score),
             smoother=smoother,
         )
         self._next_id += 1
@@ -369,6 +373,7 @@ class Tracker:
         gap = dt * (track.missed + 1) if track.missed else dt
         track.box = new_box.copy()
         track.score = float(person.score)
+        track.box_score = float(person.box_score)
         track.missed = 0
         track.age += 1
         return self._smoothed(track, person, gap)
@@ -385,7 +390,7 @@ class Tracker:
                 complete = False
                 continue
             boxes.append(b)
-            scores.append(max(min(t.score, 1.0), 0.0))
+            scores.append(max(min(t.box_score, 1.0), 0.0))
         if not boxes:
             return np.zeros((0, 4)), np.zeros((0,)), complete
         return np.stack(boxes), np.asarray(scores, np.float64), complete
@@ -457,9 +462,14 @@ class PoseTracker:
             result = self._run(image, boxes=boxes, box_scores=scores)
             self._since_detect += 1
         persons, events = self.tracker.update(list(result.persons), dt=dt, allow_births=detect)
-        self._redetect = bool(events.missing) or any(
-            t.confidence < cfg.redetect_score for t in self.tracker.tracks if not t.missed
-        )
+        dropped = False  # a track whose confidence fell under redetect_score on this frame
+        for t in self.tracker.tracks:
+            if t.missed:
+                continue
+            low = t.confidence < cfg.redetect_score
+            dropped = dropped or (low and not t.low and t.age > 1)
+            t.low = low
+        self._redetect = bool(events.missing) or dropped
         self.frames += 1
         return TrackedFrame(
             index=self.frames - 1 if index is None else index,
