@@ -253,7 +253,8 @@ class TrackedPerson:
 
 @dataclass
 class TrackEvents:
-    """What one :meth:`Tracker.update` changed: ids born, ids that died, ids gone missing."""
+    """What one :meth:`Tracker.update` changed: ids born, ids that died, ids of confirmed
+    tracks (matched on two frames or more) that went missing on this frame."""
 
     born: list[int] = field(default_factory=list)
     died: list[int] = field(default_factory=list)
@@ -328,7 +329,7 @@ class Tracker:
         for t in self.tracks:
             if t.track_id not in seen:
                 t.missed += 1
-                if t.missed == 1:
+                if t.missed == 1 and t.age > 1:  # a confirmed track (seen twice) went missing
                     events.missing.append(t.track_id)
                 if t.missed > cfg.grace_frames:
                     events.died.append(t.track_id)
