@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", default="1,5,10", help="detector intervals to compare")
     ap.add_argument("--models", default="pp_tinypose_256x192.onnx,pp_tinypose_128x96.onnx")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--betas", default="", help="also One-Euro betas to compare at the default k (comma list)"
+    )
     ap.add_argument("--videos", type=Path, default=None, help="smoke-test the videos of DIR")
     args = ap.parse_args(argv)
 
@@ -353,20 +356,19 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(settings)
         run_clip(pipeline, clips[0][1][:3], TrackerConfig.from_settings(settings))  # warm-up
         base = TrackerConfig.from_settings(settings)
-        configs = [(k, True) for k in ks] + [(ks[0], False), (base.det_every, False)]
+        configs: list[tuple[int, bool, float]] = [(k, True, base.beta) for k in ks]
+        configs += [(ks[0], False, base.beta), (base.det_every, False, base.beta)]
+        configs += [(base.det_every, True, float(b)) for b in args.betas.split(",") if b]
         seen = set()
-        for k, smooth in configs:
-            if (k, smooth) in seen:
+        for k, smooth, beta in configs:
+            if (k, smooth, beta if smooth else 0.0) in seen:
                 continue
-            seen.add((k, smooth))
-            r = evaluate(
-                pipeline,
-                clips,
-                coco["categories"],
-                TrackerConfig.from_settings(settings, det_every=k, smoothing=smooth),
-            )
+            seen.add((k, smooth, beta if smooth else 0.0))
+            config = TrackerConfig.from_settings(settings, det_every=k, smoothing=smooth, beta=beta)
+            r = evaluate(pipeline, clips, coco["categories"], config)
+            smoothing = f"on (beta {beta:g})" if smooth else "off"
             print(
-                f"{model} det every k={k} smooth={'on' if smooth else 'off'}: AP {r['ap']:.3f} "
+                f"{model} det every k={k} smooth={smoothing}: AP {r['ap']:.3f} "
                 f"frames/s {r['fps']:.1f} det_ms/frame {r['det_ms']:.1f} "
                 f"id_switches {r['id_switches']:.2f}/100 track-frames jitter {r['jitter']:.4f}",
                 flush=True,

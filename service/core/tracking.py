@@ -44,6 +44,11 @@ MIN_BOX_KEYPOINTS = 3
 #: The keypoints' extent is enlarged by this factor per side to approximate a detector's person
 #: box (keypoints sit inside the body outline: the head top and the feet are not keypoints).
 KEYPOINT_BOX_ENLARGE = 1.2
+#: An unmatched person whose keypoints are this similar (OKS) to a person already assigned on
+#: the same frame is a duplicate detection of that person: no track is born for it.
+DUPLICATE_OKS = 0.6
+#: Most relative change of a derived box's width or height from one frame to the next.
+MAX_BOX_SCALE_STEP = 0.1
 
 
 @dataclass(frozen=True)
@@ -234,13 +239,24 @@ class Track:
         vis = s[s >= KEYPOINT_VISIBLE]
         return float(vis.mean()) if vis.size else 0.0
 
-    def predicted_box(self) -> F64 | None:
-        """The box for the next frame from the keypoints, moved by the velocity."""
-        box = keypoint_box(self.keypoints)
-        if box is None:
-            return None
-        shift = self.velocity * (self.missed + 1)
-        return box + np.array([shift[0], shift[1], shift[0], shift[1]])
+    def predicted_box(self) -> F64:
+        """The box for the next frame: centred on the confident keypoints' box (the last box
+        without :data:`MIN_BOX_KEYPOINTS` of them), its size that of the keypoints' box but
+        changed by at most :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that
+        sees less of a person in a tighter crop would otherwise shrink the box frame by
+        frame), moved by the velocity."""
+        prev = self.box
+        pw, ph = max(prev[2] - prev[0], 1.0), max(prev[3] - prev[1], 1.0)
+        kb = keypoint_box(self.keypoints)
+        if kb is None:
+            c, w, h = _center(prev), pw, ph
+        else:
+            lo, hi = 1.0 - MAX_BOX_SCALE_STEP, 1.0 + MAX_BOX_SCALE_STEP
+            c = _center(kb)
+            w = float(np.clip(kb[2] - kb[0], lo * pw, hi * pw))
+            h = float(np.clip(kb[3] - kb[1], lo * ph, hi * ph))
+        c = c + self.velocity * (self.missed + 1)
+        return np.array([c[0] - w / 2, c[1] - h / 2, c[0] + w / 2, c[1] + h / 2], np.float64)
 
 
 @dataclass
@@ -284,8 +300,8 @@ class Tracker:
         self, persons: list[Person], *, dt: float, allow_births: bool = True
     ) -> tuple[list[TrackedPerson], TrackEvents]:
         """Assign ``persons`` of the next frame (``dt`` seconds after the previous one) to
-        tracks.  Returns the matched/born persons with their ids (in the order of ``persons``)
-        and the events."""
+        tracks.  Returns the matched/born persons with their ids (in the order of ``persons``;
+        a duplicate of an assigned person, :data:`DUPLICATE_OKS`, is left out) and the events."""
         cfg = self.config
         events = TrackEvents()
         k = self.sigmas.shape[0]
@@ -304,8 +320,7 @@ class Tracker:
         )
         track_boxes = np.zeros((len(self.tracks), 4))
         for i, t in enumerate(self.tracks):
-            pb = t.predicted_box()
-            track_boxes[i] = pb if pb is not None else t.box
+            track_boxes[i] = t.predicted_box()
         sim = similarity(track_kpts, track_boxes, kpts, boxes, self.sigmas)
         matched_t: dict[int, int] = {}  # person index → track index
         if sim.size:
@@ -313,18 +328,25 @@ class Tracker:
             for r, c in zip(rows, cols, strict=True):
                 if sim[r, c] >= cfg.match_threshold:
                     matched_t[int(c)] = int(r)
-        out: list[TrackedPerson] = []
+        out: list[tuple[int, TrackedPerson]] = []
         seen: set[int] = set()
         for j, person in enumerate(persons):
             if j in matched_t:
                 track = self.tracks[matched_t[j]]
                 seen.add(track.track_id)
-                out.append(TrackedPerson(track.track_id, self._advance(track, person, dt)))
-            elif allow_births and len(self.tracks) < cfg.max_tracks:
+                out.append((j, TrackedPerson(track.track_id, self._advance(track, person, dt))))
+        assigned = sorted(matched_t)
+        for j, person in enumerate(persons):
+            if j in matched_t:
+                continue
+            if assigned and self._duplicate(kpts[j], boxes[j], kpts[assigned]):
+                continue
+            if allow_births and len(self.tracks) < cfg.max_tracks:
+                assigned.append(j)
                 track = self._birth(person)
                 seen.add(track.track_id)
                 events.born.append(track.track_id)
-                out.append(TrackedPerson(track.track_id, self._smoothed(track, person)))
+                out.append((j, TrackedPerson(track.track_id, self._smoothed(track, person))))
         alive: list[Track] = []
         for t in self.tracks:
             if t.track_id not in seen:
@@ -336,7 +358,14 @@ class Tracker:
                     continue
             alive.append(t)
         self.tracks = alive
-        return out, events
+        return [tp for _, tp in sorted(out, key=lambda x: x[0])], events
+
+    def _duplicate(self, kpts: F64, box: F64, others: F64) -> bool:
+        """Whether the person ``kpts`` (K, 3) in ``box`` (4,) has OKS >= :data:`DUPLICATE_OKS`
+        with one of ``others`` (M, K, 3)."""
+        area = max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
+        oks = track_oks(kpts[None], np.array([area]), others, self.sigmas)
+        return bool(np.any(oks >= DUPLICATE_OKS))
 
     def _birth(self, person: Person) -> Track:
         cfg = self.config
@@ -379,22 +408,15 @@ class Tracker:
         track.age += 1
         return self._smoothed(track, person, gap)
 
-    def live_boxes(self) -> tuple[F64, F64, bool]:
-        """Boxes (M, 4) and scores (M,) of the tracks seen on the last frame, derived from
-        their keypoints, and whether every such track could give one."""
-        boxes, scores, complete = [], [], True
-        for t in self.tracks:
-            if t.missed:
-                continue
-            b = t.predicted_box()
-            if b is None:
-                complete = False
-                continue
-            boxes.append(b)
-            scores.append(max(min(t.box_score, 1.0), 0.0))
-        if not boxes:
-            return np.zeros((0, 4)), np.zeros((0,)), complete
-        return np.stack(boxes), np.asarray(scores, np.float64), complete
+    def live_boxes(self) -> tuple[F64, F64]:
+        """Boxes (M, 4) xyxy and detector scores (M,) of the tracks seen on the last frame,
+        as :meth:`Track.predicted_box` derives them."""
+        live = [t for t in self.tracks if not t.missed]
+        if not live:
+            return np.zeros((0, 4)), np.zeros((0,))
+        boxes = np.stack([t.predicted_box() for t in live])
+        scores = np.asarray([max(min(t.box_score, 1.0), 0.0) for t in live], np.float64)
+        return boxes, scores
 
 
 @dataclass
@@ -452,8 +474,8 @@ class PoseTracker:
         boxes: F64 | None = None
         scores: F64 | None = None
         if not detect:
-            boxes, scores, complete = self.tracker.live_boxes()
-            if not complete or boxes.shape[0] == 0:
+            boxes, scores = self.tracker.live_boxes()
+            if boxes.shape[0] == 0:
                 detect = True
         if detect:
             result = self._run(image)
