@@ -7,12 +7,15 @@ image limits (``max_side``, ``max_pixels``).  :meth:`VideoReader.frames` decodes
 upright per the container's rotation (display matrix), samples it to ``fps`` when asked, and
 re-checks the count and the duration while decoding (headers may lie or be absent: an endless
 or mislabelled stream stops at the limit with an error).  Corrupt or truncated data raises
-:class:`InvalidVideo`; the frames already yielded stay valid.
+:class:`InvalidVideo` (a decoder error, or fewer frames than the header declares); the frames
+already yielded stay valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -116,11 +119,19 @@ class VideoReader:
     """An open video (use :func:`open_video`); ``info`` from the header; iterate
     :meth:`frames`; :meth:`close` when done (also a context manager)."""
 
-    def __init__(self, container: Any, stream: Any, info: VideoInfo, limits: dict[str, Any]):
+    def __init__(
+        self,
+        container: Any,
+        stream: Any,
+        info: VideoInfo,
+        limits: dict[str, Any],
+        decoded: Iterator[Any] | None = None,
+    ):
         self.container = container
         self.stream = stream
         self.info = info
         self.limits = limits
+        self._decoded = decoded if decoded is not None else container.decode(stream)
 
     def __enter__(self) -> VideoReader:
         return self
@@ -148,13 +159,14 @@ class VideoReader:
         next_t = 0.0
         start: float | None = None
         index = -1
-        decoded = self.container.decode(self.stream)
+        decoded = self._decoded
         while True:
             if check is not None:
                 check()
             try:
                 frame = next(decoded)
             except StopIteration:
+                self._check_complete(index + 1)
                 return
             except av.error.FFmpegError as exc:
                 raise InvalidVideo(
@@ -180,10 +192,20 @@ class VideoReader:
             if step:
                 next_t = max(next_t + step, ts + step * 0.5)
             img = frame.to_ndarray(format="bgr24")
-            rot = _upright_rotation(getattr(frame, "rotation", 0) or 0) or self.info.rotation
+            rot = _upright_rotation(getattr(frame, "rotation", 0) or 0)
             if rot:
                 img = np.rot90(img, k=rot // 90)
             yield VideoFrame(index, ts, np.ascontiguousarray(img, dtype=np.uint8))
+
+    def _check_complete(self, decoded: int) -> None:
+        """FFmpeg ends a truncated or corrupt file quietly: fewer frames than the header
+        declares (beyond a small tolerance for estimated counts) is an :class:`InvalidVideo`."""
+        declared = self.info.frames
+        if declared and decoded < declared - max(2, declared // 50):
+            raise InvalidVideo(
+                f"video: expected the {declared} frames its header declares, got {decoded}: "
+                "truncated or corrupt"
+            )
 
 
 def _ffmpeg_text(exc: Exception) -> str:
@@ -236,7 +258,23 @@ def open_video(
         container.close()
         raise
     limits = {"max_frames": max_frames, "max_duration_s": max_duration_s}
-    return VideoReader(container, stream, info, limits)
+    # the rotation (display matrix) comes with the decoded frames: decode the first one now so
+    # that the header reports the upright size; it is yielded first by VideoReader.frames
+    decoded = container.decode(stream)
+    try:
+        first = next(decoded)
+    except StopIteration:
+        container.close()
+        raise InvalidVideo(f"video: expected at least one {info.codec} frame, got none") from None
+    except av.error.FFmpegError as exc:
+        container.close()
+        raise InvalidVideo(
+            f"video: expected decodable {info.codec} data, got an error on the first frame "
+            f"({_ffmpeg_text(exc)})"
+        ) from exc
+    rotation = _upright_rotation(getattr(first, "rotation", 0) or 0)
+    info = dataclasses.replace(info, rotation=rotation)
+    return VideoReader(container, stream, info, limits, itertools.chain([first], decoded))
 
 
 def _check_header(
@@ -286,10 +324,5 @@ def _check_header(
         raise PayloadTooLarge(
             f"video: expected at most {max_frames} frames (video_max_frames), got {frames}"
         )
-    rotation = 0
-    try:  # the display matrix, as FFmpeg's autorotate reads it (frames carry it too)
-        rotation = _upright_rotation(getattr(stream, "rotation", 0) or 0)
-    except (TypeError, ValueError):
-        rotation = 0
-    info = VideoInfo(codec, w, h, fps, duration, frames, rotation, fmt)
+    info = VideoInfo(codec, w, h, fps, duration, frames, 0, fmt)
     return info, stream

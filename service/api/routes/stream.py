@@ -68,6 +68,7 @@ class _Pending:
     frame: tuple[int, bytes, float] | None = None
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    busy: bool = False  # a frame is being processed (the client waits: not idle)
 
 
 class _RateLimit:
@@ -248,6 +249,8 @@ async def _receive(
         try:
             message = await asyncio.wait_for(ws.receive(), s.stream_idle_timeout_s)
         except TimeoutError:
+            if pending.busy or pending.frame is not None:
+                continue  # waiting for our answer is not idling
             with contextlib.suppress(Exception):
                 await ws.close(
                     code=CLOSE_GOING_AWAY,
@@ -334,6 +337,7 @@ async def _answer(
         if item is None:
             continue
         n, data, ts = item
+        pending.busy = True
         try:
             frame = await loop.run_in_executor(
                 state.executor, _process, tracker, job, state, data, ts, n
@@ -369,6 +373,8 @@ async def _answer(
                 },
             )
             continue
+        finally:
+            pending.busy = False
         observe_frame(state, "stream", frame)
         skipped, pending.skipped = pending.skipped, []
         await _send(ws, {**frame_json(frame), "skipped": skipped})
