@@ -3,8 +3,9 @@
 Three layers, all per stream (no global state), pure numpy + scipy:
 
 * :class:`OneEuroFilter` — the One-Euro low-pass filter (Casiez et al., CHI 2012) on an array of
-  any shape, frame-rate aware (it takes the time between samples).  The speed that opens its
-  cutoff is measured in box diagonals per second, so one ``beta`` fits persons of any size.
+  any shape, frame-rate aware (it takes the time between samples).  A track filters the shape
+  of its pose (keypoints relative to their weighted mean, in units of their spread), so moves
+  and zooms are followed at once and one ``beta`` fits persons of any size.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
   against each track's last pose, optimal assignment by
   :func:`scipy.optimize.linear_sum_assignment`, a match needs ``match_threshold``.  Unmatched
@@ -63,8 +64,8 @@ class TrackerConfig:
     redetect_score: a track whose mean confident-keypoint score falls below this asks for a
     detection on the next frame (once per fall: a person seen poorly all along does not make
     every frame a detection frame);
-    smoothing: One-Euro smoothing of the keypoints; min_cutoff (Hz), beta (per box diagonal/s),
-    d_cutoff (Hz): its parameters.
+    smoothing: One-Euro smoothing of the pose shape (:meth:`Tracker._smoothed`); min_cutoff (Hz),
+    beta (per pose size per second), d_cutoff (Hz): its parameters.
     """
 
     det_every: int = 5
@@ -383,11 +384,22 @@ class Tracker:
         return track
 
     def _smoothed(self, track: Track, person: Person, dt: float = 1.0) -> Person:
+        """``person`` with its keypoints smoothed by the track's filter (when smoothing is on).
+
+        The pose is split into its position (the score-weighted mean of the keypoints), its
+        size (their score-weighted spread) and its shape (the keypoints relative to the
+        position, in units of the size).  Only the shape is filtered: a person or camera that
+        moves or zooms is followed at once, while keypoint noise (most of which is shape) is
+        smoothed; speeds are in sizes per second, the same for persons of any size."""
         kp = np.asarray(person.keypoints, np.float64).copy()
         if track.smoother is not None:
-            b = np.asarray(person.bbox, np.float64)
-            diag = float(math.hypot(b[2] - b[0], b[3] - b[1]))
-            kp[:, :2] = track.smoother.filter(kp[:, :2], dt, scale=max(diag, 1.0))
+            xy = kp[:, :2]
+            w = np.clip(kp[:, 2], 0.0, 1.0) + 1e-6
+            centre = (w[:, None] * xy).sum(0) / w.sum()
+            spread = float(np.sqrt((w * ((xy - centre) ** 2).sum(1)).sum() / w.sum()))
+            spread = max(spread, 1.0)
+            shape = track.smoother.filter((xy - centre) / spread, dt)
+            kp[:, :2] = centre + spread * shape
         track.keypoints = kp
         return Person(
             bbox=np.asarray(person.bbox, np.float32),
