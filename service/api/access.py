@@ -8,6 +8,7 @@ adds no middleware at all (zero cost).
 
 - **API keys** (``DARKPOSE_API_KEYS`` comma list, ``DARKPOSE_API_KEYS_FILE`` one key per
   line): when any is configured, every route except ``/healthz``, ``/readyz`` and ``/metrics``
+  (and ``/demo``, a static page whose WebSocket needs the key)
   needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; otherwise 401 with
   ``WWW-Authenticate: Bearer`` in the usual JSON error shape.  Keys are compared as SHA-256
   digests with :func:`hmac.compare_digest` against every configured key (no early exit, no
@@ -56,8 +57,9 @@ from darkpose.service.settings import Settings
 #: (:class:`~darkpose.service.api.errors.RequestContextMiddleware`, README "Logs").
 logger = logging.getLogger("darkpose.service.api.access_control")
 
-#: Paths that never need a key and never count against a client (probes).
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Paths that never need a key and never count against a client (probes; the static demo page,
+#: served only with DARKPOSE_DEMO=true, whose WebSocket asks for the key itself).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo"})
 METRICS_PATH = "/metrics"
 #: Client label of every request when no API keys are configured (never an IP).
 ANONYMOUS = "anonymous"
