@@ -333,7 +333,7 @@ class Settings(BaseSettings):
     smooth: bool = Field(True, description="One-Euro smoothing of tracked keypoints")
     smooth_min_cutoff: float = Field(1.0, gt=0.0, description="One-Euro minimum cutoff (Hz)")
     smooth_beta: float = Field(
-        1.0, ge=0.0, description="One-Euro speed coefficient (per pose size per second)"
+        30.0, ge=0.0, description="One-Euro speed coefficient (per box diagonal per second)"
     )
     smooth_d_cutoff: float = Field(1.0, gt=0.0, description="One-Euro derivative cutoff (Hz)")
     video_max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest video upload")

@@ -3,9 +3,10 @@
 Three layers, all per stream (no global state), pure numpy + scipy:
 
 * :class:`OneEuroFilter` — the One-Euro low-pass filter (Casiez et al., CHI 2012) on an array of
-  any shape, frame-rate aware (it takes the time between samples).  A track filters the shape
-  of its pose (keypoints relative to their weighted mean, in units of their spread), so moves
-  and zooms are followed at once and one ``beta`` fits persons of any size.
+  any shape, frame-rate aware (it takes the time between samples).  Speeds are measured in box
+  diagonals per second (one ``beta`` fits persons of any size), and the speed of the pose's
+  centre opens the cutoff of all its keypoints: a moving person or camera is followed without
+  lag, a still one is smoothed.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
   against each track's last pose, optimal assignment by
   :func:`scipy.optimize.linear_sum_assignment`, a match needs ``match_threshold``.  Unmatched
@@ -64,8 +65,8 @@ class TrackerConfig:
     redetect_score: a track whose mean confident-keypoint score falls below this asks for a
     detection on the next frame (once per fall: a person seen poorly all along does not make
     every frame a detection frame);
-    smoothing: One-Euro smoothing of the pose shape (:meth:`Tracker._smoothed`); min_cutoff (Hz),
-    beta (per pose size per second), d_cutoff (Hz): its parameters.
+    smoothing: One-Euro smoothing of the reported keypoints (:meth:`Tracker._smoothed`);
+    min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters.
     """
 
     det_every: int = 5
@@ -75,7 +76,7 @@ class TrackerConfig:
     redetect_score: float = 0.35
     smoothing: bool = True
     min_cutoff: float = 1.0
-    beta: float = 1.0
+    beta: float = 30.0
     d_cutoff: float = 1.0
 
     def __post_init__(self) -> None:
@@ -124,9 +125,13 @@ def _alpha(cutoff: F64 | float, dt: float) -> F64:
 class OneEuroFilter:
     """One-Euro filter of a fixed-shape signal (e.g. keypoints (K, 2)).
 
-    ``filter(x, dt, scale=1)``: x any shape, float; dt seconds since the previous sample (> 0);
-    ``scale`` divides the speed before it opens the cutoff (a box diagonal: speeds in diagonals/s).
-    The first sample is returned unchanged.  A constant signal stays exactly constant.
+    ``filter(x, dt, scale=1, centre=None)``: x any shape, float; dt seconds since the previous
+    sample (> 0); ``scale`` divides the speeds before they open the cutoff (a box diagonal:
+    speeds in diagonals/s); ``centre`` (optional, e.g. (2,) the weighted mean of keypoints):
+    a point whose speed opens the cutoff of every element, so that a whole pose that moves
+    (a walking person, a panning camera) is followed without lag while its keypoints' noise,
+    which averages out in the centre, is smoothed.  The first sample is returned unchanged.
+    A constant signal stays exactly constant.
     """
 
     def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
@@ -135,23 +140,33 @@ class OneEuroFilter:
         self.d_cutoff = float(d_cutoff)
         self._x: F64 | None = None
         self._dx: F64 | None = None
+        self._c: F64 | None = None
+        self._dc: F64 | None = None
 
     def reset(self) -> None:
-        self._x = None
-        self._dx = None
+        self._x = self._dx = self._c = self._dc = None
 
-    def filter(self, x: npt.ArrayLike, dt: float, scale: float = 1.0) -> F64:
+    def filter(
+        self, x: npt.ArrayLike, dt: float, scale: float = 1.0, centre: npt.ArrayLike | None = None
+    ) -> F64:
         value = np.asarray(x, np.float64)
+        c = None if centre is None else np.asarray(centre, np.float64)
         if self._x is None or self._dx is None or self._x.shape != value.shape:
             self._x = value.copy()
             self._dx = np.zeros_like(value)
+            self._c = None if c is None else c.copy()
+            self._dc = None if c is None else np.zeros_like(c)
             return value.copy()
         if not (dt > 0 and math.isfinite(dt)):
             raise InvalidParameter(f"dt: expected seconds > 0, got {dt!r}")
-        dx = (value - self._x) / dt
-        dx_hat = self._dx + _alpha(self.d_cutoff, dt) * (dx - self._dx)
-        speed = np.abs(dx_hat) / max(float(scale), 1e-9)
-        a = _alpha(self.min_cutoff + self.beta * speed, dt)
+        a_d = _alpha(self.d_cutoff, dt)
+        dx_hat = self._dx + a_d * ((value - self._x) / dt - self._dx)
+        speed = np.abs(dx_hat)
+        if c is not None and self._c is not None and self._dc is not None:
+            dc_hat = self._dc + a_d * ((c - self._c) / dt - self._dc)
+            speed = np.maximum(speed, float(np.linalg.norm(dc_hat)))
+            self._c, self._dc = c, dc_hat
+        a = _alpha(self.min_cutoff + self.beta * speed / max(float(scale), 1e-9), dt)
         out = self._x + a * (value - self._x)  # x_prev + a (x - x_prev): exact for constant x
         self._x, self._dx = out, dx_hat
         return out.copy()
@@ -219,7 +234,7 @@ def similarity(track_kpts: F64, track_boxes: F64, kpts: F64, boxes: F64, sigmas:
 
 @dataclass
 class Track:
-    """One tracked person.  keypoints (K, 3) (smoothed when smoothing is on), box (4,) xyxy,
+    """One tracked person.  keypoints (K, 3) as last measured (not smoothed), box (4,) xyxy,
     velocity (2,) px/frame of the box centre, ``missed`` frames since it was last matched."""
 
     track_id: int
@@ -384,23 +399,19 @@ class Tracker:
         return track
 
     def _smoothed(self, track: Track, person: Person, dt: float = 1.0) -> Person:
-        """``person`` with its keypoints smoothed by the track's filter (when smoothing is on).
-
-        The pose is split into its position (the score-weighted mean of the keypoints), its
-        size (their score-weighted spread) and its shape (the keypoints relative to the
-        position, in units of the size).  Only the shape is filtered: a person or camera that
-        moves or zooms is followed at once, while keypoint noise (most of which is shape) is
-        smoothed; speeds are in sizes per second, the same for persons of any size."""
-        kp = np.asarray(person.keypoints, np.float64).copy()
+        """``person`` as this frame reports it: its keypoints smoothed by the track's filter
+        when smoothing is on (speeds in box diagonals per second; the keypoints' score-weighted
+        mean is the filter's ``centre``).  The track keeps the unsmoothed keypoints: matching
+        and the next frame's box use the measurements, not the lagging output."""
+        raw = np.asarray(person.keypoints, np.float64).copy()
+        track.keypoints = raw
+        kp = raw.copy()
         if track.smoother is not None:
-            xy = kp[:, :2]
-            w = np.clip(kp[:, 2], 0.0, 1.0) + 1e-6
-            centre = (w[:, None] * xy).sum(0) / w.sum()
-            spread = float(np.sqrt((w * ((xy - centre) ** 2).sum(1)).sum() / w.sum()))
-            spread = max(spread, 1.0)
-            shape = track.smoother.filter((xy - centre) / spread, dt)
-            kp[:, :2] = centre + spread * shape
-        track.keypoints = kp
+            b = np.asarray(person.bbox, np.float64)
+            diag = max(float(math.hypot(b[2] - b[0], b[3] - b[1])), 1.0)
+            w = np.clip(raw[:, 2], 0.0, 1.0) + 1e-6
+            centre = (w[:, None] * raw[:, :2]).sum(0) / w.sum()
+            kp[:, :2] = track.smoother.filter(raw[:, :2], dt, scale=diag, centre=centre)
         return Person(
             bbox=np.asarray(person.bbox, np.float32),
             box_score=person.box_score,
