@@ -16,8 +16,9 @@ Three layers, all per stream (no global state), pure numpy + scipy:
 * :class:`PoseTracker` — drives a :class:`~darkpose.service.core.pipeline.Pipeline`: the detector
   runs on frame 0, then every ``det_every`` frames; in between, each live track's box is derived
   from its last keypoints (their extent, enlarged, moved by the track's velocity) and the pipeline
-  skips detection.  It re-detects at once on the next frame when a track went missing, when a
-  track's pose confidence drops under ``redetect_score`` or when no track is left.
+  skips detection.  It re-detects at once on the next frame when a track went missing between
+  detections, when a track's pose confidence drops under ``redetect_score`` or when no track is
+  left.
 
 Coordinates are image pixels, pixel centres at integers; boxes xyxy.
 """
@@ -515,7 +516,9 @@ class PoseTracker:
             low = t.confidence < cfg.redetect_score
             dropped = dropped or (low and not t.low and t.age > 1)
             t.low = low
-        self._redetect = bool(events.missing) or dropped
+        # a track lost between detections asks for the detector; one the detector itself did
+        # not find again (lost on a detection frame) would not be found by running it again
+        self._redetect = (bool(events.missing) and not detect) or dropped
         self.frames += 1
         return TrackedFrame(
             index=self.frames - 1 if index is None else index,
