@@ -18,7 +18,8 @@ One line per configuration (pose model × detector interval k × smoothing), all
     <model> det every k=…  smooth=…: AP … frames/s … det_ms/frame … id_switches … jitter …
 
 AP: COCO keypoint AP (pycocotools) over the moving clips' frames; frames/s over both kinds of
-clip (decode excluded: frames are in memory); det_ms/frame: detector time per frame;
+clip (decode excluded: frames are in memory); det_ms/frame: detector time per frame (and the
+detector runs per frame, which do not depend on the machine's load);
 id_switches: per 100 track-frames (a ground-truth person matched, by OKS ≥ 0.5, to a different
 track id than on its previous matched frame) on the moving clips; jitter: on the static clips,
 the mean frame-to-frame displacement of the matched persons' keypoints (ground-truth visible
@@ -56,6 +57,7 @@ from darkpose.service.runtime.factory import build_pipeline  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 
 FPS = 30.0
+DETECTOR_RUNS = 0  # detector runs of the last run_clip
 SIGMAS = np.asarray(COCO_SIGMAS, np.float64)
 
 
@@ -179,10 +181,13 @@ def run_clip(
     """Track ``frames``: (tracked frames, seconds, detector seconds)."""
     tracker = PoseTracker(pipeline, config)
     out, det = [], 0.0
+    global DETECTOR_RUNS
+    DETECTOR_RUNS = 0
     t0 = time.perf_counter()
     for i, f in enumerate(frames):
         tf = tracker.process(f.image, i / FPS, index=i)
         det += tf.timings.get("detect", 0.0) if tf.detected else 0.0
+        DETECTOR_RUNS += int(tf.detected)
         out.append(tf)
     return out, time.perf_counter() - t0, det
 
@@ -214,13 +219,14 @@ def evaluate(
     gt: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
     results: list[dict[str, Any]] = []
     seconds = det_s = 0.0
-    n_frames = 0
+    n_frames = runs = 0
     switches = track_frames = 0
     jitters: list[float] = []
     image_id = 0
     ann_id = 0
     for kind, frames in clips:
         tracked, secs, det = run_clip(pipeline, frames, config)
+        runs += DETECTOR_RUNS
         seconds += secs
         det_s += det
         n_frames += len(frames)
@@ -271,6 +277,7 @@ def evaluate(
         "ap": coco_ap(gt, results),
         "fps": n_frames / seconds if seconds else 0.0,
         "det_ms": 1000.0 * det_s / max(n_frames, 1),
+        "det_runs": runs / max(n_frames, 1),
         "id_switches": 100.0 * switches / max(track_frames, 1),
         "jitter": float(np.mean(jitters)) if jitters else float("nan"),
     }
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{model} det every k={k} smooth={smoothing}: AP {r['ap']:.3f} "
                 f"frames/s {r['fps']:.1f} det_ms/frame {r['det_ms']:.1f} "
+                f"(det runs/frame {r['det_runs']:.2f}) "
                 f"id_switches {r['id_switches']:.2f}/100 track-frames jitter {r['jitter']:.4f}",
                 flush=True,
             )
