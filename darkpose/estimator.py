@@ -235,7 +235,7 @@ class PoseEstimator:
             overrides["smoothing"] = smooth
         config = TrackerConfig.from_settings(self.settings, **overrides)
         opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
-        tracker = PoseTracker(self.pipeline, config, opts)
+        tracker = PoseTracker(self.pipeline, config, opts, min_side=self.settings.min_image_side)
         names = tuple(self.pipeline.spec.keypoint_names)
         source: Iterable[tuple[int, float, U8]]
         if isinstance(frames, str | os.PathLike) and Path(frames).suffix.lower() in VIDEO_SUFFIXES:

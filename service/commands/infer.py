@@ -198,7 +198,7 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
         logger.error("%s: %s", args.input, exc.message)
         return 2
     pipeline = build_pipeline(settings)
-    tracker = PoseTracker(pipeline, config, options)
+    tracker = PoseTracker(pipeline, config, options, min_side=settings.min_image_side)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
     sink = args.json.open("w", encoding="utf-8") if args.json is not None else sys.stdout

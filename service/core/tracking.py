@@ -35,7 +35,13 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from darkpose.service.core.errors import InvalidParameter
-from darkpose.service.core.pipeline import Person, Pipeline, PipelineOptions, PoseResult
+from darkpose.service.core.pipeline import (
+    Person,
+    Pipeline,
+    PipelineOptions,
+    PoseResult,
+    too_small_for_person,
+)
 from darkpose.service.core.types import COCO_SIGMAS
 
 F64 = npt.NDArray[np.float64]
@@ -461,7 +467,9 @@ class PoseTracker:
 
     ``pipeline``: the shared (stateless) pipeline; ``options``: its per-call options;
     ``run``: optional stand-in for ``pipeline(image, options, boxes=…, box_scores=…)`` (the
-    video route runs it under its job).  Frames must come in time order.
+    video route runs it under its job); ``min_side``: ``Settings.min_image_side`` (a frame
+    with a side under it has no persons and the pipeline does not run on it).  Frames must
+    come in time order.
     """
 
     def __init__(
@@ -470,8 +478,10 @@ class PoseTracker:
         config: TrackerConfig | None = None,
         options: PipelineOptions | None = None,
         run: Callable[..., PoseResult] | None = None,
+        min_side: int = 1,
     ) -> None:
         self.pipeline = pipeline
+        self.min_side = int(min_side)
         self.config = config or TrackerConfig()
         self.options = options
         self.tracker = Tracker(self.config, pipeline.sigmas)
@@ -501,7 +511,10 @@ class PoseTracker:
             boxes, scores = self.tracker.live_boxes()
             if boxes.shape[0] == 0:
                 detect = True
-        if detect:
+        if too_small_for_person(image, self.min_side):
+            h, w = image.shape[:2]
+            result, detect = PoseResult([], (int(w), int(h)), {}), False
+        elif detect:
             result = self._run(image)
             self._since_detect = 1
             self.detections += 1

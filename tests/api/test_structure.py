@@ -16,6 +16,7 @@ from tests.api.conftest import api_settings
 
 EXPECTED_MODULES = {
     "/pose": "darkpose.service.api.routes.pose",
+    "/pose/video": "darkpose.service.api.routes.video",
     "/healthz": "darkpose.service.api.routes.health",
     "/readyz": "darkpose.service.api.routes.health",
     "/metrics": "darkpose.service.api.routes.ops",

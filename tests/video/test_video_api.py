@@ -256,3 +256,9 @@ def test_video_metrics(vclient: TestClient, crowd_mp4: bytes) -> None:
     ]:
         assert value(after, name) - value(before, name) == expected, name
     assert value(after, "darkpose_video_active") == 0
+
+
+def test_frames_under_the_minimum_side_have_no_persons(vclient: TestClient) -> None:
+    lines = ndjson(vclient, make_video(_frames(3, size=(6, 6))))
+    assert [len(f["persons"]) for f in lines[1:-1]] == [0, 0, 0]
+    assert lines[-1]["detector_runs"] == 0

@@ -202,7 +202,13 @@ async def _serve_admitted(
     metrics = state.metrics
     metrics.video_active.labels(kind="stream").inc()
     job = Job(s.work_timeout_s, s.retry_after_s)
-    tracker = PoseTracker(pipeline, config, options, run=make_runner(state, pipeline, options, job))
+    tracker = PoseTracker(
+        pipeline,
+        config,
+        options,
+        run=make_runner(state, pipeline, options, job),
+        min_side=s.min_image_side,
+    )
     pending = _Pending()
     closed = asyncio.Event()
     try:

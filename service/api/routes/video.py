@@ -239,7 +239,13 @@ def run_video(
 ) -> None:
     """Worker thread: decode, track, ``emit`` each frame line, then the end line (or raise)."""
     token = current_job.set(job)
-    tracker = PoseTracker(pipeline, config, options, run=make_runner(state, pipeline, options, job))
+    tracker = PoseTracker(
+        pipeline,
+        config,
+        options,
+        run=make_runner(state, pipeline, options, job),
+        min_side=state.settings.min_image_side,
+    )
     try:
         for vf in reader.frames(fps=fps, check=job.check):
             frame = tracker.process(vf.image, vf.timestamp, index=vf.index)
