@@ -250,6 +250,7 @@ class Track:
     score: float
     box_score: float = 1.0
     low: bool = False
+    smoothed: F64 | None = None  # (K, 3) the reported (smoothed) keypoints, with smoothing on
     velocity: F64 = field(default_factory=lambda: np.zeros(2, np.float64))
     missed: int = 0
     age: int = 1
@@ -263,14 +264,14 @@ class Track:
         return float(vis.mean()) if vis.size else 0.0
 
     def predicted_box(self) -> F64:
-        """The box for the next frame: centred on the confident keypoints' box (the last box
-        without :data:`MIN_BOX_KEYPOINTS` of them), its size that of the keypoints' box but
-        changed by at most :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that
+        """The box for the next frame: centred on the box of the confident keypoints (the
+        smoothed ones with smoothing on; the last box without :data:`MIN_BOX_KEYPOINTS` of
+        them), its size that of the keypoints' box but changed by at most :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that
         sees less of a person in a tighter crop would otherwise shrink the box frame by
         frame), moved by the velocity."""
         prev = self.box
         pw, ph = max(prev[2] - prev[0], 1.0), max(prev[3] - prev[1], 1.0)
-        kb = keypoint_box(self.keypoints)
+        kb = keypoint_box(self.smoothed if self.smoothed is not None else self.keypoints)
         if kb is None:
             c, w, h = _center(prev), pw, ph
         else:
@@ -408,8 +409,9 @@ class Tracker:
     def _smoothed(self, track: Track, person: Person, dt: float = 1.0) -> Person:
         """``person`` as this frame reports it: its keypoints smoothed by the track's filter
         when smoothing is on (speeds in box diagonals per second; the keypoints' score-weighted
-        mean is the filter's ``centre``).  The track keeps the unsmoothed keypoints: matching
-        and the next frame's box use the measurements, not the lagging output."""
+        mean is the filter's ``centre``).  The track matches on the unsmoothed keypoints and
+        derives the next frame's box from the smoothed ones (a box that follows the keypoints'
+        noise would feed it back into the next crop)."""
         raw = np.asarray(person.keypoints, np.float64).copy()
         track.keypoints = raw
         kp = raw.copy()
@@ -419,6 +421,7 @@ class Tracker:
             w = np.clip(raw[:, 2], 0.0, 1.0) + 1e-6
             centre = (w[:, None] * raw[:, :2]).sum(0) / w.sum()
             kp[:, :2] = track.smoother.filter(raw[:, :2], dt, scale=diag, centre=centre)
+            track.smoothed = kp
         return Person(
             bbox=np.asarray(person.bbox, np.float32),
             box_score=person.box_score,
