@@ -266,9 +266,10 @@ class Track:
     def predicted_box(self) -> F64:
         """The box for the next frame: centred on the box of the confident keypoints (the
         smoothed ones with smoothing on; the last box without :data:`MIN_BOX_KEYPOINTS` of
-        them), its size that of the keypoints' box but changed by at most :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that
-        sees less of a person in a tighter crop would otherwise shrink the box frame by
-        frame), moved by the velocity."""
+        them), its size that of the keypoints' box but changed by at most
+        :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that sees less of a person
+        in a tighter crop would otherwise shrink the box frame by frame), moved by the
+        velocity."""
         prev = self.box
         pw, ph = max(prev[2] - prev[0], 1.0), max(prev[3] - prev[1], 1.0)
         kb = keypoint_box(self.smoothed if self.smoothed is not None else self.keypoints)
@@ -352,6 +353,15 @@ class Tracker:
             for r, c in zip(rows, cols, strict=True):
                 if sim[r, c] >= cfg.match_threshold:
                     matched_t[int(c)] = int(r)
+        # two tracks whose persons collapsed onto one (their boxes drifted onto the same
+        # person between detections): the older track keeps it, the younger one is missing
+        for j in sorted(matched_t, key=lambda j: self.tracks[matched_t[j]].track_id):
+            if j not in matched_t:
+                continue
+            for j2 in [x for x in matched_t if x != j]:
+                older = self.tracks[matched_t[j]].track_id < self.tracks[matched_t[j2]].track_id
+                if older and self._duplicate(kpts[j2], boxes[j2], kpts[j][None]):
+                    del matched_t[j2]
         out: list[tuple[int, TrackedPerson]] = []
         seen: set[int] = set()
         for j, person in enumerate(persons):
