@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -40,11 +42,24 @@ from darkpose.service.core.pipeline import (
     too_small_for_person,
 )
 from darkpose.service.core.poses import Poses
+from darkpose.service.core.tracking import PoseTracker, TrackerConfig
 from darkpose.service.settings import Settings
 
 ChannelOrder = Literal["BGR", "RGB"]
 U8 = npt.NDArray[np.uint8]
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PipelineOptions))
+
+
+@dataclass(eq=False)
+class TrackedPoses(Poses):
+    """The persons of one video frame with their track ids (``track_ids[i]`` belongs to
+    person ``i``; keypoints smoothed when smoothing is on); ``frame`` (the frame's number in
+    the video or the iterable), ``timestamp`` (seconds), ``detected`` (the detector ran)."""
+
+    track_ids: list[int] = field(default_factory=list)
+    frame: int = 0
+    timestamp: float = 0.0
+    detected: bool = False
 
 
 class PoseEstimator:
@@ -108,6 +123,72 @@ class PoseEstimator:
         return dataclasses.replace(
             result, image=bgr, image_size=(int(bgr.shape[1]), int(bgr.shape[0])), source=source
         )
+
+    def track(
+        self,
+        frames: Any,
+        *,
+        fps: float = 30.0,
+        sample_fps: float | None = None,
+        channel_order: ChannelOrder | None = None,
+        det_every: int | None = None,
+        smooth: bool | None = None,
+        **options: Any,
+    ) -> Iterator[TrackedPoses]:
+        """Tracked persons of each frame, as the frames come: ``frames`` is a video file path
+        (MP4/MOV/MKV/WebM: decoded with the service's limits, turned upright, its own timestamps,
+        ``sample_fps`` keeps at most that many frames per second) or an iterable of images (any
+        kind :meth:`__call__` takes, timestamped ``index / fps``).  ``det_every`` / ``smooth``
+        override the ``track_det_every`` / ``smooth`` settings; ``options`` the pipeline's."""
+        from darkpose.service.core.video import VIDEO_SUFFIXES, open_video
+
+        unknown = sorted(set(options) - set(_OPTION_NAMES))
+        if unknown:
+            raise InvalidParameter(
+                f"options: expected names among {', '.join(_OPTION_NAMES)}, "
+                f"got {', '.join(unknown)}"
+            )
+        if not (isinstance(fps, int | float) and fps > 0):
+            raise InvalidParameter(f"fps: expected a number > 0, got {fps!r}")
+        overrides: dict[str, Any] = {}
+        if det_every is not None:
+            overrides["det_every"] = det_every
+        if smooth is not None:
+            overrides["smoothing"] = smooth
+        config = TrackerConfig.from_settings(self.settings, **overrides)
+        opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
+        tracker = PoseTracker(self.pipeline, config, opts, min_side=self.settings.min_image_side)
+        names = tuple(self.pipeline.spec.keypoint_names)
+        source: Iterable[tuple[int, float, U8]]
+        if isinstance(frames, str | os.PathLike) and Path(frames).suffix.lower() in VIDEO_SUFFIXES:
+            reader = open_video(Path(frames), **self.settings.video_limits)
+
+            def decoded() -> Iterator[tuple[int, float, U8]]:
+                with reader:
+                    for vf in reader.frames(fps=sample_fps):
+                        yield vf.index, vf.timestamp, vf.image
+
+            source = decoded()
+            name: str | None = Path(frames).name
+        else:
+            source = (
+                (i, i / float(fps), self.load(img, channel_order=channel_order)[0])
+                for i, img in enumerate(frames)
+            )
+            name = None
+        for index, ts, image in source:
+            frame = tracker.process(image, ts, index=index)
+            yield TrackedPoses.from_persons(  # type: ignore[misc]
+                [tp.person for tp in frame.persons],
+                image=image,
+                timings=frame.timings,
+                keypoint_names=names,
+                source=name,
+                track_ids=[tp.track_id for tp in frame.persons],
+                frame=frame.index,
+                timestamp=frame.timestamp,
+                detected=frame.detected,
+            )
 
     def load(
         self,

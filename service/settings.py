@@ -409,6 +409,51 @@ class Settings(BaseSettings):
         True, description="one INFO line per request: method, path, status, ms, request id"
     )
 
+    # --- video and live streams (docs/video.md) --------------------------------------------
+    track_det_every: int = Field(
+        5, ge=1, description="run the person detector every this many frames (1 = every frame)"
+    )
+    track_match_threshold: Probability = Field(
+        0.3, description="least max(OKS, box IoU) for a person to continue a track"
+    )
+    track_grace_frames: int = Field(
+        15, ge=0, description="frames a track may go unmatched before it dies (same id within)"
+    )
+    track_max_tracks: int = Field(30, gt=0, description="most live tracks per stream")
+    track_redetect_score: Probability = Field(
+        0.35, description="a track's keypoint confidence below which to re-detect"
+    )
+    smooth: bool = Field(True, description="One-Euro smoothing of tracked keypoints")
+    smooth_min_cutoff: float = Field(1.0, gt=0.0, description="One-Euro minimum cutoff (Hz)")
+    smooth_beta: float = Field(
+        30.0, ge=0.0, description="One-Euro speed coefficient (per box diagonal per second)"
+    )
+    smooth_d_cutoff: float = Field(1.0, gt=0.0, description="One-Euro derivative cutoff (Hz)")
+    video_max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest video upload")
+    video_max_duration_s: float = Field(
+        600.0, gt=0.0, description="longest video (container header) accepted"
+    )
+    video_max_frames: int = Field(
+        36_000, gt=0, description="most frames a video may declare or decode"
+    )
+    video_codecs: TextList = Field(
+        default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"],
+        description="video codecs accepted (FFmpeg names)",
+    )
+    video_max_jobs: int = Field(
+        16, gt=0, description="videos + live streams processed at once in total (503 beyond)"
+    )
+    video_max_jobs_per_client: int = Field(
+        4, gt=0, description="videos + live streams at once per client (503 beyond)"
+    )
+    stream_max_fps: float = Field(
+        30.0, gt=0.0, description="frames/s a live stream may send (faster frames are skipped)"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0.0, description="a live stream that sends nothing this long is closed"
+    )
+    demo: bool = Field(False, description="serve the browser demo page at /demo")
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, v: Any) -> Any:
@@ -526,6 +571,18 @@ class Settings(BaseSettings):
             "min_side": 1,
             "max_jpeg_scans": self.max_jpeg_scans,
             "max_png_chunks": self.max_png_chunks,
+        }
+
+    @property
+    def video_limits(self) -> dict[str, Any]:
+        """The keyword limits of :func:`darkpose.service.core.video.open_video` (a fresh dict):
+        the codec allow-list, duration and frame count, and the image limits on frame size."""
+        return {
+            "codecs": list(self.video_codecs),
+            "max_duration_s": self.video_max_duration_s,
+            "max_frames": self.video_max_frames,
+            "max_side": self.max_image_side,
+            "max_pixels": self.max_image_pixels,
         }
 
     def resolve_model(self, name: str) -> Path:

@@ -10,6 +10,14 @@ The names are fixed in docs/contracts.md; dashboards and alert rules rely on the
 - ``darkpose_inflight_requests`` gauge
 - ``darkpose_persons_per_image`` histogram
 - ``darkpose_model_info{pose_model,detector,providers,decode}`` gauge (= 1)
+- ``darkpose_video_active{kind}`` gauge, kind ∈ video (``POST /pose/video``), stream
+  (``/pose/stream`` WebSocket): videos and live streams being processed
+- ``darkpose_video_frames_total{kind}`` counter: frames answered (frames/s = its rate)
+- ``darkpose_video_frames_dropped_total{kind,reason}`` counter, reason ∈ stale (a newer frame
+  arrived before it started), rate (over ``stream_max_fps``), invalid (not a decodable image)
+- ``darkpose_video_detector_runs_total{kind}`` counter (detector runs per frame = its rate over
+  the frames' rate)
+- ``darkpose_track_births_total{kind}`` / ``darkpose_track_deaths_total{kind}`` counters
 """
 
 from __future__ import annotations
@@ -91,6 +99,32 @@ class Metrics:
             "Loaded models (value 1)",
             ["pose_model", "detector", "providers", "decode"],
             registry=r,
+        )
+
+        self.video_active = Gauge(
+            "darkpose_video_active",
+            "Videos and live streams being processed",
+            ["kind"],
+            registry=r,
+        )
+        self.video_frames = Counter(
+            "darkpose_video_frames", "Video and stream frames answered", ["kind"], registry=r
+        )
+        self.video_frames_dropped = Counter(
+            "darkpose_video_frames_dropped",
+            "Stream frames skipped (stale, over the frame rate, invalid)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.video_detector_runs = Counter(
+            "darkpose_video_detector_runs",
+            "Detector runs on video and stream frames",
+            ["kind"],
+            registry=r,
+        )
+        self.track_births = Counter("darkpose_track_births", "Tracks started", ["kind"], registry=r)
+        self.track_deaths = Counter(
+            "darkpose_track_deaths", "Tracks ended after their grace period", ["kind"], registry=r
         )
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""``darkpose infer IMAGE_OR_DIR [--out results.json] [--vis OUT_DIR]``.
+"""``darkpose infer IMAGE_OR_DIR [--out results.json] [--vis OUT_DIR]``, or
+``darkpose infer VIDEO [--out annotated.mp4] [--json frames.ndjson] [--fps N]``.
 
 Runs the pipeline on one image or every image of a directory (jpg/jpeg/png/webp/bmp) and writes
 the COCO keypoint results (a JSON list) to ``--out``, or to stdout without it (logs and the
@@ -8,6 +9,11 @@ of the file in sorted order.  EXIF orientation is applied (coordinates refer to 
 photo) unless ``--exif-orientation off``.  With ``--vis`` an overlay PNG (boxes + skeletons) is
 written per image.  Unreadable images are reported and skipped; the exit status is 1 when any
 image failed.
+
+A video file (.mp4 .m4v .mov .mkv .webm) is tracked instead (docs/video.md): one NDJSON line per
+frame (frame, timestamp, detected, persons with ``track_id``; the lines ``POST /pose/video``
+streams) to ``--json`` or stdout, and with ``--out`` the annotated video (H.264 MP4, or by the
+suffix's container).  ``--fps`` samples, ``--det-every`` / ``--smooth`` override the settings.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from darkpose.service.core.choices import PROVIDERS
     from darkpose.service.core.codec import DECODERS
 
-    parser.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image or a directory")
     parser.add_argument(
-        "--out", type=Path, default=None, help="COCO results JSON to write (default: stdout)"
+        "input", type=Path, metavar="IMAGE_OR_DIR", help="an image, a directory or a video file"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="COCO results JSON to write (default: stdout); for a video: the annotated video",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="video: per-frame NDJSON (default: stdout)"
+    )
+    parser.add_argument("--fps", type=float, default=None, help="video: frames/s to sample")
+    parser.add_argument(
+        "--det-every", type=int, default=None, help="video: run the detector every N frames"
+    )
+    parser.add_argument(
+        "--smooth", choices=("on", "off"), default=None, help="video: One-Euro smoothing"
     )
     parser.add_argument("--vis", type=Path, default=None, help="directory for overlay PNGs")
     parser.add_argument(
@@ -70,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from darkpose.service.core.errors import DarkPoseError
     from darkpose.service.core.io import read_image_file
-    from darkpose.service.core.pipeline import PipelineOptions, too_small_for_person
+    from darkpose.service.core.pipeline import too_small_for_person
     from darkpose.service.core.visualize import draw_poses
     from darkpose.service.runtime.factory import build_pipeline
     from darkpose.service.settings import Settings
@@ -82,22 +104,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.input.exists():
         logger.error("input: expected an image file or a directory, got %s (missing)", args.input)
         return 2
+    from darkpose.service.core.video import VIDEO_SUFFIXES
+
+    if args.input.is_file() and args.input.suffix.lower() in VIDEO_SUFFIXES:
+        return run_video(args, settings, _options(args, settings))
     images = list_images(args.input)
     if not images:
         logger.error(
             "input: expected image files (%s) in %s, got none", " ".join(IMAGE_SUFFIXES), args.input
         )
         return 2
-    opt_overrides: dict[str, object] = {}
-    if args.decode is not None:
-        opt_overrides["decode"] = args.decode
-    if args.flip is not None:
-        opt_overrides["flip"] = args.flip == "on"
-    if args.det_threshold is not None:
-        opt_overrides["det_score_threshold"] = args.det_threshold
-    if args.max_persons is not None:
-        opt_overrides["max_persons"] = args.max_persons
-    options = PipelineOptions.from_settings(settings, **opt_overrides)
+    options = _options(args, settings)
     pipeline = build_pipeline(settings)
     if args.vis is not None:
         args.vis.mkdir(parents=True, exist_ok=True)
@@ -140,3 +157,119 @@ def run(args: argparse.Namespace) -> int:
         args.out if args.out is not None else "stdout",
     )
     return 1 if failed else 0
+
+
+def _options(args: argparse.Namespace, settings: Any) -> Any:
+    """The pipeline options of the settings with the command line's overrides."""
+    from darkpose.service.core.pipeline import PipelineOptions
+
+    opt_overrides: dict[str, object] = {}
+    if args.decode is not None:
+        opt_overrides["decode"] = args.decode
+    if args.flip is not None:
+        opt_overrides["flip"] = args.flip == "on"
+    if args.det_threshold is not None:
+        opt_overrides["det_score_threshold"] = args.det_threshold
+    if args.max_persons is not None:
+        opt_overrides["max_persons"] = args.max_persons
+    return PipelineOptions.from_settings(settings, **opt_overrides)
+
+
+def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
+    """Track a video file: NDJSON lines to ``--json`` (or stdout), the overlay to ``--out``."""
+    from tqdm import tqdm
+
+    from darkpose.service.api.routes.video import frame_json
+    from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.core.tracking import PoseTracker, TrackerConfig
+    from darkpose.service.core.video import check_fps, open_video
+    from darkpose.service.core.visualize import draw_poses
+    from darkpose.service.runtime.factory import build_pipeline
+
+    overrides: dict[str, Any] = {}
+    if args.det_every is not None:
+        overrides["det_every"] = args.det_every
+    if args.smooth is not None:
+        overrides["smoothing"] = args.smooth == "on"
+    try:
+        fps = check_fps(args.fps)
+        config = TrackerConfig.from_settings(settings, **overrides)
+        reader = open_video(args.input, **settings.video_limits)
+    except DarkPoseError as exc:
+        logger.error("%s: %s", args.input, exc.message)
+        return 2
+    pipeline = build_pipeline(settings)
+    tracker = PoseTracker(pipeline, config, options, min_side=settings.min_image_side)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+    sink = args.json.open("w", encoding="utf-8") if args.json is not None else sys.stdout
+    writer = None
+    failed = False
+    total = reader.info.frames or None
+    if fps and reader.info.fps and total:
+        total = min(total, int(reader.info.duration_s * fps) + 1)
+    bar = tqdm(total=total, desc="track", unit="frame", file=sys.stderr, disable=args.no_progress)
+    try:
+        with reader:
+            for vf in reader.frames(fps=fps):
+                frame = tracker.process(vf.image, vf.timestamp, index=vf.index)
+                sink.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
+                if args.out is not None:
+                    if writer is None:
+                        h, w = vf.image.shape[:2]
+                        writer = _VideoWriter(args.out, w, h, fps or reader.info.fps or 30.0)
+                    persons = [tp.person for tp in frame.persons]
+                    writer.write(draw_poses(vf.image, persons))
+                bar.update(1)
+    except DarkPoseError as exc:
+        logger.error("%s: %s (the frames before it were written)", args.input, exc.message)
+        failed = True
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if sink is not sys.stdout:
+            sink.close()
+        else:
+            sys.stdout.flush()
+    logger.info(
+        "%d frames, %d detector runs, %d tracks → %s%s",
+        tracker.frames,
+        tracker.detections,
+        tracker.tracker.ids_issued,
+        args.json if args.json is not None else "stdout",
+        f", {args.out}" if args.out is not None else "",
+    )
+    return 1 if failed else 0
+
+
+class _VideoWriter:
+    """BGR frames (H, W, 3) → a video file (H.264 in MP4/MOV/MKV, VP9 in WebM) via PyAV."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
+        from fractions import Fraction
+
+        import av
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        codec = "libvpx-vp9" if path.suffix.lower() == ".webm" else "libx264"
+        rate = Fraction(fps).limit_denominator(1001)
+        stream: Any = self.container.add_stream(codec, rate=rate)
+        self.stream = stream
+        self.stream.width = width - width % 2  # yuv420p needs even sides
+        self.stream.height = height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+
+    def write(self, image: Any) -> None:
+        import av
+
+        img = image[: self.stream.height, : self.stream.width]
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()

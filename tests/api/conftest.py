@@ -40,6 +40,16 @@ CROWD_IMAGE = IMAGES / "000000129648.jpg"
 PERSON_IMAGES = [IMAGES / f"{i:012d}.jpg" for i in (129648, 790, 211325, 227000)]
 
 
+#: The API tests were written against YOLOX without the flip test at score 0.3 (the cheapest
+#: to run); the default profile is covered by tests/test_profiles.py.  ``PINNED_ENV``: the same
+#: as ``darkpose serve`` environment variables.
+PINNED_SETTINGS: dict[str, Any] = {"detector": "yolox", "flip": False, "det_score_threshold": 0.3}
+PINNED_ENV: dict[str, str] = {
+    f"DARKPOSE_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+    for k, v in PINNED_SETTINGS.items()
+}
+
+
 def api_settings(**overrides: Any) -> Settings:
     """Settings for tests: shared models, CPU, small thread pools."""
     base: dict[str, Any] = {
@@ -48,11 +58,7 @@ def api_settings(**overrides: Any) -> Settings:
         "intra_op_threads": 1,
         "inter_op_threads": 1,
         "max_image_bytes": 3 * 1024 * 1024,
-        # the API tests were written against YOLOX without the flip test at score 0.3 (the
-        # cheapest to run); the default profile is covered by tests/test_profiles.py
-        "detector": "yolox",
-        "flip": False,
-        "det_score_threshold": 0.3,
+        **PINNED_SETTINGS,
     }
     base.update(overrides)
     return Settings(**base)

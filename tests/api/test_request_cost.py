@@ -27,21 +27,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.conftest import CROWD_IMAGE, ServerProcess, api_settings, free_port
+from tests.api.conftest import (
+    CROWD_IMAGE,
+    PINNED_ENV,
+    ServerProcess,
+    api_settings,
+    free_port,
+)
 
 pytestmark = pytest.mark.slow
 
 JPEG = CROWD_IMAGE.read_bytes()
 ATTACK_QUERY = "?max_persons=100&score_threshold=0&flip=true"
-SETTINGS = {
-    "DARKPOSE_MEMORY_BUDGET_MB": "200",
-    "DARKPOSE_MAX_INFLIGHT_REQUESTS": "2",
-    # the bounds below were measured against YOLOX without the flip test at score 0.3 (as the
-    # other API tests pin it); the default profile's detector is covered by tests/test_profiles
-    "DARKPOSE_DETECTOR": "yolox",
-    "DARKPOSE_FLIP": "false",
-    "DARKPOSE_DET_SCORE_THRESHOLD": "0.3",
-}
+#: the bounds below were measured against the API tests' pinned detector (YOLOX, no flip, 0.3)
+SETTINGS = {"DARKPOSE_MEMORY_BUDGET_MB": "200", "DARKPOSE_MAX_INFLIGHT_REQUESTS": "2", **PINNED_ENV}
 
 
 def noise_png(side: int = 8, seed: int = 0) -> bytes:

@@ -43,7 +43,9 @@ schemathesis.openapi.media_type("application/octet-stream", encoded_images())
 schemathesis.openapi.format("binary", encoded_images())  # the multipart field ``image``
 
 APP = create_app(api_settings(max_wait_ms=1.0))
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# POST /pose/video: no generated body is a decodable video of the accepted containers and
+# codecs (a JSON schema cannot say so); tests/video covers its answers and every error class
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path="/pose/video")
 # positive data (every request must be accepted) and negative data (every schema-invalid
 # request must be refused with a 4xx)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

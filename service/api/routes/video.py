@@ -1,0 +1,510 @@
+"""``POST /pose/video``: a video file in, tracked persons per frame out (NDJSON or one JSON).
+
+Order of one request: ready? → a video slot (:class:`VideoJobs`: ``video_max_jobs`` in total,
+``video_max_jobs_per_client`` per client, shared with the live streams of
+:mod:`darkpose.service.api.routes.stream`; 503 + ``Retry-After`` beyond) → the body (multipart
+field ``video`` or the raw bytes, at most ``video_max_bytes``) → the container header checked
+(:func:`darkpose.service.core.video.open_video`: container, codec, duration, frame count, frame
+size; a refusal is a 4xx JSON answer) → the frames decoded and tracked in one worker thread
+(:class:`darkpose.service.core.tracking.PoseTracker`; its pose crops go through the app's
+micro-batcher, so concurrent videos and images share pose-model calls).
+
+``stream=true`` (default) answers ``application/x-ndjson``, one JSON object per line: first
+``{"type": "video", …}`` (the header), then ``{"type": "frame", …}`` per processed frame as soon
+as it is ready, last ``{"type": "end", …}``, or ``{"type": "error", …}`` when the video turns
+out corrupt or over a limit while decoding (the frames before it stay valid).  ``stream=false``
+answers one JSON object with every frame, or a 4xx JSON error.  A client that goes away stops
+the work at the next frame.  ``work_timeout_s`` bounds the work of each frame.
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Scope
+
+from darkpose.service.api.body import MULTIPART, media_type, read_body
+from darkpose.service.api.deps import StateDep
+from darkpose.service.api.errors import error_body, request_id_of
+from darkpose.service.api.multipart import parse_multipart
+from darkpose.service.api.routes.pose import BINARY
+from darkpose.service.api.schemas import PersonOut, error_responses
+from darkpose.service.api.state import ServiceState
+from darkpose.service.api.work import MB, Job, JobCancelled, current_job
+from darkpose.service.core.errors import DarkPoseError, Overloaded, PayloadTooLarge
+from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseResult
+from darkpose.service.core.poses import Poses
+from darkpose.service.core.tracking import PoseTracker, TrackedFrame, TrackerConfig
+from darkpose.service.core.video import (
+    CONTAINER_TEXT,
+    VIDEO_MEDIA_TYPES,
+    InvalidVideo,
+    VideoReader,
+    check_fps,
+    open_video,
+)
+from darkpose.service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+#: Frame lines a worker may run ahead of a slow reader of the NDJSON answer.
+AHEAD_LINES = 8
+#: Times a frame is retried when the pose queue is full (each after ``retry_after_s``).
+OVERLOAD_RETRIES = 10
+
+VIDEO_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the video: multipart field `video`, or the raw bytes as the body",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {"video": {"type": "string", "format": "binary"}},
+                }
+            },
+            **{t: BINARY for t in sorted(VIDEO_MEDIA_TYPES)},
+        },
+    }
+}
+
+
+def client_of(scope: Scope) -> str:
+    """The client id of a request or WebSocket: the access middleware's (an API key id, or the
+    client IP) when it ran, else the peer address."""
+    state = scope.get("state") or {}
+    if state.get("client_id"):
+        return str(state["client_id"])
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
+
+
+class VideoJobs:
+    """Videos and live streams being processed: at most ``total`` at once and ``per_client``
+    per client (:meth:`take` raises ``Overloaded`` beyond; :meth:`give` when done)."""
+
+    def __init__(self, total: int, per_client: int, retry_after: float) -> None:
+        self.total = int(total)
+        self.per_client = int(per_client)
+        self.retry_after = float(retry_after)
+        self._by_client: dict[str, int] = {}
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "VideoJobs":
+        return cls(
+            settings.video_max_jobs, settings.video_max_jobs_per_client, settings.retry_after_s
+        )
+
+    def take(self, client: str) -> None:
+        with self._lock:
+            if self._held >= self.total:
+                raise Overloaded(
+                    f"videos and streams in progress: expected at most {self.total} "
+                    f"(video_max_jobs), got {self._held + 1}",
+                    retry_after=self.retry_after,
+                )
+            mine = self._by_client.get(client, 0)
+            if mine >= self.per_client:
+                raise Overloaded(
+                    f"videos and streams of this client: expected at most {self.per_client} "
+                    f"at once (video_max_jobs_per_client), got {mine + 1}",
+                    retry_after=self.retry_after,
+                )
+            self._held += 1
+            self._by_client[client] = mine + 1
+
+    def give(self, client: str) -> None:
+        with self._lock:
+            self._held = max(0, self._held - 1)
+            n = self._by_client.get(client, 0) - 1
+            if n > 0:
+                self._by_client[client] = n
+            else:
+                self._by_client.pop(client, None)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+
+def video_jobs(app_state: Any) -> VideoJobs:
+    """The app's :class:`VideoJobs` (``app.state.video_jobs``, set by ``create_app``)."""
+    jobs = getattr(app_state, "video_jobs", None)
+    if not isinstance(jobs, VideoJobs):
+        raise Overloaded("video: expected the app's video job counter, got none")
+    return jobs
+
+
+def frame_json(frame: TrackedFrame) -> dict[str, Any]:
+    """One ``{"type": "frame"}`` line: frame index, timestamp (s), whether the detector ran,
+    persons (as ``POST /pose`` reports them) each with its ``track_id``."""
+    persons = PersonOut.rows(Poses.from_persons([tp.person for tp in frame.persons]))
+    for tp, out in zip(frame.persons, persons, strict=True):
+        out["track_id"] = tp.track_id
+    return {
+        "type": "frame",
+        "frame": frame.index,
+        "timestamp": round(frame.timestamp, 6),
+        "detected": frame.detected,
+        "persons": persons,
+    }
+
+
+def tracker_config(settings: Settings, det_every: int | None, smooth: bool | None) -> TrackerConfig:
+    """The settings' tracking config with a request's ``det_every`` / ``smooth`` applied."""
+    overrides: dict[str, Any] = {}
+    if det_every is not None:
+        overrides["det_every"] = det_every
+    if smooth is not None:
+        overrides["smoothing"] = smooth
+    return TrackerConfig.from_settings(settings, **overrides)
+
+
+def make_runner(
+    state: ServiceState, pipeline: Pipeline, options: PipelineOptions, job: Job
+) -> Callable[..., PoseResult]:
+    """``run(image, boxes=None, box_scores=None)`` for a :class:`PoseTracker` in a worker
+    thread: each frame gets ``work_timeout_s`` from its start and is retried (after
+    ``retry_after_s``) while the pose queue is full, up to :data:`OVERLOAD_RETRIES` times."""
+    s = state.settings
+    crops = options.max_persons * (2 if options.flip else 1)
+
+    def run(image: Any, boxes: Any = None, box_scores: Any = None) -> PoseResult:
+        for attempt in range(OVERLOAD_RETRIES + 1):
+            job.deadline = time.monotonic() + s.work_timeout_s
+            job.check()
+            try:
+                state.check_queue_room(pipeline, crops)
+                result = pipeline(image, options, boxes=boxes, box_scores=box_scores)
+            except Overloaded:
+                if attempt == OVERLOAD_RETRIES:
+                    raise
+                _wait(job, s.retry_after_s)
+                continue
+            state.metrics.observe_timings(result.timings)
+            return result
+        raise Overloaded("pose queue: expected room, got none", retry_after=s.retry_after_s)
+
+    return run
+
+
+def _wait(job: Job, seconds: float) -> None:
+    """Wait ``seconds``, raising as soon as ``job`` is cancelled (checked every 50 ms)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        job.check()
+        time.sleep(min(0.05, left))
+
+
+def observe_frame(state: ServiceState, kind: str, frame: TrackedFrame) -> None:
+    """Count one processed frame in the video metrics (``kind``: video or stream)."""
+    m = state.metrics
+    m.video_frames.labels(kind=kind).inc()
+    if frame.detected:
+        m.video_detector_runs.labels(kind=kind).inc()
+    if frame.events.born:
+        m.track_births.labels(kind=kind).inc(len(frame.events.born))
+    if frame.events.died:
+        m.track_deaths.labels(kind=kind).inc(len(frame.events.died))
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    return (
+        json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+    ).encode()
+
+
+def run_video(
+    state: ServiceState,
+    pipeline: Pipeline,
+    reader: VideoReader,
+    options: PipelineOptions,
+    config: TrackerConfig,
+    fps: float | None,
+    job: Job,
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
+    """Worker thread: decode, track, ``emit`` each frame line, then the end line (or raise)."""
+    token = current_job.set(job)
+    tracker = PoseTracker(
+        pipeline,
+        config,
+        options,
+        run=make_runner(state, pipeline, options, job),
+        min_side=state.settings.min_image_side,
+    )
+    try:
+        for vf in reader.frames(fps=fps, check=job.check):
+            frame = tracker.process(vf.image, vf.timestamp, index=vf.index)
+            observe_frame(state, "video", frame)
+            emit(frame_json(frame))
+        emit(
+            {
+                "type": "end",
+                "frames": tracker.frames,
+                "detector_runs": tracker.detections,
+                "tracks": tracker.tracker.ids_issued,
+            }
+        )
+    finally:
+        current_job.reset(token)
+        reader.close()
+
+
+async def read_video_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The video bytes: multipart field ``video`` (exactly one file) or the raw body."""
+    if media_type(request) == MULTIPART:
+        body = await read_body(request, max_bytes + 64 * 1024, timeout_s)
+        parts = await asyncio.to_thread(
+            parse_multipart, body, request.headers.get("content-type", "")
+        )
+        files = [p for p in parts if p.filename is not None or p.name == "video"]
+        videos = [p for p in files if p.name == "video"]
+        if len(files) != 1 or not videos:
+            raise InvalidVideo(
+                f"multipart body: expected exactly one file field 'video', got fields "
+                f"{sorted({p.name for p in parts}) or 'none'}"
+            )
+        data = videos[0].data
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(
+                f"video: expected at most {max_bytes} bytes (video_max_bytes), got {len(data)}"
+            )
+    else:
+        data = await read_body(request, max_bytes, timeout_s)
+    if not data:
+        raise InvalidVideo(f"request body: expected {CONTAINER_TEXT}, got an empty body")
+    return data
+
+
+class _Channel:
+    """Lines from the worker thread to the event loop, at most :data:`AHEAD_LINES` ahead."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, job: Job) -> None:
+        self.loop = loop
+        self.job = job
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.room = threading.Semaphore(AHEAD_LINES)
+
+    def emit(self, line: dict[str, Any]) -> None:  # worker thread
+        while not self.room.acquire(timeout=0.5):
+            self.job.check()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, line)
+
+    def close(self) -> None:  # worker thread, from the future's done-callback
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+
+def error_line(exc: BaseException, request_id: str) -> dict[str, Any]:
+    if isinstance(exc, DarkPoseError):
+        body = error_body(exc.code, exc.message, request_id)
+    else:
+        logger.error("request %s: video failed: %s", request_id, exc, exc_info=exc)
+        body = error_body(
+            "internal_error",
+            f"internal error ({type(exc).__name__}); quote request id {request_id}",
+            request_id,
+        )
+    return {"type": "error", **body}
+
+
+async def serve_video(
+    request: Request,
+    state: ServiceState,
+    *,
+    fps: float | None,
+    stream: bool,
+    max_persons: int | None,
+    det_every: int | None,
+    smooth: bool | None,
+) -> Response:
+    s = state.settings
+    request_id = request_id_of(request.scope)
+    pipeline = state.require_ready()
+    fps = check_fps(fps)
+    config = tracker_config(s, det_every, smooth)
+    options = state.options().replace(
+        max_persons=max_persons if max_persons is not None else s.default_max_persons
+    )
+    jobs = video_jobs(request.app.state)
+    client = client_of(request.scope)
+    jobs.take(client)
+    released = False
+    reserved = 0
+
+    def release() -> None:
+        nonlocal released, reserved
+        if not released:
+            released = True
+            jobs.give(client)
+            state.metrics.video_active.labels(kind="video").dec()
+            if reserved:
+                state.memory.release(reserved)
+                reserved = 0
+
+    state.metrics.video_active.labels(kind="video").inc()
+    try:
+        with state.upload_slot():
+            data = await read_video_body(request, s.video_max_bytes, s.request_timeout_s)
+        reader = await asyncio.to_thread(functools.partial(open_video, data, **s.video_limits))
+        w, h = reader.info.width, reader.info.height
+        need = len(data) + 16 * w * h + 8 * MB  # the upload, a decoded frame and its copies
+        try:
+            state.memory.reserve(need)
+        except BaseException:
+            reader.close()
+            raise
+        reserved = need
+        del data
+    except BaseException:
+        release()
+        raise
+    header = {
+        "type": "video",
+        "request_id": request_id,
+        "video": reader.info.to_json(),
+        "fps": fps,
+        "tracking": {"det_every": config.det_every, "smooth": config.smoothing},
+        "model": state.response_model_info(),
+    }
+    job = Job(s.work_timeout_s, s.retry_after_s)
+    loop = asyncio.get_running_loop()
+    channel = _Channel(loop, job)
+    try:
+        future = state.executor.submit(
+            run_video, state, pipeline, reader, options, config, fps, job, channel.emit
+        )
+    except BaseException:
+        reader.close()
+        release()
+        raise
+
+    def done(f: concurrent.futures.Future[None]) -> None:
+        release()
+        channel.close()
+
+    future.add_done_callback(done)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        try:
+            while True:
+                line = await channel.queue.get()
+                if line is None:
+                    break
+                channel.room.release()
+                yield line
+            exc = future.exception() if future.done() and not future.cancelled() else None
+            if exc is not None and not isinstance(exc, JobCancelled):
+                yield error_line(exc, request_id)
+        finally:
+            job.cancel("client disconnected")
+            future.cancel()
+
+    if not stream:
+        frames: list[dict[str, Any]] = []
+        end: dict[str, Any] = {}
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            async for line in lines():
+                if gone.done():
+                    job.cancel("client disconnected")
+                    break
+                if line["type"] == "frame":
+                    frames.append(line)
+                elif line["type"] == "end":
+                    end = line
+                elif line["type"] == "error":
+                    return JSONResponse(
+                        {k: v for k, v in line.items() if k != "type"},
+                        status_code=_status_of(future),
+                    )
+        finally:
+            gone.cancel()
+        body = {**header, "frames": frames, "summary": end}
+        body.pop("type", None)
+        return JSONResponse(body)
+
+    async def ndjson() -> AsyncIterator[bytes]:
+        yield _json_line(header)
+        async for line in lines():
+            yield _json_line(line)
+
+    return StreamingResponse(ndjson(), media_type=NDJSON)
+
+
+def _status_of(future: concurrent.futures.Future[None]) -> int:
+    exc = future.exception() if future.done() and not future.cancelled() else None
+    return int(exc.status_code) if isinstance(exc, DarkPoseError) else 500
+
+
+async def _disconnected(request: Request) -> None:
+    with contextlib.suppress(Exception):
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+
+def build_router(person_cap: int) -> APIRouter:
+    """The ``POST /pose/video`` router; ``person_cap`` bounds ``max_persons`` (a setting)."""
+    router = APIRouter()
+
+    @router.post(
+        "/pose/video",
+        summary="Tracked poses of every frame of a video file",
+        responses={
+            200: {
+                "description": "NDJSON lines (video header, one per frame, end or error); "
+                "with stream=false one JSON object",
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            },
+            **error_responses(400, 408, 413, 415, 422, 500, 503),
+        },
+        openapi_extra=VIDEO_REQUEST_BODY,
+    )
+    async def pose_video(
+        request: Request,
+        state: StateDep,
+        fps: Annotated[
+            float | None,
+            Query(gt=0, le=1000, description="sample at most this many frames per second"),
+        ] = None,
+        stream: Annotated[
+            bool, Query(description="NDJSON lines as frames are ready (false: one JSON)")
+        ] = True,
+        max_persons: Annotated[
+            int | None, Query(ge=1, le=person_cap, description="most persons per frame")
+        ] = None,
+        det_every: Annotated[
+            int | None,
+            Query(ge=1, le=1000, description="run the detector every this many frames"),
+        ] = None,
+        smooth: Annotated[
+            bool | None, Query(description="One-Euro smoothing of the keypoints")
+        ] = None,
+    ) -> Any:
+        return await serve_video(
+            request,
+            state,
+            fps=fps,
+            stream=stream,
+            max_persons=max_persons,
+            det_every=det_every,
+            smooth=smooth,
+        )
+
+    return router

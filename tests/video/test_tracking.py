@@ -1,0 +1,184 @@
+"""Tracking maths (pure numpy): One-Euro filter, boxes, track assignment, births and deaths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from darkpose.service.core.errors import InvalidParameter
+from darkpose.service.core.pipeline import Person
+from darkpose.service.core.tracking import (
+    OneEuroFilter,
+    Tracker,
+    TrackerConfig,
+    box_iou,
+    keypoint_box,
+    track_oks,
+)
+from darkpose.service.core.types import COCO_SIGMAS
+
+SIGMAS = np.asarray(COCO_SIGMAS, np.float64)
+#: A standing person's 17 COCO keypoints (x, y) in a 100 × 200 px box at the origin.
+POSE = np.array(
+    [
+        [50, 20], [45, 15], [55, 15], [40, 18], [60, 18], [30, 50], [70, 50], [25, 85],
+        [75, 85], [22, 115], [78, 115], [38, 120], [62, 120], [38, 160], [62, 160],
+        [38, 195], [62, 195],
+    ],
+    np.float64,
+)  # fmt: skip
+
+
+def person_at(dx: float, dy: float, score: float = 0.9) -> Person:
+    kp = np.concatenate([POSE + [dx, dy], np.full((17, 1), score)], axis=1).astype(np.float32)
+    box = np.array([dx, dy, dx + 100, dy + 200], np.float32)
+    return Person(bbox=box, box_score=0.9, keypoints=kp, score=score)
+
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    value=st.lists(finite, min_size=1, max_size=34),
+    dts=st.lists(st.floats(1e-3, 1.0), min_size=1, max_size=20),
+    min_cutoff=st.floats(0.01, 10.0),
+    beta=st.floats(0.0, 100.0),
+)
+def test_one_euro_keeps_a_constant_signal_constant(
+    value: list[float], dts: list[float], min_cutoff: float, beta: float
+) -> None:
+    f = OneEuroFilter(min_cutoff, beta, 1.0)
+    x = np.asarray(value)
+    assert np.array_equal(f.filter(x, 0.033, centre=[0.0, 0.0]), x)
+    for i, dt in enumerate(dts):  # a moving centre opens the cutoff: still exactly constant
+        assert np.array_equal(f.filter(x, dt, scale=50.0, centre=[10.0 * i, -3.0 * i]), x)
+
+
+@given(
+    start=st.floats(-100, 100),
+    target=st.floats(-100, 100),
+    dt=st.floats(1e-3, 0.5),
+    min_cutoff=st.floats(0.01, 10.0),
+    beta=st.floats(0.0, 10.0),
+)
+def test_one_euro_output_stays_between_previous_output_and_input(
+    start: float, target: float, dt: float, min_cutoff: float, beta: float
+) -> None:
+    f = OneEuroFilter(min_cutoff, beta, 1.0)
+    f.filter(np.array([start]), dt)
+    y = float(f.filter(np.array([target]), dt)[0])
+    lo, hi = min(start, target), max(start, target)
+    assert lo - 1e-9 <= y <= hi + 1e-9
+
+
+def test_one_euro_is_frame_rate_aware() -> None:
+    """The same step is followed further when more time passed since the previous sample."""
+    slow, fast = OneEuroFilter(1.0, 0.0, 1.0), OneEuroFilter(1.0, 0.0, 1.0)
+    for f in (slow, fast):
+        f.filter(np.zeros(1), 0.1)
+    assert float(slow.filter(np.ones(1), 0.2)[0]) > float(fast.filter(np.ones(1), 0.01)[0])
+
+
+def test_one_euro_rejects_a_non_positive_dt() -> None:
+    f = OneEuroFilter()
+    f.filter(np.zeros(2), 0.1)
+    with pytest.raises(InvalidParameter, match="dt: expected seconds > 0"):
+        f.filter(np.ones(2), 0.0)
+
+
+@given(dx=finite, dy=finite, w=st.floats(1, 500), h=st.floats(1, 500))
+def test_box_iou_is_one_with_itself_and_symmetric(dx: float, dy: float, w: float, h: float) -> None:
+    a = np.array([[dx, dy, dx + w, dy + h]])
+    b = np.array([[dx + w / 2, dy, dx + 1.5 * w, dy + h]])
+    assert box_iou(a, a)[0, 0] == pytest.approx(1.0)
+    assert box_iou(a, b)[0, 0] == pytest.approx(box_iou(b, a)[0, 0])
+    assert 0.0 <= box_iou(a, b)[0, 0] <= 1.0
+
+
+def test_keypoint_box_needs_three_confident_keypoints() -> None:
+    kp = np.zeros((17, 3))
+    kp[:2] = [[10, 10, 0.9], [20, 30, 0.9]]
+    assert keypoint_box(kp) is None
+    kp[2] = [30, 50, 0.9]
+    box = keypoint_box(kp)
+    assert box is not None
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    assert (cx, cy) == pytest.approx((20, 30))
+    assert box[2] - box[0] > 20 and box[3] - box[1] > 40  # enlarged past the keypoints
+
+
+@given(dx=st.floats(-500, 500), dy=st.floats(-500, 500))
+def test_oks_of_a_pose_with_itself_is_one(dx: float, dy: float) -> None:
+    k = person_at(dx, dy).keypoints.astype(np.float64)[None]
+    assert track_oks(k, np.array([20000.0]), k, SIGMAS)[0, 0] == pytest.approx(1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.floats(-8, 8), st.floats(-8, 8)), min_size=2, max_size=25),
+    smoothing=st.booleans(),
+)
+def test_a_translated_pose_sequence_keeps_its_id(
+    steps: list[tuple[float, float]], smoothing: bool
+) -> None:
+    """Two persons far apart moving by up to 8 px a frame keep their ids on every frame."""
+    tracker = Tracker(TrackerConfig(smoothing=smoothing), SIGMAS)
+    a, b = np.zeros(2), np.array([400.0, 0.0])
+    first, _ = tracker.update([person_at(*a), person_at(*b)], dt=1 / 30)
+    ids = [tp.track_id for tp in first]
+    assert len(set(ids)) == 2
+    for step in steps:
+        a, b = a + step, b - step
+        out, events = tracker.update([person_at(*b), person_at(*a)], dt=1 / 30)
+        assert [tp.track_id for tp in out] == ids[::-1]
+        assert events.born == [] and events.missing == []
+
+
+def test_grace_period_reidentifies_then_the_track_dies() -> None:
+    cfg = TrackerConfig(grace_frames=3, smoothing=False)
+    tracker = Tracker(cfg, SIGMAS)
+    (tp,), _ = tracker.update([person_at(0, 0)], dt=0.1)
+    tracker.update([person_at(1, 0)], dt=0.1)
+    _, ev = tracker.update([], dt=0.1)
+    assert ev.missing == [tp.track_id]
+    tracker.update([], dt=0.1)
+    back, ev = tracker.update([person_at(3, 0)], dt=0.1)  # within the grace period
+    assert [p.track_id for p in back] == [tp.track_id] and ev.born == []
+    deaths = []
+    for _ in range(cfg.grace_frames + 1):
+        _, ev = tracker.update([], dt=0.1)
+        deaths += ev.died
+    assert deaths == [tp.track_id]
+    assert tracker.tracks == []
+    (new,), ev = tracker.update([person_at(3, 0)], dt=0.1)
+    assert new.track_id != tp.track_id and ev.born == [new.track_id]
+
+
+def test_tracks_are_bounded_by_max_tracks() -> None:
+    tracker = Tracker(TrackerConfig(max_tracks=3), SIGMAS)
+    out, ev = tracker.update([person_at(300 * i, 0) for i in range(5)], dt=0.1)
+    assert len(out) == 3 and len(ev.born) == 3 and len(tracker.tracks) == 3
+
+
+def test_no_births_when_not_allowed() -> None:
+    tracker = Tracker(TrackerConfig(), SIGMAS)
+    out, ev = tracker.update([person_at(0, 0)], dt=0.1, allow_births=False)
+    assert out == [] and ev.born == [] and tracker.tracks == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("det_every", 0, "det_every: expected an int >= 1, got 0"),
+        ("max_tracks", 1.5, "max_tracks: expected an int >= 1, got 1.5"),
+        ("grace_frames", -1, "grace_frames: expected an int >= 0, got -1"),
+        ("match_threshold", 1.5, r"match_threshold: expected a number in \[0, 1\], got 1.5"),
+        ("min_cutoff", 0.0, "min_cutoff: expected a number > 0, got 0.0"),
+        ("beta", -1.0, "beta: expected a number >= 0, got -1.0"),
+    ],
+)
+def test_tracker_config_errors(field: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidParameter, match=message):
+        TrackerConfig(**{field: value})
