@@ -7,7 +7,14 @@ Phases (``--cpus N`` CPUs in every one):
 * ``ray1`` — a real local Ray cluster of 1 node with N CPUs (service/ray_app/local_cluster).
 * ``ray2`` — 2 local nodes with N/2 CPUs each.
 
-In each Ray phase every ``--topologies`` entry is deployed in turn:
+Each Ray phase runs once per ``--ingress`` entry, each on a fresh cluster:
+
+* ``haproxy`` (default, as deploy/serve_config*.yaml and the KubeRay manifest) — Ray's HAProxy
+  ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``): HAProxy on each node forwards HTTP straight to the
+  replicas' own HTTP servers;
+* ``python`` — Serve's Python proxy actor (HTTP → Ray RPC → replica).
+
+In each Ray cluster every ``--topologies`` entry is deployed in turn:
 
 * ``pipeline`` (default topology) — one 1-CPU ``Ingress`` replica per CPU, each running the
   whole pipeline (its own detector, micro-batcher and decoding);
@@ -23,11 +30,11 @@ request's scope and body messages in, the response messages out) and, in ``split
 encoded image and JSON answer sizes.
 
 Noise: the single process is measured before, between and after the Ray clusters (never
-while one is up) and each Ray phase is compared with the mean of the single-process runs
+while one is up) and each Ray run is compared with the mean of the single-process runs
 around it; ``--repeat R`` repeats the whole sequence and reports the median ratio.
 
     python bench/scale.py                                   # 2 CPUs, 8 s per measurement
-    python bench/scale.py --duration 5 --warmup 2 --repeat 2 --topologies pipeline
+    python bench/scale.py --topologies pipeline --ingress haproxy,python --repeat 2
 
 All local nodes share this machine's cores, so ``ray2`` shows what the distribution costs,
 not what a second machine adds; compare ratios within one run, not absolute figures.
@@ -40,6 +47,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -70,12 +78,15 @@ logger = logging.getLogger("bench.scale")
 
 #: Targets of the scale-out design (ratios measured in one run; bytes per image, default topology).
 TARGETS = {
-    "ray1_vs_single": 0.8,
-    "ray2_vs_ray1": 0.8,
+    "ray1_vs_single": 0.85,
+    "ray2_vs_ray1": 0.9,
     "overhead_ms": 10.0,
     "bytes_vs_payload": 1.5,
 }
 
+
+#: Ray ingresses compared (the first is the shipped one, deploy/serve_config*.yaml).
+INGRESSES = ("haproxy", "python")
 
 #: As deploy/serve_config*.yaml: no per-request access log lines.
 QUIET = {"logging_config": {"enable_access_log": False, "log_level": "WARNING"}}
@@ -167,7 +178,6 @@ def haproxy_env(binary: str) -> dict[str, str]:
     to the replicas' own HTTP servers instead of Serve's Python proxy; its files go to a
     private temp directory."""
     import atexit
-    import shutil
     import tempfile
 
     root = tempfile.mkdtemp(prefix="hapx", dir="/tmp")
@@ -295,7 +305,11 @@ def run_single(images: list[bytes], args: argparse.Namespace, cores: list[int] |
 
 
 def run_ray(
-    nodes: int, images: list[bytes], args: argparse.Namespace, cores: list[int] | None
+    nodes: int,
+    images: list[bytes],
+    args: argparse.Namespace,
+    cores: list[int] | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     from ray import serve
 
@@ -309,7 +323,7 @@ def run_ray(
         settings["intra_op_threads"] = args.threads
     out: dict[str, dict[str, Any]] = {}
     with pinned(cores):
-        cluster = local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node)
+        cluster = local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node, env=env)
         lr = cluster.__enter__()
     try:
         for topology in args.topologies:
@@ -376,10 +390,15 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured")
     ap.add_argument("--json", type=Path, default=None, help="write every result here")
     ap.add_argument(
+        "--ingress",
+        default="haproxy",
+        help="comma list of Ray ingresses, each on its own cluster: haproxy (shipped), python",
+    )
+    ap.add_argument(
         "--haproxy",
-        default=None,
+        default=shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin"),
         metavar="BINARY",
-        help="Ray's experimental HAProxy ingress (this haproxy binary) instead of Serve's proxy",
+        help="the haproxy executable of the haproxy ingress (default: found on PATH or /usr/sbin)",
     )
     ap.add_argument(
         "--ray-env",
@@ -411,8 +430,11 @@ def main() -> int:
         if not sep or not name:
             ap.error(f"--ray-env: expected NAME=VALUE, got {item!r}")
         os.environ[name] = value  # before Ray starts: every Ray process inherits it
-    if args.haproxy:
-        os.environ.update(haproxy_env(args.haproxy))
+    ingresses = [i.strip() for i in args.ingress.split(",") if i.strip()]
+    if not ingresses or set(ingresses) - set(INGRESSES):
+        ap.error(f"--ingress: expected a comma list of {','.join(INGRESSES)}, got {args.ingress!r}")
+    if "haproxy" in ingresses and not args.haproxy:
+        ap.error("--haproxy: expected the haproxy executable (Debian package haproxy), got none")
     logging.basicConfig(level=logging.WARNING)
 
     ncores = os.cpu_count() or 1
@@ -426,25 +448,28 @@ def main() -> int:
         flush=True,
     )
     ray_phases = [p for p in phases if p != "single"]
+    #: One fresh cluster per (phase, ingress); the single process runs before, between, after.
+    ray_runs = [(phase, ingress) for phase in ray_phases for ingress in ingresses]
     rounds: list[dict[str, Any]] = []
     for r in range(args.repeat):
         rnd: dict[str, Any] = {"single": []}
         if "single" in phases:
             rnd["single"].append(run_single(images, args, server_cores))
             print(line(f"single#{r}.0", rnd["single"][-1]), flush=True)
-        for k, phase in enumerate(ray_phases):
-            res = run_ray(1 if phase == "ray1" else 2, images, args, server_cores)
+        for k, (phase, ingress) in enumerate(ray_runs):
+            env = haproxy_env(args.haproxy) if ingress == "haproxy" else None
+            res = run_ray(1 if phase == "ray1" else 2, images, args, server_cores, env)
             for topology, v in res.items():
-                rnd[f"{phase}/{topology}"] = v
-                print(line(f"{phase}/{topology}", v), flush=True)
+                rnd[f"{phase}@{ingress}/{topology}"] = v
+                print(line(f"{phase}@{ingress}/{topology}", v), flush=True)
             if "single" in phases:
                 rnd["single"].append(run_single(images, args, server_cores))
                 print(line(f"single#{r}.{k + 1}", rnd["single"][-1]), flush=True)
         rounds.append(rnd)
 
-    def around(rnd: dict[str, Any], phase: str) -> dict[str, float]:
-        """Mean of the single-process runs just before and after ``phase``."""
-        i = ray_phases.index(phase)
+    def around(rnd: dict[str, Any], run: tuple[str, str]) -> dict[str, float]:
+        """Mean of the single-process runs just before and after the Ray ``run``."""
+        i = ray_runs.index(run)
         pair = rnd["single"][i : i + 2]
         out = {k: statistics.fmean(s[k] for s in pair) for k in ("images_per_s", "seq_p50_ms")}
         out["cpu_ms"] = statistics.fmean(s["marginal_cpu_ms_per_image"]["server"] for s in pair)
@@ -456,74 +481,89 @@ def main() -> int:
         ratios.setdefault(key, []).append(value)
 
     for rnd in rounds:
-        for phase in ray_phases:
+        for phase, ingress in ray_runs:
             for topology in args.topologies:
-                r = rnd[f"{phase}/{topology}"]
+                key = f"{phase}@{ingress}/{topology}"
+                r = rnd[key]
                 if rnd["single"]:
-                    base = around(rnd, phase)
-                    add(f"{phase}/{topology} vs single", r["images_per_s"] / base["images_per_s"])
-                    add(f"{phase}/{topology} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
+                    base = around(rnd, (phase, ingress))
+                    add(f"{key} vs single", r["images_per_s"] / base["images_per_s"])
+                    add(f"{key} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
                     # What the throughput ratio is on N otherwise idle cores, where CPU time
                     # per image decides: single's marginal CPU per image / all Ray processes'.
                     ray_cpu = sum(r["marginal_cpu_ms_per_image"].values())
-                    add(f"{phase}/{topology} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
-                add(f"{phase}/{topology} bytes vs payload", r["bytes"]["crossing_vs_payload"])
+                    add(f"{key} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
+                add(f"{key} bytes vs payload", r["bytes"]["crossing_vs_payload"])
         if "ray1" in ray_phases and "ray2" in ray_phases:
-            for topology in args.topologies:
-                r1, r2 = rnd[f"ray1/{topology}"], rnd[f"ray2/{topology}"]
-                add(f"ray2/{topology} vs ray1", r2["images_per_s"] / r1["images_per_s"])
-                add(
-                    f"ray2/{topology} cpu-bound vs ray1",
-                    sum(r1["marginal_cpu_ms_per_image"].values())
-                    / sum(r2["marginal_cpu_ms_per_image"].values()),
-                )
+            for ingress in ingresses:
+                for topology in args.topologies:
+                    r1 = rnd[f"ray1@{ingress}/{topology}"]
+                    r2 = rnd[f"ray2@{ingress}/{topology}"]
+                    key = f"ray2@{ingress}/{topology}"
+                    add(f"{key} vs ray1", r2["images_per_s"] / r1["images_per_s"])
+                    add(
+                        f"{key} cpu-bound vs ray1",
+                        sum(r1["marginal_cpu_ms_per_image"].values())
+                        / sum(r2["marginal_cpu_ms_per_image"].values()),
+                    )
     print("medians over the repeats (same machine, same run):")
     for key, values in ratios.items():
         shown = ", ".join(f"{v:.2f}" for v in values)
-        print(f"  {key:34s} {statistics.median(values):7.2f}   [{shown}]")
+        print(f"  {key:42s} {statistics.median(values):7.2f}   [{shown}]")
 
     med = {k: statistics.median(v) for k, v in ratios.items()}
-    wanted = [  # (ratio key, label, target, at least?) of the default topology
-        ("ray1/pipeline vs single", "ray1 >= {t:g}x single", TARGETS["ray1_vs_single"], True),
-        (
-            "ray1/pipeline cpu-bound vs single",
-            "ray1 >= {t:g}x single (CPU-bound)",
-            TARGETS["ray1_vs_single"],
-            True,
-        ),
-        ("ray2/pipeline vs ray1", "ray2 >= {t:g}x ray1", TARGETS["ray2_vs_ray1"], True),
-        (
-            "ray2/pipeline cpu-bound vs ray1",
-            "ray2 >= {t:g}x ray1 (CPU-bound)",
-            TARGETS["ray2_vs_ray1"],
-            True,
-        ),
-    ]
-    for phase in ray_phases:
-        wanted += [
+    for ingress in ingresses:
+        wanted = [  # (ratio key, label, target, at least?) of the default topology
             (
-                f"{phase}/pipeline overhead ms",
-                f"{phase} overhead <= {{t:g}} ms",
-                TARGETS["overhead_ms"],
-                False,
+                f"ray1@{ingress}/pipeline vs single",
+                "ray1 >= {t:g}x single",
+                TARGETS["ray1_vs_single"],
+                True,
             ),
             (
-                f"{phase}/pipeline bytes vs payload",
-                f"{phase} bytes <= {{t:g}}x payload",
-                TARGETS["bytes_vs_payload"],
-                False,
+                f"ray1@{ingress}/pipeline cpu-bound vs single",
+                "ray1 >= {t:g}x single (CPU-bound)",
+                TARGETS["ray1_vs_single"],
+                True,
+            ),
+            (
+                f"ray2@{ingress}/pipeline vs ray1",
+                "ray2 >= {t:g}x ray1",
+                TARGETS["ray2_vs_ray1"],
+                True,
+            ),
+            (
+                f"ray2@{ingress}/pipeline cpu-bound vs ray1",
+                "ray2 >= {t:g}x ray1 (CPU-bound)",
+                TARGETS["ray2_vs_ray1"],
+                True,
             ),
         ]
-    checks = [
-        (label.format(t=target), med[key], target, at_least)
-        for key, label, target, at_least in wanted
-        if key in med
-    ]
-    if checks:
-        print("targets (default topology 'pipeline'):")
-    for name, value, target, at_least in checks:
-        ok = value >= target if at_least else value <= target
-        print(f"  {'PASS' if ok else 'MISS'}  {name:28s} measured {value:.2f}")
+        for phase in ray_phases:
+            wanted += [
+                (
+                    f"{phase}@{ingress}/pipeline overhead ms",
+                    f"{phase} overhead <= {{t:g}} ms",
+                    TARGETS["overhead_ms"],
+                    False,
+                ),
+                (
+                    f"{phase}@{ingress}/pipeline bytes vs payload",
+                    f"{phase} bytes <= {{t:g}}x payload",
+                    TARGETS["bytes_vs_payload"],
+                    False,
+                ),
+            ]
+        checks = [
+            (label.format(t=target), med[key], target, at_least)
+            for key, label, target, at_least in wanted
+            if key in med
+        ]
+        if checks:
+            print(f"targets (default topology 'pipeline', ingress {ingress}):")
+        for name, value, target, at_least in checks:
+            ok = value >= target if at_least else value <= target
+            print(f"  {'PASS' if ok else 'MISS'}  {name:32s} measured {value:.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps({"rounds": rounds, "ratios": ratios}, indent=1))
     errors = sum(
