@@ -24,6 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from tests.conftest import IMAGES, MODELS, REPO, missing_requirement
 from tests.ray.test_cluster import _assert_same_persons, _get, _post
@@ -49,38 +54,40 @@ def shipped_haproxy_env() -> dict[str, str]:
 def _probe_app() -> Any:
     """A tiny Serve app: ``GET /ndjson`` streams one line, holds the stream open until
     ``POST /release`` arrives, then two more; ``/ws`` is a WebSocket answering upper case."""
-    from fastapi import FastAPI, WebSocket
-    from fastapi.responses import StreamingResponse
     from ray import serve
 
-    api = FastAPI()
+    release = asyncio.Event()  # one per replica (the app is pickled into each)
+
+    async def ndjson(request: Request) -> StreamingResponse:
+        async def lines() -> Any:
+            yield b'{"i": 0}\n'
+            await asyncio.wait_for(release.wait(), 120)
+            for i in (1, 2):
+                yield json.dumps({"i": i}).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def do_release(request: Request) -> JSONResponse:
+        release.set()
+        return JSONResponse({"released": True})
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        async for text in websocket.iter_text():
+            await websocket.send_text(text.upper())
+
+    api = Starlette(
+        routes=[
+            Route("/ndjson", ndjson),
+            Route("/release", do_release, methods=["POST"]),
+            WebSocketRoute("/ws", echo),
+        ]
+    )
 
     @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
     @serve.ingress(api)
     class Probe:
-        def __init__(self) -> None:
-            self.release = asyncio.Event()
-
-        @api.get("/ndjson")
-        async def ndjson(self) -> StreamingResponse:
-            async def lines() -> Any:
-                yield b'{"i": 0}\n'
-                await asyncio.wait_for(self.release.wait(), 120)
-                for i in (1, 2):
-                    yield json.dumps({"i": i}).encode() + b"\n"
-
-            return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-        @api.post("/release")
-        async def do_release(self) -> dict[str, bool]:
-            self.release.set()
-            return {"released": True}
-
-        @api.websocket("/ws")
-        async def ws(self, websocket: WebSocket) -> None:
-            await websocket.accept()
-            async for text in websocket.iter_text():
-                await websocket.send_text(text.upper())
+        pass
 
     return Probe.bind()  # type: ignore[attr-defined]
 
