@@ -167,7 +167,9 @@ def sequential(port: int, images: list[bytes], n: int) -> float:
 #: Ray process titles → role, for CPU time per image by role.
 _ROLES = (
     ("ray::ProxyActor", "proxy"),
+    ("ray::HAProxyManager", "proxy"),  # starts HAProxy, feeds it routes, reads its metrics
     ("ray::ServeReplica", "replicas"),
+    ("ray::ServeController", "controller"),
     ("/usr/sbin/haproxy", "proxy"),
     ("haproxy", "proxy"),
 )
@@ -216,8 +218,8 @@ def _descendants(root: int) -> set[int]:
 
 def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
     """CPU seconds so far of ``server_pid``, or of this process's Ray processes by role:
-    ``proxy`` (Serve's HTTP proxies), ``replica <deployment>`` (Serve replicas), ``ray_other``
-    (controller, raylets, GCS, idle workers)."""
+    ``proxy`` (Serve's HTTP proxies, or HAProxy and its manager actors), ``replica <deployment>``
+    (Serve replicas), ``controller``, ``ray_other <executable>`` (raylets, GCS, idle workers)."""
     from load import cpu_seconds
 
     if server_pid is not None:
@@ -230,7 +232,9 @@ def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
         except OSError:
             continue
         cmd = raw.split(b"\0")[0].decode(errors="replace")
-        role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "ray_other")
+        role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "")
+        if not role:  # raylet, gcs_server, idle workers (ray::IDLE), agents: by executable
+            role = "ray_other " + os.path.basename(cmd.split()[0] if cmd else "?")[:24]
         if role == "replicas":  # "ray::ServeReplica:<app>:<deployment>"
             role = f"replica {cmd.rsplit(':', 1)[-1].split()[0]}"
         out[role] = out.get(role, 0.0) + cpu
