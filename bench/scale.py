@@ -216,15 +216,16 @@ def _descendants(root: int) -> set[int]:
     return out
 
 
-def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
-    """CPU seconds so far of ``server_pid``, or of this process's Ray processes by role:
-    ``proxy`` (Serve's HTTP proxies, or HAProxy and its manager actors), ``replica <deployment>``
-    (Serve replicas), ``controller``, ``ray_other <executable>`` (raylets, GCS, idle workers)."""
+def cpu_by_pid(server_pid: int | None = None) -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds so far) of ``server_pid`` (role ``server``), or of each of this
+    process's Ray processes: ``proxy`` (Serve's HTTP proxies, or HAProxy and its manager
+    actors), ``replica <deployment>`` (Serve replicas), ``controller``, ``ray_other
+    <executable>`` (raylets, GCS, agents, idle workers)."""
     from load import cpu_seconds
 
     if server_pid is not None:
-        return {"server": cpu_seconds(server_pid)}
-    out: dict[str, float] = {}
+        return {server_pid: ("server", cpu_seconds(server_pid))}
+    out: dict[int, tuple[str, float]] = {}
     for pid in _descendants(os.getpid()):
         try:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -233,11 +234,27 @@ def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
             continue
         cmd = raw.split(b"\0")[0].decode(errors="replace")
         role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "")
-        if not role:  # raylet, gcs_server, idle workers (ray::IDLE), agents: by executable
-            role = "ray_other " + os.path.basename(cmd.split()[0] if cmd else "?")[:24]
+        if not role:
+            words = cmd.split()
+            role = "ray_other " + os.path.basename(words[0] if words else "?")[:24]
         if role == "replicas":  # "ray::ServeReplica:<app>:<deployment>"
             role = f"replica {cmd.rsplit(':', 1)[-1].split()[0]}"
-        out[role] = out.get(role, 0.0) + cpu
+        out[pid] = (role, cpu)
+    return out
+
+
+def cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two :func:`cpu_by_pid` samples, by role.  Per process, so
+    processes that come and go in between (HAProxy reloads start a new haproxy and retire the
+    old one; Ray starts workers) neither subtract their past CPU nor hide it: a new process
+    counts all of its CPU, one that exited counts none of its last moments."""
+    out: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        prev = before.get(pid)
+        spent = cpu - prev[1] if prev is not None and prev[0] == role else cpu
+        out[role] = out.get(role, 0.0) + max(spent, 0.0)
     return out
 
 
@@ -247,19 +264,19 @@ def measure(
     load(port, images, args.clients, args.warmup)
     # CPU the processes burn with no traffic (Ray's health checks, metrics, long polls): a cost
     # per second, not per image; subtracted for the marginal CPU per image.
-    idle0 = cpu_by_role(server_pid)
+    idle0 = cpu_by_pid(server_pid)
     time.sleep(args.idle)
-    cpu0 = cpu_by_role(server_pid)
-    idle = {k: (cpu0[k] - idle0.get(k, 0.0)) / max(args.idle, 1e-9) for k in cpu0}
+    cpu0 = cpu_by_pid(server_pid)
+    idle = {k: v / max(args.idle, 1e-9) for k, v in cpu_between(idle0, cpu0).items()}
     t0 = time.perf_counter()
     res = load(port, images, args.clients, args.duration)
     elapsed = time.perf_counter() - t0
-    cpu1 = cpu_by_role(server_pid)
+    spent = cpu_between(cpu0, cpu_by_pid(server_pid))
     n = max(res["ok"], 1)
-    res["cpu_ms_per_image"] = {k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0)) / n for k in cpu1}
+    res["cpu_ms_per_image"] = {k: 1000.0 * v / n for k, v in spent.items()}
     res["idle_cpu_cores"] = idle
     res["marginal_cpu_ms_per_image"] = {
-        k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0) - idle.get(k, 0.0) * elapsed) / n for k in cpu1
+        k: 1000.0 * (v - idle.get(k, 0.0) * elapsed) / n for k, v in spent.items()
     }
     res["seq_p50_ms"] = sequential(port, images, args.seq_requests)
     return res
