@@ -27,7 +27,12 @@ client (unloaded median latency).  The Ray apps run with ``measure_bytes``: each
 replica counts the pickled size of every message crossing the proxy → replica hop (the
 request's scope and body messages in, the response messages out) and, in ``split``, the
 ``PoseJob``/``PoseAnswer`` of every pose call; they are printed per image next to the mean
-encoded image and JSON answer sizes.
+encoded image and JSON answer sizes.  CPU per image: per process, by role, minus what each
+role burns at rest (``--idle`` s windows, repeated until the cluster has settled); Ray's spare
+workers (``ray::IDLE``, no request) are shown but not counted.  The CPU-bound ratio (single's
+CPU per image ÷ all Ray processes') is what the throughput ratio becomes on N otherwise idle
+cores; on shared, loaded vCPUs Ray's many processes get a larger share of the machine than the
+single process, so compare CPU-bound ratios there.
 
 Noise: the single process is measured before, between and after the Ray clusters (never
 while one is up) and each Ray run is compared with the mean of the single-process runs
