@@ -7,7 +7,14 @@ Phases (``--cpus N`` CPUs in every one):
 * ``ray1`` — a real local Ray cluster of 1 node with N CPUs (service/ray_app/local_cluster).
 * ``ray2`` — 2 local nodes with N/2 CPUs each.
 
-In each Ray phase every ``--topologies`` entry is deployed in turn:
+Each Ray phase runs once per ``--ingress`` entry, each on a fresh cluster:
+
+* ``haproxy`` (default, as deploy/serve_config*.yaml and the KubeRay manifest) — Ray's HAProxy
+  ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``): HAProxy on each node forwards HTTP straight to the
+  replicas' own HTTP servers;
+* ``python`` — Serve's Python proxy actor (HTTP → Ray RPC → replica).
+
+In each Ray cluster every ``--topologies`` entry is deployed in turn:
 
 * ``pipeline`` (default topology) — one 1-CPU ``Ingress`` replica per CPU, each running the
   whole pipeline (its own detector, micro-batcher and decoding);
@@ -20,14 +27,19 @@ client (unloaded median latency).  The Ray apps run with ``measure_bytes``: each
 replica counts the pickled size of every message crossing the proxy → replica hop (the
 request's scope and body messages in, the response messages out) and, in ``split``, the
 ``PoseJob``/``PoseAnswer`` of every pose call; they are printed per image next to the mean
-encoded image and JSON answer sizes.
+encoded image and JSON answer sizes.  CPU per image: per process, by role, minus what each
+role burns at rest (``--idle`` s windows, repeated until the cluster has settled); Ray's spare
+workers (``ray::IDLE``, no request) are shown but not counted.  The CPU-bound ratio (single's
+CPU per image ÷ all Ray processes') is what the throughput ratio becomes on N otherwise idle
+cores; on shared, loaded vCPUs Ray's many processes get a larger share of the machine than the
+single process, so compare CPU-bound ratios there.
 
 Noise: the single process is measured before, between and after the Ray clusters (never
-while one is up) and each Ray phase is compared with the mean of the single-process runs
+while one is up) and each Ray run is compared with the mean of the single-process runs
 around it; ``--repeat R`` repeats the whole sequence and reports the median ratio.
 
     python bench/scale.py                                   # 2 CPUs, 8 s per measurement
-    python bench/scale.py --duration 5 --warmup 2 --repeat 2 --topologies pipeline
+    python bench/scale.py --topologies pipeline --ingress haproxy,python --repeat 2
 
 All local nodes share this machine's cores, so ``ray2`` shows what the distribution costs,
 not what a second machine adds; compare ratios within one run, not absolute figures.
@@ -40,6 +52,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -70,12 +83,15 @@ logger = logging.getLogger("bench.scale")
 
 #: Targets of the scale-out design (ratios measured in one run; bytes per image, default topology).
 TARGETS = {
-    "ray1_vs_single": 0.8,
-    "ray2_vs_ray1": 0.8,
+    "ray1_vs_single": 0.85,
+    "ray2_vs_ray1": 0.9,
     "overhead_ms": 10.0,
     "bytes_vs_payload": 1.5,
 }
 
+
+#: Ray ingresses compared (the first is the shipped one, deploy/serve_config*.yaml).
+INGRESSES = ("haproxy", "python")
 
 #: As deploy/serve_config*.yaml: no per-request access log lines.
 QUIET = {"logging_config": {"enable_access_log": False, "log_level": "WARNING"}}
@@ -153,10 +169,28 @@ def sequential(port: int, images: list[bytes], n: int) -> float:
     return float(np.median(lat) * 1000) if lat else float("nan")
 
 
+#: Ray's spare worker processes (no task, so no request): a 2-node cluster still starts some
+#: during the first measurement (seconds of CPU each on a loaded machine); shown, but left out
+#: of the CPU per image that the CPU-bound ratios compare.
+IDLE_WORKERS = "idle workers (not counted)"
+
+
+#: Most CPU (cores) any one process may burn in an idle window once the cluster has settled.
+SETTLED_CORES = 0.2
+
+
+def request_cpu_ms(per_role: dict[str, float]) -> float:
+    """CPU ms per image of every role on the request path (all but :data:`IDLE_WORKERS`)."""
+    return sum(v for k, v in per_role.items() if k != IDLE_WORKERS)
+
+
 #: Ray process titles → role, for CPU time per image by role.
 _ROLES = (
     ("ray::ProxyActor", "proxy"),
+    ("ray::HAProxyManager", "proxy"),  # starts HAProxy, feeds it routes, reads its metrics
     ("ray::ServeReplica", "replicas"),
+    ("ray::ServeController", "controller"),
+    ("ray::IDLE", IDLE_WORKERS),
     ("/usr/sbin/haproxy", "proxy"),
     ("haproxy", "proxy"),
 )
@@ -167,7 +201,6 @@ def haproxy_env(binary: str) -> dict[str, str]:
     to the replicas' own HTTP servers instead of Serve's Python proxy; its files go to a
     private temp directory."""
     import atexit
-    import shutil
     import tempfile
 
     root = tempfile.mkdtemp(prefix="hapx", dir="/tmp")
@@ -204,15 +237,16 @@ def _descendants(root: int) -> set[int]:
     return out
 
 
-def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
-    """CPU seconds so far of ``server_pid``, or of this process's Ray processes by role:
-    ``proxy`` (Serve's HTTP proxies), ``replica <deployment>`` (Serve replicas), ``ray_other``
-    (controller, raylets, GCS, idle workers)."""
+def cpu_by_pid(server_pid: int | None = None) -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds so far) of ``server_pid`` (role ``server``), or of each of this
+    process's Ray processes: ``proxy`` (Serve's HTTP proxies, or HAProxy and its manager
+    actors), ``replica <deployment>`` (Serve replicas), ``controller``, ``ray_other
+    <executable>`` (raylets, GCS, agents, idle workers)."""
     from load import cpu_seconds
 
     if server_pid is not None:
-        return {"server": cpu_seconds(server_pid)}
-    out: dict[str, float] = {}
+        return {server_pid: ("server", cpu_seconds(server_pid))}
+    out: dict[int, tuple[str, float]] = {}
     for pid in _descendants(os.getpid()):
         try:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -220,10 +254,28 @@ def cpu_by_role(server_pid: int | None = None) -> dict[str, float]:
         except OSError:
             continue
         cmd = raw.split(b"\0")[0].decode(errors="replace")
-        role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "ray_other")
+        role = next((r for prefix, r in _ROLES if cmd.startswith(prefix)), "")
+        if not role:
+            words = cmd.split()
+            role = "ray_other " + os.path.basename(words[0] if words else "?")[:24]
         if role == "replicas":  # "ray::ServeReplica:<app>:<deployment>"
             role = f"replica {cmd.rsplit(':', 1)[-1].split()[0]}"
-        out[role] = out.get(role, 0.0) + cpu
+        out[pid] = (role, cpu)
+    return out
+
+
+def cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two :func:`cpu_by_pid` samples, by role.  Per process, so
+    processes that come and go in between (HAProxy reloads start a new haproxy and retire the
+    old one; Ray starts workers) neither subtract their past CPU nor hide it: a new process
+    counts all of its CPU, one that exited counts none of its last moments."""
+    out: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        prev = before.get(pid)
+        spent = cpu - prev[1] if prev is not None and prev[0] == role else cpu
+        out[role] = out.get(role, 0.0) + max(spent, 0.0)
     return out
 
 
@@ -233,19 +285,26 @@ def measure(
     load(port, images, args.clients, args.warmup)
     # CPU the processes burn with no traffic (Ray's health checks, metrics, long polls): a cost
     # per second, not per image; subtracted for the marginal CPU per image.
-    idle0 = cpu_by_role(server_pid)
-    time.sleep(args.idle)
-    cpu0 = cpu_by_role(server_pid)
-    idle = {k: (cpu0[k] - idle0.get(k, 0.0)) / max(args.idle, 1e-9) for k in cpu0}
+    # A fresh cluster is still starting processes (a second node's proxy, spare workers):
+    # idle windows repeat until one sees the same processes at its start and end, none of them
+    # busier than SETTLED_CORES (at most 10 windows; then the last one counts).
+    for _ in range(10):
+        idle0 = cpu_by_pid(server_pid)
+        time.sleep(args.idle)
+        cpu0 = cpu_by_pid(server_pid)
+        busy = max((c - idle0[pid][1] for pid, (_, c) in cpu0.items() if pid in idle0), default=0.0)
+        if set(idle0) == set(cpu0) and busy / max(args.idle, 1e-9) < SETTLED_CORES:
+            break
+    idle = {k: v / max(args.idle, 1e-9) for k, v in cpu_between(idle0, cpu0).items()}
     t0 = time.perf_counter()
     res = load(port, images, args.clients, args.duration)
     elapsed = time.perf_counter() - t0
-    cpu1 = cpu_by_role(server_pid)
+    spent = cpu_between(cpu0, cpu_by_pid(server_pid))
     n = max(res["ok"], 1)
-    res["cpu_ms_per_image"] = {k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0)) / n for k in cpu1}
+    res["cpu_ms_per_image"] = {k: 1000.0 * v / n for k, v in spent.items()}
     res["idle_cpu_cores"] = idle
     res["marginal_cpu_ms_per_image"] = {
-        k: 1000.0 * (cpu1[k] - cpu0.get(k, 0.0) - idle.get(k, 0.0) * elapsed) / n for k in cpu1
+        k: 1000.0 * (v - idle.get(k, 0.0) * elapsed) / n for k, v in spent.items()
     }
     res["seq_p50_ms"] = sequential(port, images, args.seq_requests)
     return res
@@ -295,7 +354,11 @@ def run_single(images: list[bytes], args: argparse.Namespace, cores: list[int] |
 
 
 def run_ray(
-    nodes: int, images: list[bytes], args: argparse.Namespace, cores: list[int] | None
+    nodes: int,
+    images: list[bytes],
+    args: argparse.Namespace,
+    cores: list[int] | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     from ray import serve
 
@@ -309,7 +372,7 @@ def run_ray(
         settings["intra_op_threads"] = args.threads
     out: dict[str, dict[str, Any]] = {}
     with pinned(cores):
-        cluster = local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node)
+        cluster = local_ray_cluster(num_nodes=nodes, cpus_per_node=cpus_per_node, env=env)
         lr = cluster.__enter__()
     try:
         for topology in args.topologies:
@@ -341,10 +404,10 @@ def line(name: str, r: dict[str, Any]) -> str:
     cpu = r.get("cpu_ms_per_image")
     if cpu:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
-        text += f"\n  {'':15s} CPU ms/image {sum(cpu.values()):.1f}: {parts}"
+        text += f"\n  {'':15s} CPU ms/image {request_cpu_ms(cpu):.1f}: {parts}"
         marginal = r.get("marginal_cpu_ms_per_image", {})
         idle = sum(r.get("idle_cpu_cores", {}).values())
-        text += f"; minus idle ({idle:.2f} cores) {sum(marginal.values()):.1f}"
+        text += f"; minus idle ({idle:.2f} cores) {request_cpu_ms(marginal):.1f}"
     b = r.get("bytes")
     if b:
         text += (
@@ -376,10 +439,15 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured")
     ap.add_argument("--json", type=Path, default=None, help="write every result here")
     ap.add_argument(
+        "--ingress",
+        default="haproxy",
+        help="comma list of Ray ingresses, each on its own cluster: haproxy (shipped), python",
+    )
+    ap.add_argument(
         "--haproxy",
-        default=None,
+        default=shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin"),
         metavar="BINARY",
-        help="Ray's experimental HAProxy ingress (this haproxy binary) instead of Serve's proxy",
+        help="the haproxy executable of the haproxy ingress (default: found on PATH or /usr/sbin)",
     )
     ap.add_argument(
         "--ray-env",
@@ -411,8 +479,11 @@ def main() -> int:
         if not sep or not name:
             ap.error(f"--ray-env: expected NAME=VALUE, got {item!r}")
         os.environ[name] = value  # before Ray starts: every Ray process inherits it
-    if args.haproxy:
-        os.environ.update(haproxy_env(args.haproxy))
+    ingresses = [i.strip() for i in args.ingress.split(",") if i.strip()]
+    if not ingresses or set(ingresses) - set(INGRESSES):
+        ap.error(f"--ingress: expected a comma list of {','.join(INGRESSES)}, got {args.ingress!r}")
+    if "haproxy" in ingresses and not args.haproxy:
+        ap.error("--haproxy: expected the haproxy executable (Debian package haproxy), got none")
     logging.basicConfig(level=logging.WARNING)
 
     ncores = os.cpu_count() or 1
@@ -426,25 +497,28 @@ def main() -> int:
         flush=True,
     )
     ray_phases = [p for p in phases if p != "single"]
+    #: One fresh cluster per (phase, ingress); the single process runs before, between, after.
+    ray_runs = [(phase, ingress) for phase in ray_phases for ingress in ingresses]
     rounds: list[dict[str, Any]] = []
     for r in range(args.repeat):
         rnd: dict[str, Any] = {"single": []}
         if "single" in phases:
             rnd["single"].append(run_single(images, args, server_cores))
             print(line(f"single#{r}.0", rnd["single"][-1]), flush=True)
-        for k, phase in enumerate(ray_phases):
-            res = run_ray(1 if phase == "ray1" else 2, images, args, server_cores)
+        for k, (phase, ingress) in enumerate(ray_runs):
+            env = haproxy_env(args.haproxy) if ingress == "haproxy" else None
+            res = run_ray(1 if phase == "ray1" else 2, images, args, server_cores, env)
             for topology, v in res.items():
-                rnd[f"{phase}/{topology}"] = v
-                print(line(f"{phase}/{topology}", v), flush=True)
+                rnd[f"{phase}@{ingress}/{topology}"] = v
+                print(line(f"{phase}@{ingress}/{topology}", v), flush=True)
             if "single" in phases:
                 rnd["single"].append(run_single(images, args, server_cores))
                 print(line(f"single#{r}.{k + 1}", rnd["single"][-1]), flush=True)
         rounds.append(rnd)
 
-    def around(rnd: dict[str, Any], phase: str) -> dict[str, float]:
-        """Mean of the single-process runs just before and after ``phase``."""
-        i = ray_phases.index(phase)
+    def around(rnd: dict[str, Any], run: tuple[str, str]) -> dict[str, float]:
+        """Mean of the single-process runs just before and after the Ray ``run``."""
+        i = ray_runs.index(run)
         pair = rnd["single"][i : i + 2]
         out = {k: statistics.fmean(s[k] for s in pair) for k in ("images_per_s", "seq_p50_ms")}
         out["cpu_ms"] = statistics.fmean(s["marginal_cpu_ms_per_image"]["server"] for s in pair)
@@ -456,74 +530,89 @@ def main() -> int:
         ratios.setdefault(key, []).append(value)
 
     for rnd in rounds:
-        for phase in ray_phases:
+        for phase, ingress in ray_runs:
             for topology in args.topologies:
-                r = rnd[f"{phase}/{topology}"]
+                key = f"{phase}@{ingress}/{topology}"
+                r = rnd[key]
                 if rnd["single"]:
-                    base = around(rnd, phase)
-                    add(f"{phase}/{topology} vs single", r["images_per_s"] / base["images_per_s"])
-                    add(f"{phase}/{topology} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
+                    base = around(rnd, (phase, ingress))
+                    add(f"{key} vs single", r["images_per_s"] / base["images_per_s"])
+                    add(f"{key} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
                     # What the throughput ratio is on N otherwise idle cores, where CPU time
                     # per image decides: single's marginal CPU per image / all Ray processes'.
-                    ray_cpu = sum(r["marginal_cpu_ms_per_image"].values())
-                    add(f"{phase}/{topology} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
-                add(f"{phase}/{topology} bytes vs payload", r["bytes"]["crossing_vs_payload"])
+                    ray_cpu = request_cpu_ms(r["marginal_cpu_ms_per_image"])
+                    add(f"{key} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
+                add(f"{key} bytes vs payload", r["bytes"]["crossing_vs_payload"])
         if "ray1" in ray_phases and "ray2" in ray_phases:
-            for topology in args.topologies:
-                r1, r2 = rnd[f"ray1/{topology}"], rnd[f"ray2/{topology}"]
-                add(f"ray2/{topology} vs ray1", r2["images_per_s"] / r1["images_per_s"])
-                add(
-                    f"ray2/{topology} cpu-bound vs ray1",
-                    sum(r1["marginal_cpu_ms_per_image"].values())
-                    / sum(r2["marginal_cpu_ms_per_image"].values()),
-                )
+            for ingress in ingresses:
+                for topology in args.topologies:
+                    r1 = rnd[f"ray1@{ingress}/{topology}"]
+                    r2 = rnd[f"ray2@{ingress}/{topology}"]
+                    key = f"ray2@{ingress}/{topology}"
+                    add(f"{key} vs ray1", r2["images_per_s"] / r1["images_per_s"])
+                    add(
+                        f"{key} cpu-bound vs ray1",
+                        request_cpu_ms(r1["marginal_cpu_ms_per_image"])
+                        / request_cpu_ms(r2["marginal_cpu_ms_per_image"]),
+                    )
     print("medians over the repeats (same machine, same run):")
     for key, values in ratios.items():
         shown = ", ".join(f"{v:.2f}" for v in values)
-        print(f"  {key:34s} {statistics.median(values):7.2f}   [{shown}]")
+        print(f"  {key:42s} {statistics.median(values):7.2f}   [{shown}]")
 
     med = {k: statistics.median(v) for k, v in ratios.items()}
-    wanted = [  # (ratio key, label, target, at least?) of the default topology
-        ("ray1/pipeline vs single", "ray1 >= {t:g}x single", TARGETS["ray1_vs_single"], True),
-        (
-            "ray1/pipeline cpu-bound vs single",
-            "ray1 >= {t:g}x single (CPU-bound)",
-            TARGETS["ray1_vs_single"],
-            True,
-        ),
-        ("ray2/pipeline vs ray1", "ray2 >= {t:g}x ray1", TARGETS["ray2_vs_ray1"], True),
-        (
-            "ray2/pipeline cpu-bound vs ray1",
-            "ray2 >= {t:g}x ray1 (CPU-bound)",
-            TARGETS["ray2_vs_ray1"],
-            True,
-        ),
-    ]
-    for phase in ray_phases:
-        wanted += [
+    for ingress in ingresses:
+        wanted = [  # (ratio key, label, target, at least?) of the default topology
             (
-                f"{phase}/pipeline overhead ms",
-                f"{phase} overhead <= {{t:g}} ms",
-                TARGETS["overhead_ms"],
-                False,
+                f"ray1@{ingress}/pipeline vs single",
+                "ray1 >= {t:g}x single",
+                TARGETS["ray1_vs_single"],
+                True,
             ),
             (
-                f"{phase}/pipeline bytes vs payload",
-                f"{phase} bytes <= {{t:g}}x payload",
-                TARGETS["bytes_vs_payload"],
-                False,
+                f"ray1@{ingress}/pipeline cpu-bound vs single",
+                "ray1 >= {t:g}x single (CPU-bound)",
+                TARGETS["ray1_vs_single"],
+                True,
+            ),
+            (
+                f"ray2@{ingress}/pipeline vs ray1",
+                "ray2 >= {t:g}x ray1",
+                TARGETS["ray2_vs_ray1"],
+                True,
+            ),
+            (
+                f"ray2@{ingress}/pipeline cpu-bound vs ray1",
+                "ray2 >= {t:g}x ray1 (CPU-bound)",
+                TARGETS["ray2_vs_ray1"],
+                True,
             ),
         ]
-    checks = [
-        (label.format(t=target), med[key], target, at_least)
-        for key, label, target, at_least in wanted
-        if key in med
-    ]
-    if checks:
-        print("targets (default topology 'pipeline'):")
-    for name, value, target, at_least in checks:
-        ok = value >= target if at_least else value <= target
-        print(f"  {'PASS' if ok else 'MISS'}  {name:28s} measured {value:.2f}")
+        for phase in ray_phases:
+            wanted += [
+                (
+                    f"{phase}@{ingress}/pipeline overhead ms",
+                    f"{phase} overhead <= {{t:g}} ms",
+                    TARGETS["overhead_ms"],
+                    False,
+                ),
+                (
+                    f"{phase}@{ingress}/pipeline bytes vs payload",
+                    f"{phase} bytes <= {{t:g}}x payload",
+                    TARGETS["bytes_vs_payload"],
+                    False,
+                ),
+            ]
+        checks = [
+            (label.format(t=target), med[key], target, at_least)
+            for key, label, target, at_least in wanted
+            if key in med
+        ]
+        if checks:
+            print(f"targets (default topology 'pipeline', ingress {ingress}):")
+        for name, value, target, at_least in checks:
+            ok = value >= target if at_least else value <= target
+            print(f"  {'PASS' if ok else 'MISS'}  {name:32s} measured {value:.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps({"rounds": rounds, "ratios": ratios}, indent=1))
     errors = sum(

@@ -18,6 +18,9 @@ SERVE_CONFIG = REPO / "deploy" / "serve_config.yaml"
 SPLIT_CONFIG = REPO / "deploy" / "serve_config.split.yaml"
 CONFIGS = {"pipeline": SERVE_CONFIG, "split": SPLIT_CONFIG}
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
+DOCKERFILE_RAY = REPO / "docker" / "Dockerfile.ray"
+#: HAProxy keeps this much of each buffer free for header rewrites (its tune.maxrewrite default).
+HAPROXY_MAXREWRITE = 1024
 
 
 def _load(path: Path) -> Any:
@@ -72,6 +75,55 @@ def test_rayservice_cluster_matches_the_pinned_ray_and_image() -> None:
         assert "volumeMounts" not in container and "volumes" not in pod  # no PVC required
     for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def _pod_envs() -> list[dict[str, Any]]:
+    spec = _load(RAYSERVICE)["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
+    return [{e["name"]: e for e in pod["containers"][0]["env"]} for pod in pods]
+
+
+def _image_ray_serve_env() -> dict[str, str]:
+    """``RAY_SERVE_*`` variables of docker/Dockerfile.ray's ``ENV`` lines."""
+    return dict(re.findall(r"^\s*(RAY_SERVE_\w+)=(\S+)", DOCKERFILE_RAY.read_text(), re.M))
+
+
+def test_every_node_runs_the_haproxy_ingress_with_the_image_s_limits() -> None:
+    """The shipped ingress is Ray's HAProxy on every node: the KubeRay pods and the image
+    (docker compose, plain docker) set the same RAY_SERVE_* values."""
+    image = _image_ray_serve_env()
+    assert image["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    for env in _pod_envs():
+        pod = {k: e["value"] for k, e in env.items() if k.startswith("RAY_SERVE_")}
+        assert pod == image
+
+
+def test_haproxy_limits_map_to_the_service_limits() -> None:
+    """HAProxy admits the request heads the service admits, and every time limit of the proxy
+    path lies above the service's own, so the service's JSON errors answer first."""
+    from darkpose.service.settings import Settings
+
+    default = {k: f.default for k, f in Settings.model_fields.items()}
+    env = _image_ray_serve_env()
+    head_room = int(env["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) - HAPROXY_MAXREWRITE
+    assert head_room >= (default["max_headers_bytes"])
+    assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) > default["request_timeout_s"]
+    for path in CONFIGS.values():
+        http = _load(path)["http_options"]
+        assert http["request_timeout_s"] > (
+            default["request_timeout_s"] + default["work_timeout_s"]
+        ), path.name
+        # HAProxy's keep-alive timeout is Serve's keep_alive_timeout_s (default 90 s).
+        assert "keep_alive_timeout_s" not in http or http["keep_alive_timeout_s"] > 0
+
+
+def test_serve_configs_say_the_ingress_carries_streams_and_websockets() -> None:
+    for path in CONFIGS.values():
+        text = path.read_text()
+        assert "RAY_SERVE_ENABLE_HA_PROXY=1" in text, path.name
+        assert "NDJSON" in text and "WebSockets" in text, path.name
 
 
 #: The commented lines a user uncomments to serve their own models from the PVC.

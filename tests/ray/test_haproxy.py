@@ -1,6 +1,9 @@
-"""The optional HAProxy ingress (Ray 2.60, ``RAY_SERVE_ENABLE_HA_PROXY=1``) in front of the
-``pipeline`` topology, on a real local 1-node × 2-CPU cluster: HAProxy forwards HTTP straight
-to the replicas' own HTTP servers, and the answers stay equal to the single-process service's.
+"""The shipped ingress, Ray's HAProxy (Ray 2.60, ``RAY_SERVE_ENABLE_HA_PROXY=1`` and the
+``RAY_SERVE_HAPROXY_*`` limits of deploy/kuberay/rayservice.yaml), in front of the ``pipeline``
+topology on a real local 1-node × 2-CPU cluster: HAProxy forwards HTTP straight to the
+replicas' own HTTP servers, the answers stay equal to the single-process service's, request
+heads up to the service's ``max_headers_bytes`` pass, and streamed NDJSON answers and WebSockets
+go through it (what the Serve configs say).
 
 Needs the ``haproxy`` executable (Debian package ``haproxy``; the Ray image has it): skipped
 without it unless ``DARKPOSE_REQUIRE_TOOLS=1``.
@@ -8,22 +11,103 @@ without it unless ``DARKPOSE_REQUIRE_TOOLS=1``.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
 import shutil
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from tests.conftest import IMAGES, MODELS, missing_requirement
+from tests.conftest import IMAGES, MODELS, REPO, missing_requirement
 from tests.ray.test_cluster import _assert_same_persons, _get, _post
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SETTINGS: dict[str, Any] = {"model_dir": str(MODELS), "intra_op_threads": 1}
 N_IMAGES = 8
+
+
+def shipped_haproxy_env() -> dict[str, str]:
+    """The ``RAY_SERVE_*`` environment of the KubeRay pods (the image sets the same values)."""
+    manifest = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    (container,) = head["containers"]
+    return {
+        e["name"]: str(e["value"])
+        for e in container["env"]
+        if e["name"].startswith("RAY_SERVE_") and "value" in e
+    }
+
+
+def _probe_app() -> Any:
+    """A tiny Serve app: ``GET /ndjson`` streams one line, holds the stream open until
+    ``POST /release`` arrives, then two more; ``/ws`` is a WebSocket answering upper case."""
+    from ray import serve
+
+    release = asyncio.Event()  # one per replica (the app is pickled into each)
+
+    async def ndjson(request: Request) -> StreamingResponse:
+        async def lines() -> Any:
+            yield b'{"i": 0}\n'
+            await asyncio.wait_for(release.wait(), 120)
+            for i in (1, 2):
+                yield json.dumps({"i": i}).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def do_release(request: Request) -> JSONResponse:
+        release.set()
+        return JSONResponse({"released": True})
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        async for text in websocket.iter_text():
+            await websocket.send_text(text.upper())
+
+    api = Starlette(
+        routes=[
+            Route("/ndjson", ndjson),
+            Route("/release", do_release, methods=["POST"]),
+            WebSocketRoute("/ws", echo),
+        ]
+    )
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(api)
+    class Probe:
+        pass
+
+    return Probe.bind()  # type: ignore[attr-defined]
+
+
+def _get_with_header(port: int, path: str, pad: int) -> int:
+    """Status of ``GET path`` whose head carries an ``X-Pad`` header of ``pad`` bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"X-Pad": "a" * pad})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def _post_empty(url: str) -> int:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return int(resp.status)
 
 
 def _haproxy_running_with(directory: str) -> bool:
@@ -65,8 +149,10 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
         ]
 
     root = tempfile.mkdtemp(prefix="hapx", dir="/tmp")
+    shipped = shipped_haproxy_env()
+    assert shipped["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     env = {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        **shipped,
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{root}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{root}/admin.sock",
@@ -92,6 +178,34 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
             assert _haproxy_running_with(root)
             # ... and spread the requests over both replicas (no Python proxy in between).
             assert sorted(s["requests_ok"] > 0 for s in stats) == [True, True], stats
+
+            # Request heads: up to the service's max_headers_bytes pass HAProxy (its
+            # RAY_SERVE_HAPROXY_TUNE_BUFSIZE); a head above the buffer is HAProxy's 400.
+            limit = Settings.model_fields["max_headers_bytes"].default
+            assert _get_with_header(lr.port, "/readyz", limit - 1024) == 200
+            assert _get_with_header(lr.port, "/readyz", 2 * limit) == 400
+
+            # Streamed NDJSON: the first line arrives while the stream is held open.
+            serve.run(_probe_app(), name="probe", route_prefix="/probe")
+            conn = http.client.HTTPConnection("127.0.0.1", lr.port, timeout=120)
+            try:
+                conn.request("GET", "/probe/ndjson")
+                resp = conn.getresponse()
+                assert resp.status == 200
+                assert resp.getheader("Content-Type", "").startswith("application/x-ndjson")
+                assert json.loads(resp.readline()) == {"i": 0}
+                assert _post_empty(lr.url + "/probe/release") == 200
+                assert [json.loads(x) for x in resp.read().splitlines()] == [{"i": 1}, {"i": 2}]
+            finally:
+                conn.close()
+            # WebSockets: the upgrade and both directions go through HAProxy.
+            from websockets.sync.client import connect
+
+            with connect(f"ws://127.0.0.1:{lr.port}/probe/ws", open_timeout=120) as ws:
+                for text in ("pose", "frame 2"):
+                    ws.send(text)
+                    assert ws.recv(timeout=120) == text.upper()
+            serve.delete("probe")
             serve.delete(APP_NAME)
     finally:
         shutil.rmtree(root, ignore_errors=True)
