@@ -17,7 +17,7 @@ BOOL = "expected true or false (also 1/0, yes/no, on/off)"
         ("flip=perhaps", f"query parameter 'flip': {BOOL}, got \"perhaps\""),
         ("render=x", f"query parameter 'render': {BOOL}, got \"x\""),
         ("score_threshold=-0.5",
-         "query parameter 'score_threshold': expected a number at least 0.0, got \"-0.5\""),
+         "query parameter 'score_threshold': expected a number at least 0.05, got \"-0.5\""),
         ("score_threshold=1.5",
          "query parameter 'score_threshold': expected a number at most 1.0, got \"1.5\""),
         ("keypoint_threshold=abc",

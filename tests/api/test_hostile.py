@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests import hostile_payloads as hp
-from tests.api.conftest import CROWD_IMAGE, ServerProcess
+from tests.api.conftest import CROWD_IMAGE, PINNED_ENV, ServerProcess
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,7 @@ SETTINGS = {
     "DARKPOSE_MEMORY_BUDGET_MB": "200",
     "DARKPOSE_MAX_JPEG_SCANS": "100",
     "DARKPOSE_MAX_PNG_CHUNKS": "20000",
+    **PINNED_ENV,  # the memory budget above holds their legal requests without the flip test
 }
 
 

@@ -281,7 +281,7 @@ def test_cuda_compiled_in_but_not_loadable_ends_serve(gpu_site: Path) -> None:
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    errors = [ln for ln in out.splitlines() if " ERROR service." in ln]
+    errors = [ln for ln in out.splitlines() if " ERROR darkpose.service." in ln]
     assert len(errors) == 1, out
     assert "expected CUDAExecutionProvider in use for providers=cuda" in errors[0]
     assert "missing library: lib" in errors[0] and "built for CUDA 12" in errors[0]
