@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed_only:
             s = settings_for(n)
             rows[n] = {"pose_models": ",".join(s.pose_models), "detector": s.detector,
-                       "flip": s.flip, "AP_gt": math.nan, "CI_gt": (math.nan, math.nan),
+                       "flip": s.flip, "serving": s.det_score_threshold,
+                       "AP_gt": math.nan, "CI_gt": (math.nan, math.nan),
                        "AP_e2e": math.nan, "CI_e2e": (math.nan, math.nan)}  # fmt: skip
             boots[n] = {"gt": np.zeros(args.boot), "e2e": np.zeros(args.boot)}
             continue
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "pose_models": ",".join(s.pose_models),
             "detector": s.detector,
             "flip": s.flip,
+            "serving": s.det_score_threshold,
         }
         boots[n] = {}
         for kind in ("gt", "e2e"):
@@ -261,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[n].update(t)
     ref = "today" if "today" in rows else None
     print(
-        "| profile | pose model | detector | flip | AP GT boxes [95% CI] | AP end to end "
-        "[95% CI] | Δ today (e2e) [95% CI] | ms/image | ms/person | images/s |"
+        "| profile | pose model | detector | flip | serving threshold | AP GT boxes [95% CI] | "
+        "AP end to end [95% CI] | Δ today (e2e) [95% CI] | ms/image | ms/person | images/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in rows.items():
         delta = "—"
         if ref is not None and n != ref:
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             r["delta_today"] = d
         print(
             f"| {n} | {r['pose_models']} | {r['detector']} | {'on' if r['flip'] else 'off'} | "
+            f"{r['serving']:g} | "
             f"{r['AP_gt']:.3f} [{r['CI_gt'][0]:.3f}, {r['CI_gt'][1]:.3f}] | "
             f"{r['AP_e2e']:.3f} [{r['CI_e2e'][0]:.3f}, {r['CI_e2e'][1]:.3f}] | {delta} | "
             f"{r['ms_per_image']:.0f} | {r['ms_per_person']:.1f} | {r['images_per_s']:.2f} |"
