@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import subprocess
+import sys
+from types import ModuleType
+from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from darkpose.service.core.cards import ZOO_DIR
@@ -133,3 +142,69 @@ def test_models_endpoint_and_startup_log_show_the_profile(
     assert m["detector"] == profiles_table()["profiles"]["fast"]["settings"]["detector"]
     assert "profile fast: " in caplog.text
     assert "pose_models=pp_tinypose_128x96.onnx (from profile fast)" in caplog.text
+
+
+def _bench_profiles() -> ModuleType:
+    """bench/profiles.py as a module (bench/ is scripts, not a package)."""
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_profiles", REPO / "bench" / "profiles.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("expected bench/profiles.py to load, got no module spec")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def val_dev_slice() -> tuple[Any, list[int]]:
+    from darkpose.service.evaluation import load_coco
+    from tests.conftest import SHARED
+
+    coco = load_coco(SHARED / "data" / "coco-val-dev" / "annotations" / "person_keypoints.json")
+    return coco, sorted(coco.getImgIds())[:40]
+
+
+@hypothesis_settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), jitter=st.floats(0.0, 30.0), drop=st.floats(0.0, 0.5))
+def test_bootstrap_identity_sample_is_cocoeval_ap(
+    val_dev_slice: tuple[Any, list[int]], seed: int, jitter: float, drop: float
+) -> None:
+    """The bench's bootstrap recomputes AP from per-image matches; on the identity sample it
+    must be COCOeval's own AP (real pycocotools), whatever the detections look like."""
+    bench = _bench_profiles()
+    coco, ids = val_dev_slice
+    rng = np.random.default_rng(seed)
+    results = []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=ids, iscrowd=False)):
+        if ann["num_keypoints"] == 0 or rng.random() < drop:
+            continue
+        kp = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
+        kp[:, :2] += rng.normal(0.0, jitter, (len(kp), 2))
+        kp[:, 2] = 1.0
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": 1,
+                "keypoints": kp.ravel().tolist(),
+                "score": float(rng.random()),
+            }  # fmt: skip
+        )
+    m = bench.Matches(coco, results, ids)
+    assert m.ap_of(np.arange(len(ids))) == pytest.approx(m.ap, abs=1e-9)
+    if results:
+        assert 0.0 < m.ap <= 1.0
+
+
+def test_bench_rejects_an_unknown_profile() -> None:
+    from tests.conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "profiles.py"), "--profiles", "today,turbo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "--profiles: expected today or one of" in out.stderr
+    assert "got 'turbo'" in out.stderr
