@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import NoReturn
 
@@ -94,3 +95,41 @@ def match_persons(
             float(np.linalg.norm(ka[ok, :2] - kb[ok, :2], axis=1).mean()) if ok.any() else 0.0
         )
     return out
+
+
+#: A test file needs the development assets in ../shared when it (or a conftest.py between it
+#: and tests/) names one of these.
+_NEEDS_SHARED = re.compile(
+    r"\b(SHARED|MODELS|COCO_MINI|GOLDEN|POSE_ONNX|YOLOX_ONNX|KPT_ANN|IMAGES|CROWD_IMAGE"
+    r"|PERSON_IMAGES|shared_dir)\b"
+)
+_TESTS = Path(__file__).resolve().parent
+_without_shared: list[str] = []
+
+
+def _needs_shared(path: Path) -> bool:
+    texts = [path]
+    for parent in path.parents:
+        if parent == _TESTS or _TESTS not in parent.parents:
+            break
+        texts.append(parent / "conftest.py")
+    return any(p.is_file() and _NEEDS_SHARED.search(p.read_text()) for p in texts)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without ../shared (a clone with nothing beside it), the test files that need its models,
+    images or fixtures are not collected; the summary says how many and why."""
+    if SHARED.is_dir() or collection_path.suffix != ".py":
+        return None
+    if collection_path.name.startswith("test_") and _needs_shared(collection_path):
+        _without_shared.append(str(collection_path.relative_to(_TESTS.parent)))
+        return True
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _without_shared:
+        terminalreporter.write_line(
+            f"skipped {len(_without_shared)} test files: they need the development assets "
+            f"(models, COCO images, fixtures) at {SHARED}, which does not exist"
+        )
