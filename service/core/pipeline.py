@@ -326,12 +326,7 @@ class Pipeline:
         """image (H, W, 3) BGR uint8 → :class:`Poses` (sorted by score)."""
         opts = self.resolve_options(options)
         t0 = time.perf_counter()
-        img = as_bgr_uint8(image)
-        size = (int(img.shape[1]), int(img.shape[0]))
-        timings = dict.fromkeys(STAGES, 0.0)
-        b, s = self.person_boxes(img, opts, boxes, box_scores)
-        t1 = time.perf_counter()
-        timings["detect"] = t1 - t0
+        img, size, timings, b, s = self._detect(image, opts, boxes, box_scores)
         if b.shape[0] == 0:
             timings["total"] = time.perf_counter() - t0
             return self._empty(size, timings, image_id)
@@ -344,6 +339,23 @@ class Pipeline:
         timings["postprocess"] = t3 - t2
         timings["total"] = t3 - t0
         return dataclasses.replace(result, image_size=size, timings=timings, image_id=image_id)
+
+    def _detect(
+        self,
+        image: npt.NDArray[Any],
+        options: PipelineOptions,
+        boxes: npt.ArrayLike | None,
+        box_scores: npt.ArrayLike | None,
+    ) -> tuple[npt.NDArray[np.uint8], tuple[int, int], dict[str, float], F32, F32]:
+        """The detect stage of one image: (the image as BGR uint8 (H, W, 3), its (W, H), the
+        stage timings with ``detect`` filled, person boxes (N, 4) and scores (N,))."""
+        t0 = time.perf_counter()
+        img = as_bgr_uint8(image)
+        size = (int(img.shape[1]), int(img.shape[0]))
+        timings = dict.fromkeys(STAGES, 0.0)
+        b, s = self.person_boxes(img, options, boxes, box_scores)
+        timings["detect"] = time.perf_counter() - t0
+        return img, size, timings, b, s
 
     def resolve_options(self, options: PipelineOptions | None = None) -> PipelineOptions:
         """``options`` (default: the pipeline's) with ``decode`` / ``blur_kernel`` taken from the
@@ -449,13 +461,8 @@ class Pipeline:
         prepared = []
         for image, o, b_in, s_in in zip(images, options, boxes, box_scores, strict=True):
             opts = o or self.options
-            t0 = time.perf_counter()
-            img = as_bgr_uint8(image)
-            size = (int(img.shape[1]), int(img.shape[0]))
-            timings = dict.fromkeys(STAGES, 0.0)
-            b, s = self.person_boxes(img, opts, b_in, s_in)
+            img, size, timings, b, s = self._detect(image, opts, b_in, s_in)
             t1 = time.perf_counter()
-            timings["detect"] = t1 - t0
             centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
             inputs = pose.inputs(img, centers, scales, opts.flip) if b.shape[0] else {}
             timings["crop"] = time.perf_counter() - t1
