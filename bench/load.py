@@ -68,9 +68,11 @@ class Ceiling:
         self.crops = []
         for img in self.decoded:
             det = self.detector.detect(img)
-            keep = np.asarray(det.scores) >= s.det_score_threshold
-            boxes = np.asarray(det.boxes, np.float32)[keep][: s.default_max_persons]
-            c, sc = boxes_to_center_scale(boxes, self.pose.spec.aspect_ratio, s.box_padding)
+            keep = np.asarray(det.scores) >= s.pipeline.det_score_threshold
+            boxes = np.asarray(det.boxes, np.float32)[keep][: s.pipeline.max_persons]
+            c, sc = boxes_to_center_scale(
+                boxes, self.pose.spec.aspect_ratio, s.pipeline.box_padding
+            )
             spec = self.pose.spec
             self.crops.append(warp_crops(img, c, sc, spec.input_size, spec=spec))
         for img, batch in zip(self.decoded[:3], self.crops[:3], strict=False):  # warm-up

@@ -260,8 +260,8 @@ def pipeline_speed(
         spec = pose.spec
         crops = []
         for im in images:
-            b = det.detect(im).boxes[: settings.default_max_persons]
-            c, s = boxes_to_center_scale(b, spec.aspect_ratio, settings.box_padding)
+            b = det.detect(im).boxes[: settings.pipeline.max_persons]
+            c, s = boxes_to_center_scale(b, spec.aspect_ratio, settings.pipeline.box_padding)
             crops.append(warp_crops(im, c, s, spec.input_size, spec=spec))
 
         def run(pose: OnnxPoseModel = pose, crops: list[Any] = crops) -> None:

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed_only:
             s = settings_for(n)
             rows[n] = {"pose_models": ",".join(s.pose_models), "detector": s.detector,
-                       "flip": s.flip, "serving": s.det_score_threshold,
+                       "flip": s.pipeline.flip, "serving": s.pipeline.det_score_threshold,
                        "AP_gt": math.nan, "CI_gt": (math.nan, math.nan),
                        "AP_e2e": math.nan, "CI_e2e": (math.nan, math.nan)}  # fmt: skip
             boots[n] = {"gt": np.zeros(args.boot), "e2e": np.zeros(args.boot)}
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {
             "pose_models": ",".join(s.pose_models),
             "detector": s.detector,
-            "flip": s.flip,
-            "serving": s.det_score_threshold,
+            "flip": s.pipeline.flip,
+            "serving": s.pipeline.det_score_threshold,
         }
         boots[n] = {}
         for kind in ("gt", "e2e"):

@@ -47,7 +47,7 @@ from darkpose.service.settings import Settings
 
 ChannelOrder = Literal["BGR", "RGB"]
 U8 = npt.NDArray[np.uint8]
-_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PipelineOptions))
+_OPTION_NAMES = tuple(PipelineOptions.model_fields)
 
 
 @dataclass(eq=False)

@@ -9,6 +9,7 @@ List settings (``DARKPOSE_POSE_MODELS``) accept what a person types: one value
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -29,24 +30,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from darkpose.service.core.cards import ZOO_DIR
 from darkpose.service.core.choices import (
     Backend,
-    BlurKernel,
-    BoxPadding,
-    DecodeMethod,
     FloatPrecision,
     IoU,
-    OksThreshold,
-    PersonCount,
     Probability,
     Providers,
 )
 from darkpose.service.core.errors import describe_validation_errors
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
-from darkpose.service.core.pipeline import PipelineOptions
+from darkpose.service.core.options import SETTING_NAMES, PipelineOptions
 from darkpose.service.core.profiles import (
     default_profile_value,
     profile_governed,
@@ -56,8 +60,8 @@ from darkpose.service.core.profiles import (
 )
 
 ENV_PREFIX = "DARKPOSE_"
-#: The pipeline's own defaults (flip, thresholds, padding, persons): the settings start there.
-_OPTIONS = PipelineOptions()
+#: The pipeline option behind each setting name (``default_max_persons`` → ``max_persons``).
+_OPTION_OF: dict[str, str] = {setting: option for option, setting in SETTING_NAMES.items()}
 
 #: The settings the current validation took from the profile (before → after validator).
 _FROM_PROFILE: ContextVar[frozenset[str]] = ContextVar("darkpose_from_profile", default=frozenset())
@@ -92,7 +96,7 @@ TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_text)]
 def default_of(name: str) -> Any:
     """The built-in default of the :class:`Settings` field ``name`` (no environment): what
     ``serve --help``, the Ray app and the configuration reference show and use."""
-    field = Settings.model_fields[name]
+    field = setting_fields()[name]
     if field.default_factory is not None:
         return field.default_factory()  # type: ignore[call-arg]
     return field.default
@@ -103,10 +107,7 @@ def settings_error_line(exc: Exception) -> str:
     setting and its environment variable: ``settings: det_score_threshold
     (DARKPOSE_DET_SCORE_THRESHOLD): expected a number at most 1.0, got 2``."""
     if isinstance(exc, ValidationError):
-        return "settings: " + describe_validation_errors(
-            exc.errors(),
-            lambda loc: f"{'.'.join(map(str, loc))} ({ENV_PREFIX}{str(loc[0]).upper()})",
-        )
+        return "settings: " + describe_validation_errors(exc.errors(), _setting_place)
     if isinstance(exc, SettingsError):
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         m = re.search(r'field "(\w+)"', str(exc))
@@ -118,6 +119,31 @@ def settings_error_line(exc: Exception) -> str:
             f"list or valid JSON, got a value that does not parse{cause}"
         ).replace("\n", " ")
     return f"settings: {exc}".replace("\n", " ")
+
+
+def _setting_place(loc: Any) -> str:
+    """``("pipeline", "flip")`` → ``flip (DARKPOSE_FLIP)``; ``("port",)`` → ``port
+    (DARKPOSE_PORT)``: a validation error's place as the setting a user sets."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "pipeline" and parts[1] in SETTING_NAMES:
+        parts = [SETTING_NAMES[parts[1]], *parts[2:]]
+    return f"{'.'.join(parts)} ({ENV_PREFIX}{parts[0].upper()})"
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, with each pipeline option read from its own
+    variable (``DARKPOSE_FLIP``, ``DARKPOSE_DEFAULT_MAX_PERSONS``) for ``Settings.pipeline``
+    instead of one ``DARKPOSE_PIPELINE``."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        data.pop("pipeline", None)
+        for setting in _OPTION_OF:
+            key = f"{self.env_prefix}{setting}"
+            value = self.env_vars.get(key if self.case_sensitive else key.lower())
+            if value is not None:
+                data[setting] = value
+        return data
 
 
 class ImageLimits(TypedDict):
@@ -217,30 +243,10 @@ class Settings(BaseSettings):
         None, description="detector float precision (None = the card's)"
     )
 
-    # --- pipeline defaults ----------------------------------------------------------------
-    decode: DecodeMethod | None = Field(
-        None,
-        description="heatmap decoder (darkpose.service.core.codec.DECODERS); None = the "
-        "model card's",
-    )
-    blur_kernel: BlurKernel | None = Field(
-        None,
-        description="DARK blur kernel (odd); None = the model card's (docs: "
-        "accuracy.md#blur-kernel)",
-    )
-    flip: bool = Field(
-        _OPTIONS.flip,
-        description="flip test: also run the mirrored crops and average (twice the pose time); "
-        "default: the profile's (docs: accuracy.md#flip)",
-    )
-    flip_shift: bool = Field(
-        _OPTIONS.flip_shift,
-        description="shift the mirrored heatmaps by one pixel before averaging (flip test)",
-    )
-    det_score_threshold: Probability = Field(
-        _OPTIONS.det_score_threshold,
-        description="serving detector score threshold; default: the profile's, the best F1 of "
-        "persons matched at OKS >= 0.5 for its detector (docs: accuracy.md#serving-threshold)",
+    # --- pipeline options (core/options.py; each read from DARKPOSE_<its setting name>) -------
+    pipeline: PipelineOptions = Field(
+        default_factory=PipelineOptions,
+        description="the pipeline options, each a setting of its own (setting_fields)",
     )
     det_nms_iou: IoU = Field(
         0.65,
@@ -251,21 +257,6 @@ class Settings(BaseSettings):
         0.05,
         description="detector score threshold of `darkpose eval` (COCO protocol: low); serving "
         "uses det_score_threshold (docs: accuracy.md#eval-threshold)",
-    )
-    oks_nms_threshold: OksThreshold = Field(
-        _OPTIONS.oks_nms_threshold,
-        description="OKS above which the lower-scored of two persons is dropped; 1 and above: "
-        "no OKS-NMS (docs: accuracy.md#did-not-help)",
-    )
-    keypoint_score_threshold: Probability = Field(
-        _OPTIONS.keypoint_score_threshold,
-        description="keypoints above this score count in a person's rescored score (docs: "
-        "accuracy.md#did-not-help)",
-    )
-    box_padding: BoxPadding = Field(
-        _OPTIONS.box_padding,
-        description="person box enlargement before cropping for the pose model (1.25 as in "
-        "HRNet/mmpose; 1.15 and 1.4 measured, docs: accuracy.md#padding)",
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -282,10 +273,6 @@ class Settings(BaseSettings):
         8, gt=0, description="a valid image with a shorter side has no persons (not an error)"
     )
     max_persons: int = Field(100, gt=0, description="upper bound of a request's max_persons")
-    default_max_persons: PersonCount = Field(
-        _OPTIONS.max_persons,
-        description="persons returned when a request does not ask (≤ max_persons)",
-    )
     working_side: int = Field(
         2000,
         ge=0,
@@ -473,15 +460,34 @@ class Settings(BaseSettings):
 
     _from_profile: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, data: Any) -> Any:
-        """Fill every setting the profile sets and the caller did not (environment or keyword)
-        from the profile table (:mod:`darkpose.service.core.profiles`); remembers which
-        (:meth:`setting_source`)."""
+        """Gather the pipeline options given by their setting names (environment or keyword:
+        ``flip=True``, ``DARKPOSE_DEFAULT_MAX_PERSONS=5``) into ``pipeline``, then fill every
+        setting the profile sets and the caller did not from the profile table
+        (:mod:`darkpose.service.core.profiles`); remembers which (:meth:`setting_source`)."""
         if not isinstance(data, dict):
             return data
         out = dict(data)
+        given = out.pop("pipeline", None)
+        if isinstance(given, PipelineOptions):
+            given = {k: getattr(given, k) for k in given.model_fields_set}
+        options = dict(given) if isinstance(given, Mapping) else {}
+        for setting, option in _OPTION_OF.items():
+            if setting in out:
+                options[option] = out.pop(setting)
         name = str(out.get("profile", profiles_table()["default"]))
         if name not in profile_names():
             raise ValueError(
@@ -490,9 +496,11 @@ class Settings(BaseSettings):
             )
         filled = []
         for key, value in profile_settings(name).items():
-            if key not in out:
-                out[key] = value
+            target, field = (options, _OPTION_OF[key]) if key in _OPTION_OF else (out, key)
+            if field not in target:
+                target[field] = value
                 filled.append(key)
+        out["pipeline"] = options
         _FROM_PROFILE.set(frozenset(filled))
         return out
 
@@ -507,10 +515,18 @@ class Settings(BaseSettings):
         DARKPOSE_<NAME>`` (environment), ``set explicitly`` (keyword) or ``default``."""
         if name in self._from_profile:
             return f"from profile {self.profile}"
-        if name in self.model_fields_set:
+        option = _OPTION_OF.get(name)
+        given = self.pipeline.model_fields_set if option else self.model_fields_set
+        if (option or name) in given:
             env = ENV_PREFIX + name.upper()
             return f"from {env}" if env in os.environ else "set explicitly"
         return "default"
+
+    def value(self, name: str) -> Any:
+        """The value of the setting ``name`` (a pipeline option by its setting name too:
+        ``value("default_max_persons")`` is ``pipeline.max_persons``)."""
+        option = _OPTION_OF.get(name)
+        return getattr(self.pipeline, option) if option else getattr(self, name)
 
     def profile_report(self) -> dict[str, Any]:
         """The profile and every profile-governed setting's value and source, for
@@ -519,7 +535,7 @@ class Settings(BaseSettings):
         return {
             "name": self.profile,
             "settings": {
-                n: {"value": getattr(self, n), "source": self.setting_source(n)}
+                n: {"value": self.value(n), "source": self.setting_source(n)}
                 for n in profile_governed()
             },
         }
@@ -552,10 +568,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
-        if self.default_max_persons > self.max_persons:
+        if self.pipeline.max_persons > self.max_persons:
             raise ValueError(
                 f"default_max_persons: expected at most max_persons ({self.max_persons}), "
-                f"got {self.default_max_persons}"
+                f"got {self.pipeline.max_persons}"
             )
         return self
 
@@ -610,6 +626,22 @@ class Settings(BaseSettings):
         )
 
 
+@functools.cache
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every setting a user sets (``DARKPOSE_<NAME>``, keyword ``<name>``) and its field, in
+    the class's order, with the pipeline options (:class:`PipelineOptions`) under their
+    setting names where ``pipeline`` stands: what ``serve --help``, the configuration reference
+    and the unknown-variable check list."""
+    out: dict[str, FieldInfo] = {}
+    for name, field in Settings.model_fields.items():
+        if name == "pipeline":
+            for option, opt_field in PipelineOptions.model_fields.items():
+                out[SETTING_NAMES[option]] = opt_field
+        else:
+            out[name] = field
+    return out
+
+
 #: ``DARKPOSE_*`` environment variables that are not :class:`Settings` but are read elsewhere:
 #: the test switch of ``.ci/run`` and the variables docker compose and the Ray head script
 #: substitute.  :func:`unknown_env_warnings` leaves them alone (the ``htc`` detector's
@@ -632,7 +664,7 @@ def setting_env_names(*others: type[BaseSettings]) -> list[str]:
     """Every environment variable a setting reads: ``DARKPOSE_<FIELD>`` of :class:`Settings`
     and ``<prefix><FIELD>`` of each settings class of ``others`` (the ``htc`` detector's
     defaults, ``DARKPOSE_HTC_*``: the runtime passes them, this layer does not import it)."""
-    names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    names = [ENV_PREFIX + name.upper() for name in setting_fields()]
     for other in others:
         prefix = str(other.model_config.get("env_prefix", ""))
         names += [prefix + name.upper() for name in other.model_fields]

@@ -116,7 +116,8 @@ def test_settings_keywords_override() -> None:
     est = PoseEstimator(
         Settings(model_dir=MODELS, providers="cpu"), intra_op_threads=1, det_score_threshold=0.9
     )
-    assert est.settings.det_score_threshold == 0.9 and est.options.det_score_threshold == 0.9
+    assert est.settings.pipeline.det_score_threshold == 0.9
+    assert est.options.det_score_threshold == 0.9
 
 
 def test_readme_python_one_liner_runs(

@@ -25,7 +25,7 @@ from darkpose.service.core.profiles import (
     profile_settings,
     profiles_table,
 )
-from darkpose.service.settings import Settings, default_of, settings_error_line
+from darkpose.service.settings import Settings, default_of, setting_fields, settings_error_line
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def test_table_is_the_one_source() -> None:
     # is the default profile's value (no second copy in settings.py)
     default = profile_settings(table["default"])
     for name in profile_governed():
-        assert name in Settings.model_fields, name
+        assert name in setting_fields(), name
         assert default_of(name) == default[name], name
     assert Settings().profile == "balanced"
 
@@ -54,7 +54,7 @@ def test_table_is_the_one_source() -> None:
 def test_each_profile_fills_its_settings(name: str) -> None:
     s = Settings(profile=name)
     for key, value in profile_settings(name).items():
-        assert getattr(s, key) == value
+        assert s.value(key) == value
         assert s.setting_source(key) == f"from profile {name}"
     # its model files are packaged
     for f in s.pose_model_files:
@@ -66,12 +66,12 @@ def test_each_profile_fills_its_settings(name: str) -> None:
 
 def test_fast_is_the_small_model_and_accurate_flips() -> None:
     assert Settings(profile="fast").pose_models == ["pp_tinypose_128x96.onnx"]
-    assert Settings(profile="accurate").flip is True
+    assert Settings(profile="accurate").pipeline.flip is True
 
 
 def test_explicit_keyword_and_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings(profile="accurate", flip=False)
-    assert s.flip is False
+    assert s.pipeline.flip is False
     assert s.setting_source("flip") == "set explicitly"
     assert s.setting_source("detector") == "from profile accurate"
     monkeypatch.setenv("DARKPOSE_PROFILE", "fast")

@@ -11,22 +11,27 @@ import numpy as np
 import pytest
 
 from darkpose.service.api import create_app
-from darkpose.service.commands import serve
+from darkpose.service.commands import docs, serve
 from darkpose.service.core import choices, codec
 from darkpose.service.core.cards import CodecCard
 from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.pipeline import PipelineOptions
-from darkpose.service.settings import Settings, default_of
+from darkpose.service.settings import Settings, default_of, settings_error_line
 from tests.conftest import MODELS
+
+
+def _blur_kernel_schema() -> dict[str, object]:
+    schema = PipelineOptions.model_json_schema()["properties"]["blur_kernel"]["anyOf"][0]
+    return dict(schema)
 
 
 def test_changing_the_blur_kernel_rule_changes_every_user_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for accepted in (1, 3, 11):
-        assert Settings(blur_kernel=accepted).blur_kernel == accepted  # type: ignore[call-arg]
+        assert Settings(blur_kernel=accepted).pipeline.blur_kernel == accepted  # type: ignore[call-arg]
         assert PipelineOptions(blur_kernel=accepted).blur_kernel == accepted
-    assert Settings.model_json_schema()["properties"]["blur_kernel"]["anyOf"][0]["minimum"] == 1
+    assert _blur_kernel_schema()["minimum"] == 1
 
     monkeypatch.setattr(codec, "BLUR_KERNEL_MIN", 5)  # the one place the rule's bound lives
     maps = np.zeros((1, 1, 8, 8), np.float32)
@@ -39,18 +44,25 @@ def test_changing_the_blur_kernel_rule_changes_every_user_of_it(
         with pytest.raises(ValueError, match="expected an odd integer >= 5, got 3"):
             refuse()
     assert PipelineOptions(blur_kernel=5).blur_kernel == 5
-    schema = Settings.model_json_schema()["properties"]["blur_kernel"]["anyOf"][0]
+    schema = _blur_kernel_schema()
     assert schema["minimum"] == 5 and schema["description"] == "odd, >= 5"
+    row = next(x for x in docs.configuration_page().splitlines() if "DARKPOSE_BLUR_KERNEL`" in x)
+    assert "≥ 5" in row
 
 
 def test_the_settings_pipeline_and_query_share_the_range_types() -> None:
-    hints = typing.get_type_hints(Settings, include_extras=True)
+    hints = typing.get_type_hints(PipelineOptions, include_extras=True)
     assert hints["det_score_threshold"] is choices.Probability
     assert hints["keypoint_score_threshold"] is choices.Probability
     assert hints["box_padding"] is choices.BoxPadding
-    assert hints["providers"] is choices.Providers
+    assert typing.get_type_hints(Settings, include_extras=True)["providers"] is choices.Providers
     with pytest.raises(InvalidParameter, match="det_score_threshold: expected a number at most"):
         PipelineOptions(det_score_threshold=1.5)
+    with pytest.raises(ValueError) as err:
+        Settings(det_score_threshold=1.5)  # type: ignore[call-arg]
+    assert "det_score_threshold (DARKPOSE_DET_SCORE_THRESHOLD): expected a number at most" in (
+        settings_error_line(err.value)
+    )
     # the HTTP query's schema: the same type's upper bound; the lower one is the service's
     # floor (min_score_threshold), which bounds what a request may cost
     settings = Settings(warmup=False, model_dir=MODELS, min_score_threshold=0.07)  # type: ignore[call-arg]
@@ -58,17 +70,45 @@ def test_the_settings_pipeline_and_query_share_the_range_types() -> None:
     params = {p["name"]: p for p in doc["paths"]["/pose"]["post"]["parameters"]}
     schemas = params["score_threshold"]["schema"]["anyOf"]
     (number,) = [s for s in schemas if s.get("type") == "number"]
-    bounds = Settings.model_json_schema()["properties"]["det_score_threshold"]
+    bounds = PipelineOptions.model_json_schema()["properties"]["det_score_threshold"]
     assert (number["minimum"], number["maximum"]) == (0.07, bounds["maximum"])
 
 
-def test_pipeline_defaults_are_the_settings_defaults() -> None:
-    options, fields = PipelineOptions(), Settings.model_fields
-    assert fields["det_score_threshold"].default == options.det_score_threshold
-    assert fields["keypoint_score_threshold"].default == options.keypoint_score_threshold
-    assert fields["default_max_persons"].default == options.max_persons
-    assert fields["box_padding"].default == options.box_padding
-    assert fields["flip"].default == options.flip
+def test_a_pipeline_default_is_one_line_that_settings_and_the_reference_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The settings hold the pipeline options: a default changed on the option (the one place
+    it is written) is the setting's default, its configuration-reference row and Ray's."""
+    for env in ("DARKPOSE_BOX_PADDING", "DARKPOSE_DEFAULT_MAX_PERSONS"):
+        monkeypatch.delenv(env, raising=False)
+    assert Settings().pipeline == PipelineOptions()  # type: ignore[call-arg]
+    monkeypatch.setattr(PipelineOptions.model_fields["box_padding"], "default", 1.3)
+    monkeypatch.setattr(PipelineOptions.model_fields["max_persons"], "default", 12)
+    assert (default_of("box_padding"), default_of("default_max_persons")) == (1.3, 12)
+    page = docs.configuration_page().splitlines()
+    assert "`1.3`" in next(x for x in page if "DARKPOSE_BOX_PADDING`" in x)
+    assert "`12`" in next(x for x in page if "DARKPOSE_DEFAULT_MAX_PERSONS`" in x)
+
+
+def test_pipeline_options_read_their_own_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each option is a setting of its own (``DARKPOSE_<NAME>``, text converted as settings
+    are), while built in Python an option is checked strictly."""
+    monkeypatch.setenv("DARKPOSE_FLIP", "false")
+    monkeypatch.setenv("DARKPOSE_DEFAULT_MAX_PERSONS", "7")
+    monkeypatch.setenv("DARKPOSE_BOX_PADDING", "1.4")
+    s = Settings()  # type: ignore[call-arg]
+    assert (s.pipeline.flip, s.pipeline.max_persons, s.pipeline.box_padding) == (False, 7, 1.4)
+    assert s.setting_source("default_max_persons") == "from DARKPOSE_DEFAULT_MAX_PERSONS"
+    assert s.setting_source("flip") == "from DARKPOSE_FLIP"
+    assert Settings(flip=True).pipeline.flip is True  # type: ignore[call-arg]  # keyword wins
+    monkeypatch.setenv("DARKPOSE_BOX_PADDING", "wide")
+    with pytest.raises(ValueError) as err:
+        Settings()  # type: ignore[call-arg]
+    assert settings_error_line(err.value).startswith("settings: box_padding (DARKPOSE_BOX_PADDING)")
+    with pytest.raises(InvalidParameter, match="box_padding: expected a number"):
+        PipelineOptions(box_padding="1.4")
 
 
 def test_the_batch_wait_default_is_the_settings_in_help_and_ray(

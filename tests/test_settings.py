@@ -14,7 +14,7 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKPOSE_MAX_BATCH", "7")
     monkeypatch.setenv("DARKPOSE_DECODE", "standard")
     s = Settings()
-    assert (s.max_batch, s.decode) == (7, "standard")
+    assert (s.max_batch, s.pipeline.decode) == (7, "standard")
 
 
 @pytest.mark.parametrize(

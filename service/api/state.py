@@ -354,8 +354,8 @@ class ServiceState:
 
     def resolved_decode(self) -> str:
         """The default decode method: the setting, else the (first) pose model's card."""
-        if self.settings.decode is not None or self.pipeline is None:
-            return str(self.settings.decode or "model card")
+        if self.settings.pipeline.decode is not None or self.pipeline is None:
+            return str(self.settings.pipeline.decode or "model card")
         return str(self.pipeline.resolve_options(self.pipeline.options).decode)
 
     def keypoint_names(self) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def _without_env() -> Iterator[None]:
 def _type_name(annotation: Any) -> str:
     """A settings annotation as a reader sees it: ``int``, ``auto | cpu``, ``list of str``."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(get_args(annotation)[0])
     if origin is Literal:
         return " | ".join(str(a) for a in get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -87,15 +89,20 @@ def _type_name(annotation: Any) -> str:
 
 
 def _bounds(field: Any) -> str:
-    """The numeric bounds of a field (``> 0``, ``0 … 1``), from its annotated metadata."""
+    """The numeric bounds of a field (``> 0``, ``≥ 0.0, ≤ 1.0``), read from its JSON schema
+    (so bounds written in a shared annotated type, an optional one too, show)."""
+    from pydantic import TypeAdapter
+
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    schema = TypeAdapter(kind).json_schema()
     low = high = ""
-    for meta in field.metadata:
-        for attr, sign in (("gt", ">"), ("ge", "≥")):
-            if getattr(meta, attr, None) is not None:
-                low = f"{sign} {getattr(meta, attr)}"
-        for attr, sign in (("lt", "<"), ("le", "≤")):
-            if getattr(meta, attr, None) is not None:
-                high = f"{sign} {getattr(meta, attr)}"
+    for part in [schema, *schema.get("anyOf", [])]:
+        for key, sign in (("exclusiveMinimum", ">"), ("minimum", "≥")):
+            if key in part:
+                low = f"{sign} {part[key]}"
+        for key, sign in (("exclusiveMaximum", "<"), ("maximum", "≤")):
+            if key in part:
+                high = f"{sign} {part[key]}"
     return ", ".join(b for b in (low, high) if b)
 
 
@@ -126,7 +133,7 @@ def _row(*cells: object) -> str:
 def configuration_page() -> str:
     """``docs/configuration.md``: one row per setting, in the order of the class."""
     from darkpose.service.commands.serve import _default
-    from darkpose.service.settings import ENV_PREFIX, Settings
+    from darkpose.service.settings import ENV_PREFIX, setting_fields
 
     lines = [
         "# Configuration",
@@ -150,7 +157,7 @@ def configuration_page() -> str:
         "| variable | type | default | bounds | meaning |",
         "|---|---|---|---|---|",
     ]
-    for name, field in Settings.model_fields.items():
+    for name, field in setting_fields().items():
         lines.append(
             _row(
                 f"`{ENV_PREFIX}{name.upper()}`",
@@ -166,11 +173,11 @@ def configuration_page() -> str:
 def readme_settings_table() -> str:
     """The README's table of the settings ``darkpose serve --help`` lists."""
     from darkpose.service.commands.serve import HELP_SETTINGS, _default
-    from darkpose.service.settings import ENV_PREFIX, Settings
+    from darkpose.service.settings import ENV_PREFIX, setting_fields
 
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name in HELP_SETTINGS:
-        field = Settings.model_fields[name]
+        field = setting_fields()[name]
         lines.append(
             _row(
                 f"`{ENV_PREFIX}{name.upper()}`",

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flip-shift",
         type=_csv(("on", "off")),
         default=None,
-        help="with flip on: the 1-pixel shift, on,off to compare (default settings.flip_shift)",
+        help="with flip on: the 1-pixel shift, on,off to compare (default: DARKPOSE_FLIP_SHIFT)",
     )
     parser.add_argument(
         "--det-threshold",
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     shifts = (
         [s == "on" for s in args.flip_shift]
         if args.flip_shift is not None
-        else [settings.flip_shift]
+        else [settings.pipeline.flip_shift]
     )
     threshold = (
         settings.eval_det_score_threshold if args.det_threshold is None else args.det_threshold

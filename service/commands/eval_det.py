@@ -217,7 +217,7 @@ def keypoint_ap(
     base = PipelineOptions.from_settings(settings, max_persons=settings.max_persons)
     models = pose_models if pose_models is not None else build_pose_models(settings)
     pipeline = Pipeline(detector, models, base, settings.pose_model_weights)
-    configs = expand_configs(["detector"], ["dark"], [False], [settings.flip_shift])
+    configs = expand_configs(["detector"], ["dark"], [False], [settings.pipeline.flip_shift])
     rows, _ = evaluate(pipeline, images_dir, coco, configs, base, progress=False, limit=limit)
     return float(rows[0].metrics["AP"])
 

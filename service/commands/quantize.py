@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     spec = fp32.spec
     coco = load_coco(args.ann)
     calib_ids, held_ids = split_images(annotated_image_ids(coco), args.calib_fraction)
-    pad = settings.box_padding
+    pad = settings.pipeline.box_padding
     calib = calibration_crops(spec, args.images, coco, calib_ids, pad)
     logger.info("calibrating on %d crops from %d images", len(calib), len(calib_ids))
     raw = make_batch_dynamic(read_model_bytes(model_path))

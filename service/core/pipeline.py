@@ -39,24 +39,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from darkpose.service.core.choices import (
-    BoxPadding,
-    OksThreshold,
-    PersonCount,
-    Probability,
-    check,
-)
-from darkpose.service.core.codec import check_blur_kernel, check_decode_method
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.nms import oks_nms, rescore
+from darkpose.service.core.options import PipelineOptions
 from darkpose.service.core.pose_stage import KeypointStage, ModelPose, preprocess_key
 from darkpose.service.core.poses import Person, Poses, reported_keypoints
-from darkpose.service.core.profiles import default_profile_value
 from darkpose.service.core.transforms import boxes_to_center_scale
 from darkpose.service.core.types import (
     COCO_SIGMAS,
     F32,
-    DecodeMethod,
     Detector,
     ModelSpec,
     PoseModel,
@@ -79,77 +70,6 @@ __all__ = [
 ]
 
 STAGES: tuple[str, ...] = ("detect", "crop", "pose", "decode", "postprocess")
-#: The range of each numeric :class:`PipelineOptions` field (the settings use the same types).
-_OPTION_TYPES: dict[str, Any] = {
-    "det_score_threshold": Probability,
-    "keypoint_score_threshold": Probability,
-    "oks_nms_threshold": OksThreshold,
-    "max_persons": PersonCount,
-    "box_padding": BoxPadding,
-}
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """Per-call knobs of :class:`Pipeline`; their defaults are the settings' defaults
-    (:class:`darkpose.service.settings.Settings` reads them from here; ``flip`` and
-    ``det_score_threshold`` are the default profile's, :mod:`darkpose.service.core.profiles`) and
-    their ranges the types of :mod:`darkpose.service.core.choices`.
-
-    ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
-    (:meth:`Pipeline.resolve_options`); ``max_persons`` bounds the boxes sent to the pose model
-    (highest box scores first; the detector's own cap is a separate setting);
-    ``oks_nms_threshold`` ≥ 1 disables OKS-NMS; ``box_padding`` enlarges each box around its
-    centre before cropping (1.25 as in HRNet/mmpose).
-    """
-
-    decode: DecodeMethod | None = None
-    blur_kernel: int | None = None
-    flip: bool = dataclasses.field(default_factory=lambda: bool(default_profile_value("flip")))
-    flip_shift: bool = True
-    det_score_threshold: float = dataclasses.field(
-        default_factory=lambda: float(default_profile_value("det_score_threshold"))
-    )
-    max_persons: int = 30
-    oks_nms_threshold: float = 0.9
-    keypoint_score_threshold: float = 0.2
-    box_padding: float = 1.25
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidParameter` ("expected X, got Y") on an out-of-range value."""
-        if self.decode is not None:
-            check_decode_method(self.decode)
-        if self.blur_kernel is not None:
-            check_blur_kernel(self.blur_kernel)
-        for name, kind in _OPTION_TYPES.items():
-            check(kind, getattr(self, name), name)
-
-    def replace(self, **changes: Any) -> PipelineOptions:
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> PipelineOptions:
-        """Defaults from a :class:`darkpose.service.settings.Settings` (duck-typed), then
-        ``overrides``."""
-        values: dict[str, Any] = {
-            "decode": settings.decode,
-            "blur_kernel": settings.blur_kernel,
-            "flip": settings.flip,
-            "flip_shift": settings.flip_shift,
-            "det_score_threshold": settings.det_score_threshold,
-            "max_persons": settings.default_max_persons,
-            "oks_nms_threshold": settings.oks_nms_threshold,
-            "keypoint_score_threshold": settings.keypoint_score_threshold,
-            "box_padding": settings.box_padding,
-        }
-        values.update(overrides)
-        return cls(**values)
-
-
 #: The pipeline's result type (the one result type, :class:`Poses`; this name is kept).
 PoseResult = Poses
 

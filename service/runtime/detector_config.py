@@ -462,7 +462,7 @@ class _Builder:
         path = existing_model_file(f"{spec.kind} model", spec.model or default_model, s)
         return cls(
             path,
-            score_threshold=s.det_score_threshold if spec.score is None else spec.score,
+            score_threshold=s.pipeline.det_score_threshold if spec.score is None else spec.score,
             nms_iou=spec.nms,
             max_detections=s.det_max_detections,
             pre_nms_topk=s.det_pre_nms_topk,
@@ -483,7 +483,9 @@ class _Builder:
             None if checkpoint is None else self.settings.resolve_model(checkpoint),
             random_weights=spec.random,
             trusted_checkpoint=spec.trusted,
-            score_threshold=self.settings.det_score_threshold if spec.score is None else spec.score,
+            score_threshold=(
+                self.settings.pipeline.det_score_threshold if spec.score is None else spec.score
+            ),
             max_detections=self.settings.det_max_detections,
             device=spec.device or d.device,
             test_scale=None if scale is None else parse_test_scale(scale),

@@ -295,7 +295,7 @@ async def serve_pose(request: Request, state: ServiceState, query: PoseQuery) ->
     settings = state.settings
     request_id = request_id_of(request.scope)
     pipeline = state.require_ready()
-    options = query.options(state.options(), settings.default_max_persons)
+    options = query.options(state.options(), settings.pipeline.max_persons)
     state.check_parameters_fit(pipeline, options, query.render)
     state.metrics.inflight.inc()
     try:

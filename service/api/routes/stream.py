@@ -205,7 +205,7 @@ async def _serve_admitted(
         pipeline = state.require_ready()
         config = tracker_config(s, det_every, smooth)
         options = state.options().replace(
-            max_persons=max_persons if max_persons is not None else s.default_max_persons
+            max_persons=max_persons if max_persons is not None else s.pipeline.max_persons
         )
         jobs.take(client)
     except DarkPoseError as exc:

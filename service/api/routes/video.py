@@ -338,7 +338,7 @@ async def serve_video(
     fps = check_fps(fps)
     config = tracker_config(s, det_every, smooth)
     options = state.options().replace(
-        max_persons=max_persons if max_persons is not None else s.default_max_persons
+        max_persons=max_persons if max_persons is not None else s.pipeline.max_persons
     )
     jobs = video_jobs(request.app.state)
     client = client_of(request.scope)
