@@ -93,7 +93,9 @@ def _bounds(field: Any) -> str:
     (so bounds written in a shared annotated type, an optional one too, show)."""
     from pydantic import TypeAdapter
 
-    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    kind: Any = (
+        Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    )
     schema = TypeAdapter(kind).json_schema()
     low = high = ""
     for part in [schema, *schema.get("anyOf", [])]:
