@@ -271,9 +271,9 @@ def test_serve_help_shows_real_defaults_and_model_settings(
     assert re.search(r"DARKPOSE_DECODE +default from the model card", out)
     assert "default None" not in out
     from darkpose.service.commands.serve import FROM_CARD
-    from darkpose.service.settings import Settings
+    from darkpose.service.settings import setting_fields
 
-    assert {n for n in FROM_CARD if Settings.model_fields[n].default is None} == FROM_CARD
+    assert {n for n in FROM_CARD if setting_fields()[n].default is None} == FROM_CARD
 
 
 @pytest.mark.parametrize(

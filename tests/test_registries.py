@@ -43,7 +43,7 @@ def test_a_new_decoder_is_one_table_entry(centroid: str) -> None:
     coords, _ = codec.decode_heatmaps(hm, centroid)
     np.testing.assert_allclose(coords[0], [[3, 2], [2, 1]], atol=1e-6)
     assert PipelineOptions(decode=centroid).decode == centroid
-    assert Settings(decode=centroid).decode == centroid  # type: ignore[call-arg]
+    assert Settings(decode=centroid).pipeline.decode == centroid  # type: ignore[call-arg]
     # the CLIs build their choices from the table
     from darkpose.service.commands import eval as eval_cmd
     from darkpose.service.commands import infer as infer_cmd

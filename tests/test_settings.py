@@ -270,3 +270,16 @@ def test_trusted_proxies_from_the_environment(value: str, monkeypatch: pytest.Mo
         ipaddress.ip_network("127.0.0.1/32"),
         ipaddress.ip_network("10.0.0.0/8"),
     ]
+
+
+def test_every_setting_is_in_one_group_and_each_option_is_a_setting() -> None:
+    """The groups (and the pipeline options under their setting names) are every setting once,
+    so help, the configuration reference and the unknown-variable check miss none."""
+    from darkpose.service.core.options import SETTING_NAMES, PipelineOptions
+    from darkpose.service.settings import SETTING_GROUPS, group_fields, setting_fields
+
+    names = [n for group in SETTING_GROUPS.values() for n in group_fields(group)]
+    assert len(names) == len(set(names))
+    assert set(names) == (set(Settings.model_fields) - {"pipeline"}) | set(SETTING_NAMES.values())
+    assert list(setting_fields()) == names
+    assert set(SETTING_NAMES) == set(PipelineOptions.model_fields)

@@ -135,7 +135,7 @@ def _row(*cells: object) -> str:
 def configuration_page() -> str:
     """``docs/configuration.md``: one row per setting, in the order of the class."""
     from darkpose.service.commands.serve import _default
-    from darkpose.service.settings import ENV_PREFIX, setting_fields
+    from darkpose.service.settings import ENV_PREFIX, SETTING_GROUPS, group_fields
 
     lines = [
         "# Configuration",
@@ -156,19 +156,21 @@ def configuration_page() -> str:
         "- *from the model card*: unset, each model's card decides "
         "(see [Models and cards](models.md)).",
         "",
-        "| variable | type | default | bounds | meaning |",
-        "|---|---|---|---|---|",
     ]
-    for name, field in setting_fields().items():
-        lines.append(
-            _row(
-                f"`{ENV_PREFIX}{name.upper()}`",
-                _type_name(field.annotation),
-                _default_text(name, _default(name)),
-                _bounds(field),
-                field.description or "",
+    for title, group in SETTING_GROUPS.items():
+        summary = " ".join((group.__doc__ or "").split("\n\n")[0].split())
+        lines += ["", f"## {title}", "", summary]
+        lines += ["", "| variable | type | default | bounds | meaning |", "|---|---|---|---|---|"]
+        for name, field in group_fields(group).items():
+            lines.append(
+                _row(
+                    f"`{ENV_PREFIX}{name.upper()}`",
+                    _type_name(field.annotation),
+                    _default_text(name, _default(name)),
+                    _bounds(field),
+                    field.description or "",
+                )
             )
-        )
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,9 @@ __all__ = ["SETTING_NAMES", "PipelineOptions"]
 
 
 class PipelineOptions(BaseModel):
-    """Per-call knobs of :class:`~darkpose.service.core.pipeline.Pipeline` (frozen; change
+    """How persons are found and decoded; a request or a call may change them for itself.
+
+    The per-call knobs of :class:`~darkpose.service.core.pipeline.Pipeline` (frozen; change
     with :meth:`replace`).
 
     ``decode`` / ``blur_kernel``: ``None`` = what the pose model's card says
