@@ -50,8 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from darkpose.service.core.association import track_oks  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline  # noqa: E402
-from darkpose.service.core.tracking import PoseTracker, TrackerConfig, track_oks  # noqa: E402
+from darkpose.service.core.tracking import PoseTracker, TrackerConfig  # noqa: E402
 from darkpose.service.core.types import COCO_SIGMAS  # noqa: E402
 from darkpose.service.runtime.factory import build_pipeline  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402

@@ -52,12 +52,10 @@ import io
 import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
@@ -72,6 +70,7 @@ from darkpose.service.core.imageguard import (
     jpeg_tail_is_fill,
     jpeg_with_probe,
 )
+from darkpose.service.core.pixels import apply_exif_orientation, exif_orientation_of, to_bgr
 from darkpose.service.core.working import jpeg_draft_size, reduce_to, working_size
 
 logger = logging.getLogger(__name__)
@@ -94,12 +93,31 @@ DEFAULT_MIN_SIDE = 8
 #: size the decoder will hold (the full size, or a JPEG's DCT-scaled size at a working side).
 HeaderHook = Callable[[int, int, str], None]
 
-#: EXIF tag number of ``Orientation``.
-EXIF_ORIENTATION_TAG = 0x0112
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The limits every decode checks, given to :func:`decode_image`, :func:`decode_working` and
+    :func:`read_image_file` as keyword arguments of these names (an unknown name is a
+    ``TypeError``; one not given takes its default, equal to
+    :class:`darkpose.service.settings.Settings`').
+
+    max_bytes: most bytes of the encoded image; max_pixels: most ``w * h`` declared in the
+    header; max_side / min_side: longest / shortest allowed side (px); max_jpeg_scans: most
+    scans of a (progressive) JPEG; max_png_chunks: most chunks of a PNG.
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
+    min_side: int = DEFAULT_MIN_SIDE
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
+    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS
+
 
 __all__ = [
     "ACCEPTED",
     "ACCEPTED_FORMATS",
+    "DecodeLimits",
     "Decoded",
     "apply_exif_orientation",
     "decode_image",
@@ -153,120 +171,6 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _cvt(src: npt.NDArray[np.uint8], code: int) -> U8:
-    """``cv2.cvtColor`` typed for mypy (uint8 in, uint8 out)."""
-    return np.asarray(cv2.cvtColor(src, code), dtype=np.uint8)
-
-
-#: Images up to this many pixels are copied out with ``np.asarray`` (fastest; the transient
-#: ``bytes`` copy is small); larger ones piece by piece (:func:`_pixels`).
-LEAN_ABOVE_PIXELS = 4_000_000
-
-
-def _pixels(im: Image.Image) -> npt.NDArray[np.generic]:
-    """The decoded pixels of ``im`` as an array (PIL's shape and dtype).  Large images are
-    filled from PIL's raw encoder piece by piece into a new writable array: no intermediate
-    ``bytes`` copy of the whole image, unlike ``np.asarray(im)`` (which joins ``tobytes()``
-    chunks and may be read-only)."""
-    if im.size[0] * im.size[1] <= LEAN_ABOVE_PIXELS:
-        return np.asarray(im)
-    shape, typestr = Image._conv_type_shape(im)
-    out = np.empty(shape, dtype=np.dtype(typestr))
-    flat = out.reshape(-1).view(np.uint8)
-    encoder = Image._getencoder(im.mode, "raw", im.mode)
-    encoder.setimage(im.im, (0, 0, *im.size))
-    bufsize = max(1 << 20, im.size[0] * 4)
-    pos = 0
-    while True:
-        _, errcode, chunk = encoder.encode(bufsize)
-        flat[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
-        pos += len(chunk)
-        if errcode:
-            break
-    if errcode < 0 or pos != flat.size:
-        raise InvalidImage(
-            f"decoded {im.mode} pixels: expected {flat.size} bytes, got {pos} (error {errcode})"
-        )
-    return out
-
-
-def _to_bgr(im: Image.Image) -> U8:
-    """Decoded PIL image of any mode → BGR uint8 (H, W, 3) C-contiguous.
-
-    ``im`` is closed (its pixel memory freed) as soon as its pixels are copied out, so at most
-    one extra full-size copy exists at a time."""
-    mode = im.mode
-    if mode == "1":
-        converted = im.convert("L")
-        im.close()
-        im, mode = converted, "L"
-    elif mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "RGBa", "I") and not mode.startswith(
-        "I;16"
-    ):
-        # P, PA, CMYK, YCbCr, LAB, HSV, F, …: let PIL convert (palette alpha is ignored).
-        converted = im.convert("RGB")
-        im.close()
-        im, mode = converted, "RGB"
-    a = _pixels(im)
-    im.close()
-    if mode.startswith("I;16") or mode == "I":
-        if a.dtype.itemsize == 2:  # uint16 in either byte order: keep the high byte (>> 8)
-            order = a.dtype.byteorder
-            big = order == ">" or (order in "=|" and sys.byteorder == "big")
-            high = 0 if big else 1
-            gray = np.ascontiguousarray(a.view(np.uint8).reshape(*a.shape, 2)[..., high])
-        else:  # 32-bit "I": clip in place, shift in place, narrow once
-            if not a.flags.writeable:
-                a = a.copy()
-            np.clip(a, 0, 65535, out=a)
-            np.right_shift(a, 8, out=a)
-            gray = a.astype(np.uint8)
-        del a
-        return _cvt(gray, cv2.COLOR_GRAY2BGR)
-    if mode == "L":
-        return _cvt(np.asarray(a, dtype=np.uint8), cv2.COLOR_GRAY2BGR)
-    if mode == "LA":
-        return _cvt(np.ascontiguousarray(a[..., 0], dtype=np.uint8), cv2.COLOR_GRAY2BGR)
-    if mode in ("RGBA", "RGBX", "RGBa"):
-        return _cvt(np.asarray(a, dtype=np.uint8), cv2.COLOR_RGBA2BGR)
-    rgb = np.asarray(a, dtype=np.uint8)
-    if not rgb.flags.writeable:  # a small image: a converted copy
-        return _cvt(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
-    cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb)  # in place: no second copy
-    return rgb
-
-
-def exif_orientation_of(im: Image.Image) -> int:
-    """The EXIF ``Orientation`` (1…8) of an opened image; 1 when absent, unreadable or out of
-    range (a broken EXIF block never fails the decode)."""
-    try:
-        value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        orientation = int(value)
-    except Exception:  # noqa: BLE001 - any EXIF parser failure means "as stored"
-        logger.debug("unreadable EXIF block; orientation taken as 1")
-        return 1
-    return orientation if 1 <= orientation <= 8 else 1
-
-
-def apply_exif_orientation(image: npt.NDArray[np.uint8], orientation: int) -> U8:
-    """``image`` (H, W, C) as stored → upright per the EXIF ``orientation`` (1…8), the same
-    pixels as PIL's ``ImageOps.exif_transpose``; orientations 5–8 swap H and W.  Returns a
-    C-contiguous array (``image`` itself for orientation 1 or an unknown value)."""
-    ops = {
-        2: lambda a: a[:, ::-1],  # mirrored left-right
-        3: lambda a: a[::-1, ::-1],  # rotated 180°
-        4: lambda a: a[::-1],  # mirrored top-bottom
-        5: lambda a: a.swapaxes(0, 1),  # transpose
-        6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # stored 90° CCW: rotate 90° CW to display
-        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # transverse
-        8: lambda a: a.swapaxes(0, 1)[::-1],  # stored 90° CW: rotate 90° CCW to display
-    }
-    op = ops.get(int(orientation))
-    if op is None:
-        return image
-    return np.ascontiguousarray(op(image))
-
-
 @dataclass(frozen=True)
 class Decoded:
     """A decoded image at its working resolution.
@@ -296,17 +200,13 @@ class Decoded:
 def decode_image(
     data: bytes,
     *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_side: int = DEFAULT_MIN_SIDE,
-    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
-    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
     exif_orientation: bool = True,
     on_header: HeaderHook | None = None,
+    **limits: int,
 ) -> U8:
     """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring),
-    upright per the EXIF orientation unless ``exif_orientation=False`` (pixels as stored).
+    upright per the EXIF orientation unless ``exif_orientation=False`` (pixels as stored);
+    ``limits``: the fields of :class:`DecodeLimits` by name.
 
     Raises :class:`InvalidImage` (empty, unreadable, corrupt, truncated, too small),
     :class:`PayloadTooLarge` (bytes, pixels, a side, JPEG scans or PNG chunks over the limit —
@@ -314,31 +214,16 @@ def decode_image(
     BMP, …).  ``on_header(width, height, mode)`` runs after the header checks and before
     decoding; what it raises propagates.
     """
-    return decode_working(
-        data,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        max_side=max_side,
-        min_side=min_side,
-        max_jpeg_scans=max_jpeg_scans,
-        max_png_chunks=max_png_chunks,
-        exif_orientation=exif_orientation,
-        on_header=on_header,
-    ).image
+    return _decode(data, DecodeLimits(**limits), 0, exif_orientation, on_header).image
 
 
 def decode_working(
     data: bytes,
     *,
     working_side: int = 0,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_side: int = DEFAULT_MIN_SIDE,
-    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
-    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
     exif_orientation: bool = True,
     on_header: HeaderHook | None = None,
+    **limits: int,
 ) -> Decoded:
     """:func:`decode_image` at a working resolution (:mod:`darkpose.service.core.working`):
     an image whose longest side exceeds ``working_side`` (> 0) comes back reduced — a JPEG
@@ -346,11 +231,22 @@ def decode_working(
     another format reduced to exactly ``working_side``.  Every limit is checked against the full
     size declared in the header; ``on_header`` gets the size the decoder will hold (a JPEG's
     DCT-scaled size, else the full size).  ``working_side=0``: full resolution."""
+    return _decode(data, DecodeLimits(**limits), working_side, exif_orientation, on_header)
+
+
+def _decode(
+    data: bytes,
+    lim: DecodeLimits,
+    working_side: int,
+    exif_orientation: bool,
+    on_header: HeaderHook | None,
+) -> Decoded:
+    """:func:`decode_working` with its limits gathered."""
     if not data:
         raise InvalidImage(f"empty image data; expected {ACCEPTED_TEXT}")
     n_bytes = len(data)
-    if n_bytes > max_bytes:
-        raise PayloadTooLarge(f"image is {n_bytes} bytes; expected at most {max_bytes} bytes")
+    if n_bytes > lim.max_bytes:
+        raise PayloadTooLarge(f"image is {n_bytes} bytes; expected at most {lim.max_bytes} bytes")
     fmt = sniff_format(bytes(data[:32]))
     if fmt is None:
         raise InvalidImage(
@@ -361,9 +257,9 @@ def decode_working(
         raise UnsupportedMediaType(f"image format {fmt} is not supported; expected {ACCEPTED_TEXT}")
     eoi = -1
     if fmt == "JPEG":
-        eoi = check_jpeg(data, max_jpeg_scans).eoi
+        eoi = check_jpeg(data, lim.max_jpeg_scans).eoi
     elif fmt == "PNG":
-        check_png(data, max_png_chunks)
+        check_png(data, lim.max_png_chunks)
     elif fmt == "BMP":
         check_bmp(data)
     try:
@@ -372,7 +268,9 @@ def decode_working(
         # PIL refuses > 2 * Image.MAX_IMAGE_PIXELS in Image.open itself, before our check.
         m = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{m.group(1)} pixels" if m else "too many pixels"
-        raise PayloadTooLarge(f"image has {count}; expected at most {max_pixels} pixels") from exc
+        raise PayloadTooLarge(
+            f"image has {count}; expected at most {lim.max_pixels} pixels"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImage(f"cannot identify the {fmt} data; expected {ACCEPTED_TEXT}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -386,9 +284,7 @@ def decode_working(
         out, orientation = _check_and_load(
             im,
             fmt,
-            max_pixels=max_pixels,
-            max_side=max_side,
-            min_side=min_side,
+            lim,
             hook=on_header,
             exif_orientation=exif_orientation,
             draft=draft,
@@ -419,7 +315,7 @@ def _jpeg_truncated(
             if draft is not None:
                 im.draft(None, draft)
             im.load()
-            again = _to_bgr(im)
+            again = to_bgr(im)
     except Exception:  # noqa: BLE001 - a complete file decodes with the probe as without it
         return True
     return again.shape != decoded.shape or not np.array_equal(again, decoded)
@@ -428,10 +324,8 @@ def _jpeg_truncated(
 def _check_and_load(
     im: Image.Image,
     fmt: str,
+    limits: DecodeLimits,
     *,
-    max_pixels: int,
-    max_side: int,
-    min_side: int,
     hook: HeaderHook | None = None,
     exif_orientation: bool = True,
     draft: tuple[int, int] | None = None,
@@ -439,6 +333,7 @@ def _check_and_load(
     """Limits (on the declared full size), then decode — a JPEG at the DCT scale that keeps at
     least ``draft`` (w, h) when given: ``(BGR pixels as stored, EXIF orientation or 1)``."""
     w, h = im.size
+    max_pixels, max_side, min_side = limits.max_pixels, limits.max_side, limits.min_side
     if w <= 0 or h <= 0:
         raise InvalidImage(f"image is {w}x{h}; expected positive dimensions")
     if w * h > max_pixels:
@@ -472,9 +367,9 @@ def _check_and_load(
         hook(w, h, im.mode)
     try:
         im.load()
-        # read after load (PNG keeps eXIf after the pixels) and before _to_bgr closes ``im``
+        # read after load (PNG keeps eXIf after the pixels) and before to_bgr closes ``im``
         orientation = exif_orientation_of(im) if exif_orientation else 1
-        out = _to_bgr(im)
+        out = to_bgr(im)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, …
@@ -490,18 +385,12 @@ def _check_and_load(
 
 
 def read_image_file(
-    path: str | os.PathLike[str],
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int = DEFAULT_MAX_SIDE,
-    min_side: int = DEFAULT_MIN_SIDE,
-    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
-    max_png_chunks: int = DEFAULT_MAX_PNG_CHUNKS,
-    exif_orientation: bool = True,
+    path: str | os.PathLike[str], *, exif_orientation: bool = True, **limits: int
 ) -> U8:
     """Read and decode an image file for the CLI (same limits, orientation handling and errors
     as :func:`decode_image`; a missing, empty or unreadable file → :class:`InvalidImage`)."""
+    lim = DecodeLimits(**limits)
+    max_bytes = lim.max_bytes
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -516,13 +405,4 @@ def read_image_file(
         ) from exc
     if not data:
         raise InvalidImage(f"{p} is an empty file; expected {ACCEPTED_TEXT}")
-    return decode_image(
-        data,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        max_side=max_side,
-        min_side=min_side,
-        max_jpeg_scans=max_jpeg_scans,
-        max_png_chunks=max_png_chunks,
-        exif_orientation=exif_orientation,
-    )
+    return _decode(data, lim, 0, exif_orientation, None).image

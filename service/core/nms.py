@@ -19,7 +19,7 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-__all__ = ["DEFAULT_PRE_NMS_TOPK", "nms_boxes", "oks_iou", "oks_nms", "rescore", "top_k"]
+__all__ = ["DEFAULT_PRE_NMS_TOPK", "box_iou", "nms_boxes", "oks_iou", "oks_nms", "rescore", "top_k"]
 
 #: Detector candidates (highest scores first) kept before box NMS
 #: (``DARKPOSE_DET_PRE_NMS_TOPK``): the smallest cap measured to change neither end-to-end COCO
@@ -49,10 +49,11 @@ def top_k(scores: npt.ArrayLike, k: int) -> I64:
     return _order(np.asarray(scores, np.float64).reshape(-1))[: max(0, int(k))]
 
 
-def _iou(a: F64, b: F64) -> F64:
-    """boxes a: (Na, 4), b: (Nb, 4) xyxy → (Na, Nb) IoU (continuous areas, no +1)."""
-    ax1, ay1, ax2, ay2 = a.T
-    bx1, by1, bx2, by2 = b.T
+def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> F64:
+    """IoU matrix (Na, Nb) float64 of boxes a: (Na, 4) and b: (Nb, 4) xyxy (continuous areas,
+    no +1; 0 where the union is empty)."""
+    ax1, ay1, ax2, ay2 = np.asarray(a, np.float64).reshape(-1, 4).T
+    bx1, by1, bx2, by2 = np.asarray(b, np.float64).reshape(-1, 4).T
     area_a = np.clip(ax2 - ax1, 0, None) * np.clip(ay2 - ay1, 0, None)
     area_b = np.clip(bx2 - bx1, 0, None) * np.clip(by2 - by1, 0, None)
     iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(ax1[:, None], bx1[None]), 0, None)
@@ -61,7 +62,7 @@ def _iou(a: F64, b: F64) -> F64:
     union = area_a[:, None] + area_b[None] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
-    return iou
+    return np.asarray(iou, np.float64)
 
 
 def _greedy(row: Callable[[int], F64], n: int, order: I64, threshold: float) -> I64:
@@ -95,7 +96,7 @@ def nms_boxes(boxes_xyxy: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: f
         raise InvalidParameter(f"iou_threshold: expected a value in [0, 1], got {iou_threshold}")
     if b.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    return _greedy(lambda i: _iou(b[i : i + 1], b)[0], b.shape[0], _order(s), iou_threshold)
+    return _greedy(lambda i: box_iou(b[i : i + 1], b)[0], b.shape[0], _order(s), iou_threshold)
 
 
 def _sigmas(sigmas: Sequence[float] | npt.ArrayLike, k: int) -> F64:

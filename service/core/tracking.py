@@ -2,17 +2,18 @@
 
 Three layers, all per stream (no global state), pure numpy + scipy:
 
-* :class:`OneEuroFilter` — the One-Euro low-pass filter (Casiez et al., CHI 2012) on an array of
-  any shape, frame-rate aware (it takes the time between samples).  Speeds are measured in box
+* :class:`~darkpose.service.core.smoothing.OneEuroFilter` — the One-Euro low-pass filter
+  (Casiez et al., CHI 2012) on an array of any shape, frame-rate aware (it takes the time
+  between samples).  Speeds are measured in box
   diagonals per second (one ``beta`` fits persons of any size), and the speed of the pose's
   centre opens the cutoff of all its keypoints: a moving person or camera is followed without
   lag, a still one is smoothed.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
-  against each track's last pose, optimal assignment by
-  :func:`scipy.optimize.linear_sum_assignment`, a match needs ``match_threshold``.  Unmatched
-  persons are born as tracks (detection frames only, at most ``max_tracks`` alive); an unmatched
-  track is *missing* for up to ``grace_frames`` frames, during which it can be matched again
-  (re-identification, same id), then dies.
+  (:func:`darkpose.service.core.association.similarity`) against each track's last pose,
+  optimal assignment by :func:`scipy.optimize.linear_sum_assignment`, a match needs
+  ``match_threshold``.  Unmatched persons are born as tracks (detection frames only, at most
+  ``max_tracks`` alive); an unmatched track is *missing* for up to ``grace_frames`` frames,
+  during which it can be matched again (re-identification, same id), then dies.
 * :class:`PoseTracker` — drives a :class:`~darkpose.service.core.pipeline.Pipeline`: the detector
   runs on frame 0, then every ``det_every`` frames; in between, each live track's box is derived
   from its last keypoints (their extent, enlarged, moved by the track's velocity) and the pipeline
@@ -34,6 +35,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from darkpose.service.core.association import (
+    KEYPOINT_VISIBLE,
+    keypoint_box,
+    similarity,
+    track_oks,
+)
 from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.pipeline import (
     Person,
@@ -42,17 +49,11 @@ from darkpose.service.core.pipeline import (
     PoseResult,
     too_small_for_person,
 )
+from darkpose.service.core.smoothing import OneEuroFilter
 from darkpose.service.core.types import COCO_SIGMAS
 
 F64 = npt.NDArray[np.float64]
 
-#: A keypoint counts for a track's box (and its confidence) from this score on.
-KEYPOINT_VISIBLE = 0.3
-#: Fewest confident keypoints from which a box can be derived (fewer: re-detect).
-MIN_BOX_KEYPOINTS = 3
-#: The keypoints' extent is enlarged by this factor per side to approximate a detector's person
-#: box (keypoints sit inside the body outline: the head top and the feet are not keypoints).
-KEYPOINT_BOX_ENLARGE = 1.2
 #: An unmatched person whose keypoints are this similar (OKS) to a person already assigned on
 #: the same frame is a duplicate detection of that person: no track is born for it.
 DUPLICATE_OKS = 0.6
@@ -122,121 +123,6 @@ class TrackerConfig:
         }
         values.update(overrides)
         return cls(**values)
-
-
-def _alpha(cutoff: F64 | float, dt: float) -> F64:
-    tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff, np.float64))
-    return np.asarray(1.0 / (1.0 + tau / dt), np.float64)
-
-
-class OneEuroFilter:
-    """One-Euro filter of a fixed-shape signal (e.g. keypoints (K, 2)).
-
-    ``filter(x, dt, scale=1, centre=None)``: x any shape, float; dt seconds since the previous
-    sample (> 0); ``scale`` divides the speeds before they open the cutoff (a box diagonal:
-    speeds in diagonals/s); ``centre`` (optional, e.g. (2,) the weighted mean of keypoints):
-    a point whose speed opens the cutoff of every element, so that a whole pose that moves
-    (a walking person, a panning camera) is followed without lag while its keypoints' noise,
-    which averages out in the centre, is smoothed.  The first sample is returned unchanged.
-    A constant signal stays exactly constant.
-    """
-
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
-        self.min_cutoff = float(min_cutoff)
-        self.beta = float(beta)
-        self.d_cutoff = float(d_cutoff)
-        self._x: F64 | None = None
-        self._dx: F64 | None = None
-        self._c: F64 | None = None
-        self._dc: F64 | None = None
-
-    def reset(self) -> None:
-        self._x = self._dx = self._c = self._dc = None
-
-    def filter(
-        self, x: npt.ArrayLike, dt: float, scale: float = 1.0, centre: npt.ArrayLike | None = None
-    ) -> F64:
-        value = np.asarray(x, np.float64)
-        c = None if centre is None else np.asarray(centre, np.float64)
-        if self._x is None or self._dx is None or self._x.shape != value.shape:
-            self._x = value.copy()
-            self._dx = np.zeros_like(value)
-            self._c = None if c is None else c.copy()
-            self._dc = None if c is None else np.zeros_like(c)
-            return value.copy()
-        if not (dt > 0 and math.isfinite(dt)):
-            raise InvalidParameter(f"dt: expected seconds > 0, got {dt!r}")
-        a_d = _alpha(self.d_cutoff, dt)
-        dx_hat = self._dx + a_d * ((value - self._x) / dt - self._dx)
-        speed = np.abs(dx_hat)
-        if c is not None and self._c is not None and self._dc is not None:
-            dc_hat = self._dc + a_d * ((c - self._c) / dt - self._dc)
-            speed = np.maximum(speed, float(np.linalg.norm(dc_hat)))
-            self._c, self._dc = c, dc_hat
-        a = _alpha(self.min_cutoff + self.beta * speed / max(float(scale), 1e-9), dt)
-        out = self._x + a * (value - self._x)  # x_prev + a (x - x_prev): exact for constant x
-        self._x, self._dx = out, dx_hat
-        return out.copy()
-
-
-def keypoint_box(keypoints: npt.ArrayLike, threshold: float = KEYPOINT_VISIBLE) -> F64 | None:
-    """The box (4,) xyxy around the confident keypoints of (K, 3) ``keypoints``, each side
-    enlarged by :data:`KEYPOINT_BOX_ENLARGE`; None with fewer than :data:`MIN_BOX_KEYPOINTS`."""
-    kp = np.asarray(keypoints, np.float64).reshape(-1, 3)
-    vis = kp[kp[:, 2] >= threshold]
-    if vis.shape[0] < MIN_BOX_KEYPOINTS:
-        return None
-    x0, y0 = vis[:, 0].min(), vis[:, 1].min()
-    x1, y1 = vis[:, 0].max(), vis[:, 1].max()
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    w = max(x1 - x0, 1.0) * KEYPOINT_BOX_ENLARGE
-    h = max(y1 - y0, 1.0) * KEYPOINT_BOX_ENLARGE
-    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float64)
-
-
-def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> F64:
-    """IoU matrix (N, M) of boxes a (N, 4) and b (M, 4), xyxy."""
-    A = np.asarray(a, np.float64).reshape(-1, 4)
-    B = np.asarray(b, np.float64).reshape(-1, 4)
-    x0 = np.maximum(A[:, None, 0], B[None, :, 0])
-    y0 = np.maximum(A[:, None, 1], B[None, :, 1])
-    x1 = np.minimum(A[:, None, 2], B[None, :, 2])
-    y1 = np.minimum(A[:, None, 3], B[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = np.clip(A[:, 2] - A[:, 0], 0, None) * np.clip(A[:, 3] - A[:, 1], 0, None)
-    area_b = np.clip(B[:, 2] - B[:, 0], 0, None) * np.clip(B[:, 3] - B[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(union > 0, inter / union, 0.0)
-    return np.asarray(out, np.float64)
-
-
-def track_oks(
-    track_kpts: F64, track_areas: F64, kpts: F64, sigmas: F64, threshold: float = KEYPOINT_VISIBLE
-) -> F64:
-    """(T, P) object keypoint similarity of T tracks' keypoints (T, K, 3) (areas (T,)) to P
-    persons' keypoints (P, K, 3), over the keypoints whose score is >= ``threshold`` in both
-    (0 when none are): COCO's ``exp(-d² / (2 s² (2σ)²))`` with s² the track's area."""
-    var = (2.0 * np.asarray(sigmas, np.float64)) ** 2  # (K,)
-    d2 = ((track_kpts[:, None, :, :2] - kpts[None, :, :, :2]) ** 2).sum(-1)  # (T, P, K)
-    e = d2 / var[None, None, :] / (2.0 * np.maximum(track_areas, 1.0)[:, None, None])
-    both = (track_kpts[:, None, :, 2] >= threshold) & (kpts[None, :, :, 2] >= threshold)
-    n = both.sum(-1)
-    total = np.where(both, np.exp(-e), 0.0).sum(-1)
-    return np.asarray(np.where(n > 0, total / np.maximum(n, 1), 0.0), np.float64)
-
-
-def similarity(track_kpts: F64, track_boxes: F64, kpts: F64, boxes: F64, sigmas: F64) -> F64:
-    """(T, P) similarity of T tracks to P persons: max(OKS, box IoU).  kpts (·, K, 3), boxes
-    (·, 4) xyxy; the OKS area is the track's box area."""
-    t, p = track_kpts.shape[0], kpts.shape[0]
-    if t == 0 or p == 0:
-        return np.zeros((t, p), np.float64)
-    iou = box_iou(track_boxes, boxes)
-    areas = np.clip(track_boxes[:, 2] - track_boxes[:, 0], 1, None) * np.clip(
-        track_boxes[:, 3] - track_boxes[:, 1], 1, None
-    )
-    return np.maximum(track_oks(track_kpts, areas, kpts, sigmas), iou)
 
 
 @dataclass

@@ -226,14 +226,12 @@ def warp_crops(
     input_size: tuple[int, int],
     spec: ModelSpec | None = None,
 ) -> F32:
-    """Cut N crops out of ``image`` (bilinear, constant-0 border).
+    """:func:`cut_crops` (same arguments) made channel-first float32: ``(N, 3, H, W)``.
 
-    image: (H_img, W_img, 3) BGR (uint8 normally); centers/scales: (N, 2); input_size: (W, H).
-    Returns ``(N, 3, H, W) float32``: with ``spec=None`` raw BGR values (0–255 for uint8);
-    with a :class:`ModelSpec` the network input: channels in ``spec.channel_order``, then
-    ``(pixel * spec.pixel_scale - mean) / std``.  Boxes partly or fully outside the image give
-    zero-padded (black before normalisation) crops.  Same as :func:`cut_crops` followed by
-    :func:`normalize_crops`.
+    With ``spec=None`` raw BGR values (0–255 for uint8); with a :class:`ModelSpec` the network
+    input of :func:`normalize_crops` (channels in ``spec.channel_order``, then
+    ``(pixel * spec.pixel_scale - mean) / std``).  Boxes partly or fully outside the image give
+    zero-padded (black before normalisation) crops.
     """
     crops = cut_crops(image, centers, scales, input_size)
     if spec is None:

@@ -109,7 +109,7 @@ def test_bmp_checks() -> None:
 
 
 def test_sixteen_bit_decoding_is_memory_lean() -> None:
-    side = 2100  # above io.LEAN_ABOVE_PIXELS (smaller images take the np.asarray path)
+    side = 2100  # above pixels.LEAN_ABOVE_PIXELS (smaller images take the np.asarray path)
     data = hp.png16_gray(side)
     tracemalloc.start()
     try:

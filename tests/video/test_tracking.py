@@ -7,16 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from darkpose.service.core.association import box_iou, keypoint_box, track_oks
 from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.pipeline import Person
-from darkpose.service.core.tracking import (
-    OneEuroFilter,
-    Tracker,
-    TrackerConfig,
-    box_iou,
-    keypoint_box,
-    track_oks,
-)
+from darkpose.service.core.smoothing import OneEuroFilter
+from darkpose.service.core.tracking import Tracker, TrackerConfig
 from darkpose.service.core.types import COCO_SIGMAS
 
 SIGMAS = np.asarray(COCO_SIGMAS, np.float64)
