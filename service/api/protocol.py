@@ -50,6 +50,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from darkpose.service.api.logsafe import escape, throttle
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,31 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_connections: int = 1024
-    header_timeout_s: float = 10.0
-    write_timeout_s: float = 30.0
-    min_body_chunk_bytes: int = 256
-    max_url_bytes: int = 8192
-    max_header_bytes: int = 8192
-    max_headers_bytes: int = 32768
-    max_header_count: int = 100
+    """The limits a :class:`GuardedHttpToolsProtocol` enforces (the settings of the same names;
+    ``write_timeout_s`` is ``response_write_timeout_s``)."""
+
+    max_connections: int
+    header_timeout_s: float
+    write_timeout_s: float
+    min_body_chunk_bytes: int
+    max_url_bytes: int
+    max_header_bytes: int
+    max_headers_bytes: int
+    max_header_count: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_connections: int) -> ConnectionLimits:
+        """The limits of ``settings``, with the connection cap of :func:`prepare_process`."""
+        return cls(
+            max_connections=max_connections,
+            header_timeout_s=settings.header_timeout_s,
+            write_timeout_s=settings.response_write_timeout_s,
+            min_body_chunk_bytes=settings.min_body_chunk_bytes,
+            max_url_bytes=settings.max_url_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers_bytes=settings.max_headers_bytes,
+            max_header_count=settings.max_header_count,
+        )
 
 
 class _HeadTooLarge(Exception):
@@ -113,7 +131,7 @@ counters = {
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring; ``limits`` is set by :func:`guarded_protocol`."""
 
-    limits = ConnectionLimits()
+    limits: ConnectionLimits
     #: connections of this server without a complete request head, oldest first (per subclass)
     waiting: dict[GuardedHttpToolsProtocol, float] = {}
 
