@@ -50,6 +50,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from darkpose.service.api.logsafe import escape, throttle
+from darkpose.service.api.metrics import edge_rejections
 from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,15 +118,6 @@ class _RateLimitedLog:
 
 
 _refused_log = _RateLimitedLog()
-#: Totals since the process started (bench/hostile.py and tests read them from the log).
-counters = {
-    "refused": 0,
-    "evicted": 0,
-    "header_timeouts": 0,
-    "write_timeouts": 0,
-    "chunk_floods": 0,
-    "heads_too_large": 0,
-}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -156,11 +148,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.waiting:  # evict the connection idle the longest
                 oldest = next(iter(self.waiting))
                 self.waiting.pop(oldest, None)
-                counters["evicted"] += 1
+                edge_rejections["evicted"] += 1
                 oldest.transport.abort()
             else:
                 self._refused = True
-                counters["refused"] += 1
+                edge_rejections["refused"] += 1
                 transport.abort()
             n = _refused_log.hit()
             if n is not None:
@@ -169,8 +161,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     "last warning (%d evicted, %d refused in all)",
                     self.limits.max_connections,
                     n,
-                    counters["evicted"],
-                    counters["refused"],
+                    edge_rejections["evicted"],
+                    edge_rejections["refused"],
                 )
             if self._refused:
                 return
@@ -226,7 +218,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` in the service's JSON error shape, close, ignore the rest."""
         self._cut = True
         self.waiting.pop(self, None)
-        counters["heads_too_large"] += 1
+        edge_rejections[code] += 1
         logger.info("connection from %s: %d %s", escape(self.client), status, message)
         rid = uuid.uuid4().hex
         body = json.dumps({"error": {"code": code, "message": message}, "request_id": rid}).encode()
@@ -259,7 +251,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            counters["header_timeouts"] += 1
+            edge_rejections["header_timeout"] += 1
             logger.debug("connection from %s: no request head in time; closed", escape(self.client))
             self.transport.abort()
 
@@ -334,7 +326,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and self._body_bytes < self._chunks * self.limits.min_body_chunk_bytes
         ):
             self._cut = True
-            counters["chunk_floods"] += 1
+            edge_rejections["chunk_flood"] += 1
             logger.info(
                 "connection from %s: body in %d chunks of %.1f bytes on average (expected at "
                 "least %d); closed",
@@ -361,7 +353,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _write_timed_out(self) -> None:
         self._write_timer = None
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-            counters["write_timeouts"] += 1
+            edge_rejections["write_timeout"] += 1
             logger.info(
                 "connection from %s: response unread for %g s (%d bytes buffered); aborted",
                 escape(self.client),
