@@ -31,6 +31,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from darkpose.service.api import tracking
 from darkpose.service.api.body import MULTIPART, media_type, read_body
 from darkpose.service.api.deps import StateDep
 from darkpose.service.api.errors import error_body, request_id_of
@@ -38,14 +39,6 @@ from darkpose.service.api.multipart import parse_multipart
 from darkpose.service.api.routes.pose import BINARY
 from darkpose.service.api.schemas import error_responses
 from darkpose.service.api.state import ServiceState
-from darkpose.service.api.tracking import (
-    client_of,
-    frame_json,
-    make_runner,
-    observe_frame,
-    tracker_config,
-    video_jobs,
-)
 from darkpose.service.api.work import MB, Job, JobCancelled, current_job
 from darkpose.service.core.errors import DarkPoseError, PayloadTooLarge
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
@@ -104,14 +97,14 @@ def run_video(
         pipeline,
         config,
         options,
-        run=make_runner(state, pipeline, options, job),
+        run=tracking.make_runner(state, pipeline, options, job),
         min_side=state.settings.min_image_side,
     )
     try:
         for vf in reader.frames(fps=fps, check=job.check):
             frame = tracker.process(vf.image, vf.timestamp, index=vf.index)
-            observe_frame(state, "video", frame)
-            emit(frame_json(frame))
+            tracking.observe_frame(state, "video", frame)
+            emit(tracking.frame_json(frame))
         emit(
             {
                 "type": "end",
@@ -196,12 +189,12 @@ async def serve_video(
     request_id = request_id_of(request.scope)
     pipeline = state.require_ready()
     fps = check_fps(fps)
-    config = tracker_config(s, det_every, smooth)
+    config = tracking.tracker_config(s, det_every, smooth)
     options = state.options().replace(
         max_persons=max_persons if max_persons is not None else s.default_max_persons
     )
-    jobs = video_jobs(request.app.state)
-    client = client_of(request.scope)
+    jobs = tracking.video_jobs(request.app.state)
+    client = tracking.client_of(request.scope)
     jobs.take(client)
     released = False
     reserved = 0
