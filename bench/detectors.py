@@ -36,7 +36,8 @@ from darkpose.service.commands.eval_det import (  # noqa: E402
     keypoint_ap,
 )
 from darkpose.service.evaluation import load_coco  # noqa: E402
-from darkpose.service.runtime.detector_config import build_detector_from_config, split_configs  # noqa: E402
+from darkpose.service.runtime.detector_build import build_detector_from_config  # noqa: E402
+from darkpose.service.runtime.detector_config import split_configs  # noqa: E402
 from darkpose.service.runtime.htc import mmdet_available  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 

@@ -95,7 +95,7 @@ def pose_section(repeats: int) -> np.ndarray:
 def detector_section(repeats: int) -> None:
     import cv2
 
-    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.runtime.detector_build import build_detector_from_config
     from darkpose.service.settings import Settings
 
     image = cv2.imread(str(sorted((MODELS.parent / "data/coco-mini/train2017").glob("*.jpg"))[0]))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseStage  # noqa: E402
 from darkpose.service.evaluation import coco_keypoint_metrics, gt_boxes, load_coco  # noqa: E402
-from darkpose.service.runtime.detector_config import build_detector_from_config  # noqa: E402
+from darkpose.service.runtime.detector_build import build_detector_from_config  # noqa: E402
 from darkpose.service.runtime.pose import OnnxPoseModel  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 

@@ -47,7 +47,7 @@ from darkpose.service.core.pipeline import Pipeline, PipelineOptions  # noqa: E4
 from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops  # noqa: E402
 from darkpose.service.evaluation import evaluate, expand_configs, load_coco  # noqa: E402
 from darkpose.service.quantize import annotated_image_ids, calibration_crops  # noqa: E402
-from darkpose.service.runtime.detector_config import build_detector_from_config  # noqa: E402
+from darkpose.service.runtime.detector_build import build_detector_from_config  # noqa: E402
 from darkpose.service.runtime.pose import OnnxPoseModel  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 

@@ -15,6 +15,7 @@ from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.pipeline import PipelineOptions
 from darkpose.service.core.types import F32
 from darkpose.service.runtime import detector_config as dc
+from darkpose.service.runtime.detector_build import build_detector_from_config
 from darkpose.service.settings import Settings
 from tests.conftest import MODELS
 
@@ -93,7 +94,7 @@ def test_every_detector_kind_is_one_model_of_the_union() -> None:
         ]}
     )  # fmt: skip
     settings = Settings(model_dir=MODELS, providers="cpu", intra_op_threads=1)  # type: ignore[call-arg]
-    det = dc.build_detector_from_config("picodet(score=0.4)", settings)
+    det = build_detector_from_config("picodet(score=0.4)", settings)
     assert det.score_threshold == 0.4  # type: ignore[attr-defined]
     with pytest.raises(InvalidParameter, match=r"expected an option of picodet \(model, score"):
         dc.parse_detector_config("picodet(colour=1)")

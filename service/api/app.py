@@ -31,6 +31,7 @@ from darkpose.service.api.deps import reject_unknown_query
 from darkpose.service.api.errors import RequestContextMiddleware, install_error_handlers
 from darkpose.service.api.routes import demo, docs, health, ops, pose, stream, video
 from darkpose.service.api.state import ServiceState
+from darkpose.service.api.tracking import VideoJobs
 from darkpose.service.core.pipeline import Pipeline
 from darkpose.service.settings import Settings
 
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None, *, pipeline: Pipeline | None = 
         pose.build_router(settings.max_persons, settings.min_score_threshold),
         dependencies=strict_query,
     )
-    app.state.video_jobs = video.VideoJobs.from_settings(settings)  # videos + streams, shared
+    app.state.video_jobs = VideoJobs.from_settings(settings)  # videos + streams, shared
     app.include_router(video.build_router(settings.max_persons), dependencies=strict_query)
     app.include_router(stream.build_router(settings.max_persons))
     if settings.demo:

@@ -18,11 +18,15 @@ The names are fixed in docs/contracts.md; dashboards and alert rules rely on the
 - ``darkpose_video_detector_runs_total{kind}`` counter (detector runs per frame = its rate over
   the frames' rate)
 - ``darkpose_track_births_total{kind}`` / ``darkpose_track_deaths_total{kind}`` counters
+- ``darkpose_edge_rejections_total{reason}`` counter: connections ``darkpose serve``'s HTTP
+  protocol (:mod:`darkpose.service.api.protocol`) cut or answered before the app, reason ∈
+  :data:`EDGE_REASONS`; totals of the process
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter as Tally
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +36,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from darkpose.service.core.pipeline import (
     STAGES,  # the stage label values: the pipeline's own stages
@@ -43,6 +49,36 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 _PERSON_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 20, 30, 50, 100)
+
+#: Why the edge refused a connection: over ``max_connections`` with none to evict (refused) or
+#: evicting the longest idle one (evicted), no request head within ``header_timeout_s``, a
+#: response unread for ``response_write_timeout_s``, an upload in tiny chunks, a request
+#: target over ``max_url_bytes`` (414), a request head over the header limits (431).
+EDGE_REASONS = (
+    "refused",
+    "evicted",
+    "header_timeout",
+    "write_timeout",
+    "chunk_flood",
+    "uri_too_long",
+    "headers_too_large",
+)
+#: The edge's counts since the process started (the protocol adds, ``/metrics`` reads).
+edge_rejections: Tally[str] = Tally()
+
+
+class _EdgeCollector(Collector):
+    """``darkpose_edge_rejections_total{reason}`` read from :data:`edge_rejections`."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "darkpose_edge_rejections",
+            "Connections the HTTP edge cut or answered before the app, by reason",
+            labels=["reason"],
+        )
+        for reason in EDGE_REASONS:
+            family.add_metric([reason], edge_rejections[reason])
+        yield family
 
 
 class Metrics:
@@ -126,6 +162,7 @@ class Metrics:
         self.track_deaths = Counter(
             "darkpose_track_deaths", "Tracks ended after their grace period", ["kind"], registry=r
         )
+        r.register(_EdgeCollector())
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

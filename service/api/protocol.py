@@ -50,6 +50,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from darkpose.service.api.logsafe import escape, throttle
+from darkpose.service.api.metrics import edge_rejections
+from darkpose.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +67,31 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_connections: int = 1024
-    header_timeout_s: float = 10.0
-    write_timeout_s: float = 30.0
-    min_body_chunk_bytes: int = 256
-    max_url_bytes: int = 8192
-    max_header_bytes: int = 8192
-    max_headers_bytes: int = 32768
-    max_header_count: int = 100
+    """The limits a :class:`GuardedHttpToolsProtocol` enforces (the settings of the same names;
+    ``write_timeout_s`` is ``response_write_timeout_s``)."""
+
+    max_connections: int
+    header_timeout_s: float
+    write_timeout_s: float
+    min_body_chunk_bytes: int
+    max_url_bytes: int
+    max_header_bytes: int
+    max_headers_bytes: int
+    max_header_count: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_connections: int) -> ConnectionLimits:
+        """The limits of ``settings``, with the connection cap of :func:`prepare_process`."""
+        return cls(
+            max_connections=max_connections,
+            header_timeout_s=settings.header_timeout_s,
+            write_timeout_s=settings.response_write_timeout_s,
+            min_body_chunk_bytes=settings.min_body_chunk_bytes,
+            max_url_bytes=settings.max_url_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers_bytes=settings.max_headers_bytes,
+            max_header_count=settings.max_header_count,
+        )
 
 
 class _HeadTooLarge(Exception):
@@ -99,21 +118,12 @@ class _RateLimitedLog:
 
 
 _refused_log = _RateLimitedLog()
-#: Totals since the process started (bench/hostile.py and tests read them from the log).
-counters = {
-    "refused": 0,
-    "evicted": 0,
-    "header_timeouts": 0,
-    "write_timeouts": 0,
-    "chunk_floods": 0,
-    "heads_too_large": 0,
-}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring; ``limits`` is set by :func:`guarded_protocol`."""
 
-    limits = ConnectionLimits()
+    limits: ConnectionLimits
     #: connections of this server without a complete request head, oldest first (per subclass)
     waiting: dict[GuardedHttpToolsProtocol, float] = {}
 
@@ -138,11 +148,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.waiting:  # evict the connection idle the longest
                 oldest = next(iter(self.waiting))
                 self.waiting.pop(oldest, None)
-                counters["evicted"] += 1
+                edge_rejections["evicted"] += 1
                 oldest.transport.abort()
             else:
                 self._refused = True
-                counters["refused"] += 1
+                edge_rejections["refused"] += 1
                 transport.abort()
             n = _refused_log.hit()
             if n is not None:
@@ -151,8 +161,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     "last warning (%d evicted, %d refused in all)",
                     self.limits.max_connections,
                     n,
-                    counters["evicted"],
-                    counters["refused"],
+                    edge_rejections["evicted"],
+                    edge_rejections["refused"],
                 )
             if self._refused:
                 return
@@ -208,7 +218,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` in the service's JSON error shape, close, ignore the rest."""
         self._cut = True
         self.waiting.pop(self, None)
-        counters["heads_too_large"] += 1
+        edge_rejections[code] += 1
         logger.info("connection from %s: %d %s", escape(self.client), status, message)
         rid = uuid.uuid4().hex
         body = json.dumps({"error": {"code": code, "message": message}, "request_id": rid}).encode()
@@ -241,7 +251,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            counters["header_timeouts"] += 1
+            edge_rejections["header_timeout"] += 1
             logger.debug("connection from %s: no request head in time; closed", escape(self.client))
             self.transport.abort()
 
@@ -316,7 +326,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and self._body_bytes < self._chunks * self.limits.min_body_chunk_bytes
         ):
             self._cut = True
-            counters["chunk_floods"] += 1
+            edge_rejections["chunk_flood"] += 1
             logger.info(
                 "connection from %s: body in %d chunks of %.1f bytes on average (expected at "
                 "least %d); closed",
@@ -343,7 +353,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _write_timed_out(self) -> None:
         self._write_timer = None
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-            counters["write_timeouts"] += 1
+            edge_rejections["write_timeout"] += 1
             logger.info(
                 "connection from %s: response unread for %g s (%d bytes buffered); aborted",
                 escape(self.client),

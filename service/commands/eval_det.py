@@ -235,7 +235,7 @@ def evaluate_detectors(
     """Build every detector config with ``settings`` and score it (one :class:`DetRow` each)."""
     from darkpose.service.core.errors import InvalidParameter
     from darkpose.service.evaluation import load_coco
-    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.runtime.detector_build import build_detector_from_config
     from darkpose.service.runtime.factory import build_pose_models
 
     coco = load_coco(ann)

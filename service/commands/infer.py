@@ -179,7 +179,7 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
     """Track a video file: NDJSON lines to ``--json`` (or stdout), the overlay to ``--out``."""
     from tqdm import tqdm
 
-    from darkpose.service.api.routes.video import frame_json
+    from darkpose.service.api.tracking import frame_json
     from darkpose.service.core.errors import DarkPoseError
     from darkpose.service.core.tracking import PoseTracker, TrackerConfig
     from darkpose.service.core.video import check_fps, open_video

@@ -202,17 +202,8 @@ def _http_protocol(settings: Settings) -> Any:
     except ImportError as exc:  # httptools is a dependency; a broken install still serves
         logger.warning("connection limits off: %s (pip install httptools)", exc)
         return "auto"
-    limits = ConnectionLimits(
-        max_connections=prepare_process(settings.max_connections),
-        header_timeout_s=settings.header_timeout_s,
-        write_timeout_s=settings.response_write_timeout_s,
-        min_body_chunk_bytes=settings.min_body_chunk_bytes,
-        max_url_bytes=settings.max_url_bytes,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers_bytes=settings.max_headers_bytes,
-        max_header_count=settings.max_header_count,
-    )
-    return guarded_protocol(limits)
+    cap = prepare_process(settings.max_connections)
+    return guarded_protocol(ConnectionLimits.from_settings(settings, max_connections=cap))
 
 
 #: Ports below this one need root or CAP_NET_BIND_SERVICE (Linux's default

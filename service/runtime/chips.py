@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from darkpose.service.core.choices import IoU, PersonCount, check
 from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.nms import nms_boxes
 from darkpose.service.core.types import F32, Detections, Detector
@@ -224,12 +225,10 @@ class MultiScaleChipDetector:
         for lo, hi in ranges:
             if not (0.0 <= lo < hi) or math.isnan(hi):
                 raise InvalidParameter(f"valid_ranges: expected 0 <= lo < hi, got ({lo}, {hi})")
-        if not 0.0 < nms_iou <= 1.0:
-            raise InvalidParameter(f"nms_iou: expected (0, 1], got {nms_iou}")
+        check(IoU, nms_iou, "nms_iou")
+        check(PersonCount, max_detections, "max_detections")
         if border_margin < 0:
             raise InvalidParameter(f"border_margin: expected >= 0, got {border_margin}")
-        if max_detections < 1:
-            raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
         self.detector = detector
         self.scales: tuple[Scale, ...] = scales
         self.chip_size = chip_size

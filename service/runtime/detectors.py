@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from darkpose.service.core.cards import ModelCard, parse_card
+from darkpose.service.core.choices import IoU, PersonCount, Probability, check
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK, nms_boxes, top_k
 from darkpose.service.core.types import F32, Detections
@@ -194,25 +195,19 @@ class OnnxDetector:
         default_nms_iou: float = 0.65,
     ) -> None:
         self.path = Path(path)
-        self.card: ModelCard = card or load_card(self.path, "detector")
+        self.card: ModelCard = self._card_of(self.path, card)
         if self.card.kind != "detector":
             raise ModelError(
                 f"detector {self.path.name}: expected a detector card, got kind={self.card.kind}"
             )
         if nms_iou is None:
             nms_iou = self.card.detector_options.nms_iou or default_nms_iou
-        if not 0.0 <= score_threshold <= 1.0:
-            raise InvalidParameter(f"score_threshold: expected [0, 1], got {score_threshold}")
-        if not 0.0 < nms_iou <= 1.0:
-            raise InvalidParameter(f"nms_iou: expected (0, 1], got {nms_iou}")
-        if max_detections < 1:
-            raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
         if pre_nms_topk < 1:
             raise InvalidParameter(f"pre_nms_topk: expected >= 1, got {pre_nms_topk}")
         self.pre_nms_topk = int(pre_nms_topk)
-        self.score_threshold = float(score_threshold)
-        self.nms_iou = float(nms_iou)
-        self.max_detections = int(max_detections)
+        self.score_threshold = float(check(Probability, score_threshold, "score_threshold"))
+        self.nms_iou = float(check(IoU, nms_iou, "nms_iou"))
+        self.max_detections = int(check(PersonCount, max_detections, "max_detections"))
         self.person_class = self.card.detector_options.person_class
         self.layout = self.card.output_layout
         self.backend = backend or self.card.backend
@@ -262,6 +257,11 @@ class OnnxDetector:
         self._normalise = _normaliser(self.card)
         self._decode = OUTPUT_LAYOUTS[self.layout].build(self)
         self.name = self.path.stem
+
+    @classmethod
+    def _card_of(cls, path: Path, card: ModelCard | None) -> ModelCard:
+        """The card the detector runs with: ``card``, else the file's (required here)."""
+        return card or load_card(path, "detector")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path.name!r}, providers={self.providers})"
@@ -416,46 +416,22 @@ class YoloxDetector(OnnxDetector):
 
     kind = "yolox"
 
-    def __init__(
-        self,
-        path: str | Path,
-        score_threshold: float = 0.3,
-        nms_iou: float | None = None,
-        max_detections: int = 100,
-        pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK,
-        providers: str = "auto",
-        intra_op_threads: int = 0,
-        inter_op_threads: int = 0,
-        card: ModelCard | None = None,
-        backend: str | None = None,
-        precision: str | None = None,
-        default_nms_iou: float = 0.65,
-    ) -> None:
+    @classmethod
+    def _card_of(cls, path: Path, card: ModelCard | None) -> ModelCard:
+        """``card``, else the file's, else :data:`YOLOX_CARD` for the graph; its output layout
+        must be ``yolox``."""
         if card is None:
             found = resolve_card(path, kind="detector")
             card = found.card if found is not None else None
         if card is None:
-            logger.info("YOLOX %s: no model card, using the built-in YOLOX card", Path(path).name)
+            logger.info("YOLOX %s: no model card, using the built-in YOLOX card", path.name)
             card = _yolox_card_for(path)
         if card.output_layout != "yolox":
             raise ModelError(
-                f"YOLOX {Path(path).name}: expected a card with the 'yolox' output layout, "
+                f"YOLOX {path.name}: expected a card with the 'yolox' output layout, "
                 f"got {card.output_layout!r}"
             )
-        super().__init__(
-            path,
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
-            max_detections=max_detections,
-            pre_nms_topk=pre_nms_topk,
-            providers=providers,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-            card=card,
-            backend=backend,
-            precision=precision,
-            default_nms_iou=default_nms_iou,
-        )
+        return card
 
 
 def _yolox_card_for(path: str | Path) -> ModelCard:

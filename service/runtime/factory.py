@@ -10,7 +10,7 @@ from darkpose.service.core.errors import ModelError
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
 from darkpose.service.core.types import Detector, PoseModel
 from darkpose.service.runtime.cards import load_card, resolve_card
-from darkpose.service.runtime.detector_config import (
+from darkpose.service.runtime.detector_build import (
     build_detector_from_config,
     detector_model_files,
     existing_model_file,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from darkpose.service.core.choices import IoU, PersonCount, Probability, check
 from darkpose.service.core.errors import InvalidParameter, ModelError
 from darkpose.service.core.types import F32, Detections, Detector
 from darkpose.service.runtime.detectors import check_image
@@ -129,14 +130,11 @@ class FusedDetector:
                 )
             if any(not np.isfinite(x) or x <= 0 for x in weights):
                 raise InvalidParameter(f"weights: expected positive numbers, got {weights}")
-        if not 0.0 < iou_thr <= 1.0:
-            raise InvalidParameter(f"iou_thr: expected (0, 1], got {iou_thr}")
-        if not 0.0 <= skip_box_thr <= 1.0:
-            raise InvalidParameter(f"skip_box_thr: expected [0, 1], got {skip_box_thr}")
+        check(IoU, iou_thr, "iou_thr")
+        check(Probability, skip_box_thr, "skip_box_thr")
+        check(PersonCount, max_detections, "max_detections")
         if conf_type not in CONF_TYPES:
             raise InvalidParameter(f"conf_type: expected one of {CONF_TYPES}, got {conf_type!r}")
-        if max_detections < 1:
-            raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
         _wbf()  # fail at construction time, not on the first request
         self.detectors = detectors
         self.weights = weights

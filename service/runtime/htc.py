@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from darkpose.service.core.choices import PersonCount, Probability, check
 from darkpose.service.core.errors import InvalidParameter, ModelError
 from darkpose.service.core.types import F32, Detections
 from darkpose.service.runtime.detectors import check_image, clip_boxes, non_empty
@@ -139,10 +140,8 @@ class HtcDetector:
         seed: int = 0,
         num_threads: int = 0,
     ) -> None:
-        if not 0.0 <= score_threshold <= 1.0:
-            raise InvalidParameter(f"score_threshold: expected [0, 1], got {score_threshold}")
-        if max_detections < 1:
-            raise InvalidParameter(f"max_detections: expected >= 1, got {max_detections}")
+        check(Probability, score_threshold, "score_threshold")
+        check(PersonCount, max_detections, "max_detections")
         if test_scale is not None and (
             len(test_scale) != 2 or min(test_scale) < 32 or max(test_scale) > 4096
         ):

@@ -214,6 +214,35 @@ def test_oversized_heads_are_refused_with_json(
     assert httpx.get(edge.base + "/healthz", timeout=10).status_code == 200
 
 
+def _edge_rejections(base: str) -> dict[str, float]:
+    """``darkpose_edge_rejections_total`` by reason, read from the server's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "darkpose_edge_rejections"
+        for sample in family.samples
+        if sample.name == "darkpose_edge_rejections_total"
+    }
+
+
+@pytest.mark.slow
+def test_an_edge_rejection_is_counted_on_metrics(edge: ServerProcess) -> None:
+    from darkpose.service.api.metrics import EDGE_REASONS
+
+    before = _edge_rejections(edge.base)
+    assert set(before) == set(EDGE_REASONS)
+    code, _, _ = _raw(edge.port, _get(edge.port, "/v1/models?q=" + "a" * 3000, []))
+    assert code == 414
+    deadline = time.monotonic() + 30
+    while (now := _edge_rejections(edge.base))["uri_too_long"] < before["uri_too_long"] + 1:
+        assert time.monotonic() < deadline, (before, now)
+    assert now["uri_too_long"] == before["uri_too_long"] + 1
+    assert now["headers_too_large"] == before["headers_too_large"]
+
+
 @pytest.mark.slow
 def test_twenty_thousand_key_headers_cost_no_more_than_one_request(edge: ServerProcess) -> None:
     head = _get(

@@ -184,9 +184,12 @@ def test_serve_configs_differ_only_in_topology_where_shared() -> None:
 
 
 def test_pose_max_ongoing_requests_is_above_the_batch_size() -> None:
+    from darkpose.service.settings import default_of
+
     pose = _deployments(SPLIT_CONFIG)["PoseModel"]
+    size = pose.get("user_config", {}).get("max_batch_size", default_of("max_batch"))
     # Serve sends a replica at most max_ongoing_requests calls: a lower value caps every batch.
-    assert pose["max_ongoing_requests"] >= pose["user_config"]["max_batch_size"]
+    assert pose["max_ongoing_requests"] >= size
     assert pose["max_ongoing_requests"] > 5
 
 
@@ -205,6 +208,15 @@ def test_pipeline_ingress_autoscales_one_cpu_replicas() -> None:
 @pytest.fixture(scope="module")
 def schema() -> Any:
     return pytest.importorskip("ray.serve.schema", reason="needs the optional `ray` extra")
+
+
+def test_split_config_does_not_repeat_the_batching_defaults(schema: Any) -> None:
+    """Unset batching keys come from the settings' defaults; a copy of them would drift."""
+    from darkpose.service.ray_app.common import default_pose_batch
+
+    defaults = default_pose_batch()
+    user_config = _deployments(SPLIT_CONFIG)["PoseModel"].get("user_config") or {}
+    assert not {k for k, v in user_config.items() if defaults.get(k) == v}, user_config
 
 
 @pytest.mark.parametrize("topology", sorted(CONFIGS))
@@ -245,8 +257,8 @@ def test_serve_config_args_and_user_config_are_accepted_by_the_app(
     bound = app_builder(args)._bound_deployment
     assert bound.name == "Ingress"
     if topology == "split":
-        size, wait = parse_batch_config(_deployments(SPLIT_CONFIG)["PoseModel"]["user_config"])
-        assert size == 32 and wait == pytest.approx(0.005)
+        user_config = _deployments(SPLIT_CONFIG)["PoseModel"].get("user_config") or {}
+        assert parse_batch_config(user_config) == parse_batch_config({})
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from darkpose.service.core.errors import InvalidParameter, ModelError
 from darkpose.service.core.types import Detector
 from darkpose.service.runtime.chips import MultiScaleChipDetector, ScaledDetector
+from darkpose.service.runtime.detector_build import build_detector_from_config
 from darkpose.service.runtime.detector_config import (
     ChipsConfig,
     DetectorConfig,
@@ -20,7 +21,6 @@ from darkpose.service.runtime.detector_config import (
     HtcConfig,
     OnnxConfig,
     YoloxConfig,
-    build_detector_from_config,
     parse_detector_config,
     split_configs,
 )

@@ -32,7 +32,7 @@ def test_serving_modules_do_not_import_torch() -> None:
         "import sys\n"
         "import darkpose.service.runtime.htc, darkpose.service.runtime.chips\n"
         "import darkpose.service.runtime.fusion\n"
-        "import darkpose.service.runtime.detector_config, darkpose.service.runtime.factory\n"
+        "import darkpose.service.runtime.detector_build, darkpose.service.runtime.factory\n"
         "bad = [m for m in ('torch', 'mmdet', 'mmcv', 'mmengine') if m in sys.modules]\n"
         "sys.exit(1 if bad else 0)\n"
     )
@@ -188,7 +188,7 @@ def test_checkpoint_round_trip(htc_person: HtcDetector, tmp_path: Path) -> None:
 @pytest.mark.mmdet
 @pytest.mark.slow
 def test_htc_through_config_string() -> None:
-    from darkpose.service.runtime.detector_config import build_detector_from_config
+    from darkpose.service.runtime.detector_build import build_detector_from_config
     from darkpose.service.settings import Settings
 
     s = Settings(providers="cpu", det_score_threshold=0.0)  # type: ignore[call-arg]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from darkpose.service.core.errors import ModelError
 from darkpose.service.core.types import Detections, Detector
-from darkpose.service.runtime.detector_config import build_detector_from_config
+from darkpose.service.runtime.detector_build import build_detector_from_config
 from darkpose.service.runtime.detectors import PicoDetDetector, stretch
 from darkpose.service.runtime.htc import mmdet_available
 from darkpose.service.settings import Settings

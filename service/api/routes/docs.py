@@ -39,18 +39,21 @@ def install(app: FastAPI) -> None:
 
     @router.get("/", response_class=RedirectResponse, status_code=307)
     async def root(request: Request) -> RedirectResponse:
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs", status_code=307)
+        return RedirectResponse(at(request, "/docs"), status_code=307)
+
+    def at(request: Request, path: str) -> str:
+        """``path`` under the app's mount point (``root_path``)."""
+        return f"{request.scope.get('root_path', '')}{path}"
 
     @router.get("/docs", response_class=HTMLResponse)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{openapi_url}",
+            openapi_url=at(request, openapi_url),
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{oauth2_url}",
-            swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{STATIC_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png",
+            oauth2_redirect_url=at(request, oauth2_url),
+            swagger_js_url=at(request, f"{STATIC_URL}/swagger-ui-bundle.js"),
+            swagger_css_url=at(request, f"{STATIC_URL}/swagger-ui.css"),
+            swagger_favicon_url=at(request, f"{STATIC_URL}/favicon.png"),
         )
 
     @router.get(oauth2_url, response_class=HTMLResponse)
@@ -59,12 +62,11 @@ def install(app: FastAPI) -> None:
 
     @router.get("/redoc", response_class=HTMLResponse)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
         return get_redoc_html(
-            openapi_url=f"{root}{openapi_url}",
+            openapi_url=at(request, openapi_url),
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png",
+            redoc_js_url=at(request, f"{STATIC_URL}/redoc.standalone.js"),
+            redoc_favicon_url=at(request, f"{STATIC_URL}/favicon.png"),
             with_google_fonts=False,
         )
 

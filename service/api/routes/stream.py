@@ -39,7 +39,8 @@ from darkpose.service.api.access_control.clients import peer
 from darkpose.service.api.access_control.middleware import presented_keys
 from darkpose.service.api.access_control.policy import AccessPolicy
 from darkpose.service.api.errors import error_body
-from darkpose.service.api.routes.video import (
+from darkpose.service.api.state import ServiceState
+from darkpose.service.api.tracking import (
     client_of,
     frame_json,
     make_runner,
@@ -47,7 +48,6 @@ from darkpose.service.api.routes.video import (
     tracker_config,
     video_jobs,
 )
-from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import Job, current_job
 from darkpose.service.core.errors import DarkPoseError, InputError, PayloadTooLarge
 from darkpose.service.core.io import decode_image
