@@ -34,10 +34,16 @@ def test_default_max_persons_must_fit_the_limit() -> None:
 def test_image_limits_are_decode_image_keywords() -> None:
     import dataclasses
 
-    from darkpose.service.core.io import DecodeLimits
+    from darkpose.service.core.io import DecodeLimitKeywords, DecodeLimits
 
     limits = Settings(max_image_side=1234).image_limits
     assert set(limits) == {f.name for f in dataclasses.fields(DecodeLimits)}
+    assert set(DecodeLimitKeywords.__annotations__) == set(limits)
+    defaults = DecodeLimits()
+    assert (Settings().max_image_bytes, Settings().max_png_chunks) == (  # type: ignore[call-arg]
+        defaults.max_bytes,
+        defaults.max_png_chunks,
+    )
     assert limits["max_side"] == 1234
 
 

@@ -55,6 +55,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -94,6 +95,18 @@ DEFAULT_MIN_SIDE = 8
 HeaderHook = Callable[[int, int, str], None]
 
 
+class DecodeLimitKeywords(TypedDict, total=False):
+    """The keyword arguments of :func:`decode_image`, :func:`decode_working` and
+    :func:`read_image_file` that set a limit: the fields of :class:`DecodeLimits`."""
+
+    max_bytes: int
+    max_pixels: int
+    max_side: int
+    min_side: int
+    max_jpeg_scans: int
+    max_png_chunks: int
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """The limits every decode checks, given to :func:`decode_image`, :func:`decode_working` and
@@ -117,6 +130,7 @@ class DecodeLimits:
 __all__ = [
     "ACCEPTED",
     "ACCEPTED_FORMATS",
+    "DecodeLimitKeywords",
     "DecodeLimits",
     "Decoded",
     "apply_exif_orientation",
@@ -202,7 +216,7 @@ def decode_image(
     *,
     exif_orientation: bool = True,
     on_header: HeaderHook | None = None,
-    **limits: int,
+    **limits: Unpack[DecodeLimitKeywords],
 ) -> U8:
     """Decode untrusted image bytes to BGR uint8 ``(H, W, 3)`` (see the module docstring),
     upright per the EXIF orientation unless ``exif_orientation=False`` (pixels as stored);
@@ -223,7 +237,7 @@ def decode_working(
     working_side: int = 0,
     exif_orientation: bool = True,
     on_header: HeaderHook | None = None,
-    **limits: int,
+    **limits: Unpack[DecodeLimitKeywords],
 ) -> Decoded:
     """:func:`decode_image` at a working resolution (:mod:`darkpose.service.core.working`):
     an image whose longest side exceeds ``working_side`` (> 0) comes back reduced — a JPEG
@@ -385,7 +399,10 @@ def _check_and_load(
 
 
 def read_image_file(
-    path: str | os.PathLike[str], *, exif_orientation: bool = True, **limits: int
+    path: str | os.PathLike[str],
+    *,
+    exif_orientation: bool = True,
+    **limits: Unpack[DecodeLimitKeywords],
 ) -> U8:
     """Read and decode an image file for the CLI (same limits, orientation handling and errors
     as :func:`decode_image`; a missing, empty or unreadable file → :class:`InvalidImage`)."""

@@ -225,9 +225,10 @@ class Settings(
 
     @property
     def image_limits(self) -> ImageLimits:
-        """The keyword limits of :func:`darkpose.service.core.io.decode_image` / ``read_image_file``
-        (a fresh dict).  ``min_side`` is 1: a valid image with a side under ``min_image_side``
-        decodes, and its callers answer it with no persons rather than refuse it."""
+        """The keyword limits of :func:`darkpose.service.core.io.decode_image` /
+        ``read_image_file`` (a fresh dict).  ``min_side`` is 1: a valid image with a side under
+        ``min_image_side`` decodes, and its callers answer it with no persons rather than
+        refuse it."""
         return {
             "max_bytes": self.max_image_bytes,
             "max_pixels": self.max_image_pixels,

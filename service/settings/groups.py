@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode
 
 from darkpose.service.core.cards import ZOO_DIR
 from darkpose.service.core.choices import Backend, FloatPrecision, IoU, Probability, Providers
+from darkpose.service.core.io import DecodeLimits
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
 from darkpose.service.core.profiles import default_profile_value, profiles_table
 from darkpose.service.settings.text import ENV_PREFIX, TextList, split_list, split_weight
@@ -30,6 +31,9 @@ __all__ = [
     "ServerSettings",
     "VideoSettings",
 ]
+
+#: The decoders' own limits (darkpose.service.core.io): the image settings start there.
+_DECODE = DecodeLimits()
 
 
 class ModelSettings(BaseModel):
@@ -154,16 +158,20 @@ class LimitSettings(BaseModel):
     """What an image request may be and ask for (413 / 422 beyond)."""
 
     max_image_bytes: int = Field(
-        20 * 1024 * 1024, gt=0, description="largest request body / image file in bytes (413)"
+        _DECODE.max_bytes, gt=0, description="largest request body / image file in bytes (413)"
     )
     max_image_pixels: int = Field(
-        40_000_000, gt=0, description="most pixels of an image, read from its header (413)"
+        _DECODE.max_pixels, gt=0, description="most pixels of an image, read from its header (413)"
     )
     max_image_side: int = Field(
-        16384, gt=0, description="longest image side in pixels, read from its header (413)"
+        _DECODE.max_side,
+        gt=0,
+        description="longest image side in pixels, read from its header (413)",
     )
     min_image_side: int = Field(
-        8, gt=0, description="a valid image with a shorter side has no persons (not an error)"
+        _DECODE.min_side,
+        gt=0,
+        description="a valid image with a shorter side has no persons (not an error)",
     )
     max_persons: int = Field(100, gt=0, description="upper bound of a request's max_persons")
     working_side: int = Field(
@@ -279,8 +287,12 @@ class AccessSettings(BaseModel):
 class HostileInputSettings(BaseModel):
     """Bounds against costly files and slow or vanishing clients (docs/security.md)."""
 
-    max_jpeg_scans: int = Field(100, gt=0, description="most scans (SOS) a JPEG may have")
-    max_png_chunks: int = Field(20_000, gt=0, description="most chunks a PNG may have")
+    max_jpeg_scans: int = Field(
+        _DECODE.max_jpeg_scans, gt=0, description="most scans (SOS) a JPEG may have"
+    )
+    max_png_chunks: int = Field(
+        _DECODE.max_png_chunks, gt=0, description="most chunks a PNG may have"
+    )
     work_timeout_s: float = Field(
         30.0, gt=0.0, description="deadline of a request's work once its body arrived (503)"
     )

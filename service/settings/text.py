@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import NoDecode, SettingsError
 
 from darkpose.service.core.errors import describe_validation_errors
+from darkpose.service.core.io import DecodeLimitKeywords
 from darkpose.service.core.options import SETTING_NAMES
 
 ENV_PREFIX = "DARKPOSE_"
@@ -71,15 +72,8 @@ def _setting_place(loc: Any) -> str:
     return f"{'.'.join(parts)} ({ENV_PREFIX}{parts[0].upper()})"
 
 
-class ImageLimits(TypedDict):
-    """The keyword limits of :func:`darkpose.service.core.io.decode_image` / ``read_image_file``."""
-
-    max_bytes: int
-    max_pixels: int
-    max_side: int
-    min_side: int
-    max_jpeg_scans: int
-    max_png_chunks: int
+#: The keyword limits of :func:`darkpose.service.core.io.decode_image` / ``read_image_file``.
+ImageLimits = DecodeLimitKeywords
 
 
 def split_weight(entry: str) -> tuple[str, float]:
