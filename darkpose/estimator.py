@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from darkpose.service.core.errors import InvalidImage, InvalidParameter
 from darkpose.service.core.io import apply_exif_orientation, decode_image, read_image_file
+from darkpose.service.core.options import given
 from darkpose.service.core.pipeline import (
     Pipeline,
     PipelineOptions,
@@ -150,12 +151,9 @@ class PoseEstimator:
             )
         if not (isinstance(fps, int | float) and fps > 0):
             raise InvalidParameter(f"fps: expected a number > 0, got {fps!r}")
-        overrides: dict[str, Any] = {}
-        if det_every is not None:
-            overrides["det_every"] = det_every
-        if smooth is not None:
-            overrides["smoothing"] = smooth
-        config = TrackerConfig.from_settings(self.settings, **overrides)
+        config = TrackerConfig.from_settings(
+            self.settings, **given(det_every=det_every, smoothing=smooth)
+        )
         opts = self.pipeline.options.replace(**options) if options else self.pipeline.options
         tracker = PoseTracker(self.pipeline, config, opts, min_side=self.settings.min_image_side)
         names = tuple(self.pipeline.spec.keypoint_names)

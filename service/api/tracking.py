@@ -13,6 +13,7 @@ from darkpose.service.api.schemas import PersonOut
 from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import Job
 from darkpose.service.core.errors import Overloaded
+from darkpose.service.core.options import given
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseResult
 from darkpose.service.core.poses import Poses
 from darkpose.service.core.tracking import TrackedFrame, TrackerConfig
@@ -108,12 +109,7 @@ def frame_json(frame: TrackedFrame) -> dict[str, Any]:
 
 def tracker_config(settings: Settings, det_every: int | None, smooth: bool | None) -> TrackerConfig:
     """The settings' tracking config with a request's ``det_every`` / ``smooth`` applied."""
-    overrides: dict[str, Any] = {}
-    if det_every is not None:
-        overrides["det_every"] = det_every
-    if smooth is not None:
-        overrides["smoothing"] = smooth
-    return TrackerConfig.from_settings(settings, **overrides)
+    return TrackerConfig.from_settings(settings, **given(det_every=det_every, smoothing=smooth))
 
 
 def make_runner(

@@ -92,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from darkpose.service.core.codec import DECODERS
+    from darkpose.service.core.options import given
     from darkpose.service.core.pipeline import Pipeline, PipelineOptions
     from darkpose.service.evaluation import (
         DEFAULT_BATCH_CROPS,
@@ -104,10 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from darkpose.service.runtime.factory import build_detector, build_pose_models
     from darkpose.service.settings import Settings
 
-    overrides: dict[str, object] = {}
-    if args.providers is not None:
-        overrides["providers"] = args.providers
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**given(providers=args.providers))
     shifts = (
         [s == "on" for s in args.flip_shift]
         if args.flip_shift is not None

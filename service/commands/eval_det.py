@@ -317,17 +317,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from darkpose.service.core.errors import InvalidParameter
+    from darkpose.service.core.options import given
     from darkpose.service.runtime.detector_config import parse_detector_config, split_configs
     from darkpose.service.settings import Settings
 
-    overrides: dict[str, object] = {}
-    if args.providers is not None:
-        overrides["providers"] = args.providers
-    if args.det_threshold is not None:
-        overrides["det_score_threshold"] = args.det_threshold
+    overrides = given(providers=args.providers, det_score_threshold=args.det_threshold)
     if args.limit is not None and args.limit < 1:
         raise InvalidParameter(f"--limit: expected >= 1, got {args.limit}")
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     configs = split_configs(args.detectors)
     for c in configs:  # syntax errors before any model is loaded
         parse_detector_config(c)

@@ -161,18 +161,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace, settings: Any) -> Any:
     """The pipeline options of the settings with the command line's overrides."""
-    from darkpose.service.core.pipeline import PipelineOptions
+    from darkpose.service.core.options import PipelineOptions, given
 
-    opt_overrides: dict[str, object] = {}
-    if args.decode is not None:
-        opt_overrides["decode"] = args.decode
-    if args.flip is not None:
-        opt_overrides["flip"] = args.flip == "on"
-    if args.det_threshold is not None:
-        opt_overrides["det_score_threshold"] = args.det_threshold
-    if args.max_persons is not None:
-        opt_overrides["max_persons"] = args.max_persons
-    return PipelineOptions.from_settings(settings, **opt_overrides)
+    flip = None if args.flip is None else args.flip == "on"
+    return PipelineOptions.from_settings(
+        settings,
+        **given(
+            decode=args.decode,
+            flip=flip,
+            det_score_threshold=args.det_threshold,
+            max_persons=args.max_persons,
+        ),
+    )
 
 
 def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:

@@ -283,18 +283,12 @@ def run(args: argparse.Namespace) -> int:
 
     from darkpose.service.api import create_app
     from darkpose.service.api.access_control import warn_if_open
+    from darkpose.service.core.options import given
     from darkpose.service.settings import Settings
 
-    overrides: dict[str, object] = {}
-    if args.host is not None:
-        overrides["host"] = args.host
-    if args.port is not None:
-        overrides["port"] = args.port
-    if args.batching is not None:
-        overrides["batching"] = args.batching == "on"
-    if args.providers is not None:
-        overrides["providers"] = args.providers
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    batching = None if args.batching is None else args.batching == "on"
+    overrides = given(host=args.host, port=args.port, batching=batching, providers=args.providers)
+    settings = Settings(**overrides)
     if args.malloc_mmap_threshold > 0 and pin_mmap_threshold(args.malloc_mmap_threshold):
         logger.info("glibc mmap threshold pinned at %d bytes", args.malloc_mmap_threshold)
     check_models(settings)

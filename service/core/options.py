@@ -32,7 +32,7 @@ from darkpose.service.core.choices import (
 from darkpose.service.core.errors import InvalidParameter, describe_validation_errors
 from darkpose.service.core.profiles import default_profile_value
 
-__all__ = ["SETTING_NAMES", "PipelineOptions"]
+__all__ = ["SETTING_NAMES", "PipelineOptions", "given"]
 
 
 class PipelineOptions(BaseModel):
@@ -118,6 +118,12 @@ class PipelineOptions(BaseModel):
         ``overrides`` applied."""
         options: PipelineOptions = settings.pipeline
         return options.replace(**overrides)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The ``values`` that are not ``None``: the overrides a caller (a request's query, a
+    command line) actually gave, for :meth:`PipelineOptions.replace` or ``Settings(...)``."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 #: The setting (and ``DARKPOSE_<NAME>`` environment variable) of each option: its own name,

@@ -30,6 +30,7 @@ from darkpose.service.api.work import Job, current_job, hold_work
 from darkpose.service.core.choices import DecodeMethod, Probability
 from darkpose.service.core.codec import DECODERS
 from darkpose.service.core.errors import InvalidImage
+from darkpose.service.core.options import given
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions, too_small_for_person
 from darkpose.service.core.poses import Poses
 
@@ -79,19 +80,16 @@ class PoseQuery:
 
     def options(self, defaults: PipelineOptions, default_max_persons: int) -> PipelineOptions:
         """``defaults`` with this request's overrides applied."""
-        overrides: dict[str, Any] = {}
-        if self.decode is not None:
-            overrides["decode"] = self.decode
-        if self.flip is not None:
-            overrides["flip"] = self.flip
-        if self.score_threshold is not None:
-            overrides["det_score_threshold"] = self.score_threshold
-        if self.keypoint_threshold is not None:
-            overrides["keypoint_score_threshold"] = self.keypoint_threshold
-        overrides["max_persons"] = (
-            self.max_persons if self.max_persons is not None else default_max_persons
+        persons = self.max_persons if self.max_persons is not None else default_max_persons
+        return defaults.replace(
+            **given(
+                decode=self.decode,
+                flip=self.flip,
+                det_score_threshold=self.score_threshold,
+                keypoint_score_threshold=self.keypoint_threshold,
+                max_persons=persons,
+            )
         )
-        return defaults.replace(**overrides)
 
 
 def render_overlay(
