@@ -287,3 +287,11 @@ def test_every_setting_is_in_one_group_and_each_option_is_a_setting() -> None:
     assert set(names) == (set(Settings.model_fields) - {"pipeline"}) | set(SETTING_NAMES.values())
     assert list(setting_fields()) == names
     assert set(SETTING_NAMES) == set(PipelineOptions.model_fields)
+
+
+def test_pipeline_options_read_by_their_setting_names() -> None:
+    s = Settings(flip=False, default_max_persons=7, box_padding=1.3)  # type: ignore[call-arg]
+    assert (s.flip, s.default_max_persons, s.box_padding) == (False, 7, 1.3)  # type: ignore[attr-defined]
+    assert (s.pipeline.max_persons, s.max_persons) == (7, 100)
+    with pytest.raises(AttributeError):
+        s.flip = True  # type: ignore[attr-defined]

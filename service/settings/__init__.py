@@ -251,6 +251,19 @@ class Settings(
         }
 
 
+def _option_alias(setting: str, option: str) -> property:
+    def read(self: Settings) -> Any:
+        return getattr(self.pipeline, option)
+
+    return property(read, doc=f"``pipeline.{option}`` (read-only alias)")
+
+
+# ``settings.flip``, ``settings.default_max_persons``, ...: the pipeline options by their setting
+# names, read-only (the values live in ``settings.pipeline``).
+for _setting, _option in _OPTION_OF.items():
+    setattr(Settings, _setting, _option_alias(_setting, _option))
+
+
 #: The settings by job, in the order help and the configuration reference show them; the
 #: pipeline options are listed under their setting names (:data:`SETTING_NAMES`).
 SETTING_GROUPS: dict[str, type[BaseModel]] = {
