@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests import hostile_payloads as hp
-from tests.api.conftest import CROWD_IMAGE, PINNED_ENV, ServerProcess
+from tests.api.conftest import CROWD_IMAGE, PINNED_ENV, ServerProcess, running_server
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -48,12 +48,8 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("hostile") / "server.log"
-    server = ServerProcess(env=SETTINGS, log=log, log_level="INFO")
-    try:
-        server.wait_ready()
+    with running_server(env=SETTINGS, log=log, log_level="INFO") as server:
         yield server
-    finally:
-        server.terminate()
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
+from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +49,11 @@ def _good_request_works(base: str) -> None:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    server = ServerProcess(
+    with running_server(
         env={"DARKPOSE_MAX_IMAGE_BYTES": str(3 * 1024 * 1024), "DARKPOSE_REQUEST_TIMEOUT_S": "2"},
         log=log,
-    )
-    try:
-        server.wait_ready()
+    ) as server:
         yield server
-    finally:
-        server.terminate()
 
 
 def test_aborted_upload_leaves_the_server_serving(srv: ServerProcess) -> None:
