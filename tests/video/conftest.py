@@ -53,7 +53,7 @@ def make_video(
     ``rotation``: the display matrix's counter-clockwise degrees; ``options``: the muxer's
     (``{"live": "1"}``: a WebM without duration or frame count in its header)."""
     buf = io.BytesIO()
-    out = av.open(buf, mode="w", format=container, options=options or {})
+    out = av.open(buf, mode="w", format=container, options=options)
     stream = out.add_stream(codec, rate=Fraction(fps))
     h, w = frames[0].shape[:2]
     stream.width, stream.height = w, h
