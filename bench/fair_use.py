@@ -32,8 +32,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.load import (  # noqa: E402
+    add_load_arguments,
+    load_images,
+    start_server,
+    stop_server,
+    summarize,
+)
 from bench.load import client_loop as load_client_loop  # noqa: E402
-from bench.load import load_images, start_server, stop_server, summarize  # noqa: E402
 
 GREEDY_KEY = "bench-greedy-key-0123456789"
 POLITE_KEY = "bench-polite-key-9876543210"
@@ -117,14 +123,10 @@ def _fmt(tag: str, r: dict[str, Any], base_p50: float) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
+    add_load_arguments(ap, duration=15.0, per="phase", warmup=2.0, images=40)
     ap.add_argument("--greedy", type=int, default=32, help="greedy client's connections")
     ap.add_argument("--cap", type=int, default=4, help="DARKPOSE_MAX_INFLIGHT_PER_CLIENT")
     ap.add_argument("--greedy-backoff-ms", type=float, default=20.0, help="wait after a 429")
-    ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--images", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     images = load_images(args.images)
     backoff = args.greedy_backoff_ms / 1000.0

@@ -332,16 +332,27 @@ def _fmt_ceiling(tag: str, c: dict[str, float]) -> str:
     )
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds per mode (default 60)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
-    ap.add_argument("--images", type=int, default=80, help="coco-mini images to cycle through")
-    ap.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
-    ap.add_argument("--ceiling-seconds", type=float, default=0.0, help="default: min(duration, 20)")
+def add_load_arguments(
+    ap: argparse.ArgumentParser, *, duration: float, per: str, warmup: float, images: int
+) -> None:
+    """The options of every HTTP load benchmark here: ``--duration`` (seconds ``per``
+    mode/phase), ``--warmup``, ``--images`` (coco-mini images cycled), ``--threads`` and
+    ``--json``, with these defaults."""
+    ap.add_argument(
+        "--duration", type=float, default=duration, help=f"seconds per {per} (default {duration:g})"
+    )
+    ap.add_argument("--warmup", type=float, default=warmup, help="seconds of load before measuring")
+    ap.add_argument("--images", type=int, default=images, help="coco-mini images to cycle through")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0=auto)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(ap, duration=60.0, per="mode", warmup=3.0, images=80)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
+    ap.add_argument("--ceiling-seconds", type=float, default=0.0, help="default: min(duration, 20)")
     args = ap.parse_args()
 
     images = load_images(args.images)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,6 +44,30 @@ def missing_requirement(reason: str) -> NoReturn:
     if os.environ.get(REQUIRE_TOOLS_ENV, "") not in ("", "0"):
         pytest.fail(f"{reason} ({REQUIRE_TOOLS_ENV}=1 makes this a failure)")
     pytest.skip(f"{reason} (set {REQUIRE_TOOLS_ENV}=1 to fail instead)")
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 30.0, what: str = "a condition"
+) -> None:
+    """Poll ``predicate`` (state: a metric, a log line, an event; not time) until it is true,
+    or fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"expected {what} within {timeout} s, got it false")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM ``proc`` if it still runs, wait up to ``timeout`` s, then SIGKILL; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout)
 
 
 KPT_ANN = COCO_MINI / "annotations" / "person_keypoints_train2017.json"

@@ -65,6 +65,19 @@ def test_list_settings_take_what_a_person_types(
     assert Settings(pose_models=text).pose_models == expected
 
 
+def _error_line(env: str, value: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The one line ``settings_error_line`` makes of the error of ``Settings()`` with
+    ``env=value`` set (the test fails when no error is raised)."""
+    from pydantic_settings import SettingsError
+
+    from darkpose.service.settings import settings_error_line
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises((ValidationError, SettingsError)) as exc:
+        Settings()
+    return settings_error_line(exc.value)
+
+
 @pytest.mark.parametrize(
     ("env", "value", "needle"),
     [
@@ -76,14 +89,7 @@ def test_list_settings_take_what_a_person_types(
 def test_settings_errors_are_one_line(
     env: str, value: str, needle: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pydantic_settings import SettingsError
-
-    from darkpose.service.settings import settings_error_line
-
-    monkeypatch.setenv(env, value)
-    with pytest.raises((ValidationError, SettingsError)) as exc:
-        Settings()
-    line = settings_error_line(exc.value)
+    line = _error_line(env, value, monkeypatch)
     assert "\n" not in line
     assert needle in line, line
 
@@ -162,14 +168,7 @@ def test_settings_errors_read_as_sentences(
     env: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The exact line a user reads: "<setting> (<variable>): expected X, got Y", once."""
-    from pydantic_settings import SettingsError
-
-    from darkpose.service.settings import settings_error_line
-
-    monkeypatch.setenv(env, value)
-    with pytest.raises((ValidationError, SettingsError)) as exc:
-        Settings()
-    text = settings_error_line(exc.value)
+    text = _error_line(env, value, monkeypatch)
     assert text == f"settings: {line}"
     assert text.count("expected") == 1 and "expected expected" not in text
     assert not [w for w in PYDANTIC_JARGON if w in text], text

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import IMAGES, REPO, missing_requirement
+from tests.conftest import IMAGES, REPO, missing_requirement, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -284,12 +284,7 @@ def served(installed: Installed) -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc)
 
 
 def test_serve_answers_pose_from_a_directory_with_user_modules(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from darkpose.service.settings import Settings
-from tests.conftest import IMAGES, MODELS, REPO
+from tests.conftest import IMAGES, MODELS, REPO, stop_process
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
@@ -255,13 +255,26 @@ class ServerProcess:
         )
 
     def terminate(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (SIGKILL after 30 s); the exit code."""
         try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+            return stop_process(self.proc)
         finally:
             if self._log is not subprocess.DEVNULL:
                 self._log.close()  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def running_server(
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    log_level: str | None = "WARNING",
+    args: list[str] | None = None,
+) -> Iterator[ServerProcess]:
+    """A :class:`ServerProcess` (same arguments) that is ready inside the block and
+    terminated after it."""
+    server = ServerProcess(env=env, log=log, log_level=log_level, args=args)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()

@@ -13,15 +13,15 @@ import re
 import secrets
 import signal
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from darkpose.service.api.access_control import key_id as _key_id
-from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
+from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response, running_server
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -89,21 +89,25 @@ def _metric(base: str, name: str, labels: str, key: str | None = None) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _wait_until(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"expected {what} within {timeout} s, got it never")
-
-
 def _assert_error_shape(r: httpx.Response, status: int, code: str) -> None:
     assert r.status_code == status, r.text
     body = r.json()
     assert body["error"]["code"] == code
     assert body["error"]["message"].startswith("expected") or "expected" in body["error"]["message"]
     assert body["request_id"] == r.headers["x-request-id"]
+
+
+def _serve(
+    tmp_path_factory: pytest.TempPathFactory, name: str, log_level: str, env: dict[str, str]
+) -> Iterator[ServerProcess]:
+    """A ready server of this module (no warm-up, 60 s request timeout, ``env`` on top) that
+    logs at ``log_level`` into a fresh folder ``name``."""
+    with running_server(
+        env={"DARKPOSE_REQUEST_TIMEOUT_S": "60", "DARKPOSE_WARMUP": "false", **env},
+        log=tmp_path_factory.mktemp(name) / "server.log",
+        log_level=log_level,
+    ) as server:
+        yield server
 
 
 # --- server with keys -----------------------------------------------------------------------
@@ -116,9 +120,11 @@ def keyfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, keyfile: Path) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("keyed") / "server.log"
-    server = ServerProcess(
-        env={
+    yield from _serve(
+        tmp_path_factory,
+        "keyed",
+        "DEBUG",
+        {
             "DARKPOSE_API_KEYS": KEYS["inline"],
             "DARKPOSE_API_KEYS_FILE": str(keyfile),
             "DARKPOSE_METRICS_KEY": KEYS["metrics"],
@@ -128,18 +134,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, keyfile: Path) -> Iterator[S
             "DARKPOSE_RATE_LIMIT": "0.5",
             "DARKPOSE_RATE_BURST": str(RATE_BURST),
             "DARKPOSE_MAX_INFLIGHT_PER_CLIENT": "2",
-            "DARKPOSE_REQUEST_TIMEOUT_S": "60",
-            "DARKPOSE_WARMUP": "false",
             "DARKPOSE_LOG_LEVEL": "debug",
         },
-        log=log,
-        log_level="DEBUG",
     )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
 
 
 def test_probes_stay_open(keyed: ServerProcess) -> None:
@@ -245,12 +242,12 @@ def test_greedy_client_at_its_cap_while_another_is_served(keyed: ServerProcess) 
     gid = key_id(KEYS["greedy"])
     held = [_open_upload(keyed.port, _auth("greedy")) for _ in range(2)]
     try:
-        _wait_until(
-            "greedy's two uploads in flight",
+        wait_until(
             lambda: (
                 _metric(keyed.base, "darkpose_client_inflight", f'client="{gid}"', KEYS["metrics"])
                 == 2
             ),
+            what="greedy's two uploads in flight",
         )
         status, headers, body = _headers_only(keyed.port, _auth("greedy"))
         assert status == 429, body
@@ -267,12 +264,12 @@ def test_greedy_client_at_its_cap_while_another_is_served(keyed: ServerProcess) 
     finally:
         for s in held:
             s.close()
-    _wait_until(
-        "greedy served again once its uploads are gone",
+    wait_until(
         lambda: (
             httpx.get(keyed.base + "/v1/models", headers=_auth("greedy"), timeout=10).status_code
             == 200
         ),
+        what="greedy served again once its uploads are gone",
     )
     assert (
         _metric(
@@ -294,20 +291,19 @@ def test_key_file_reload_on_sighup_and_on_change(keyed: ServerProcess, keyfile: 
     # SIGHUP: rotated in, dave out (mtime granularity does not matter: the signal forces it)
     _write_keys(keyfile, ["alice", "bob", "carol", "greedy", "polite", "rotated"])
     keyed.proc.send_signal(signal.SIGHUP)
-    _wait_until("the rotated key accepted after SIGHUP", lambda: status("rotated") == 200)
+    wait_until(lambda: status("rotated") == 200, what="the rotated key accepted after SIGHUP")
     assert status("dave") == 401
     assert status("inline") == 200  # inline keys survive reloads
     # a change without a signal is noticed too (the file is checked about once a second)
     _write_keys(keyfile, ["alice", "bob", "carol", "dave", "greedy", "polite"])
-    _wait_until("dave accepted again after the file changed", lambda: status("dave") == 200)
-    _wait_until("the rotated key refused again", lambda: status("rotated") == 401)
+    wait_until(lambda: status("dave") == 200, what="dave accepted again after the file changed")
+    wait_until(lambda: status("rotated") == 401, what="the rotated key refused again")
     # a broken file keeps the keys in force
     keyfile.write_text("two words\n")
     keyed.proc.send_signal(signal.SIGHUP)
-    assert keyed.log_path is not None
-    _wait_until(
-        "the broken file reported",
-        lambda: "API keys not reloaded (SIGHUP)" in keyed.log_path.read_text(errors="replace"),  # type: ignore[union-attr]
+    wait_until(
+        lambda: "API keys not reloaded (SIGHUP)" in keyed.log_text(),
+        what="the broken file reported",
     )
     assert status("alice") == 200
 
@@ -327,23 +323,16 @@ def test_no_key_in_any_log_line(keyed: ServerProcess) -> None:
 # --- server without keys --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def open_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("open") / "server.log"
-    server = ServerProcess(
-        env={
+    yield from _serve(
+        tmp_path_factory,
+        "open",
+        "INFO",
+        {
             "DARKPOSE_HOST": "0.0.0.0",
             "DARKPOSE_MAX_INFLIGHT_PER_CLIENT": "1",
             "DARKPOSE_TRUSTED_PROXIES": "127.0.0.2",
-            "DARKPOSE_REQUEST_TIMEOUT_S": "60",
-            "DARKPOSE_WARMUP": "false",
         },
-        log=log,
-        log_level="INFO",
     )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
 
 
 def test_open_server_warns_once_and_serves_without_keys(open_srv: ServerProcess) -> None:
@@ -375,14 +364,14 @@ def test_forwarded_for_only_from_trusted_proxies(open_srv: ServerProcess) -> Non
     # from 127.0.0.1 (not a trusted proxy): the header is ignored, the client is 127.0.0.1
     held = _open_upload(port, {"X-Forwarded-For": "10.0.0.1"})
     try:
-        _wait_until("one upload in flight", lambda: inflight() == 1)
+        wait_until(lambda: inflight() == 1, what="one upload in flight")
         status, _, body = _headers_only(port, {"X-Forwarded-For": "10.0.0.2"})
         assert status == 429, body
         # from the trusted proxy 127.0.0.2: each forwarded client has its own cap
         assert get_from("127.0.0.2", "10.0.0.1") == 200
         held2 = _open_upload(port, {"X-Forwarded-For": "10.0.0.3"}, source="127.0.0.2")
         try:
-            _wait_until("two uploads in flight", lambda: inflight() == 2)
+            wait_until(lambda: inflight() == 2, what="two uploads in flight")
             # a spoofed left part is ignored: still client 10.0.0.3, at its cap
             assert get_from("127.0.0.2", "198.51.100.7, 10.0.0.3") == 429
             assert get_from("127.0.0.2", "10.0.0.4") == 200

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darkpose.service.api.logsafe import RepeatFilter, escape
-from tests.api.conftest import ServerProcess, read_response
+from tests.api.conftest import ServerProcess, read_response, running_server
 from tests.conftest import REPO
 
 KEYS = [f"edge-key-{i:04d}-{secrets.token_hex(8)}" for i in range(1000)]
@@ -128,16 +128,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     d = tmp_path_factory.mktemp("edge")
     keyfile = d / "keys"
     keyfile.write_text("\n".join(KEYS) + "\n")
-    server = ServerProcess(
+    with running_server(
         env={**SETTINGS, "DARKPOSE_API_KEYS_FILE": str(keyfile)},
         log=d / "server.log",
         log_level="INFO",
-    )
-    try:
-        server.wait_ready()
+    ) as server:
         yield server
-    finally:
-        server.terminate()
 
 
 def _connect(port: int, source: str = "127.0.0.1", timeout: float = 30.0) -> socket.socket:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import IMAGES, ServerProcess, encode, imdecode
+from tests.api.conftest import IMAGES, encode, imdecode, running_server
 from tests.conftest import match_persons, upright_and_sideways_jpeg
 
 PHOTO = IMAGES / "000000211325.jpg"
@@ -156,9 +156,7 @@ def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
     """A real ``darkpose serve``: one INFO line per request (method, path, status, ms, request
     id) by default; DARKPOSE_LOG_LEVEL=WARNING silences the service's own INFO loggers."""
     log = tmp_path / "info.log"
-    server = ServerProcess(env={"DARKPOSE_WARMUP": "false"}, log=log, log_level=None)
-    try:
-        server.wait_ready()
+    with running_server(env={"DARKPOSE_WARMUP": "false"}, log=log, log_level=None) as server:
         base = server.base
         r = httpx.post(
             base + "/pose",
@@ -168,8 +166,6 @@ def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
         )
         assert r.status_code == 200
         assert httpx.get(base + "/nope", timeout=10).status_code == 404
-    finally:
-        server.terminate()
     text = log.read_text()
     access = r"INFO darkpose\.service\.api\.access: "
     assert re.search(access + r"POST /pose 200 [\d.]+ ms id=req-42", text), text
@@ -177,10 +173,6 @@ def test_access_log_lines_and_log_level(tmp_path: Path) -> None:
 
     quiet = tmp_path / "warning.log"
     env = {"DARKPOSE_WARMUP": "false", "DARKPOSE_LOG_LEVEL": "WARNING"}
-    server = ServerProcess(env=env, log=quiet, log_level=None)
-    try:
-        server.wait_ready()
+    with running_server(env=env, log=quiet, log_level=None) as server:
         assert httpx.get(server.base + "/healthz", timeout=10).status_code == 200
-    finally:
-        server.terminate()
     assert " INFO " not in quiet.read_text(), quiet.read_text()

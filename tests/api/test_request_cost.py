@@ -33,6 +33,7 @@ from tests.api.conftest import (
     ServerProcess,
     api_settings,
     free_port,
+    running_server,
 )
 
 pytestmark = pytest.mark.slow
@@ -74,12 +75,8 @@ def _error(r: httpx.Response, status: int, needle: str) -> None:
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[ServerProcess]:
-    server = ServerProcess(env=SETTINGS)
-    try:
-        server.wait_ready()
+    with running_server(env=SETTINGS) as server:
         yield server
-    finally:
-        server.terminate()
 
 
 def _cost(srv: ServerProcess, send: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:

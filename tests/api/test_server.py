@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response
+from tests.api.conftest import CROWD_IMAGE, ServerProcess, read_response, running_server
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,28 +50,21 @@ def _good_request_works(base: str) -> None:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    server = ServerProcess(
+    with running_server(
         env={"DARKPOSE_MAX_IMAGE_BYTES": str(3 * 1024 * 1024), "DARKPOSE_REQUEST_TIMEOUT_S": "2"},
         log=log,
-    )
-    try:
-        server.wait_ready()
+    ) as server:
         yield server
-    finally:
-        server.terminate()
 
 
 def test_aborted_upload_leaves_the_server_serving(srv: ServerProcess) -> None:
     for _ in range(3):
         s = _connect(srv.port)
         s.sendall(_headers(srv.port, len(JPEG)) + JPEG[: len(JPEG) // 2])
-        time.sleep(0.1)
+        wait_until(lambda: _inflight(srv.base) == 1.0, what="the upload in the /pose handler")
         s.close()  # half a body, then gone
     _good_request_works(srv.base)
-    deadline = time.monotonic() + 10
-    while _inflight(srv.base) != 0.0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _inflight(srv.base) == 0.0
+    wait_until(lambda: _inflight(srv.base) == 0.0, timeout=10, what="no request in flight")
     assert srv.proc.poll() is None
 
 
@@ -127,10 +121,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             s = _connect(server.port)
             s.sendall(_headers(server.port, len(JPEG)) + JPEG[:half])
             socks.append(s)
-        deadline = time.monotonic() + 20
-        while _inflight(server.base) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _inflight(server.base) == 3.0
+        wait_until(lambda: _inflight(server.base) == 3.0, timeout=20, what="3 uploads in flight")
         server.proc.send_signal(signal.SIGTERM)
         refused = False
         deadline = time.monotonic() + 20

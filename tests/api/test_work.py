@@ -24,6 +24,7 @@ from darkpose.service.api.work import (
 )
 from darkpose.service.core.errors import InvalidImage, Overloaded, PayloadTooLarge
 from tests import hostile_payloads as hp
+from tests.conftest import wait_until
 
 
 def test_memory_budget_admits_refuses_and_releases() -> None:
@@ -115,7 +116,7 @@ def test_job_cancel_and_deadline() -> None:
     with pytest.raises(JobCancelled, match="client disconnected"):
         job.check()
     late = Job(0.001, retry_after=3.0)
-    time.sleep(0.01)
+    wait_until(late.expired, what="the 1 ms deadline passed")
     with pytest.raises(DeadlineExceeded) as ei:
         late.check()
     assert ei.value.status_code == 503 and ei.value.code == "deadline_exceeded"

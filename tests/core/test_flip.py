@@ -17,6 +17,14 @@ from darkpose.service.core.types import COCO_FLIP_PAIRS
 small = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 
+def stacks(channels: int, max_h: int, max_w: int) -> st.SearchStrategy[np.ndarray]:
+    """(N, ``channels``, H, W) float32 arrays of small values, N in 0..3, H and W from 1."""
+    shape = st.tuples(
+        st.integers(0, 3), st.just(channels), st.integers(1, max_h), st.integers(1, max_w)
+    )
+    return arrays(np.float32, shape, elements=small)
+
+
 def gaussian(w: int, h: int, x: float, y: float, sigma: float = 2.0) -> np.ndarray:
     xs, ys = np.arange(w), np.arange(h)[:, None]
     return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)).astype(np.float32)
@@ -27,13 +35,7 @@ def centroid_x(hm: np.ndarray) -> float:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    arrays(
-        np.float32,
-        st.tuples(st.integers(0, 3), st.just(3), st.integers(1, 8), st.integers(1, 9)),
-        elements=small,
-    )
-)
+@given(stacks(3, 8, 9))
 def test_flip_batch_twice_is_identity(batch: np.ndarray) -> None:
     once = flip_batch(batch)
     assert once.flags.c_contiguous and once.dtype == np.float32
@@ -42,13 +44,7 @@ def test_flip_batch_twice_is_identity(batch: np.ndarray) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    arrays(
-        np.float32,
-        st.tuples(st.integers(0, 3), st.just(17), st.integers(1, 6), st.integers(1, 7)),
-        elements=small,
-    )
-)
+@given(stacks(17, 6, 7))
 def test_flip_back_twice_without_shift_is_identity(hm: np.ndarray) -> None:
     once = flip_heatmaps_back(hm, COCO_FLIP_PAIRS, shift=False)
     np.testing.assert_array_equal(flip_heatmaps_back(once, COCO_FLIP_PAIRS, shift=False), hm)

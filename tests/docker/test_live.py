@@ -27,7 +27,7 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IMAGES, KPT_ANN, MODELS, REPO
+from tests.conftest import IMAGES, KPT_ANN, MODELS, REPO, stop_process
 from tests.docker.conftest import (
     DOCKERFILES,
     PROMETHEUS_YML,
@@ -168,16 +168,6 @@ def test_dashboard_metrics_are_exported() -> None:
 # --- uvicorn + Prometheus -----------------------------------------------------------------------
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
 def _log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
@@ -211,7 +201,7 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_for("the app to become ready", ready)
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc, 15.0)
 
 
 @pytest.fixture()
@@ -248,7 +238,7 @@ def prometheus_url(served_app: str, prometheus_bin: Path, tmp_path: Path) -> Ite
         _wait_for("Prometheus to become ready", ready, timeout=60)
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc, 15.0)
 
 
 def _query(prom: str, promql: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from darkpose.service.core.errors import InvalidParameter, NotReady, Overloaded
 from darkpose.service.core.types import PoseModel
 from darkpose.service.runtime.batching import MicroBatcher
 from tests.api.tiny_model import TINY_K, TinyOnnxPoseModel, random_crops
+from tests.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +68,7 @@ def test_several_workers_run_model_calls_at_the_same_time() -> None:
         ThreadPoolExecutor(max_workers=6) as pool,
     ):
         futs = [pool.submit(b.infer, x) for x in inputs]
-        deadline = 100
-        while model.active < 3 and deadline:
-            threading.Event().wait(0.02)
-            deadline -= 1
+        wait_until(lambda: model.active >= 3, what="three batches in the model")
         assert model.active == 3  # three batches in the model at once, none more
         gate.set()
         outs = [f.result(10) for f in futs]
@@ -106,10 +104,7 @@ def test_full_queue_raises_overloaded_with_retry_after() -> None:
         first = pool.submit(b.infer, random_crops(2, seed=1))  # taken by the batcher thread
         assert model.entered.wait(5.0)
         queued = [pool.submit(b.infer, random_crops(2, seed=s)) for s in (2, 3)]
-        deadline = 50
-        while b.pending < 4 and deadline:
-            threading.Event().wait(0.05)
-            deadline -= 1
+        wait_until(lambda: b.pending >= 4, what="4 crops waiting")
         assert b.pending == 4
         with pytest.raises(Overloaded) as exc_info:
             b.infer(random_crops(1, seed=9))

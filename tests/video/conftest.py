@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from collections.abc import Iterator
 from fractions import Fraction
@@ -48,11 +47,13 @@ def make_video(
     container: str = "mp4",
     fps: int = 10,
     rotation: int = 0,
+    options: dict[str, str] | None = None,
 ) -> bytes:
     """Encode BGR ``frames`` (equal even sizes) into ``container`` bytes with PyAV;
-    ``rotation``: the display matrix's counter-clockwise degrees."""
+    ``rotation``: the display matrix's counter-clockwise degrees; ``options``: the muxer's
+    (``{"live": "1"}``: a WebM without duration or frame count in its header)."""
     buf = io.BytesIO()
-    out = av.open(buf, mode="w", format=container)
+    out = av.open(buf, mode="w", format=container, options=options)
     stream = out.add_stream(codec, rate=Fraction(fps))
     h, w = frames[0].shape[:2]
     stream.width, stream.height = w, h
@@ -97,16 +98,6 @@ def vclient() -> Iterator[TestClient]:
 def crowd_mp4() -> bytes:
     """12 frames, 320 × 224, H.264 in MP4, 10 frames/s, a panning camera over the crowd."""
     return make_video(crowd_frames(12))
-
-
-def wait_until(predicate: Any, timeout: float = 30.0, what: str = "a condition") -> None:
-    """Poll ``predicate`` (state, not time) until it is true or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"expected {what} within {timeout} s, got it false")
 
 
 def clip_bytes(path: Path) -> bytes:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.video.conftest import MMPOSE_CLIP, av, crowd_frames, make_video
+from tests.video.conftest import MMPOSE_CLIP, crowd_frames, make_video
 
 
 def ndjson(
@@ -28,19 +26,8 @@ def ndjson(
 
 def live_webm(n: int, size: tuple[int, int] = (64, 48)) -> bytes:
     """A WebM written as a live stream: no duration and no frame count in its header."""
-    buf = io.BytesIO()
-    out = av.open(buf, mode="w", format="webm", options={"live": "1"})
-    stream = out.add_stream("libvpx", rate=Fraction(10))
-    stream.width, stream.height = size
-    stream.pix_fmt = "yuv420p"
-    for i in range(n):
-        img = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
-    out.close()
-    return buf.getvalue()
+    frames = [np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8) for i in range(n)]
+    return make_video(frames, codec="libvpx", container="webm", options={"live": "1"})
 
 
 def test_ndjson_header_frames_with_stable_track_ids_and_end(

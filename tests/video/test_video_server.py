@@ -11,26 +11,23 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.api.conftest import ServerProcess
-from tests.video.conftest import crowd_frames, make_video, wait_until
+from tests.api.conftest import ServerProcess, running_server
+from tests.conftest import wait_until
+from tests.video.conftest import crowd_frames, make_video
 
 KEY = "video-test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess(
+    with running_server(
         env={
             "DARKPOSE_API_KEYS": KEY,
             "DARKPOSE_VIDEO_MAX_FRAMES": "200",
             "DARKPOSE_DEMO": "true",
         }
-    )
-    try:
-        srv.wait_ready()
+    ) as srv:
         yield srv
-    finally:
-        srv.terminate()
 
 
 def metric(server: ServerProcess, name: str, kind: str = "video") -> float:
