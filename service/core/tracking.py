@@ -74,7 +74,9 @@ class TrackerConfig:
     detection on the next frame (once per fall: a person seen poorly all along does not make
     every frame a detection frame);
     smoothing: One-Euro smoothing of the reported keypoints (:meth:`Tracker._smoothed`);
-    min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters.
+    min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters;
+    keypoint_speed: weight of a keypoint's own speed (relative to the pose's centre) in
+    opening its cutoff (:class:`~darkpose.service.core.smoothing.OneEuroFilter`).
     """
 
     det_every: int = 5
@@ -85,7 +87,8 @@ class TrackerConfig:
     smoothing: bool = True
     min_cutoff: float = 1.0
     beta: float = 30.0
-    d_cutoff: float = 1.0
+    d_cutoff: float = 3.0
+    keypoint_speed: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("det_every", "max_tracks"):
@@ -104,8 +107,10 @@ class TrackerConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise InvalidParameter(f"{name}: expected a number > 0, got {v!r}")
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
-            raise InvalidParameter(f"beta: expected a number >= 0, got {self.beta!r}")
+        for name in ("beta", "keypoint_speed"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise InvalidParameter(f"{name}: expected a number >= 0, got {v!r}")
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> TrackerConfig:
@@ -120,6 +125,11 @@ class TrackerConfig:
             "min_cutoff": settings.smooth_min_cutoff,
             "beta": settings.smooth_beta,
             "d_cutoff": settings.smooth_d_cutoff,
+            "keypoint_speed": getattr(
+                settings,
+                "smooth_keypoint_speed",
+                cls.__dataclass_fields__["keypoint_speed"].default,
+            ),
         }
         values.update(overrides)
         return cls(**values)
@@ -302,7 +312,11 @@ class Tracker:
 
     def _birth(self, person: Person) -> Track:
         cfg = self.config
-        smoother = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff) if cfg.smoothing else None
+        smoother = (
+            OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff, cfg.keypoint_speed)
+            if cfg.smoothing
+            else None
+        )
         track = Track(
             track_id=self._next_id,
             keypoints=np.asarray(person.keypoints, np.float64).copy(),
