@@ -46,9 +46,31 @@ def test_one_euro_keeps_a_constant_signal_constant(
 ) -> None:
     f = OneEuroFilter(min_cutoff, beta, 1.0)
     x = np.asarray(value)
-    assert np.array_equal(f.filter(x, 0.033, centre=[0.0, 0.0]), x)
-    for i, dt in enumerate(dts):  # a moving centre opens the cutoff: still exactly constant
-        assert np.array_equal(f.filter(x, dt, scale=50.0, centre=[10.0 * i, -3.0 * i]), x)
+    assert np.array_equal(f.filter(x, 0.033, centre=[3.0]), x)
+    for dt in dts:
+        assert np.array_equal(f.filter(x, dt, scale=50.0, centre=[3.0]), x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    vx=st.floats(-300, 300),
+    vy=st.floats(-300, 300),
+    min_cutoff=st.floats(0.5, 5.0),
+    keypoint_speed=st.floats(0.0, 1.0),
+)
+def test_one_euro_follows_a_pose_moving_at_constant_velocity_without_lag(
+    vx: float, vy: float, min_cutoff: float, keypoint_speed: float
+) -> None:
+    """Keypoints (K, 2) translating with their centre at (vx, vy) px/s: the lag (output minus
+    input) vanishes as the centre's velocity estimate settles, whatever the cutoff."""
+    f = OneEuroFilter(min_cutoff, 0.0, 3.0, keypoint_speed)
+    pose = POSE.copy()
+    dt, v = 1 / 30, np.array([vx, vy])
+    lag = np.inf
+    for t in range(300):
+        x = pose + v * t * dt
+        lag = float(np.abs(f.filter(x, dt, scale=200.0, centre=x.mean(0)) - x).max())
+    assert lag <= 1e-3 * max(float(np.abs(v).max()) * dt, 1.0)
 
 
 @given(
@@ -244,6 +266,7 @@ def test_no_births_when_not_allowed() -> None:
         ("match_threshold", 1.5, r"match_threshold: expected a number in \[0, 1\], got 1.5"),
         ("min_cutoff", 0.0, "min_cutoff: expected a number > 0, got 0.0"),
         ("beta", -1.0, "beta: expected a number >= 0, got -1.0"),
+        ("keypoint_speed", float("nan"), "keypoint_speed: expected a number >= 0, got nan"),
     ],
 )
 def test_tracker_config_errors(field: str, value: object, message: str) -> None:
