@@ -4,22 +4,25 @@ Three layers, all per stream (no global state), pure numpy + scipy:
 
 * :class:`~darkpose.service.core.smoothing.OneEuroFilter` — the One-Euro low-pass filter
   (Casiez et al., CHI 2012) on an array of any shape, frame-rate aware (it takes the time
-  between samples).  Speeds are measured in box
-  diagonals per second (one ``beta`` fits persons of any size), and the speed of the pose's
-  centre opens the cutoff of all its keypoints: a moving person or camera is followed without
-  lag, a still one is smoothed.
+  between samples).  Speeds are measured in box diagonals per second (one ``beta`` fits
+  persons of any size), and the speed of the pose's centre opens the cutoff of all its
+  keypoints: a moving person or camera is followed without
+  lag (the centre's velocity moves the filter's prediction), a still one is smoothed.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
-  (:func:`darkpose.service.core.association.similarity`) against each track's last pose,
+  (:func:`darkpose.service.core.association.similarity`) against each track's pose and box
+  predicted at constant velocity (the keypoints' median motion,
+  :func:`~darkpose.service.core.association.keypoint_motion`),
   optimal assignment by :func:`scipy.optimize.linear_sum_assignment`, a match needs
   ``match_threshold``.  Unmatched persons are born as tracks (detection frames only, at most
   ``max_tracks`` alive); an unmatched track is *missing* for up to ``grace_frames`` frames,
   during which it can be matched again (re-identification, same id), then dies.
 * :class:`PoseTracker` — drives a :class:`~darkpose.service.core.pipeline.Pipeline`: the detector
-  runs on frame 0, then every ``det_every`` frames; in between, each live track's box is derived
-  from its last keypoints (their extent, enlarged, moved by the track's velocity) and the pipeline
-  skips detection.  It re-detects at once on the next frame when a track went missing between
-  detections, when a track's pose confidence drops under ``redetect_score`` or when no track is
-  left.
+  runs on frame 0, then every ``det_every`` frames; in between, each live track's box is its
+  last box moved at the track's velocity, and after the pose model ran in it, moved and scaled
+  as the keypoints moved (a box re-derived from the keypoints' extent drifts off a person whose
+  legs are not seen); the pipeline skips detection.  It re-detects at once on the next frame
+  when a track went missing between detections, when a track's pose confidence drops under
+  ``redetect_score`` or when no track is left.
 
 Coordinates are image pixels, pixel centres at integers; boxes xyxy.
 """
