@@ -73,6 +73,21 @@ def test_one_euro_follows_a_pose_moving_at_constant_velocity_without_lag(
     assert lag <= 1e-3 * max(float(np.abs(v).max()) * dt, 1.0)
 
 
+def test_one_euro_follows_a_limb_that_moves_on_a_still_body() -> None:
+    """A wrist moving at one box diagonal per second on a still body: its own speed opens its
+    cutoff (keypoint_speed > 0), so it lags far less than when only the centre's speed does."""
+    lags = []
+    for keypoint_speed in (0.0, 0.25):
+        f = OneEuroFilter(1.0, 30.0, 3.0, keypoint_speed)
+        dt, diag = 1 / 30, 220.0
+        for t in range(30):
+            x = POSE.copy()
+            x[9, 0] += diag * t * dt
+            out = f.filter(x, dt, scale=diag, centre=x.mean(0))
+        lags.append(float(x[9, 0] - out[9, 0]))
+    assert lags[0] > 0 and lags[1] < lags[0] / 3
+
+
 @given(
     start=st.floats(-100, 100),
     target=st.floats(-100, 100),
