@@ -58,7 +58,6 @@ from darkpose.service.runtime.factory import build_pipeline  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 
 FPS = 30.0
-DETECTOR_RUNS = 0  # detector runs of the last run_clip
 SIGMAS = np.asarray(COCO_SIGMAS, np.float64)
 
 
@@ -178,19 +177,17 @@ def match_gt(
 
 def run_clip(
     pipeline: Pipeline, frames: list[Frame], config: TrackerConfig
-) -> tuple[list[Any], float, float]:
-    """Track ``frames``: (tracked frames, seconds, detector seconds)."""
+) -> tuple[list[Any], float, float, int]:
+    """Track ``frames``: (tracked frames, seconds, detector seconds, detector runs)."""
     tracker = PoseTracker(pipeline, config)
-    out, det = [], 0.0
-    global DETECTOR_RUNS
-    DETECTOR_RUNS = 0
+    out, det, runs = [], 0.0, 0
     t0 = time.perf_counter()
     for i, f in enumerate(frames):
         tf = tracker.process(f.image, i / FPS, index=i)
         det += tf.timings.get("detect", 0.0) if tf.detected else 0.0
-        DETECTOR_RUNS += int(tf.detected)
+        runs += int(tf.detected)
         out.append(tf)
-    return out, time.perf_counter() - t0, det
+    return out, time.perf_counter() - t0, det, runs
 
 
 def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> float:
@@ -211,29 +208,25 @@ def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> float:
     return float(ev.stats[0])
 
 
-def evaluate(
-    pipeline: Pipeline,
-    clips: list[tuple[str, list[Frame]]],
-    categories: list[dict[str, Any]],
-    config: TrackerConfig,
-) -> dict[str, float]:
-    gt: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
-    results: list[dict[str, Any]] = []
-    seconds = det_s = 0.0
-    n_frames = runs = 0
-    switches = track_frames = 0
-    jitters: list[float] = []
-    image_id = 0
-    ann_id = 0
-    for kind, frames in clips:
-        tracked, secs, det = run_clip(pipeline, frames, config)
-        runs += DETECTOR_RUNS
-        seconds += secs
-        det_s += det
-        n_frames += len(frames)
+class Score:
+    """The figures of one configuration, accumulated clip by clip."""
+
+    def __init__(self, categories: list[dict[str, Any]]) -> None:
+        self.gt: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
+        self.results: list[dict[str, Any]] = []
+        self.seconds = self.det_s = 0.0
+        self.n_frames = self.runs = self.switches = self.track_frames = 0
+        self.jitters: list[float] = []
+
+    def add(
+        self, kind: str, frames: list[Frame], tracked: list[Any], secs: float, det: float, runs: int
+    ) -> None:
+        self.runs += runs
+        self.seconds += secs
+        self.det_s += det
+        self.n_frames += len(frames)
         last_track: dict[int, int] = {}
         prev: dict[int, np.ndarray] = {}
-        prev_shift = np.zeros(2)
         for f, tf in zip(frames, tracked, strict=True):
             kpts = (
                 np.stack([tp.person.keypoints for tp in tf.persons]).astype(np.float64)
@@ -243,19 +236,19 @@ def evaluate(
             ids = [tp.track_id for tp in tf.persons]
             matches = match_gt(f.anns, kpts, ids, last_track)
             if kind == "moving":
-                image_id += 1
+                image_id = len(self.gt["images"]) + 1
                 h, w = f.image.shape[:2]
-                gt["images"].append({"id": image_id, "width": w, "height": h})
+                self.gt["images"].append({"id": image_id, "width": w, "height": h})
                 for a in f.anns:
-                    ann_id += 1
-                    gt["annotations"].append({**a, "id": ann_id, "image_id": image_id})
+                    ann_id = len(self.gt["annotations"]) + 1
+                    self.gt["annotations"].append({**a, "id": ann_id, "image_id": image_id})
                 for tp in tf.persons:
-                    results.append(tp.person.to_coco(image_id))
+                    self.results.append(tp.person.to_coco(image_id))
                 for gid, j in matches.items():
                     tid = tf.persons[j].track_id
-                    track_frames += 1
+                    self.track_frames += 1
                     if gid in last_track and last_track[gid] != tid:
-                        switches += 1
+                        self.switches += 1
                     last_track[gid] = tid
             else:
                 cur: dict[int, np.ndarray] = {}
@@ -271,17 +264,33 @@ def evaluate(
                         diag = max(math.hypot(bw, bh), 1.0)
                         d = np.linalg.norm(p[vis] - prev[a["id"]][vis], axis=1)
                         if d.size:
-                            jitters.append(float(d.mean()) / diag)
-                prev, prev_shift = cur, f.shift
-        del prev_shift
-    return {
-        "ap": coco_ap(gt, results),
-        "fps": n_frames / seconds if seconds else 0.0,
-        "det_ms": 1000.0 * det_s / max(n_frames, 1),
-        "det_runs": runs / max(n_frames, 1),
-        "id_switches": 100.0 * switches / max(track_frames, 1),
-        "jitter": float(np.mean(jitters)) if jitters else float("nan"),
-    }
+                            self.jitters.append(float(d.mean()) / diag)
+                prev = cur
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "ap": coco_ap(self.gt, self.results),
+            "fps": self.n_frames / self.seconds if self.seconds else 0.0,
+            "det_ms": 1000.0 * self.det_s / max(self.n_frames, 1),
+            "det_runs": self.runs / max(self.n_frames, 1),
+            "id_switches": 100.0 * self.switches / max(self.track_frames, 1),
+            "jitter": float(np.mean(self.jitters)) if self.jitters else float("nan"),
+        }
+
+
+def evaluate(
+    pipeline: Pipeline,
+    clips: list[tuple[str, list[Frame]]],
+    categories: list[dict[str, Any]],
+    configs: list[TrackerConfig],
+) -> list[dict[str, float]]:
+    """The figures of each of ``configs``.  Each clip runs through every configuration before
+    the next clip, so a change of the machine's load falls on all of them alike."""
+    scores = [Score(categories) for _ in configs]
+    for kind, frames in clips:
+        for config, score in zip(configs, scores, strict=True):
+            score.add(kind, frames, *run_clip(pipeline, frames, config))
+    return [score.figures() for score in scores]
 
 
 def cpu_line() -> str:
@@ -327,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--betas", default="", help="also One-Euro betas to compare at the default k (comma list)"
     )
+    ap.add_argument(
+        "--keypoint-speeds",
+        default="",
+        help="also One-Euro keypoint_speed weights to compare at each k (comma list)",
+    )
     ap.add_argument("--videos", type=Path, default=None, help="smoke-test the videos of DIR")
     args = ap.parse_args(argv)
 
@@ -364,17 +378,25 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(settings)
         run_clip(pipeline, clips[0][1][:3], TrackerConfig.from_settings(settings))  # warm-up
         base = TrackerConfig.from_settings(settings)
-        configs: list[tuple[int, bool, float]] = [(k, True, base.beta) for k in ks]
-        configs += [(ks[0], False, base.beta), (base.det_every, False, base.beta)]
-        configs += [(base.det_every, True, float(b)) for b in args.betas.split(",") if b]
-        seen = set()
-        for k, smooth, beta in configs:
-            if (k, smooth, beta if smooth else 0.0) in seen:
-                continue
-            seen.add((k, smooth, beta if smooth else 0.0))
-            config = TrackerConfig.from_settings(settings, det_every=k, smoothing=smooth, beta=beta)
-            r = evaluate(pipeline, clips, coco["categories"], config)
-            smoothing = f"on (beta {beta:g})" if smooth else "off"
+        configs: list[tuple[int, bool, float, float]] = [
+            (k, True, base.beta, base.keypoint_speed) for k in ks
+        ]
+        configs += [(ks[0], False, base.beta, 0.0), (base.det_every, False, base.beta, 0.0)]
+        betas = [float(b) for b in args.betas.split(",") if b]
+        configs += [(base.det_every, True, b, base.keypoint_speed) for b in betas]
+        configs += [
+            (k, True, base.beta, float(w)) for w in args.keypoint_speeds.split(",") if w for k in ks
+        ]
+        unique = list(dict.fromkeys(c if c[1] else (c[0], False, 0.0, 0.0) for c in configs))
+        tracker_configs = [
+            TrackerConfig.from_settings(
+                settings, det_every=k, smoothing=smooth, beta=beta or base.beta, keypoint_speed=w
+            )
+            for k, smooth, beta, w in unique
+        ]
+        figures = evaluate(pipeline, clips, coco["categories"], tracker_configs)
+        for (k, smooth, beta, w), r in zip(unique, figures, strict=True):
+            smoothing = f"on (beta {beta:g}, keypoint_speed {w:g})" if smooth else "off"
             print(
                 f"{model} det every k={k} smooth={smoothing}: AP {r['ap']:.3f} "
                 f"frames/s {r['fps']:.1f} det_ms/frame {r['det_ms']:.1f} "

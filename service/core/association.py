@@ -18,6 +18,7 @@ __all__ = [
     "MIN_BOX_KEYPOINTS",
     "box_iou",
     "keypoint_box",
+    "keypoint_motion",
     "similarity",
     "track_oks",
 ]
@@ -46,6 +47,31 @@ def keypoint_box(keypoints: npt.ArrayLike, threshold: float = KEYPOINT_VISIBLE) 
     w = max(x1 - x0, 1.0) * KEYPOINT_BOX_ENLARGE
     h = max(y1 - y0, 1.0) * KEYPOINT_BOX_ENLARGE
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float64)
+
+
+def keypoint_motion(
+    previous: npt.ArrayLike, current: npt.ArrayLike, threshold: float = KEYPOINT_VISIBLE
+) -> tuple[F64, float] | None:
+    """How a pose moved between two frames: (shift (2,) px, scale) from (K, 3) ``previous`` to
+    (K, 3) ``current`` keypoints, over the keypoints confident (score >= ``threshold``) in both.
+
+    shift: the per-axis median of the keypoints' displacements (a keypoint that jumped to
+    another body part or person does not move it); scale: the ratio of the keypoints' RMS
+    distances from their mean (1 for a translation).  None with fewer than
+    :data:`MIN_BOX_KEYPOINTS` such keypoints or a degenerate (single-point) pose.
+    """
+    a = np.asarray(previous, np.float64).reshape(-1, 3)
+    b = np.asarray(current, np.float64).reshape(-1, 3)
+    both = (a[:, 2] >= threshold) & (b[:, 2] >= threshold)
+    if int(both.sum()) < MIN_BOX_KEYPOINTS:
+        return None
+    pa, pb = a[both, :2], b[both, :2]
+    shift = np.median(pb - pa, axis=0)
+    sa = float(np.sqrt(((pa - pa.mean(0)) ** 2).sum(1).mean()))
+    sb = float(np.sqrt(((pb - pb.mean(0)) ** 2).sum(1).mean()))
+    if not (sa > 1e-6 and sb > 1e-6):
+        return None
+    return np.asarray(shift, np.float64), sb / sa
 
 
 def track_oks(

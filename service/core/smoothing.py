@@ -1,8 +1,10 @@
 """One-Euro smoothing (Casiez et al., CHI 2012) of a fixed-shape signal, frame-rate aware.
 
 Used by :mod:`darkpose.service.core.tracking` on each track's keypoints: speeds in box
-diagonals per second (one ``beta`` fits persons of any size), and the speed of the pose's centre
-opens the cutoff of all its keypoints.
+diagonals per second (one ``beta`` fits persons of any size); the pose's centre moves the
+prediction of all its keypoints (no lag when the whole person or the camera moves) and its speed
+opens their cutoff; each keypoint's own motion relative to the centre opens its cutoff too,
+weighted by ``keypoint_speed``.
 """
 
 from __future__ import annotations
@@ -29,17 +31,33 @@ class OneEuroFilter:
 
     ``filter(x, dt, scale=1, centre=None)``: x any shape, float; dt seconds since the previous
     sample (> 0); ``scale`` divides the speeds before they open the cutoff (a box diagonal:
-    speeds in diagonals/s); ``centre`` (optional, e.g. (2,) the weighted mean of keypoints):
-    a point whose speed opens the cutoff of every element, so that a whole pose that moves
-    (a walking person, a panning camera) is followed without lag while its keypoints' noise,
-    which averages out in the centre, is smoothed.  The first sample is returned unchanged.
-    A constant signal stays exactly constant.
+    speeds in diagonals/s).  Without ``centre`` it is the filter of Casiez et al.: each
+    element's cutoff is ``min_cutoff + beta * |speed|``.  With ``centre`` ((D,), e.g. the
+    weighted mean of (K, D) keypoints), the motion common to the whole signal is followed
+    without lag and the elements' noise is smoothed:
+
+    * prediction: each element is filtered around its previous output moved by the centre's
+      (filtered) velocity × dt, so a signal that moves with its centre at a constant velocity
+      is followed with a lag that vanishes as the velocity estimate settles (``d_cutoff``);
+    * cutoff: opened by the centre's speed and by ``keypoint_speed`` × each row's speed
+      relative to the centre (a limb that moves on a still body; the weight keeps the
+      keypoints' own noise from opening the filter).
+
+    The first sample is returned unchanged.  A constant signal with a still centre stays
+    exactly constant.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
+    def __init__(
+        self,
+        min_cutoff: float = 1.0,
+        beta: float = 0.0,
+        d_cutoff: float = 1.0,
+        keypoint_speed: float = 1.0,
+    ) -> None:
         self.min_cutoff = float(min_cutoff)
         self.beta = float(beta)
         self.d_cutoff = float(d_cutoff)
+        self.keypoint_speed = float(keypoint_speed)
         self._x: F64 | None = None
         self._dx: F64 | None = None
         self._c: F64 | None = None
@@ -64,11 +82,18 @@ class OneEuroFilter:
         a_d = _alpha(self.d_cutoff, dt)
         dx_hat = self._dx + a_d * ((value - self._x) / dt - self._dx)
         speed = np.abs(dx_hat)
+        base = self._x
         if c is not None and self._c is not None and self._dc is not None:
             dc_hat = self._dc + a_d * ((c - self._c) / dt - self._dc)
-            speed = np.maximum(speed, float(np.linalg.norm(dc_hat)))
+            rows = value.ndim >= 1 and value.shape[-1] == dc_hat.shape[-1]
+            if rows:
+                own = np.linalg.norm(dx_hat - dc_hat, axis=-1, keepdims=True)
+                base = self._x + dc_hat * dt
+            else:
+                own = speed
+            speed = np.maximum(self.keypoint_speed * own, float(np.linalg.norm(dc_hat)))
             self._c, self._dc = c, dc_hat
         a = _alpha(self.min_cutoff + self.beta * speed / max(float(scale), 1e-9), dt)
-        out = self._x + a * (value - self._x)  # x_prev + a (x - x_prev): exact for constant x
+        out = base + a * (value - base)  # base + a (x - base): exact for a constant x and base
         self._x, self._dx = out, dx_hat
         return out.copy()

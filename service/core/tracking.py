@@ -4,22 +4,25 @@ Three layers, all per stream (no global state), pure numpy + scipy:
 
 * :class:`~darkpose.service.core.smoothing.OneEuroFilter` — the One-Euro low-pass filter
   (Casiez et al., CHI 2012) on an array of any shape, frame-rate aware (it takes the time
-  between samples).  Speeds are measured in box
-  diagonals per second (one ``beta`` fits persons of any size), and the speed of the pose's
-  centre opens the cutoff of all its keypoints: a moving person or camera is followed without
-  lag, a still one is smoothed.
+  between samples).  Speeds are measured in box diagonals per second (one ``beta`` fits
+  persons of any size), and the speed of the pose's centre opens the cutoff of all its
+  keypoints: a moving person or camera is followed without
+  lag (the centre's velocity moves the filter's prediction), a still one is smoothed.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
-  (:func:`darkpose.service.core.association.similarity`) against each track's last pose,
+  (:func:`darkpose.service.core.association.similarity`) against each track's pose and box
+  predicted at constant velocity (the keypoints' median motion,
+  :func:`~darkpose.service.core.association.keypoint_motion`),
   optimal assignment by :func:`scipy.optimize.linear_sum_assignment`, a match needs
   ``match_threshold``.  Unmatched persons are born as tracks (detection frames only, at most
   ``max_tracks`` alive); an unmatched track is *missing* for up to ``grace_frames`` frames,
   during which it can be matched again (re-identification, same id), then dies.
 * :class:`PoseTracker` — drives a :class:`~darkpose.service.core.pipeline.Pipeline`: the detector
-  runs on frame 0, then every ``det_every`` frames; in between, each live track's box is derived
-  from its last keypoints (their extent, enlarged, moved by the track's velocity) and the pipeline
-  skips detection.  It re-detects at once on the next frame when a track went missing between
-  detections, when a track's pose confidence drops under ``redetect_score`` or when no track is
-  left.
+  runs on frame 0, then every ``det_every`` frames; in between, each live track's box is its
+  last box moved at the track's velocity, and after the pose model ran in it, moved and scaled
+  as the keypoints moved (a box re-derived from the keypoints' extent drifts off a person whose
+  legs are not seen); the pipeline skips detection.  It re-detects at once on the next frame
+  when a track went missing between detections, when a track's pose confidence drops under
+  ``redetect_score`` or when no track is left.
 
 Coordinates are image pixels, pixel centres at integers; boxes xyxy.
 """
@@ -37,7 +40,7 @@ from scipy.optimize import linear_sum_assignment
 
 from darkpose.service.core.association import (
     KEYPOINT_VISIBLE,
-    keypoint_box,
+    keypoint_motion,
     similarity,
     track_oks,
 )
@@ -74,7 +77,9 @@ class TrackerConfig:
     detection on the next frame (once per fall: a person seen poorly all along does not make
     every frame a detection frame);
     smoothing: One-Euro smoothing of the reported keypoints (:meth:`Tracker._smoothed`);
-    min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters.
+    min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters;
+    keypoint_speed: weight of a keypoint's own speed (relative to the pose's centre) in
+    opening its cutoff (:class:`~darkpose.service.core.smoothing.OneEuroFilter`).
     """
 
     det_every: int = 5
@@ -85,7 +90,8 @@ class TrackerConfig:
     smoothing: bool = True
     min_cutoff: float = 1.0
     beta: float = 30.0
-    d_cutoff: float = 1.0
+    d_cutoff: float = 3.0
+    keypoint_speed: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("det_every", "max_tracks"):
@@ -104,8 +110,10 @@ class TrackerConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise InvalidParameter(f"{name}: expected a number > 0, got {v!r}")
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
-            raise InvalidParameter(f"beta: expected a number >= 0, got {self.beta!r}")
+        for name in ("beta", "keypoint_speed"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise InvalidParameter(f"{name}: expected a number >= 0, got {v!r}")
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> TrackerConfig:
@@ -120,6 +128,11 @@ class TrackerConfig:
             "min_cutoff": settings.smooth_min_cutoff,
             "beta": settings.smooth_beta,
             "d_cutoff": settings.smooth_d_cutoff,
+            "keypoint_speed": getattr(
+                settings,
+                "smooth_keypoint_speed",
+                cls.__dataclass_fields__["keypoint_speed"].default,
+            ),
         }
         values.update(overrides)
         return cls(**values)
@@ -127,8 +140,11 @@ class TrackerConfig:
 
 @dataclass
 class Track:
-    """One tracked person.  keypoints (K, 3) as last measured (not smoothed), box (4,) xyxy,
-    velocity (2,) px/frame of the box centre, ``missed`` frames since it was last matched."""
+    """One tracked person.  keypoints (K, 3) as last measured (not smoothed); box (4,) xyxy
+    where the person was on the last frame it was matched (the detector's box on a detection
+    frame, else the previous box moved as the keypoints moved); velocity (2,) px/frame of the
+    keypoints (:func:`~darkpose.service.core.association.keypoint_motion`), ``missed`` frames
+    since it was last matched."""
 
     track_id: int
     keypoints: F64
@@ -138,6 +154,7 @@ class Track:
     low: bool = False
     smoothed: F64 | None = None  # (K, 3) the reported (smoothed) keypoints, with smoothing on
     velocity: F64 = field(default_factory=lambda: np.zeros(2, np.float64))
+    velocity_known: bool = False
     missed: int = 0
     age: int = 1
     smoother: OneEuroFilter | None = None
@@ -150,24 +167,16 @@ class Track:
         return float(vis.mean()) if vis.size else 0.0
 
     def predicted_box(self) -> F64:
-        """The box for the next frame: centred on the box of the confident keypoints (the
-        smoothed ones with smoothing on; the last box without :data:`MIN_BOX_KEYPOINTS` of
-        them), its size that of the keypoints' box but changed by at most
-        :data:`MAX_BOX_SCALE_STEP` from the last box (a pose model that sees less of a person
-        in a tighter crop would otherwise shrink the box frame by frame), moved by the
-        velocity."""
-        prev = self.box
-        pw, ph = max(prev[2] - prev[0], 1.0), max(prev[3] - prev[1], 1.0)
-        kb = keypoint_box(self.smoothed if self.smoothed is not None else self.keypoints)
-        if kb is None:
-            c, w, h = _center(prev), pw, ph
-        else:
-            lo, hi = 1.0 - MAX_BOX_SCALE_STEP, 1.0 + MAX_BOX_SCALE_STEP
-            c = _center(kb)
-            w = float(np.clip(kb[2] - kb[0], lo * pw, hi * pw))
-            h = float(np.clip(kb[3] - kb[1], lo * ph, hi * ph))
-        c = c + self.velocity * (self.missed + 1)
-        return np.array([c[0] - w / 2, c[1] - h / 2, c[0] + w / 2, c[1] + h / 2], np.float64)
+        """(4,) xyxy: the box for the next frame, :attr:`box` moved at constant velocity over
+        the ``missed + 1`` frames since the track was last matched."""
+        return np.asarray(self.box + np.tile(self.velocity * (self.missed + 1), 2), np.float64)
+
+    def predicted_keypoints(self) -> F64:
+        """(K, 3): the keypoints expected on the next frame, moved at constant velocity (scores
+        unchanged)."""
+        kp = self.keypoints.copy()
+        kp[:, :2] += self.velocity * (self.missed + 1)
+        return kp
 
 
 @dataclass
@@ -192,6 +201,13 @@ def _center(box: F64) -> F64:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float64)
 
 
+def scale_box(box: F64, scale: float, shift: F64) -> F64:
+    """(4,) xyxy ``box`` scaled by ``scale`` about its centre, then moved by ``shift`` (2,)."""
+    c = _center(box) + shift
+    half = (np.asarray(box[2:], np.float64) - box[:2]) * (scale / 2)
+    return np.concatenate([c - half, c + half])
+
+
 class Tracker:
     """Track assignment of one stream (see the module docstring).  State: the live tracks
     (at most ``config.max_tracks``), the next id; bounded."""
@@ -208,11 +224,18 @@ class Tracker:
         return self._next_id - 1
 
     def update(
-        self, persons: list[Person], *, dt: float, allow_births: bool = True
+        self,
+        persons: list[Person],
+        *,
+        dt: float,
+        allow_births: bool = True,
+        detected: bool = True,
     ) -> tuple[list[TrackedPerson], TrackEvents]:
         """Assign ``persons`` of the next frame (``dt`` seconds after the previous one) to
-        tracks.  Returns the matched/born persons with their ids (in the order of ``persons``;
-        a duplicate of an assigned person, :data:`DUPLICATE_OKS`, is left out) and the events."""
+        tracks.  ``detected``: their boxes come from the detector (else from
+        :meth:`live_boxes`: a track's box then follows its keypoints' motion).  Returns the
+        matched/born persons with their ids (in the order of ``persons``; a duplicate of an
+        assigned person, :data:`DUPLICATE_OKS`, is left out) and the events."""
         cfg = self.config
         events = TrackEvents()
         k = self.sigmas.shape[0]
@@ -227,7 +250,9 @@ class Tracker:
             else np.zeros((0, 4))
         )
         track_kpts = (
-            np.stack([t.keypoints for t in self.tracks]) if self.tracks else np.zeros((0, k, 3))
+            np.stack([t.predicted_keypoints() for t in self.tracks])
+            if self.tracks
+            else np.zeros((0, k, 3))
         )
         track_boxes = np.zeros((len(self.tracks), 4))
         for i, t in enumerate(self.tracks):
@@ -254,7 +279,8 @@ class Tracker:
             if j in matched_t:
                 track = self.tracks[matched_t[j]]
                 seen.add(track.track_id)
-                out.append((j, TrackedPerson(track.track_id, self._advance(track, person, dt))))
+                tp = TrackedPerson(track.track_id, self._advance(track, person, dt, detected))
+                out.append((j, tp))
         assigned = sorted(matched_t)
         for j, person in enumerate(persons):
             if j in matched_t:
@@ -289,7 +315,11 @@ class Tracker:
 
     def _birth(self, person: Person) -> Track:
         cfg = self.config
-        smoother = OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff) if cfg.smoothing else None
+        smoother = (
+            OneEuroFilter(cfg.min_cutoff, cfg.beta, cfg.d_cutoff, cfg.keypoint_speed)
+            if cfg.smoothing
+            else None
+        )
         track = Track(
             track_id=self._next_id,
             keypoints=np.asarray(person.keypoints, np.float64).copy(),
@@ -325,14 +355,27 @@ class Tracker:
             score=person.score,
         )
 
-    def _advance(self, track: Track, person: Person, dt: float) -> Person:
-        new_box = np.asarray(person.bbox, np.float64)
-        step = (_center(new_box) - _center(track.box)) / (track.missed + 1)
-        track.velocity = 0.5 * track.velocity + 0.5 * step
-        gap = dt * (track.missed + 1) if track.missed else dt
-        track.box = new_box.copy()
+    def _advance(self, track: Track, person: Person, dt: float, detected: bool) -> Person:
+        """Update ``track`` with its matched ``person``: velocity from the keypoints' motion
+        (set by the first measurement, then averaged), box = the detector's box, or on a frame
+        without detection the previous box moved and scaled as the keypoints moved (the
+        keypoints do not follow the crop: a box re-derived from their extent drifts)."""
+        steps = track.missed + 1
+        new_kp = np.asarray(person.keypoints, np.float64)
+        motion = keypoint_motion(track.keypoints, new_kp)
+        if motion is not None:
+            step = motion[0] / steps
+            track.velocity = step if not track.velocity_known else 0.5 * (track.velocity + step)
+            track.velocity_known = True
+        if detected or motion is None:
+            track.box = np.asarray(person.bbox, np.float64).copy()
+        else:
+            lo = (1.0 - MAX_BOX_SCALE_STEP) ** steps
+            hi = (1.0 + MAX_BOX_SCALE_STEP) ** steps
+            track.box = scale_box(track.box, float(np.clip(motion[1], lo, hi)), motion[0])
         track.score = float(person.score)
         track.box_score = float(person.box_score)
+        gap = dt * steps
         track.missed = 0
         track.age += 1
         return self._smoothed(track, person, gap)
@@ -420,7 +463,9 @@ class PoseTracker:
         else:
             result = self._run(image, boxes=boxes, box_scores=scores)
             self._since_detect += 1
-        persons, events = self.tracker.update(list(result.persons), dt=dt, allow_births=detect)
+        persons, events = self.tracker.update(
+            list(result.persons), dt=dt, allow_births=detect, detected=detect
+        )
         dropped = False  # a track whose confidence fell under redetect_score on this frame
         for t in self.tracker.tracks:
             if t.missed:

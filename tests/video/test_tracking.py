@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darkpose.service.core.association import box_iou, keypoint_box, track_oks
+from darkpose.service.core.association import box_iou, keypoint_box, keypoint_motion, track_oks
 from darkpose.service.core.errors import InvalidParameter
 from darkpose.service.core.pipeline import Person
 from darkpose.service.core.smoothing import OneEuroFilter
@@ -46,9 +46,46 @@ def test_one_euro_keeps_a_constant_signal_constant(
 ) -> None:
     f = OneEuroFilter(min_cutoff, beta, 1.0)
     x = np.asarray(value)
-    assert np.array_equal(f.filter(x, 0.033, centre=[0.0, 0.0]), x)
-    for i, dt in enumerate(dts):  # a moving centre opens the cutoff: still exactly constant
-        assert np.array_equal(f.filter(x, dt, scale=50.0, centre=[10.0 * i, -3.0 * i]), x)
+    assert np.array_equal(f.filter(x, 0.033, centre=[3.0]), x)
+    for dt in dts:
+        assert np.array_equal(f.filter(x, dt, scale=50.0, centre=[3.0]), x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    vx=st.floats(-300, 300),
+    vy=st.floats(-300, 300),
+    min_cutoff=st.floats(0.5, 5.0),
+    keypoint_speed=st.floats(0.0, 1.0),
+)
+def test_one_euro_follows_a_pose_moving_at_constant_velocity_without_lag(
+    vx: float, vy: float, min_cutoff: float, keypoint_speed: float
+) -> None:
+    """Keypoints (K, 2) translating with their centre at (vx, vy) px/s: the lag (output minus
+    input) vanishes as the centre's velocity estimate settles, whatever the cutoff."""
+    f = OneEuroFilter(min_cutoff, 0.0, 3.0, keypoint_speed)
+    pose = POSE.copy()
+    dt, v = 1 / 30, np.array([vx, vy])
+    lag = np.inf
+    for t in range(300):
+        x = pose + v * t * dt
+        lag = float(np.abs(f.filter(x, dt, scale=200.0, centre=x.mean(0)) - x).max())
+    assert lag <= 1e-3 * max(float(np.abs(v).max()) * dt, 1.0)
+
+
+def test_one_euro_follows_a_limb_that_moves_on_a_still_body() -> None:
+    """A wrist moving at one box diagonal per second on a still body: its own speed opens its
+    cutoff (keypoint_speed > 0), so it lags far less than when only the centre's speed does."""
+    lags = []
+    for keypoint_speed in (0.0, 0.25):
+        f = OneEuroFilter(1.0, 30.0, 3.0, keypoint_speed)
+        dt, diag = 1 / 30, 220.0
+        for t in range(30):
+            x = POSE.copy()
+            x[9, 0] += diag * t * dt
+            out = f.filter(x, dt, scale=diag, centre=x.mean(0))
+        lags.append(float(x[9, 0] - out[9, 0]))
+    assert lags[0] > 0 and lags[1] < lags[0] / 3
 
 
 @given(
@@ -102,6 +139,78 @@ def test_keypoint_box_needs_three_confident_keypoints() -> None:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     assert (cx, cy) == pytest.approx((20, 30))
     assert box[2] - box[0] > 20 and box[3] - box[1] > 40  # enlarged past the keypoints
+
+
+@given(
+    dx=st.floats(-300, 300),
+    dy=st.floats(-300, 300),
+    scale=st.floats(0.5, 2.0),
+    hidden=st.integers(0, 14),
+)
+def test_keypoint_motion_recovers_a_translation_and_a_scaling(
+    dx: float, dy: float, scale: float, hidden: int
+) -> None:
+    """Translation: the shift exactly, scale 1; scaling about the keypoints' mean: the scale
+    (over the keypoints confident in both poses, whatever the others do)."""
+    a = person_at(0, 0).keypoints.astype(np.float64)
+    a[:hidden, 2] = 0.1  # not confident: left out
+    b = a.copy()
+    b[:, :2] += [dx, dy]
+    b[:hidden, :2] += 1000.0
+    shift, s = keypoint_motion(a, b)  # type: ignore[misc]
+    assert shift == pytest.approx([dx, dy], abs=1e-6) and s == pytest.approx(1.0)
+    vis = a[:, 2] >= 0.3
+    mean = a[vis, :2].mean(0)
+    c = a.copy()
+    c[:, :2] = mean + scale * (a[:, :2] - mean)
+    _, s = keypoint_motion(a, c)  # type: ignore[misc]
+    assert s == pytest.approx(scale)
+
+
+def test_keypoint_motion_needs_three_shared_confident_keypoints() -> None:
+    a = person_at(0, 0).keypoints.astype(np.float64)
+    b = a.copy()
+    a[3:, 2] = 0.0
+    assert keypoint_motion(a, b) is not None
+    b[2, 2] = 0.0
+    assert keypoint_motion(a, b) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    vx=st.floats(-20, 20),
+    vy=st.floats(-20, 20),
+    frames=st.integers(2, 8),
+    detected=st.booleans(),
+)
+def test_prediction_is_exact_at_constant_velocity(
+    vx: float, vy: float, frames: int, detected: bool
+) -> None:
+    """A person moving at a constant velocity: the track's predicted keypoints and box for
+    the next frame are where the person is on it (with and without detection)."""
+    tracker = Tracker(TrackerConfig(smoothing=False), SIGMAS)
+    for t in range(frames):
+        tracker.update([person_at(vx * t, vy * t)], dt=1 / 30, detected=detected or t == 0)
+    (track,) = tracker.tracks
+    nxt = person_at(vx * frames, vy * frames)
+    assert track.predicted_keypoints() == pytest.approx(nxt.keypoints.astype(np.float64), abs=1e-3)
+    assert track.predicted_box() == pytest.approx(nxt.bbox.astype(np.float64), abs=1e-3)
+
+
+def test_a_box_between_detections_moves_with_the_keypoints_not_their_extent() -> None:
+    """Only the head and shoulders confident: the box keeps the detector's size and moves as
+    the keypoints move (a box re-derived from their extent would shrink onto them)."""
+    tracker = Tracker(TrackerConfig(smoothing=False), SIGMAS)
+    first = person_at(0, 0)
+    first.keypoints[7:, 2] = 0.1
+    tracker.update([first], dt=1 / 30)
+    (track,) = tracker.tracks
+    box = track.predicted_box().copy()
+    moved = person_at(5, -3)
+    moved.keypoints[7:, 2] = 0.1
+    moved.bbox[:] = box  # a frame without detection: the person comes in the derived box
+    tracker.update([moved], dt=1 / 30, detected=False)
+    assert track.box == pytest.approx(box + [5, -3, 5, -3])
 
 
 @given(dx=st.floats(-500, 500), dy=st.floats(-500, 500))
@@ -172,6 +281,7 @@ def test_no_births_when_not_allowed() -> None:
         ("match_threshold", 1.5, r"match_threshold: expected a number in \[0, 1\], got 1.5"),
         ("min_cutoff", 0.0, "min_cutoff: expected a number > 0, got 0.0"),
         ("beta", -1.0, "beta: expected a number >= 0, got -1.0"),
+        ("keypoint_speed", float("nan"), "keypoint_speed: expected a number >= 0, got nan"),
     ],
 )
 def test_tracker_config_errors(field: str, value: object, message: str) -> None:
