@@ -66,8 +66,8 @@ MAX_BOX_SCALE_STEP = 0.1
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """The knobs of tracking and smoothing (defaults mirror
-    :class:`darkpose.service.settings.Settings`' ``track_*`` / ``smooth_*`` fields).
+    """The knobs of tracking and smoothing; their defaults are the defaults of
+    :class:`darkpose.service.settings.Settings`' ``track_*`` / ``smooth_*`` fields.
 
     det_every: run the detector every this many frames (1 = every frame);
     match_threshold: least similarity (max of OKS and box IoU) for a person to continue a track;
@@ -128,11 +128,7 @@ class TrackerConfig:
             "min_cutoff": settings.smooth_min_cutoff,
             "beta": settings.smooth_beta,
             "d_cutoff": settings.smooth_d_cutoff,
-            "keypoint_speed": getattr(
-                settings,
-                "smooth_keypoint_speed",
-                cls.__dataclass_fields__["keypoint_speed"].default,
-            ),
+            "keypoint_speed": settings.smooth_keypoint_speed,
         }
         values.update(overrides)
         return cls(**values)

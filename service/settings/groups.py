@@ -20,6 +20,7 @@ from darkpose.service.core.choices import Backend, FloatPrecision, IoU, Probabil
 from darkpose.service.core.io import DecodeLimits
 from darkpose.service.core.nms import DEFAULT_PRE_NMS_TOPK
 from darkpose.service.core.profiles import default_profile_value, profiles_table
+from darkpose.service.core.tracking import TrackerConfig
 from darkpose.service.settings.text import ENV_PREFIX, TextList, split_list, split_weight
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
 
 #: The decoders' own limits (darkpose.service.core.io): the image settings start there.
 _DECODE = DecodeLimits()
+#: The tracker's own defaults (darkpose.service.core.tracking): the video settings start there.
+_TRACK = TrackerConfig()
 
 
 class ModelSettings(BaseModel):
@@ -336,24 +339,44 @@ class VideoSettings(BaseModel):
     """Tracking, smoothing and the limits of videos and live streams (docs/video.md)."""
 
     track_det_every: int = Field(
-        5, ge=1, description="run the person detector every this many frames (1 = every frame)"
+        _TRACK.det_every,
+        ge=1,
+        description="run the person detector every this many frames (1 = every frame)",
     )
     track_match_threshold: Probability = Field(
-        0.3, description="least max(OKS, box IoU) for a person to continue a track"
+        _TRACK.match_threshold,
+        description="least max(OKS, box IoU) for a person to continue a track",
     )
     track_grace_frames: int = Field(
-        15, ge=0, description="frames a track may go unmatched before it dies (same id within)"
+        _TRACK.grace_frames,
+        ge=0,
+        description="frames a track may go unmatched before it dies (same id within)",
     )
-    track_max_tracks: int = Field(30, gt=0, description="most live tracks per stream")
+    track_max_tracks: int = Field(
+        _TRACK.max_tracks, gt=0, description="most live tracks per stream"
+    )
     track_redetect_score: Probability = Field(
-        0.35, description="a track's keypoint confidence below which to re-detect"
+        _TRACK.redetect_score,
+        description="a track's keypoint confidence below which to re-detect",
     )
-    smooth: bool = Field(True, description="One-Euro smoothing of tracked keypoints")
-    smooth_min_cutoff: float = Field(1.0, gt=0.0, description="One-Euro minimum cutoff (Hz)")
+    smooth: bool = Field(_TRACK.smoothing, description="One-Euro smoothing of tracked keypoints")
+    smooth_min_cutoff: float = Field(
+        _TRACK.min_cutoff, gt=0.0, description="One-Euro minimum cutoff (Hz)"
+    )
     smooth_beta: float = Field(
-        30.0, ge=0.0, description="One-Euro speed coefficient (per box diagonal per second)"
+        _TRACK.beta,
+        ge=0.0,
+        description="One-Euro speed coefficient (per box diagonal per second)",
     )
-    smooth_d_cutoff: float = Field(1.0, gt=0.0, description="One-Euro derivative cutoff (Hz)")
+    smooth_d_cutoff: float = Field(
+        _TRACK.d_cutoff, gt=0.0, description="One-Euro derivative cutoff (Hz)"
+    )
+    smooth_keypoint_speed: float = Field(
+        _TRACK.keypoint_speed,
+        ge=0.0,
+        description="weight of a keypoint's own speed (relative to the person's centre) in "
+        "opening its smoothing cutoff; 0 = the centre's speed alone (smoother, limbs lag)",
+    )
     video_max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest video upload")
     video_max_duration_s: float = Field(
         600.0, gt=0.0, description="longest video (container header) accepted"
