@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             print(search.recall(det.strip(), DET_THRESHOLD), flush=True)
         return 0
     if args.serving:
-        print(
-            "| serving threshold | persons returned | matched (OKS ≥ 0.5) | precision | recall | F1 |"
-        )
+        print("| serving threshold | persons | matched (OKS ≥ 0.5) | precision | recall | F1 |")
         print("|---|---|---|---|---|---|")
         for thr in (0.2, 0.3, 0.4, 0.5, 0.6):
             row = parse_row(args.serving) | {"thr": thr}
