@@ -4,10 +4,11 @@
         --rows "picodet;fused(picodet,yolox);fused(picodet,yolox)|pad=1.15" [--ref picodet]
         [--analyse picodet] [--limit N] [--boot 1000]
 
-A row is ``DETECTOR[|pad=P][|flip=0][|thr=T]``: a detector config (the ``DARKPOSE_DETECTOR``
+A row is ``DETECTOR[|pad=P][|flip=0][|thr=T][|cap=N]``: a detector config (``DARKPOSE_DETECTOR``
 text form, or ``gt`` for the ground-truth boxes), the box padding (default 1.25), the flip test
-(default on) and the evaluation threshold (default 0.05).  Each detector runs once over the set
-at score 0.05 and its boxes are stored in ``--cache`` (one ``.npz`` per config); each pose crop
+(default on), the evaluation threshold (default 0.05) and the boxes per image sent to the pose
+model (default 20, COCO's maxDets).  Each detector runs once over the set
+at score 0.05 and its boxes are stored in ``--cache`` (one pickle per config); each pose crop
 (image, box, padding, flip) runs once and its keypoints are stored too, so a row that reuses
 boxes costs only COCOeval.  Every row: keypoint AP (pycocotools), bootstrap 95% CI over images
 and the paired Δ against ``--ref`` (the first row by default), as in ``bench/profiles.py``.
@@ -52,11 +53,18 @@ def slug(text: str) -> str:
 
 def parse_row(row: str) -> dict[str, Any]:
     det, *opts = row.split("|")
-    out: dict[str, Any] = {"det": det.strip(), "pad": 1.25, "flip": True, "thr": DET_THRESHOLD}
+    out: dict[str, Any] = {
+        "det": det.strip(),
+        "pad": 1.25,
+        "flip": True,
+        "thr": DET_THRESHOLD,
+        "cap": COCO_MAX_DETS,
+    }
     for o in opts:
         k, _, v = o.partition("=")
-        out[k.strip()] = v.strip() if k.strip() not in ("pad", "thr", "flip") else float(v)
+        out[k.strip()] = v.strip() if k.strip() not in ("pad", "thr", "flip", "cap") else float(v)
     out["flip"] = bool(out["flip"])
+    out["cap"] = int(out["cap"])
     return out
 
 
@@ -181,7 +189,7 @@ class Search:
         t0 = time.perf_counter()
         for n, (i, (b, s)) in enumerate(zip(self.img_ids, boxes, strict=True)):
             keep = s >= row["thr"]
-            b, s = b[keep][:COCO_MAX_DETS], s[keep][:COCO_MAX_DETS]
+            b, s = b[keep][: row["cap"]], s[keep][: row["cap"]]
             if subst is not None:
                 b, s = subst(i, b, s)
             if b.shape[0] == 0:
