@@ -3,6 +3,8 @@
     python bench/accurate_search.py --cache /tmp/darkpose-cache \\
         --rows "picodet;fused(picodet,yolox);fused(picodet,yolox)|pad=1.15" [--ref picodet]
         [--analyse picodet] [--limit N] [--boot 1000]
+    python bench/accurate_search.py --recall "picodet;wbf:picodet+yolox:iou=0.65:w=2/1"
+    python bench/accurate_search.py --serving "fused(picodet,yolox,weights=2/1,iou=0.65)|pad=1.15"
 
 A row is ``DETECTOR[|pad=P][|flip=0][|thr=T][|cap=N]``: a detector config (``DARKPOSE_DETECTOR``
 text form, or ``gt`` for the ground-truth boxes), the box padding (default 1.25), the flip test
@@ -15,7 +17,9 @@ and the paired Δ against ``--ref`` (the first row by default), as in ``bench/pr
 
 ``--analyse ROW`` splits the AP lost between ``gt`` and ROW: persons the detector missed (no
 box at IoU >= 0.5), false positives (boxes matching no annotated person) and box quality, by
-re-scoring ROW with oracle substitutions.
+re-scoring ROW with oracle substitutions.  ``--recall``: box recall of the keypoint-annotated
+persons by each detector's first 20 boxes.  ``--serving ROW``: persons returned and matched at
+OKS >= 0.5 per serving threshold (the F1 that chooses a profile's ``det_score_threshold``).
 """
 
 from __future__ import annotations

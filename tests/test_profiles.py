@@ -242,3 +242,27 @@ def test_each_profile_detector_builds_and_finds_persons(name: str) -> None:
         - ix * iy
     )
     assert float((ix * iy / union).max()) >= 0.5
+
+
+def test_accurate_search_fuses_cached_boxes_as_the_fused_detector(tmp_path: Any) -> None:
+    """bench/accurate_search.py fuses cached member boxes offline (``wbf:``); on real images it
+    must give the boxes of the real FusedDetector config, and a run from the cache the same."""
+    from tests.conftest import REPO
+
+    def recall(*detectors: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "accurate_search.py"), "--cache",
+             str(tmp_path), "--limit", "4", "--recall", ";".join(detectors)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
+
+    fused, offline = recall(
+        "fused(picodet,yolox,weights=2/1,iou=0.65)", "wbf:picodet+yolox:iou=0.65:w=2/1"
+    )
+    assert fused.split("|")[2:] == offline.split("|")[2:]
+    assert float(fused.split("|")[4]) > 0  # boxes per image
+    assert len(list(tmp_path.glob("det-*.pkl"))) == 3  # the fused config and its two members
+    (again,) = recall("wbf:picodet+yolox:iou=0.65:w=2/1")
+    assert again == offline
