@@ -208,3 +208,61 @@ def test_bench_rejects_an_unknown_profile() -> None:
     assert out.returncode == 2
     assert "--profiles: expected today or one of" in out.stderr
     assert "got 'turbo'" in out.stderr
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_each_profile_detector_builds_and_finds_persons(name: str) -> None:
+    """The profile's detector config (e.g. accurate's weighted fusion) builds from the packaged
+    models and finds the persons of a real coco-mini photo; its box padding reaches the pipeline
+    options."""
+    import cv2
+
+    from darkpose.service.evaluation import gt_boxes, load_coco
+    from darkpose.service.runtime.factory import build_detector
+    from tests.conftest import IMAGES, KPT_ANN
+
+    s = Settings(profile=name, providers="cpu")
+    assert s.pipeline.box_padding == profile_settings(name)["box_padding"]
+    coco = load_coco(KPT_ANN)
+    image_id = max(coco.getImgIds(), key=lambda i: len(gt_boxes(coco, i)[0]))
+    image = cv2.imread(str(IMAGES / coco.imgs[image_id]["file_name"]), cv2.IMREAD_COLOR)
+    det = build_detector(s).detect(image, score_threshold=s.pipeline.det_score_threshold)
+    gt = gt_boxes(coco, image_id)[0]
+    assert len(det) >= 1
+    # every returned box lies in the image and the best one overlaps an annotated person
+    h, w = image.shape[:2]
+    assert (det.boxes[:, [0, 2]] >= 0).all() and (det.boxes[:, [0, 2]] <= w).all()
+    assert (det.boxes[:, [1, 3]] >= 0).all() and (det.boxes[:, [1, 3]] <= h).all()
+    best = det.boxes[int(np.argmax(det.scores))]
+    ix = np.clip(np.minimum(best[2], gt[:, 2]) - np.maximum(best[0], gt[:, 0]), 0, None)
+    iy = np.clip(np.minimum(best[3], gt[:, 3]) - np.maximum(best[1], gt[:, 1]), 0, None)
+    union = (
+        (best[2] - best[0]) * (best[3] - best[1])
+        + (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+        - ix * iy
+    )
+    assert float((ix * iy / union).max()) >= 0.5
+
+
+def test_accurate_search_fuses_cached_boxes_as_the_fused_detector(tmp_path: Any) -> None:
+    """bench/accurate_search.py fuses cached member boxes offline (``wbf:``); on real images it
+    must give the boxes of the real FusedDetector config, and a run from the cache the same."""
+    from tests.conftest import REPO
+
+    def recall(*detectors: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "accurate_search.py"), "--cache",
+             str(tmp_path), "--limit", "4", "--recall", ";".join(detectors)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
+
+    fused, offline = recall(
+        "fused(picodet,yolox,weights=2/1,iou=0.65)", "wbf:picodet+yolox:iou=0.65:w=2/1"
+    )
+    assert fused.split("|")[2:] == offline.split("|")[2:]
+    assert float(fused.split("|")[4]) > 0  # boxes per image
+    assert len(list(tmp_path.glob("det-*.pkl"))) == 3  # the fused config and its two members
+    (again,) = recall("wbf:picodet+yolox:iou=0.65:w=2/1")
+    assert again == offline

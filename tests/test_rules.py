@@ -79,14 +79,14 @@ def test_a_pipeline_default_is_one_line_that_settings_and_the_reference_follow(
 ) -> None:
     """The settings hold the pipeline options: a default changed on the option (the one place
     it is written) is the setting's default, its configuration-reference row and Ray's."""
-    for env in ("DARKPOSE_BOX_PADDING", "DARKPOSE_DEFAULT_MAX_PERSONS"):
+    for env in ("DARKPOSE_OKS_NMS_THRESHOLD", "DARKPOSE_DEFAULT_MAX_PERSONS"):
         monkeypatch.delenv(env, raising=False)
     assert Settings().pipeline == PipelineOptions()  # type: ignore[call-arg]
-    monkeypatch.setattr(PipelineOptions.model_fields["box_padding"], "default", 1.3)
+    monkeypatch.setattr(PipelineOptions.model_fields["oks_nms_threshold"], "default", 0.7)
     monkeypatch.setattr(PipelineOptions.model_fields["max_persons"], "default", 12)
-    assert (default_of("box_padding"), default_of("default_max_persons")) == (1.3, 12)
+    assert (default_of("oks_nms_threshold"), default_of("default_max_persons")) == (0.7, 12)
     page = docs.configuration_page().splitlines()
-    assert "`1.3`" in next(x for x in page if "DARKPOSE_BOX_PADDING`" in x)
+    assert "`0.7`" in next(x for x in page if "DARKPOSE_OKS_NMS_THRESHOLD`" in x)
     assert "`12`" in next(x for x in page if "DARKPOSE_DEFAULT_MAX_PERSONS`" in x)
 
 

@@ -89,9 +89,9 @@ class PipelineOptions(BaseModel):
         "accuracy.md#did-not-help)",
     )
     box_padding: BoxPadding = Field(
-        1.25,
-        description="person box enlargement before cropping for the pose model (1.25 as in "
-        "HRNet/mmpose; 1.15 and 1.4 measured, docs: accuracy.md#padding)",
+        default_factory=lambda: float(default_profile_value("box_padding")),
+        description="person box enlargement before cropping for the pose model; default: the "
+        "profile's (1.25 as in HRNet/mmpose; 1.15 in accurate, docs: accuracy.md#padding)",
     )
 
     def __init__(self, **data: Any) -> None:
