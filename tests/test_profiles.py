@@ -42,7 +42,7 @@ def test_table_is_the_one_source() -> None:
     assert set(table["profiles"]) == {"fast", "balanced", "accurate"}
     assert table["default"] == "balanced"
     # every profile value names a real setting; the built-in default of a governed setting
-    # is the default profile's value (no second copy in settings.py)
+    # is the default profile's value (no second copy in the settings)
     default = profile_settings(table["default"])
     for name in profile_governed():
         assert name in setting_fields(), name

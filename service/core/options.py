@@ -103,7 +103,7 @@ class PipelineOptions(BaseModel):
 
     # Validated as a field of another model (``Settings.pipeline``, from environment text),
     # pydantic's own lax validation runs instead of this ``__init__``: the marker is pydantic's
-    # own (``BaseModel.__init__`` carries it); tests/test_settings.py checks both paths.
+    # own (``BaseModel.__init__`` carries it); tests/test_rules.py checks both paths.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     def replace(self, **changes: Any) -> PipelineOptions:
