@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import IMAGES, MODELS
+from tests.conftest import IMAGES, MODELS, SHARED
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -247,6 +247,37 @@ def test_pipeline_serves_the_same_routes_and_metrics_per_replica(
     status, err = _post(app.url, b"not an image")
     assert status == 400, err
     assert "invalid_image" in json.dumps(err)
+
+
+def test_pipeline_carries_the_live_stream_and_the_streamed_video(
+    deploy: Callable[[str], Any],
+) -> None:
+    """``/pose/stream`` (WebSocket) and ``/pose/video`` (NDJSON) through Serve's proxy: one
+    connection or one upload is one ingress replica, which holds its tracker from start to end."""
+    from websockets.sync.client import connect
+
+    app = deploy("pipeline")
+    frame = _images()[0]
+    with connect(app.url.replace("http://", "ws://") + "/pose/stream", open_timeout=120) as ws:
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        answers = []
+        for _ in range(3):
+            ws.send(frame)
+            answers.append(json.loads(ws.recv(timeout=120)))
+    assert [(a["type"], a["frame"]) for a in answers] == [("frame", 0), ("frame", 1), ("frame", 2)]
+    ids = [{p["track_id"] for p in a["persons"]} for a in answers]
+    assert ids[0] and ids[0] == ids[-1]  # the same persons keep their ids on this replica
+
+    clip = sorted((SHARED / "data" / "video").glob("*.mp4"))[0].read_bytes()
+    req = urllib.request.Request(
+        app.url + "/pose/video", data=clip, headers={"Content-Type": "video/mp4"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+    frames = [x for x in lines if "persons" in x]
+    assert frames and [f["frame"] for f in frames] == list(range(len(frames)))
+    assert any(f["persons"] for f in frames)
 
 
 # --- topology "split" --------------------------------------------------------------------------
