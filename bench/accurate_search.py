@@ -6,10 +6,14 @@
     python bench/accurate_search.py --recall "picodet;wbf:picodet+yolox:iou=0.65:w=2/1"
     python bench/accurate_search.py --serving "fused(picodet,yolox,weights=2/1,iou=0.65)|pad=1.15"
 
-A row is ``DETECTOR[|pad=P][|flip=0][|thr=T][|cap=N]``: a detector config (``DARKPOSE_DETECTOR``
-text form, or ``gt`` for the ground-truth boxes), the box padding (default 1.25), the flip test
-(default on), the evaluation threshold (default 0.05) and the boxes per image sent to the pose
-model (default 20, COCO's maxDets).  Each detector runs once over the set
+A row is ``DETECTOR[|pad=P][|flip=0][|thr=T][|cap=N][|oks=T][|kpt=T]``: a detector config
+(``DARKPOSE_DETECTOR`` text form, or ``gt`` for the ground-truth boxes), the box padding (default
+1.25), the flip test (default on), the evaluation threshold (default 0.05), the boxes per image
+sent to the pose model (default 20, COCO's maxDets), the OKS-NMS threshold (``oks_nms_threshold``,
+default the pipeline option's; ``oks=1`` = off) and the keypoint score threshold of the rescoring
+(``keypoint_score_threshold``, default the pipeline option's).  ``oks`` and ``kpt`` act only in
+the post-processing (the pipeline's own rescoring and OKS-NMS on the cached keypoints), so rows
+that differ only in them cost only COCOeval.  Each detector runs once over the set
 at score 0.05 and its boxes are stored in ``--cache`` (one pickle per config); each pose crop
 (image, box, padding, flip) runs once and its keypoints are stored too, so a row that reuses
 boxes costs only COCOeval.  Every row: keypoint AP (pycocotools), bootstrap 95% CI over images
@@ -49,6 +53,7 @@ from darkpose.service.settings import Settings  # noqa: E402
 
 POSE_MODEL = "pp_tinypose_256x192.onnx"
 DET_THRESHOLD = 0.05
+FLOAT_OPTS = ("pad", "thr", "flip", "cap", "oks", "kpt")
 
 
 def slug(text: str) -> str:
@@ -63,10 +68,12 @@ def parse_row(row: str) -> dict[str, Any]:
         "flip": True,
         "thr": DET_THRESHOLD,
         "cap": COCO_MAX_DETS,
+        "oks": PipelineOptions.model_fields["oks_nms_threshold"].default,
+        "kpt": PipelineOptions.model_fields["keypoint_score_threshold"].default,
     }
     for o in opts:
         k, _, v = o.partition("=")
-        out[k.strip()] = v.strip() if k.strip() not in ("pad", "thr", "flip", "cap") else float(v)
+        out[k.strip()] = float(v) if k.strip() in FLOAT_OPTS else v.strip()
     out["flip"] = bool(out["flip"])
     out["cap"] = int(out["cap"])
     return out
@@ -189,7 +196,12 @@ class Search:
     def results(self, row: dict[str, Any], subst: Any = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         boxes = self.boxes(row["det"])
-        opts = self.base.replace(flip=row["flip"], box_padding=row["pad"])
+        opts = self.base.replace(
+            flip=row["flip"],
+            box_padding=row["pad"],
+            oks_nms_threshold=row["oks"],
+            keypoint_score_threshold=row["kpt"],
+        )
         t0 = time.perf_counter()
         for n, (i, (b, s)) in enumerate(zip(self.img_ids, boxes, strict=True)):
             keep = s >= row["thr"]

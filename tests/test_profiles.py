@@ -266,3 +266,46 @@ def test_accurate_search_fuses_cached_boxes_as_the_fused_detector(tmp_path: Any)
     assert len(list(tmp_path.glob("det-*.pkl"))) == 3  # the fused config and its two members
     (again,) = recall("wbf:picodet+yolox:iou=0.65:w=2/1")
     assert again == offline
+
+
+def test_accurate_search_post_processing_row_options(tmp_path: Any) -> None:
+    """``|oks=T|kpt=T`` rows of bench/accurate_search.py re-run the pipeline's rescoring and
+    OKS-NMS on the cached keypoints: the option defaults give the default row exactly, OKS-NMS
+    off returns every box sent, and another keypoint threshold changes the scores."""
+    from darkpose.service.core.options import PipelineOptions
+    from darkpose.service.evaluation import load_coco
+    from tests.conftest import REPO, SHARED
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_accurate_search", REPO / "bench" / "accurate_search.py"
+    )
+    if spec is None or spec.loader is None:
+        raise RuntimeError("expected bench/accurate_search.py to load, got no module spec")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    row = bench.parse_row("picodet|flip=0|oks=1|kpt=0.5")
+    assert (row["oks"], row["kpt"], row["flip"]) == (1.0, 0.5, False)
+    defaults = bench.parse_row("picodet")
+    fields = PipelineOptions.model_fields
+    assert defaults["oks"] == fields["oks_nms_threshold"].default
+    assert defaults["kpt"] == fields["keypoint_score_threshold"].default
+
+    data = SHARED / "data" / "coco-val-dev"
+    coco = load_coco(data / "annotations" / "person_keypoints.json")
+    img_ids = sorted(coco.getImgIds())[:3]
+    search = bench.Search(tmp_path, coco, data / "images", img_ids)
+
+    def results(text: str) -> list[dict[str, Any]]:
+        return list(search.results(bench.parse_row(text)))
+
+    base = results("picodet|flip=0")
+    assert base, "expected persons on the first val-dev images, got none"
+    assert results("picodet|flip=0|oks=0.9|kpt=0.2") == base
+    sent = sum(
+        min(int((s >= defaults["thr"]).sum()), defaults["cap"]) for _, s in search.boxes("picodet")
+    )
+    no_nms = results("picodet|flip=0|oks=1")
+    assert len(no_nms) == sent >= len(base)
+    stricter = results("picodet|flip=0|kpt=0.5")
+    assert sorted(r["score"] for r in stricter) != sorted(r["score"] for r in base)
