@@ -181,19 +181,18 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
 
     from darkpose.service.api.tracking import frame_json
     from darkpose.service.core.errors import DarkPoseError
+    from darkpose.service.core.options import given
     from darkpose.service.core.tracking import PoseTracker, TrackerConfig
-    from darkpose.service.core.video import check_fps, open_video
+    from darkpose.service.core.video import VideoWriter, check_fps, open_video
     from darkpose.service.core.visualize import draw_poses
     from darkpose.service.runtime.factory import build_pipeline
 
-    overrides: dict[str, Any] = {}
-    if args.det_every is not None:
-        overrides["det_every"] = args.det_every
-    if args.smooth is not None:
-        overrides["smoothing"] = args.smooth == "on"
+    smooth = None if args.smooth is None else args.smooth == "on"
     try:
         fps = check_fps(args.fps)
-        config = TrackerConfig.from_settings(settings, **overrides)
+        config = TrackerConfig.from_settings(
+            settings, **given(det_every=args.det_every, smoothing=smooth)
+        )
         reader = open_video(args.input, **settings.video_limits)
     except DarkPoseError as exc:
         logger.error("%s: %s", args.input, exc.message)
@@ -217,7 +216,7 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
                 if args.out is not None:
                     if writer is None:
                         h, w = vf.image.shape[:2]
-                        writer = _VideoWriter(args.out, w, h, fps or reader.info.fps or 30.0)
+                        writer = VideoWriter(args.out, w, h, fps or reader.info.fps or 30.0)
                     persons = [tp.person for tp in frame.persons]
                     writer.write(draw_poses(vf.image, persons))
                 bar.update(1)
@@ -241,35 +240,3 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
         f", {args.out}" if args.out is not None else "",
     )
     return 1 if failed else 0
-
-
-class _VideoWriter:
-    """BGR frames (H, W, 3) → a video file (H.264 in MP4/MOV/MKV, VP9 in WebM) via PyAV."""
-
-    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
-        from fractions import Fraction
-
-        import av
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(path), mode="w")
-        codec = "libvpx-vp9" if path.suffix.lower() == ".webm" else "libx264"
-        rate = Fraction(fps).limit_denominator(1001)
-        stream: Any = self.container.add_stream(codec, rate=rate)
-        self.stream = stream
-        self.stream.width = width - width % 2  # yuv420p needs even sides
-        self.stream.height = height - height % 2
-        self.stream.pix_fmt = "yuv420p"
-
-    def write(self, image: Any) -> None:
-        import av
-
-        img = image[: self.stream.height, : self.stream.width]
-        frame = av.VideoFrame.from_ndarray(img, format="bgr24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()

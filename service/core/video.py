@@ -326,3 +326,64 @@ def _check_header(
         )
     info = VideoInfo(codec, w, h, fps, duration, frames, 0, fmt)
     return info, stream
+
+
+class VideoWriter:
+    """BGR frames (H, W, 3) uint8 → a video via PyAV: H.264 in MP4/MOV/MKV, VP9 in WebM.
+
+    ``target``: a path (its suffix picks the container) or a seekable binary file object
+    (``container`` names the format, default ``mp4``).  Frame sides are cut to even numbers
+    (yuv420p).  Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str | Path | Any,
+        width: int,
+        height: int,
+        fps: float,
+        container: str | None = None,
+    ) -> None:
+        from fractions import Fraction
+
+        av = _av()
+        if isinstance(target, str | Path):
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kind = container or path.suffix.lower().lstrip(".") or "mp4"
+            self.container = av.open(str(path), mode="w")
+        else:
+            kind = container or "mp4"
+            self.container = av.open(target, mode="w", format=kind)
+        codec = "libvpx-vp9" if kind == "webm" else "libx264"
+        stream: Any = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width = max(2, width - width % 2)
+        stream.height = max(2, height - height % 2)
+        stream.pix_fmt = "yuv420p"
+        self.stream = stream
+        self.frames = 0
+
+    def write(self, image: npt.NDArray[np.uint8]) -> None:
+        """Append one frame (BGR, at least the writer's size; larger is cut)."""
+        av = _av()
+        img = np.ascontiguousarray(image[: self.stream.height, : self.stream.width])
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the container (idempotent)."""
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

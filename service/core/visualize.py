@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from darkpose.service.core.errors import InvalidImage
-from darkpose.service.core.poses import Person
+from darkpose.service.core.poses import Person, Poses
 from darkpose.service.core.types import COCO_SKELETON
 
 #: BGR colours: left limbs, right limbs, centre (head/torso).
@@ -105,3 +105,27 @@ def draw_poses(
             cv2.circle(out, centre, radius * scale, (255, 255, 255), -1, cv2.LINE_AA, shift)
             cv2.circle(out, centre, radius * scale, _limb_colour(i, i), 1, cv2.LINE_AA, shift)
     return out
+
+
+def overlay(
+    image: npt.NDArray[np.uint8],
+    poses: Poses,
+    max_side: int,
+    original_size: tuple[int, int] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """The skeletons of ``poses`` drawn on ``image``, the whole downscaled so that its longest
+    side is at most ``max_side`` (``max_render_side``).
+
+    ``poses`` are in the coordinates of the original image of ``original_size`` (W, H)
+    (default: ``image``'s own size); ``image`` may be that image at a working resolution: the
+    overlay has the size the original would get and is drawn from ``image``."""
+    h, w = image.shape[:2]
+    ow, oh = original_size if original_size is not None else (w, h)
+    scale = min(1.0, max_side / max(oh, ow))
+    size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
+    if size != (w, h):
+        interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
+        image = np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
+    if scale < 1.0:
+        poses = poses.scaled(scale)
+    return draw_poses(image, poses)

@@ -250,3 +250,40 @@ def test_frames_under_the_minimum_side_have_no_persons(vclient: TestClient) -> N
     lines = ndjson(vclient, make_video(_frames(3, size=(6, 6))))
     assert [len(f["persons"]) for f in lines[1:-1]] == [0, 0, 0]
     assert lines[-1]["detector_runs"] == 0
+
+
+def test_render_answers_the_overlay_video_with_a_frame_per_tracked_frame(
+    vclient: TestClient, crowd_mp4: bytes
+) -> None:
+    import io
+
+    import av
+
+    streamed = ndjson(vclient, crowd_mp4)
+    r = vclient.post(
+        "/pose/video?render=true", content=crowd_mp4, headers={"content-type": "video/mp4"}
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "video/mp4"
+    assert int(r.headers["x-darkpose-frames"]) == streamed[-1]["frames"] == 12
+    assert int(r.headers["x-darkpose-tracks"]) == streamed[-1]["tracks"]
+    with av.open(io.BytesIO(r.content)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(frames) == 12 and frames[0].shape == (224, 320, 3)
+    # the skeletons are drawn: the overlay differs from the video's own frames
+    originals = [
+        f.to_ndarray(format="bgr24") for f in av.open(io.BytesIO(crowd_mp4)).decode(video=0)
+    ]
+    diff = [
+        np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, originals, strict=True)
+    ]
+    assert max(diff) > 1.0
+
+
+def test_render_of_a_bad_video_is_a_json_error(vclient: TestClient) -> None:
+    r = vclient.post(
+        "/pose/video?render=true", content=b"not a video", headers={"content-type": "video/mp4"}
+    )
+    assert 400 <= r.status_code < 500
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]

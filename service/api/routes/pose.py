@@ -105,20 +105,10 @@ def render_overlay(
     ``poses`` are in the coordinates of the original image of ``original_size`` (W, H)
     (default: ``image``'s own size); ``image`` may be that image at a working resolution: the
     overlay has the size the original would get and is drawn from ``image``."""
-    from darkpose.service.core.visualize import draw_poses
+    from darkpose.service.core.visualize import overlay
 
-    h, w = image.shape[:2]
-    ow, oh = original_size if original_size is not None else (w, h)
-    scale = min(1.0, max_side / max(oh, ow))
-    size = (max(1, round(ow * scale)), max(1, round(oh * scale)))
-    if size != (w, h):
-        shrink = size[0] < w
-        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        image = np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
-    if scale < 1.0:
-        poses = poses.scaled(scale)
     suffix, flags, media = RENDER_ENCODINGS[render_format]
-    ok, enc = cv2.imencode(suffix, draw_poses(image, poses), flags)
+    ok, enc = cv2.imencode(suffix, overlay(image, poses, max_side, original_size), flags)
     if not ok:
         raise InvalidImage(f"render: expected an encodable overlay, got a {suffix} encoder failure")
     return enc.tobytes(), media

@@ -10,6 +10,9 @@ size; a refusal is a 4xx JSON answer) → the frames decoded and tracked in one 
 (:class:`darkpose.service.core.tracking.PoseTracker`; its pose crops go through the app's
 micro-batcher, so concurrent videos and images share pose-model calls).
 
+``render=true`` answers the video with the skeletons drawn instead (``video/mp4``, H.264, each
+frame downscaled to at most ``max_render_side``; written to a temporary file while the frames are
+tracked, sent when the run ends), or the JSON error that stopped it.
 ``stream=true`` (default) answers ``application/x-ndjson``, one JSON object per line: first
 ``{"type": "video", …}`` (the header), then ``{"type": "frame", …}`` per processed frame as soon
 as it is ready, last ``{"type": "end", …}``, or ``{"type": "error", …}`` when the video turns
@@ -24,8 +27,9 @@ import contextlib
 import functools
 import json
 import logging
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -42,19 +46,24 @@ from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import MB, Job, JobCancelled, current_job
 from darkpose.service.core.errors import DarkPoseError, PayloadTooLarge
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
+from darkpose.service.core.poses import Poses
 from darkpose.service.core.tracking import PoseTracker, TrackerConfig
 from darkpose.service.core.video import (
     CONTAINER_TEXT,
     VIDEO_MEDIA_TYPES,
     InvalidVideo,
     VideoReader,
+    VideoWriter,
     check_fps,
     open_video,
 )
+from darkpose.service.core.visualize import overlay
 
 logger = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+#: Bytes per read of a rendered video sent back.
+RENDER_CHUNK = 1 << 16
 #: Frame lines a worker may run ahead of a slow reader of the NDJSON answer.
 AHEAD_LINES = 8
 VIDEO_REQUEST_BODY: dict[str, Any] = {
@@ -90,9 +99,13 @@ def run_video(
     fps: float | None,
     job: Job,
     emit: Callable[[dict[str, Any]], None],
+    out: Any | None = None,
 ) -> None:
-    """Worker thread: decode, track, ``emit`` each frame line, then the end line (or raise)."""
+    """Worker thread: decode, track, ``emit`` each frame line, then the end line (or raise);
+    with ``out`` (a seekable binary file) also write the overlay video there (MP4, each frame
+    downscaled to at most ``max_render_side``)."""
     token = current_job.set(job)
+    writer: VideoWriter | None = None
     tracker = PoseTracker(
         pipeline,
         config,
@@ -105,6 +118,15 @@ def run_video(
             frame = tracker.process(vf.image, vf.timestamp, index=vf.index)
             tracking.observe_frame(state, "video", frame)
             emit(tracking.frame_json(frame))
+            if out is not None:
+                poses = Poses.from_persons([tp.person for tp in frame.persons])
+                image = overlay(vf.image, poses, state.settings.max_render_side)
+                if writer is None:
+                    rate = fps or reader.info.fps or 30.0
+                    writer = VideoWriter(out, image.shape[1], image.shape[0], rate)
+                writer.write(image)
+        if writer is not None:
+            writer.close()
         emit(
             {
                 "type": "end",
@@ -114,6 +136,8 @@ def run_video(
             }
         )
     finally:
+        if writer is not None:
+            writer.close()
         current_job.reset(token)
         reader.close()
 
@@ -181,6 +205,7 @@ async def serve_video(
     *,
     fps: float | None,
     stream: bool,
+    render: bool,
     max_persons: int | None,
     det_every: int | None,
     smooth: bool | None,
@@ -215,7 +240,8 @@ async def serve_video(
             data = await read_video_body(request, s.video_max_bytes, s.request_timeout_s)
         reader = await asyncio.to_thread(functools.partial(open_video, data, **s.video_limits))
         w, h = reader.info.width, reader.info.height
-        need = len(data) + 16 * w * h + 8 * MB  # the upload, a decoded frame and its copies
+        # the upload, a decoded frame and its copies (+ the overlay's with render)
+        need = len(data) + (24 if render else 16) * w * h + 8 * MB
         try:
             state.memory.reserve(need)
         except BaseException:
@@ -237,13 +263,17 @@ async def serve_video(
     job = Job(s.work_timeout_s, s.retry_after_s)
     loop = asyncio.get_running_loop()
     channel = _Channel(loop, job)
+    # on disk, not in memory; closed by whoever ends its life (error, or the sent response)
+    out = tempfile.TemporaryFile() if render else None  # noqa: SIM115
     try:
         future = state.executor.submit(
-            run_video, state, pipeline, reader, options, config, fps, job, channel.emit
+            run_video, state, pipeline, reader, options, config, fps, job, channel.emit, out
         )
     except BaseException:
         reader.close()
         release()
+        if out is not None:
+            out.close()
         raise
 
     def done(f: concurrent.futures.Future[None]) -> None:
@@ -266,6 +296,9 @@ async def serve_video(
         finally:
             job.cancel("client disconnected")
             future.cancel()
+
+    if out is not None:
+        return await _rendered(request, lines(), future, out)
 
     if not stream:
         frames: list[dict[str, Any]] = []
@@ -299,6 +332,54 @@ async def serve_video(
     return StreamingResponse(ndjson(), media_type=NDJSON)
 
 
+async def _rendered(
+    request: Request,
+    lines: AsyncIterator[dict[str, Any]],
+    future: concurrent.futures.Future[None],
+    out: Any,
+) -> Response:
+    """``render=true``: wait for the worker, then answer the overlay video it wrote to ``out``
+    (``video/mp4``; the run's frame and track counts in ``X-Darkpose-Frames`` /
+    ``X-Darkpose-Tracks``), or the JSON error that stopped it."""
+    end: dict[str, Any] = {}
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        async for line in lines:
+            if gone.done():
+                break
+            if line["type"] == "end":
+                end = line
+            elif line["type"] == "error":
+                out.close()
+                return JSONResponse(
+                    {k: v for k, v in line.items() if k != "type"}, status_code=_status_of(future)
+                )
+    finally:
+        gone.cancel()
+    if not end or not end["frames"]:
+        out.close()
+        raise InvalidVideo(
+            "render: expected a video with at least one frame to draw, got none"
+            if end
+            else "render: expected the whole video processed, got a cancelled run"
+        )
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            out.seek(0)
+            while chunk := out.read(RENDER_CHUNK):
+                yield chunk
+        finally:
+            out.close()
+
+    headers = {
+        "Content-Disposition": 'attachment; filename="poses.mp4"',
+        "X-Darkpose-Frames": str(end["frames"]),
+        "X-Darkpose-Tracks": str(end["tracks"]),
+    }
+    return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
+
+
 def _status_of(future: concurrent.futures.Future[None]) -> int:
     exc = future.exception() if future.done() and not future.cancelled() else None
     return int(exc.status_code) if isinstance(exc, DarkPoseError) else 500
@@ -322,8 +403,11 @@ def build_router(person_cap: int) -> APIRouter:
         responses={
             200: {
                 "description": "NDJSON lines (video header, one per frame, end or error); "
-                "with stream=false one JSON object",
-                "content": {NDJSON: {"schema": {"type": "string"}}},
+                "with stream=false one JSON object; with render=true the overlay video",
+                "content": {
+                    NDJSON: {"schema": {"type": "string"}},
+                    "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+                },
             },
             **error_responses(400, 408, 413, 415, 422, 500, 503),
         },
@@ -339,6 +423,13 @@ def build_router(person_cap: int) -> APIRouter:
         stream: Annotated[
             bool, Query(description="NDJSON lines as frames are ready (false: one JSON)")
         ] = True,
+        render: Annotated[
+            bool,
+            Query(
+                description="answer the video with the skeletons drawn (MP4, H.264, frames "
+                "at most max_render_side) instead of JSON"
+            ),
+        ] = False,
         max_persons: Annotated[
             int | None, Query(ge=1, le=person_cap, description="most persons per frame")
         ] = None,
@@ -355,6 +446,7 @@ def build_router(person_cap: int) -> APIRouter:
             state,
             fps=fps,
             stream=stream,
+            render=render,
             max_persons=max_persons,
             det_every=det_every,
             smooth=smooth,
