@@ -13,12 +13,16 @@ from fastapi.testclient import TestClient
 from tests.video.conftest import MMPOSE_CLIP, crowd_frames, make_video
 
 
+def post_video(client: TestClient, body: bytes, query: str = "", **headers: str) -> Any:
+    return client.post(
+        "/pose/video" + query, content=body, headers={"content-type": "video/mp4", **headers}
+    )
+
+
 def ndjson(
     client: TestClient, body: bytes, query: str = "", **headers: str
 ) -> list[dict[str, Any]]:
-    r = client.post(
-        "/pose/video" + query, content=body, headers={"content-type": "video/mp4", **headers}
-    )
+    r = post_video(client, body, query, **headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/x-ndjson")
     return [json.loads(line) for line in r.text.splitlines() if line]
@@ -63,9 +67,7 @@ def test_stream_false_answers_one_json_with_every_frame(
     vclient: TestClient, crowd_mp4: bytes
 ) -> None:
     streamed = ndjson(vclient, crowd_mp4)
-    r = vclient.post(
-        "/pose/video?stream=false", content=crowd_mp4, headers={"content-type": "video/mp4"}
-    )
+    r = post_video(vclient, crowd_mp4, "?stream=false")
     assert r.status_code == 200
     body = r.json()
     assert body["video"] == streamed[0]["video"]
@@ -260,9 +262,7 @@ def test_render_answers_the_overlay_video_with_a_frame_per_tracked_frame(
     import av
 
     streamed = ndjson(vclient, crowd_mp4)
-    r = vclient.post(
-        "/pose/video?render=true", content=crowd_mp4, headers={"content-type": "video/mp4"}
-    )
+    r = post_video(vclient, crowd_mp4, "?render=true")
     assert r.status_code == 200, r.text[:300]
     assert r.headers["content-type"] == "video/mp4"
     assert int(r.headers["x-darkpose-frames"]) == streamed[-1]["frames"] == 12
@@ -281,9 +281,7 @@ def test_render_answers_the_overlay_video_with_a_frame_per_tracked_frame(
 
 
 def test_render_of_a_bad_video_is_a_json_error(vclient: TestClient) -> None:
-    r = vclient.post(
-        "/pose/video?render=true", content=b"not a video", headers={"content-type": "video/mp4"}
-    )
+    r = post_video(vclient, b"not a video", "?render=true")
     assert 400 <= r.status_code < 500
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["error"]
