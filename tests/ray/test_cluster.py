@@ -249,14 +249,11 @@ def test_pipeline_serves_the_same_routes_and_metrics_per_replica(
     assert "invalid_image" in json.dumps(err)
 
 
-def test_pipeline_carries_the_live_stream_and_the_streamed_video(
-    deploy: Callable[[str], Any],
-) -> None:
+def _check_stream_and_video(app: Any) -> None:
     """``/pose/stream`` (WebSocket) and ``/pose/video`` (NDJSON) through Serve's proxy: one
     connection or one upload is one ingress replica, which holds its tracker from start to end."""
     from websockets.sync.client import connect
 
-    app = deploy("pipeline")
     frame = _images()[0]
     with connect(app.url.replace("http://", "ws://") + "/pose/stream", open_timeout=120) as ws:
         assert json.loads(ws.recv(timeout=120))["type"] == "ready"
@@ -278,6 +275,12 @@ def test_pipeline_carries_the_live_stream_and_the_streamed_video(
     frames = [x for x in lines if "persons" in x]
     assert frames and [f["frame"] for f in frames] == list(range(len(frames)))
     assert any(f["persons"] for f in frames)
+
+
+def test_pipeline_carries_the_live_stream_and_the_streamed_video(
+    deploy: Callable[[str], Any],
+) -> None:
+    _check_stream_and_video(deploy("pipeline"))
 
 
 # --- topology "split" --------------------------------------------------------------------------
@@ -307,6 +310,13 @@ def test_split_pose_pool_on_both_nodes_matches_the_single_process_service(
     # The ingress replica's own registry on its metrics address.
     status, text = _get(app.metrics_url)
     assert status == 200 and b'darkpose_stage_seconds_count{stage="pose"}' in text
+
+
+def test_split_carries_the_live_stream_and_the_streamed_video(
+    deploy: Callable[[str], Any],
+) -> None:
+    """The same through the split topology: the ingress tracks, the pose pool runs the crops."""
+    _check_stream_and_video(deploy("split"))
 
 
 def test_split_pose_deployment_splits_calls_larger_than_the_batch(
