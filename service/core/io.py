@@ -84,7 +84,7 @@ ACCEPTED_TEXT = f"a {'/'.join(ACCEPTED)} image"
 #: ``sniff_format`` names of the accepted formats
 ACCEPTED_FORMATS = frozenset(name.upper() for name in ACCEPTED)
 
-# Defaults equal to darkpose.service.settings.Settings (core does not import the settings module).
+# The decoders' default limits; the settings' image limits start from these (settings.groups).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 16384
@@ -111,8 +111,8 @@ class DecodeLimitKeywords(TypedDict, total=False):
 class DecodeLimits:
     """The limits every decode checks, given to :func:`decode_image`, :func:`decode_working` and
     :func:`read_image_file` as keyword arguments of these names (an unknown name is a
-    ``TypeError``; one not given takes its default, equal to
-    :class:`darkpose.service.settings.Settings`').
+    ``TypeError``; one not given takes its default, which is also the default of the matching
+    :class:`darkpose.service.settings.Settings` field).
 
     max_bytes: most bytes of the encoded image; max_pixels: most ``w * h`` declared in the
     header; max_side / min_side: longest / shortest allowed side (px); max_jpeg_scans: most
