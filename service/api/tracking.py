@@ -15,7 +15,6 @@ from darkpose.service.api.work import Job
 from darkpose.service.core.errors import Overloaded
 from darkpose.service.core.options import given
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseResult
-from darkpose.service.core.poses import Poses
 from darkpose.service.core.tracking import TrackedFrame, TrackerConfig
 from darkpose.service.settings import Settings
 
@@ -95,7 +94,7 @@ def video_jobs(app_state: Any) -> VideoJobs:
 def frame_json(frame: TrackedFrame) -> dict[str, Any]:
     """One ``{"type": "frame"}`` line: frame index, timestamp (s), whether the detector ran,
     persons (as ``POST /pose`` reports them) each with its ``track_id``."""
-    persons = PersonOut.rows(Poses.from_persons([tp.person for tp in frame.persons]))
+    persons = PersonOut.rows(frame.poses)
     for tp, out in zip(frame.persons, persons, strict=True):
         out["track_id"] = tp.track_id
     return {

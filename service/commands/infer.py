@@ -216,9 +216,8 @@ def run_video(args: argparse.Namespace, settings: Any, options: Any) -> int:
                 if args.out is not None:
                     if writer is None:
                         h, w = vf.image.shape[:2]
-                        writer = VideoWriter(args.out, w, h, fps or reader.info.fps or 30.0)
-                    persons = [tp.person for tp in frame.persons]
-                    writer.write(draw_poses(vf.image, persons))
+                        writer = VideoWriter(args.out, w, h, fps or reader.info.rate)
+                    writer.write(draw_poses(vf.image, frame.poses))
                 bar.update(1)
     except DarkPoseError as exc:
         logger.error("%s: %s (the frames before it were written)", args.input, exc.message)

@@ -29,6 +29,7 @@ Coordinates are image pixels, pixel centres at integers; boxes xyxy.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from darkpose.service.core.pipeline import (
     Pipeline,
     PipelineOptions,
     PoseResult,
+    Poses,
     too_small_for_person,
 )
 from darkpose.service.core.smoothing import OneEuroFilter
@@ -398,6 +400,12 @@ class TrackedFrame:
     events: TrackEvents
     image_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
+
+    @functools.cached_property
+    def poses(self) -> Poses:
+        """The persons as one :class:`~darkpose.service.core.poses.Poses` (in the order of
+        :attr:`persons`, ``track_ids`` not included)."""
+        return Poses.from_persons([tp.person for tp in self.persons])
 
 
 class PoseTracker:

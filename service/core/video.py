@@ -57,6 +57,10 @@ class InvalidVideo(InputError):
     code = "invalid_video"
 
 
+#: Frames per second assumed for a video whose header declares none.
+ASSUMED_FPS = 30.0
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container header says: codec (FFmpeg name), width × height as stored, fps
@@ -71,6 +75,11 @@ class VideoInfo:
     frames: int
     rotation: int
     container: str
+
+    @property
+    def rate(self) -> float:
+        """Frames per second: the declared ``fps``, else :data:`ASSUMED_FPS`."""
+        return self.fps or ASSUMED_FPS
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -178,7 +187,7 @@ class VideoReader:
                 raise PayloadTooLarge(
                     f"video: expected at most {max_frames} frames (video_max_frames), got more"
                 )
-            t = float(frame.time) if frame.time is not None else index / (self.info.fps or 30.0)
+            t = float(frame.time) if frame.time is not None else index / self.info.rate
             if start is None:
                 start = t
             ts = max(0.0, t - start)

@@ -81,6 +81,30 @@ def test_a_client_that_leaves_stops_the_work(server: ServerProcess, long_video: 
     assert metric(server, "darkpose_video_frames_total") - before < 40
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["?stream=false", "?render=true"])
+def test_a_client_that_leaves_a_one_answer_video_stops_the_work(
+    server: ServerProcess, long_video: bytes, query: str
+) -> None:
+    """The answers sent at the end (one JSON, the rendered video): a client that goes away
+    while its video is being processed stops the work too."""
+    before = metric(server, "darkpose_video_frames_total")
+    head = (
+        f"POST /pose/video{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n"
+        f"Content-Type: video/mp4\r\nContent-Length: {len(long_video)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + long_video)
+        wait_until(
+            lambda: metric(server, "darkpose_video_frames_total") > before,
+            what="the video's first frame to be processed",
+        )
+    wait_until(
+        lambda: metric(server, "darkpose_video_active") == 0, what="the video's work to stop"
+    )
+    assert metric(server, "darkpose_video_frames_total") - before < 40
+
+
 def test_videos_need_the_api_key(server: ServerProcess) -> None:
     r = httpx.post(server.base + "/pose/video", content=b"x", timeout=10)
     assert r.status_code == 401

@@ -46,7 +46,6 @@ from darkpose.service.api.state import ServiceState
 from darkpose.service.api.work import MB, Job, JobCancelled, current_job
 from darkpose.service.core.errors import DarkPoseError, PayloadTooLarge
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions
-from darkpose.service.core.poses import Poses
 from darkpose.service.core.tracking import PoseTracker, TrackerConfig
 from darkpose.service.core.video import (
     CONTAINER_TEXT,
@@ -119,10 +118,9 @@ def run_video(
             tracking.observe_frame(state, "video", frame)
             emit(tracking.frame_json(frame))
             if out is not None:
-                poses = Poses.from_persons([tp.person for tp in frame.persons])
-                image = overlay(vf.image, poses, state.settings.max_render_side)
+                image = overlay(vf.image, frame.poses, state.settings.max_render_side)
                 if writer is None:
-                    rate = fps or reader.info.fps or 30.0
+                    rate = fps or reader.info.rate
                     writer = VideoWriter(out, image.shape[1], image.shape[0], rate)
                 writer.write(image)
         if writer is not None:
@@ -298,28 +296,16 @@ async def serve_video(
             future.cancel()
 
     if out is not None:
-        return await _rendered(request, lines(), future, out)
+        _, end, failed = await _collected(request, lines(), future, job, keep_frames=False)
+        if failed is not None:
+            out.close()
+            return failed
+        return _rendered(end, out)
 
     if not stream:
-        frames: list[dict[str, Any]] = []
-        end: dict[str, Any] = {}
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            async for line in lines():
-                if gone.done():
-                    job.cancel("client disconnected")
-                    break
-                if line["type"] == "frame":
-                    frames.append(line)
-                elif line["type"] == "end":
-                    end = line
-                elif line["type"] == "error":
-                    return JSONResponse(
-                        {k: v for k, v in line.items() if k != "type"},
-                        status_code=_status_of(future),
-                    )
-        finally:
-            gone.cancel()
+        frames, end, failed = await _collected(request, lines(), future, job, keep_frames=True)
+        if failed is not None:
+            return failed
         body = {**header, "frames": frames, "summary": end}
         body.pop("type", None)
         return JSONResponse(body)
@@ -332,30 +318,44 @@ async def serve_video(
     return StreamingResponse(ndjson(), media_type=NDJSON)
 
 
-async def _rendered(
+async def _collected(
     request: Request,
     lines: AsyncIterator[dict[str, Any]],
     future: concurrent.futures.Future[None],
-    out: Any,
-) -> Response:
-    """``render=true``: wait for the worker, then answer the overlay video it wrote to ``out``
-    (``video/mp4``; the run's frame and track counts in ``X-Darkpose-Frames`` /
-    ``X-Darkpose-Tracks``), or the JSON error that stopped it."""
+    job: Job,
+    *,
+    keep_frames: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any], JSONResponse | None]:
+    """Wait for the worker's lines (an answer sent at the end: ``stream=false``, ``render``):
+    the frame lines (with ``keep_frames``), the end line (empty when the run stopped early) and
+    the JSON error answer when the run failed.  A client that goes away cancels the work."""
+    frames: list[dict[str, Any]] = []
     end: dict[str, Any] = {}
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         async for line in lines:
             if gone.done():
+                job.cancel("client disconnected")
                 break
-            if line["type"] == "end":
+            if line["type"] == "frame":
+                if keep_frames:
+                    frames.append(line)
+            elif line["type"] == "end":
                 end = line
             elif line["type"] == "error":
-                out.close()
-                return JSONResponse(
+                failed = JSONResponse(
                     {k: v for k, v in line.items() if k != "type"}, status_code=_status_of(future)
                 )
+                return frames, end, failed
     finally:
         gone.cancel()
+    return frames, end, None
+
+
+def _rendered(end: dict[str, Any], out: Any) -> Response:
+    """``render=true``: the overlay video the worker wrote to ``out`` (``video/mp4``; the run's
+    frame and track counts in ``X-Darkpose-Frames`` / ``X-Darkpose-Tracks``), given the run's
+    end line."""
     if not end or not end["frames"]:
         out.close()
         raise InvalidVideo(
