@@ -6,17 +6,20 @@
     python bench/accurate_search.py --recall "picodet;wbf:picodet+yolox:iou=0.65:w=2/1"
     python bench/accurate_search.py --serving "fused(picodet,yolox,weights=2/1,iou=0.65)|pad=1.15"
 
-A row is ``DETECTOR[|pad=P][|flip=0][|thr=T][|cap=N][|oks=T][|kpt=T]``: a detector config
-(``DARKPOSE_DETECTOR`` text form, or ``gt`` for the ground-truth boxes), the box padding (default
-1.25), the flip test (default on), the evaluation threshold (default 0.05), the boxes per image
-sent to the pose model (default 20, COCO's maxDets), the OKS-NMS threshold (``oks_nms_threshold``,
-default the pipeline option's; ``oks=1`` = off) and the keypoint score threshold of the rescoring
-(``keypoint_score_threshold``, default the pipeline option's).  ``oks`` and ``kpt`` act only in
-the post-processing (the pipeline's own rescoring and OKS-NMS on the cached keypoints), so rows
-that differ only in them cost only COCOeval.  Each detector runs once over the set
-at score 0.05 and its boxes are stored in ``--cache`` (one pickle per config); each pose crop
-(image, box, padding, flip) runs once and its keypoints are stored too, so a row that reuses
-boxes costs only COCOeval.  Every row: keypoint AP (pycocotools), bootstrap 95% CI over images
+A row is ``DETECTOR[|pad=P][|tp=P1+P2][|flip=0][|thr=T][|cap=N][|oks=T][|soft=S][|kpt=T]``:
+a detector config (``DARKPOSE_DETECTOR`` text form, or ``gt`` for the ground-truth boxes), the
+box padding (default 1.25), the further paddings of the multi-scale test (``test_paddings``,
+default none), the flip test (default on), the evaluation threshold (default 0.05), the boxes
+per image sent to the pose model (default 20, COCO's maxDets), the OKS-NMS threshold
+(``oks_nms_threshold``, default the pipeline option's; ``oks=1`` = off), the soft OKS-NMS sigma
+(``soft_nms_sigma``, default the pipeline option's; ``soft=0`` = the OKS-NMS drop only) and the
+keypoint score threshold of the rescoring (``keypoint_score_threshold``, default the pipeline
+option's).  ``oks``, ``soft`` and ``kpt`` act only in the post-processing (the pipeline's own
+rescoring and OKS-NMS on the cached keypoints), so rows that differ only in them cost only
+COCOeval.  Each detector runs once over the set at score 0.05 and its boxes are stored in
+``--cache`` (one pickle per config); each pose crop (image, box, padding, flip) runs once and
+its keypoints are stored too, so a row that reuses boxes costs only COCOeval.  Every row:
+keypoint AP (pycocotools), bootstrap 95% CI over images
 and the paired Δ against ``--ref`` (the first row by default), as in ``bench/profiles.py``.
 
 ``--analyse ROW`` splits the AP lost between ``gt`` and ROW: persons the detector missed (no
@@ -43,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.profiles import COCO_MAX_DETS, VAL_DEV, Matches, bootstrap, cpu_line, read  # noqa: E402
 from darkpose.service.core.options import PipelineOptions  # noqa: E402
-from darkpose.service.core.pipeline import Pipeline  # noqa: E402
+from darkpose.service.core.pipeline import Pipeline, merge_passes  # noqa: E402
 from darkpose.service.core.transforms import boxes_to_center_scale  # noqa: E402
 from darkpose.service.core.types import Detections  # noqa: E402
 from darkpose.service.evaluation import gt_boxes, load_coco  # noqa: E402
@@ -53,7 +56,7 @@ from darkpose.service.settings import Settings  # noqa: E402
 
 POSE_MODEL = "pp_tinypose_256x192.onnx"
 DET_THRESHOLD = 0.05
-FLOAT_OPTS = ("pad", "thr", "flip", "cap", "oks", "kpt")
+FLOAT_OPTS = ("pad", "thr", "flip", "cap", "oks", "kpt", "soft")
 
 
 def slug(text: str) -> str:
@@ -70,10 +73,14 @@ def parse_row(row: str) -> dict[str, Any]:
         "cap": COCO_MAX_DETS,
         "oks": PipelineOptions.model_fields["oks_nms_threshold"].default,
         "kpt": PipelineOptions.model_fields["keypoint_score_threshold"].default,
+        "soft": PipelineOptions.model_fields["soft_nms_sigma"].default,
+        "tp": (),
     }
     for o in opts:
         k, _, v = o.partition("=")
         out[k.strip()] = float(v) if k.strip() in FLOAT_OPTS else v.strip()
+    if isinstance(out["tp"], str):
+        out["tp"] = tuple(float(p) for p in out["tp"].split("+") if p)
     out["flip"] = bool(out["flip"])
     out["cap"] = int(out["cap"])
     return out
@@ -201,6 +208,7 @@ class Search:
             box_padding=row["pad"],
             oks_nms_threshold=row["oks"],
             keypoint_score_threshold=row["kpt"],
+            soft_nms_sigma=row["soft"],
         )
         t0 = time.perf_counter()
         for n, (i, (b, s)) in enumerate(zip(self.img_ids, boxes, strict=True)):
@@ -210,7 +218,8 @@ class Search:
                 b, s = subst(i, b, s)
             if b.shape[0] == 0:
                 continue
-            kp = self.keypoints(i, b, row["pad"], row["flip"]).astype(np.float32)
+            passes = [self.keypoints(i, b, p, row["flip"]) for p in (row["pad"], *row["tp"])]
+            kp = merge_passes(np.concatenate(passes).astype(np.float32), b.shape[0])
             poses = self.pipeline._postprocess(b.astype(np.float32), s.astype(np.float32), kp, opts)
             out += poses.to_coco(i)
             if n % 40 == 39:

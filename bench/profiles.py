@@ -51,7 +51,7 @@ from darkpose.service.settings import Settings  # noqa: E402
 VAL_DEV = REPO.parent / "shared" / "data" / "coco-val-dev"
 #: The configuration shipped when profiles were introduced, frozen for the comparison
 #: (PP-TinyPose 256x192, YOLOX-nano, no flip, evaluation threshold 0.05, NMS IoU 0.65,
-#: detector cap 100, the card's blur kernel, OKS-NMS 0.9).
+#: detector cap 100, the card's blur kernel, OKS-NMS 0.9 without soft OKS-NMS, one padding).
 TODAY: dict[str, Any] = {
     "pose_models": ["pp_tinypose_256x192.onnx"],
     "detector": "yolox",
@@ -61,7 +61,9 @@ TODAY: dict[str, Any] = {
     "det_nms_iou": 0.65,
     "det_max_detections": 100,
     "oks_nms_threshold": 0.9,
+    "soft_nms_sigma": 0.0,
     "box_padding": 1.25,
+    "test_paddings": [],
 }
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 #: COCO keypoint AP scores at most this many detections per image (COCOeval maxDets): the

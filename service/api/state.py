@@ -280,8 +280,9 @@ class ServiceState:
     ) -> RequestCost:
         """The estimated memory of one request on ``pipeline`` per stage
         (:func:`~darkpose.service.api.work.estimate_request_cost`): an image of ``width`` ×
-        ``height`` (0 × 0: the query's part alone), ``options.max_persons`` × (2 with flip)
-        crops per pose model, the detector's input and candidates, the overlay with ``render``."""
+        ``height`` (0 × 0: the query's part alone), ``options.max_persons`` ×
+        ``options.crops_per_person`` crops per pose model, the detector's input and
+        candidates, the overlay with ``render``."""
         spec = pipeline.spec
         detector = pipeline.detector
         det_input = getattr(detector, "input_size", None) or DEFAULT_DETECTOR_INPUT
@@ -292,7 +293,7 @@ class ServiceState:
             height,
             mode,
             persons=options.max_persons,
-            flip=bool(options.flip),
+            crops_per_person=options.crops_per_person,
             crop_size=spec.input_size,
             heatmap_size=spec.heatmap_size,
             keypoints=spec.num_keypoints,
@@ -306,8 +307,8 @@ class ServiceState:
         self, pipeline: Pipeline, options: PipelineOptions, render: bool
     ) -> None:
         """Refuse before any work (``InvalidParameter``, 422) a query whose own part of the
-        estimate (``max_persons`` × flip crops and heatmaps, detector, base) exceeds the whole
-        ``memory_budget_mb``: no image could make it fit."""
+        estimate (``max_persons`` × ``crops_per_person`` crops and heatmaps, detector, base)
+        exceeds the whole ``memory_budget_mb``: no image could make it fit."""
         cost = self.request_cost(pipeline, options, render)
         if cost.without_image <= self.memory.limit:
             return

@@ -274,7 +274,7 @@ def estimate_request_cost(
     mode: str,
     *,
     persons: int,
-    flip: bool,
+    crops_per_person: int,
     crop_size: tuple[int, int],
     heatmap_size: tuple[int, int],
     keypoints: int,
@@ -288,7 +288,8 @@ def estimate_request_cost(
     * ``image_decode`` — width × height × (PIL's 1-4 B + :data:`DECODE_COPY_BYTES_PER_PIXEL`);
     * ``detect`` — the detector input (W × H of ``detector_input`` ×
       :data:`DETECT_BYTES_PER_INPUT_PIXEL`) and ``candidates`` × :data:`CANDIDATE_BYTES` (NMS);
-    * ``crops`` — ``persons`` × (2 with ``flip``) crops of 3 × ``crop_size`` float32,
+    * ``crops`` — ``persons`` × ``crops_per_person`` crops (one per padding, twice with the
+      flip test: :attr:`PipelineOptions.crops_per_person`) of 3 × ``crop_size`` float32,
       :data:`CROP_COPIES` each (one set per distinct model input; ``models`` bounds them);
     * ``heatmaps`` — as many crops × K × ``heatmap_size`` float32 per model,
       :data:`HEATMAP_COPIES` each;
@@ -298,7 +299,7 @@ def estimate_request_cost(
     The onnxruntime activations are not per request: the pose model runs its CPU batches in
     runs of a few crops and the micro-batcher's batches are at most ``max_batch`` crops.
     """
-    crops = int(persons) * (2 if flip else 1)
+    crops = int(persons) * int(crops_per_person)
     cw, ch = crop_size
     hw, hh = heatmap_size
     dw, dh = detector_input

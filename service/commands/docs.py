@@ -97,6 +97,14 @@ def _bounds(field: Any) -> str:
         Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     )
     schema = TypeAdapter(kind).json_schema()
+    if schema.get("type") == "array":  # a list: its items' bounds and its most items
+        items = _bounds_of(schema.get("items", {}))
+        most = f"at most {schema['maxLength']} items" if "maxLength" in schema else ""
+        return ", ".join(b for b in (most, f"each {items}" if items else "") if b)
+    return _bounds_of(schema)
+
+
+def _bounds_of(schema: dict[str, Any]) -> str:
     low = high = ""
     for part in [schema, *schema.get("anyOf", [])]:
         for key, sign in (("exclusiveMinimum", ">"), ("minimum", "≥")):

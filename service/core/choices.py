@@ -10,9 +10,10 @@ the code they guard and are wrapped here: the decoder table and the blur-kernel 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from darkpose.service.core import codec
 from darkpose.service.core.codec import check_blur_kernel, check_decode_method
@@ -59,6 +60,42 @@ OksThreshold = Annotated[float, Field(gt=0.0)]
 BoxPadding = Annotated[float, Field(gt=0.0)]
 #: A count of persons (>= 1).
 PersonCount = Annotated[int, Field(ge=1)]
+
+
+def split_list(value: str) -> list[Any]:
+    """``'a,b'`` → ``['a', 'b']``, ``'a'`` → ``['a']``, ``'["a", "b"]'`` (JSON) → its list."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"expected a plain value, a comma list or a JSON list, got {text[:60]!r}, "
+                f"which does not parse as JSON ({exc.msg})"
+            ) from None
+        if not isinstance(parsed, list):
+            raise ValueError(f"expected a JSON list, got {text[:60]!r}")
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _as_tuple(value: Any) -> Any:
+    """A list setting as a tuple: text is split (:func:`split_list`), a list becomes a tuple;
+    anything else is left to the type's own check."""
+    if isinstance(value, str):
+        return tuple(split_list(value))
+    return tuple(value) if isinstance(value, list) else value
+
+
+#: Most further box paddings of the multi-scale test (each one more pose pass per person).
+MAX_TEST_PADDINGS = 4
+#: The box paddings of the multi-scale test's further pose passes: at most
+#: :data:`MAX_TEST_PADDINGS` numbers > 0 (a comma list or JSON list as text).
+TestPaddings = Annotated[
+    tuple[BoxPadding, ...], BeforeValidator(_as_tuple), Field(max_length=MAX_TEST_PADDINGS)
+]
+#: The Gaussian width of soft OKS-NMS (>= 0; 0 = hard OKS-NMS only).
+SoftNmsSigma = Annotated[float, Field(ge=0.0)]
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 

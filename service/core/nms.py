@@ -19,7 +19,16 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-__all__ = ["DEFAULT_PRE_NMS_TOPK", "box_iou", "nms_boxes", "oks_iou", "oks_nms", "rescore", "top_k"]
+__all__ = [
+    "DEFAULT_PRE_NMS_TOPK",
+    "box_iou",
+    "nms_boxes",
+    "oks_iou",
+    "oks_nms",
+    "rescore",
+    "soft_oks_nms",
+    "top_k",
+]
 
 #: Detector candidates (highest scores first) kept before box NMS
 #: (``DARKPOSE_DET_PRE_NMS_TOPK``): the smallest cap measured to change neither end-to-end COCO
@@ -178,6 +187,50 @@ def oks_nms(
         return _oks(kp[i : i + 1], a[i : i + 1], kp, a, var, vis_thr)[0]
 
     return _greedy(row, kp.shape[0], _order(s), threshold)
+
+
+def soft_oks_nms(
+    kpts: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    areas: npt.ArrayLike,
+    sigma: float,
+    threshold: float = 0.9,
+    sigmas: Sequence[float] | npt.ArrayLike = COCO_SIGMAS,
+    vis_thr: float | None = None,
+) -> tuple[I64, F64]:
+    """Soft OKS-NMS: Gaussian soft-NMS (Bodla et al., ICCV 2017) with OKS as the overlap.
+
+    kpts: (N, K, 3); scores: (N,); areas: (N,); ``sigma`` > 0.  Repeatedly keep the
+    highest-scored remaining instance and multiply every other remaining score by
+    ``exp(-OKS² / sigma)`` of its OKS with the kept one; an instance whose OKS with a kept one
+    is ``> threshold`` is dropped (as :func:`oks_nms`).  A duplicate of a person thus ranks below
+    the other persons instead of disappearing (COCO AP counts it as a late false positive, not a
+    missed person when it was the better pose).  Returns the kept indices ``(M,) int64`` ordered
+    by their new score descending and the new scores ``(N,) float64`` (0 for dropped ones).
+    Memory O(N × K): one OKS row per kept instance.
+    """
+    s = _array(scores, "scores", "(N,)", 1).copy()
+    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
+    if kp.shape[0] != s.shape[0]:
+        raise InvalidParameter(
+            f"kpts/scores: expected the same N, got {kp.shape[0]} and {s.shape[0]}"
+        )
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InvalidParameter(f"sigma: expected a number > 0, got {sigma}")
+    kp, a = _checked_kpts(kp, areas)
+    var = (2.0 * _sigmas(sigmas, kp.shape[1])) ** 2
+    remaining = np.ones(s.shape[0], bool)
+    keep: list[int] = []
+    while remaining.any():
+        i = int(np.flatnonzero(remaining)[np.argmax(s[remaining])])  # ties: the lower index
+        keep.append(i)
+        remaining[i] = False
+        oks = _oks(kp[i : i + 1], a[i : i + 1], kp, a, var, vis_thr)[0]
+        dropped = remaining & (oks > threshold)
+        s[dropped] = 0.0
+        remaining &= ~dropped
+        s[remaining] *= np.exp(-(oks[remaining] ** 2) / sigma)
+    return np.asarray(keep, np.int64), s
 
 
 def rescore(box_scores: npt.ArrayLike, kpt_scores: npt.ArrayLike, threshold: float = 0.2) -> F32:

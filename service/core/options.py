@@ -28,6 +28,8 @@ from darkpose.service.core.choices import (
     OksThreshold,
     PersonCount,
     Probability,
+    SoftNmsSigma,
+    TestPaddings,
 )
 from darkpose.service.core.errors import InvalidParameter, describe_validation_errors
 from darkpose.service.core.profiles import default_profile_value
@@ -83,6 +85,12 @@ class PipelineOptions(BaseModel):
         description="OKS above which the lower-scored of two persons is dropped; 1 and above: "
         "no OKS-NMS (docs: accuracy.md#did-not-help)",
     )
+    soft_nms_sigma: SoftNmsSigma = Field(
+        0.5,
+        description="soft OKS-NMS: each person's score × exp(-OKS²/sigma) against every "
+        "higher-scored person kept, so duplicates rank last; 0: only the OKS-NMS drop "
+        "(docs: accuracy.md#soft-oks-nms)",
+    )
     keypoint_score_threshold: Probability = Field(
         0.2,
         description="keypoints above this score count in a person's rescored score (docs: "
@@ -93,6 +101,19 @@ class PipelineOptions(BaseModel):
         description="person box enlargement before cropping for the pose model; default: the "
         "profile's (1.25 as in HRNet/mmpose; 1.15 in accurate, docs: accuracy.md#padding)",
     )
+
+    test_paddings: TestPaddings = Field(
+        default_factory=lambda: tuple(default_profile_value("test_paddings")),
+        description="multi-scale test: further box paddings the pose model also runs at (one "
+        "more pose pass per person each); a keypoint is the median over all passes, "
+        "box_padding's included; default: the profile's (docs: accuracy.md#multi-scale-test)",
+    )
+
+    @property
+    def crops_per_person(self) -> int:
+        """Pose-model crops per person: one per padding (``box_padding`` and each of
+        ``test_paddings``), twice that with ``flip``."""
+        return (1 + len(self.test_paddings)) * (2 if self.flip else 1)
 
     def __init__(self, **data: Any) -> None:
         """Strict validation; :class:`InvalidParameter` ("expected X, got Y") on a bad value."""

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from darkpose.service.core.errors import InvalidImage, InvalidParameter, ModelError
-from darkpose.service.core.nms import oks_nms, rescore
+from darkpose.service.core.nms import oks_nms, rescore, soft_oks_nms
 from darkpose.service.core.options import PipelineOptions
 from darkpose.service.core.pose_stage import KeypointStage, ModelPose, preprocess_key
 from darkpose.service.core.poses import Person, Poses, reported_keypoints
@@ -78,10 +78,11 @@ PoseResult = Poses
 class PoseStage:
     """What the network produced for one image, before decoding.
 
-    boxes: (M, 4) xyxy; box_scores: (M,); centers/scales: (M, 2) crop geometry;
-    outputs: (M, K, h, w) heatmaps averaged over the ensemble (or (M, K, 3) keypoints in heatmap
-    px for a ``decoded_output`` model); outputs_flipped: the same for the mirrored crops, still
-    in mirrored orientation (``None`` without the flip test).
+    boxes: (M, 4) xyxy; box_scores: (M,); centers/scales: (P × M, 2) crop geometry, one block
+    of M per padding (P = 1 + ``len(options.test_paddings)``, :func:`crop_geometry`);
+    outputs: (P × M, K, h, w) heatmaps averaged over the ensemble (or (P × M, K, 3) keypoints in
+    heatmap px for a ``decoded_output`` model); outputs_flipped: the same for the mirrored
+    crops, still in mirrored orientation (``None`` without the flip test).
     """
 
     boxes: F32
@@ -179,6 +180,37 @@ def _check_boxes(
     return b[ok], s[ok]
 
 
+def crop_geometry(boxes: F32, aspect_ratio: float, options: PipelineOptions) -> tuple[F32, F32]:
+    """The crops of ``boxes`` (M, 4) xyxy: centers and scales (P × M, 2), one block of M per
+    padding — ``options.box_padding``, then each of ``options.test_paddings`` (the multi-scale
+    test; :func:`merge_passes` folds the blocks back)."""
+    paddings = (options.box_padding, *options.test_paddings)
+    parts = [boxes_to_center_scale(boxes, aspect_ratio, p) for p in paddings]
+    if len(parts) == 1:
+        return parts[0]
+    return (
+        np.concatenate([c for c, _ in parts]).astype(np.float32),
+        np.concatenate([sc for _, sc in parts]).astype(np.float32),
+    )
+
+
+def merge_passes(kpts: F32, persons: int) -> F32:
+    """Keypoints (P × M, K, 3) of P pose passes over the same M persons (one block of M per
+    padding, :func:`crop_geometry`) → (M, K, 3): x and y the median over the passes (a pass
+    whose crop cut a limb off does not pull the others), the score their mean."""
+    k = np.asarray(kpts, np.float32)
+    if persons <= 0 or k.shape[0] == persons:
+        return k
+    if k.shape[0] % persons:
+        raise ModelError(
+            f"pose passes: expected a multiple of {persons} keypoint rows, got {k.shape[0]}"
+        )
+    passes = k.reshape(k.shape[0] // persons, persons, *k.shape[1:])
+    xy = np.median(passes[..., :2], axis=0)
+    score = passes[..., 2].mean(axis=0)
+    return np.concatenate([xy, score[..., None]], axis=-1).astype(np.float32)
+
+
 class Pipeline:
     """Detector + pose stage → persons.
 
@@ -250,8 +282,9 @@ class Pipeline:
         if b.shape[0] == 0:
             timings["total"] = time.perf_counter() - t0
             return self._empty(size, timings, image_id)
-        centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
+        centers, scales = crop_geometry(b, self.spec.aspect_ratio, opts)
         kpts, stage_timings = self.pose.keypoints(img, centers, scales, opts)
+        kpts = merge_passes(kpts, b.shape[0])
         timings.update(stage_timings)
         t2 = time.perf_counter()
         result = self._postprocess(b, s, kpts, opts)
@@ -383,7 +416,7 @@ class Pipeline:
             opts = o or self.options
             img, size, timings, b, s = self._detect(image, opts, b_in, s_in)
             t1 = time.perf_counter()
-            centers, scales = boxes_to_center_scale(b, self.spec.aspect_ratio, opts.box_padding)
+            centers, scales = crop_geometry(b, self.spec.aspect_ratio, opts)
             inputs = pose.inputs(img, centers, scales, opts.flip) if b.shape[0] else {}
             timings["crop"] = time.perf_counter() - t1
             prepared.append((opts, b, s, centers, scales, inputs, size, timings))
@@ -413,7 +446,7 @@ class Pipeline:
                 empty = np.zeros((0, self.spec.num_keypoints, 3), np.float32)
                 outputs, flipped = empty, None
             else:
-                outputs, flipped = pose.combine_outputs(outs[i], n, opts.flip)
+                outputs, flipped = pose.combine_outputs(outs[i], centers.shape[0], opts.flip)
                 timings["pose"] = pose_s * counts[i] / total
             timings["total"] = timings["detect"] + timings["crop"] + timings["pose"]
             stages.append(
@@ -437,6 +470,7 @@ class Pipeline:
             return self._empty(stage.image_size, timings, stage.image_id)
         flipped = stage.outputs_flipped if opts.flip else None
         kpts = pose.decode(stage.outputs, flipped, stage.centers, stage.scales, opts)
+        kpts = merge_passes(kpts, stage.boxes.shape[0])
         t1 = time.perf_counter()
         timings["decode"] = t1 - t0
         result = self._postprocess(stage.boxes, stage.box_scores, kpts, opts)
@@ -463,8 +497,18 @@ class Pipeline:
         (keypoint scores clipped there)."""
         scores = rescore(box_scores, kpts[..., 2], threshold=opts.keypoint_score_threshold)
         n = boxes.shape[0]
-        if opts.oks_nms_threshold < 1.0 and n > 1:
-            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        if opts.soft_nms_sigma > 0 and n > 1:
+            keep, soft = soft_oks_nms(
+                kpts,
+                scores,
+                areas,
+                opts.soft_nms_sigma,
+                threshold=opts.oks_nms_threshold,
+                sigmas=self.sigmas,
+            )
+            scores = soft.astype(np.float32)
+        elif opts.oks_nms_threshold < 1.0 and n > 1:
             keep = np.asarray(
                 oks_nms(kpts, scores, areas, threshold=opts.oks_nms_threshold, sigmas=self.sigmas),
                 np.int64,

@@ -3,7 +3,6 @@ the environment variable (``DARKPOSE_<NAME>``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Annotated, Any
@@ -11,28 +10,12 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import NoDecode, SettingsError
 
+from darkpose.service.core.choices import split_list
 from darkpose.service.core.errors import describe_validation_errors
 from darkpose.service.core.io import DecodeLimitKeywords
 from darkpose.service.core.options import SETTING_NAMES
 
 ENV_PREFIX = "DARKPOSE_"
-
-
-def split_list(value: str) -> list[Any]:
-    """``'a,b'`` → ``['a', 'b']``, ``'a'`` → ``['a']``, ``'["a", "b"]'`` (JSON) → its list."""
-    text = value.strip()
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"expected a plain value, a comma list or a JSON list, got {text[:60]!r}, "
-                f"which does not parse as JSON ({exc.msg})"
-            ) from None
-        if not isinstance(parsed, list):
-            raise ValueError(f"expected a JSON list, got {text[:60]!r}")
-        return parsed
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _split_text(value: Any) -> Any:

@@ -44,16 +44,16 @@ SHAPE = {"crop_size": (192, 256), "heatmap_size": (48, 64), "keypoints": 17}
 
 
 def test_estimate_covers_every_stage_and_follows_the_parameters() -> None:
-    small = estimate_request_cost(640, 480, "RGB", persons=30, flip=False, **SHAPE)  # type: ignore[arg-type]
-    flip = estimate_request_cost(640, 480, "RGB", persons=30, flip=True, **SHAPE)  # type: ignore[arg-type]
-    more = estimate_request_cost(640, 480, "RGB", persons=100, flip=False, **SHAPE)  # type: ignore[arg-type]
-    big = estimate_request_cost(6000, 6000, "RGB", persons=30, flip=False, **SHAPE)  # type: ignore[arg-type]
+    small = estimate_request_cost(640, 480, "RGB", persons=30, crops_per_person=1, **SHAPE)  # type: ignore[arg-type]
+    flip = estimate_request_cost(640, 480, "RGB", persons=30, crops_per_person=2, **SHAPE)  # type: ignore[arg-type]
+    more = estimate_request_cost(640, 480, "RGB", persons=100, crops_per_person=1, **SHAPE)  # type: ignore[arg-type]
+    big = estimate_request_cost(6000, 6000, "RGB", persons=30, crops_per_person=1, **SHAPE)  # type: ignore[arg-type]
     render = estimate_request_cost(
         640,
         480,
         "RGB",
         persons=30,
-        flip=False,
+        crops_per_person=1,
         render_pixels=640 * 480,
         **SHAPE,  # type: ignore[arg-type]
     )
@@ -63,13 +63,14 @@ def test_estimate_covers_every_stage_and_follows_the_parameters() -> None:
     assert big.image_decode - small.image_decode == (6000 * 6000 - 640 * 480) * 11  # 4+4+3 B/px
     assert render.total - small.total == render.render > 0
     assert big.without_image == small.without_image  # the query's part does not see the image
-    assert estimate_request_bytes(640, 480, "RGB", persons=30, flip=False, **SHAPE) == small.total  # type: ignore[arg-type]
+    same = estimate_request_bytes(640, 480, "RGB", persons=30, crops_per_person=1, **SHAPE)  # type: ignore[arg-type]
+    assert same == small.total
     wide = estimate_request_cost(
         640,
         480,
         "RGB",
         persons=30,
-        flip=False,
+        crops_per_person=1,
         candidates=3549,
         **SHAPE,  # type: ignore[arg-type]
     )

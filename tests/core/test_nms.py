@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darkpose.service.core.errors import InvalidParameter
-from darkpose.service.core.nms import nms_boxes, oks_iou, oks_nms, rescore, top_k
+from darkpose.service.core.nms import nms_boxes, oks_iou, oks_nms, rescore, soft_oks_nms, top_k
 from darkpose.service.core.types import COCO_SIGMAS
 
 SIG = np.array(COCO_SIGMAS)
@@ -63,6 +63,29 @@ def ref_oks_nms(kpts, scores, areas, thr, sigmas, vis_thr=None):  # type: ignore
         ovr = ref_oks_iou(flat[i], flat[order[1:]], areas[i], areas[order[1:]], sigmas, vis_thr)
         order = order[np.where(ovr <= thr)[0] + 1]
     return keep
+
+
+def ref_soft_oks_nms(kpts, scores, areas, sigma, thr, sigmas):  # type: ignore[no-untyped-def]
+    """Gaussian soft-NMS as written by Bodla et al. (Algorithm 1), with OKS as the overlap and
+    the hard drop above ``thr``: a plain loop over the remaining set."""
+    flat = kpts.reshape(len(kpts), 17 * 3)
+    s = np.asarray(scores, np.float64).copy()
+    rest = list(range(len(s)))
+    keep = []
+    while rest:
+        m = max(rest, key=lambda j: (s[j], -j))
+        keep.append(m)
+        rest.remove(m)
+        if not rest:
+            break
+        ovr = ref_oks_iou(flat[m], flat[rest], areas[m], areas[rest], sigmas)
+        for j, o in zip(list(rest), ovr, strict=True):
+            if o > thr:
+                s[j] = 0.0
+                rest.remove(j)
+            else:
+                s[j] *= np.exp(-(float(o) ** 2) / sigma)
+    return keep, s
 
 
 def ref_rescore(box_scores, kpt_scores, thr):  # type: ignore[no-untyped-def]
@@ -133,6 +156,40 @@ def test_oks_nms_matches_mmpose(data: tuple, thr: float, vis: float | None) -> N
     assert keep.tolist() == ref_oks_nms(kpts, scores, areas, thr, SIG, vis)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    data=pose_sets(), sigma=st.sampled_from([0.1, 0.5, 2.0]), thr=st.sampled_from([0.5, 0.9, 1.0])
+)
+def test_soft_oks_nms_matches_the_loop(data: tuple, sigma: float, thr: float) -> None:
+    kpts, scores, areas = data
+    keep, new = soft_oks_nms(kpts, scores, areas, sigma, threshold=thr, sigmas=COCO_SIGMAS)
+    ref_keep, ref_new = ref_soft_oks_nms(kpts, scores, areas, sigma, thr, SIG)
+    assert keep.dtype == np.int64 and keep.tolist() == ref_keep
+    np.testing.assert_allclose(new, ref_new, rtol=1e-5, atol=1e-6)
+    # scores only fall; the best person keeps its score; the kept ones come best first
+    assert np.all(new <= np.asarray(scores) + 1e-12)
+    if len(scores):
+        best = int(np.argmax(scores))
+        assert keep[0] == best and new[best] == scores[best]
+        assert np.all(np.diff(new[keep]) <= 1e-12)
+    # every person the hard OKS-NMS keeps at the same threshold is kept too
+    hard = set(oks_nms(kpts, scores, areas, threshold=thr, sigmas=COCO_SIGMAS).tolist())
+    assert hard <= set(keep.tolist())
+
+
+def test_soft_oks_nms_ranks_a_duplicate_below_another_person() -> None:
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.uniform(0, 100, (17, 2)), np.ones((17, 1))], 1)
+    dup = a.copy()
+    dup[:, :2] += 2.0  # the same person, a few px off: OKS ~0.9 < the hard threshold 0.95
+    other = a.copy()
+    other[:, :2] += 400.0
+    kpts = np.stack([a, dup, other])
+    keep, new = soft_oks_nms(kpts, [0.9, 0.8, 0.5], [900.0] * 3, 0.5, threshold=0.95)
+    assert keep.tolist() == [0, 2, 1]  # hard NMS at 0.95 would rank the duplicate second
+    assert new[2] == pytest.approx(0.5) and new[1] < 0.5
+
+
 def test_oks_identical_poses_is_one_and_duplicates_are_removed() -> None:
     rng = np.random.default_rng(3)
     k = np.concatenate([rng.uniform(0, 100, (17, 2)), np.ones((17, 1))], 1)
@@ -180,6 +237,11 @@ def test_rescore_none_above_threshold_gives_zero() -> None:
         (lambda: rescore(np.ones(2), np.ones((3, 17))), "expected the same N"),
         (lambda: rescore(np.ones(2), np.ones(2)), "expected shape (N, K)"),
         (lambda: rescore("x", np.ones((1, 1))), "expected a numeric array"),
+        (
+            lambda: soft_oks_nms(np.zeros((2, 17, 3)), np.ones(2), np.ones(2), 0.0),
+            "sigma: expected",
+        ),
+        (lambda: soft_oks_nms(np.zeros((2, 17, 3)), np.ones(3), np.ones(2), 0.5), "the same N"),
     ],
 )
 def test_errors(call: Any, needle: str) -> None:
@@ -192,6 +254,8 @@ def test_empty_inputs() -> None:
     assert nms_boxes(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
     assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), np.zeros(0)).shape == (0,)
     assert rescore(np.zeros(0), np.zeros((0, 17))).shape == (0,)
+    keep, new = soft_oks_nms(np.zeros((0, 17, 3)), np.zeros(0), np.zeros(0), 0.5)
+    assert keep.shape == (0,) and new.shape == (0,)
 
 
 # ---- linear-memory NMS against the (N, N) matrix version it replaced ------------------------

@@ -120,6 +120,46 @@ def test_one_pose_call_per_image_with_and_without_flip(
     assert counting.calls == [n_boxes, 2 * n_boxes]
 
 
+def test_multi_scale_test_is_the_median_of_the_padding_passes_in_one_call(
+    pose: OnnxPoseModel, crowd: np.ndarray, gt: tuple[np.ndarray, Any]
+) -> None:
+    boxes, _ = gt
+    boxes = boxes[:4]
+    counting = CountingPose(pose)
+    pipe = Pipeline(None, counting)
+    plain = PipelineOptions(flip=True, soft_nms_sigma=0.0, oks_nms_threshold=1.0)
+    singles = [pipe(crowd, plain.replace(box_padding=p), boxes) for p in (1.25, 1.1, 1.4)]
+    counting.calls.clear()
+    multi = plain.replace(box_padding=1.25, test_paddings=(1.1, 1.4))
+    assert multi.crops_per_person == 6
+    got = pipe(crowd, multi, boxes)
+    assert counting.calls == [6 * len(boxes)]  # every padding and its mirror in one call
+    stage = pipe.run_models(crowd, multi, boxes)
+    reused = pipe.finish(stage, multi)
+    for k in range(len(boxes)):
+        each = [_by_box(r, boxes[k]) for r in singles]
+        xy = np.median(np.stack([e[:, :2] for e in each]), axis=0)
+        score = np.mean(np.stack([e[:, 2] for e in each]), axis=0)
+        for result in (got, reused):
+            kp = _by_box(result, boxes[k])
+            np.testing.assert_allclose(kp[:, :2], xy, atol=1e-3)
+            np.testing.assert_allclose(kp[:, 2], np.clip(score, 0, 1), atol=1e-5)
+    # the same padding three times is the plain answer
+    same = pipe(crowd, plain.replace(test_paddings=(1.25, 1.25)), boxes)
+    for k in range(len(boxes)):
+        np.testing.assert_allclose(
+            _by_box(same, boxes[k]), _by_box(singles[0], boxes[k]), atol=1e-4
+        )
+
+
+def _by_box(result: PoseResult, box: np.ndarray) -> np.ndarray:
+    """The keypoints (K, 3) of the person of ``result`` cropped from ``box``."""
+    for person in result.persons:
+        if np.allclose(person.bbox, box, atol=1e-3):
+            return np.asarray(person.keypoints)
+    raise AssertionError(f"no person for box {box}")
+
+
 def test_stage_reuse_matches_direct_calls(
     pipeline: Pipeline, crowd: np.ndarray, gt: tuple[np.ndarray, Any]
 ) -> None:
@@ -402,6 +442,10 @@ def test_bad_boxes(pipeline: Pipeline, crowd: np.ndarray, kwargs: Any, match: st
         ({"max_persons": 2.0}, "max_persons: expected an integer, got 2.0"),
         ({"oks_nms_threshold": 0}, "oks_nms_threshold: expected a number greater than 0.0, got 0"),
         ({"box_padding": -1.0}, "box_padding: expected a number greater than 0.0, got -1.0"),
+        ({"test_paddings": (1.1, 0.0)}, "test_paddings.1: expected a number greater than 0.0"),
+        ({"test_paddings": [1.0] * 5}, "test_paddings: expected"),
+        ({"test_paddings": ["1.1"]}, "test_paddings.0: expected a number"),
+        ({"soft_nms_sigma": -0.5}, "soft_nms_sigma: expected a number at least 0.0, got -0.5"),
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], match: str) -> None:

@@ -115,8 +115,8 @@ def render_overlay(
 
 
 def crops_upper_bound(options: PipelineOptions) -> int:
-    """Most crops one request may send to each pose model (flip doubles them)."""
-    return options.max_persons * (2 if options.flip else 1)
+    """Most crops one request may send to each pose model."""
+    return options.max_persons * options.crops_per_person
 
 
 def run_pose(
