@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from darkpose.service.api.work import MB  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 
 VAL = REPO.parent / "shared" / "data" / "coco-val-dev"
@@ -213,14 +214,20 @@ def memory_child(path: Path, side: int) -> None:
     rss0 = _status_kb("VmRSS")
     r = client.post("/pose", content=data, headers=headers)
     peak = _status_kb("VmHWM")
-    client.__exit__(None, None, None)
     if r.status_code != 200:
         raise SystemExit(f"POST /pose: expected 200, got {r.status_code}")
-    tight = app_client(working_side=side, memory_budget_mb=1)
+    # a budget just above the query's own part (crops, heatmaps, detector, base): the image's
+    # size then decides, and the 413 names the whole estimate
+    state = client.app.state.service
+    query_mb = -(
+        -state.request_cost(state.pipeline, state.pipeline.options, False).without_image // MB
+    )
+    tight = app_client(working_side=side, memory_budget_mb=query_mb + 1)
     r = tight.post("/pose", content=data, headers=headers)
     tight.__exit__(None, None, None)
     m = re.search(r"got (\d+) MB", r.text)
     estimate = int(m.group(1)) if r.status_code == 413 and m else -1
+    client.__exit__(None, None, None)
     print(json.dumps({"rss_growth_mb": (peak - rss0) / 1024, "estimate_mb": estimate}))
 
 
