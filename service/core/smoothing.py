@@ -1,10 +1,11 @@
 """One-Euro smoothing (Casiez et al., CHI 2012) of a fixed-shape signal, frame-rate aware.
 
 Used by :mod:`darkpose.service.core.tracking` on each track's keypoints: speeds in box
-diagonals per second (one ``beta`` fits persons of any size); the pose's centre moves the
-prediction of all its keypoints (no lag when the whole person or the camera moves) and its speed
-opens their cutoff; each keypoint's own motion relative to the centre opens its cutoff too,
-weighted by ``keypoint_speed``.
+diagonals per second (one ``beta`` fits persons of any size); the motion the keypoints share
+(the median of their displacements: a walking person, a moving camera, a shaking hand-held
+phone) moves the prediction of all of them, so it is followed without lag and only each
+keypoint's own noise is smoothed; the shared speed and each keypoint's own speed (weighted by
+``keypoint_speed``) open the cutoff.
 """
 
 from __future__ import annotations
@@ -29,22 +30,22 @@ def _alpha(cutoff: F64 | float, dt: float) -> F64:
 class OneEuroFilter:
     """One-Euro filter of a fixed-shape signal (e.g. keypoints (K, 2)).
 
-    ``filter(x, dt, scale=1, centre=None)``: x any shape, float; dt seconds since the previous
+    ``filter(x, dt, scale=1, shared=None)``: x any shape, float; dt seconds since the previous
     sample (> 0); ``scale`` divides the speeds before they open the cutoff (a box diagonal:
-    speeds in diagonals/s).  Without ``centre`` it is the filter of Casiez et al.: each
-    element's cutoff is ``min_cutoff + beta * |speed|``.  With ``centre`` ((D,), e.g. the
-    weighted mean of (K, D) keypoints), the motion common to the whole signal is followed
-    without lag and the elements' noise is smoothed:
+    speeds in diagonals/s).  Without ``shared`` it is the filter of Casiez et al.: each
+    element's cutoff is ``min_cutoff + beta * |speed|``.  With ``shared`` ((D,) for x (K, D):
+    the displacement all rows made together since the previous sample, e.g. a pose's median
+    keypoint motion, :func:`~darkpose.service.core.association.keypoint_motion`), that motion is
+    followed and the rows' own noise is smoothed:
 
-    * prediction: each element is filtered around its previous output moved by the centre's
-      (filtered) velocity × dt, so a signal that moves with its centre at a constant velocity
-      is followed with a lag that vanishes as the velocity estimate settles (``d_cutoff``);
-    * cutoff: opened by the centre's speed and by ``keypoint_speed`` × each row's speed
-      relative to the centre (a limb that moves on a still body; the weight keeps the
-      keypoints' own noise from opening the filter).
+    * prediction: ``shared`` moves every row's previous output, and each row is filtered
+      around that prediction: a pose that translates (a walking person, a panning or shaking
+      camera) is followed exactly;
+    * cutoff: opened by the shared motion's (filtered) speed and by ``keypoint_speed`` × each
+      row's own (filtered) speed relative to it (a limb that moves on a still body; the weight
+      keeps the rows' own noise from opening the filter).
 
-    The first sample is returned unchanged.  A constant signal with a still centre stays
-    exactly constant.
+    The first sample is returned unchanged.  A constant signal stays exactly constant.
     """
 
     def __init__(
@@ -58,42 +59,47 @@ class OneEuroFilter:
         self.beta = float(beta)
         self.d_cutoff = float(d_cutoff)
         self.keypoint_speed = float(keypoint_speed)
-        self._x: F64 | None = None
-        self._dx: F64 | None = None
-        self._c: F64 | None = None
-        self._dc: F64 | None = None
+        self._x: F64 | None = None  # the previous output
+        self._raw: F64 | None = None  # the previous input
+        self._dx: F64 | None = None  # filtered speed (own speed, relative to ``shared``)
+        self._dc: F64 | None = None  # filtered speed of ``shared``
 
     def reset(self) -> None:
-        self._x = self._dx = self._c = self._dc = None
+        self._x = self._raw = self._dx = self._dc = None
 
     def filter(
-        self, x: npt.ArrayLike, dt: float, scale: float = 1.0, centre: npt.ArrayLike | None = None
+        self,
+        x: npt.ArrayLike,
+        dt: float,
+        scale: float = 1.0,
+        shared: npt.ArrayLike | None = None,
     ) -> F64:
         value = np.asarray(x, np.float64)
-        c = None if centre is None else np.asarray(centre, np.float64)
-        if self._x is None or self._dx is None or self._x.shape != value.shape:
-            self._x = value.copy()
+        if self._x is None or self._raw is None or self._dx is None or self._x.shape != value.shape:
+            self._x, self._raw = value.copy(), value.copy()
             self._dx = np.zeros_like(value)
-            self._c = None if c is None else c.copy()
-            self._dc = None if c is None else np.zeros_like(c)
+            self._dc = None
             return value.copy()
         if not (dt > 0 and math.isfinite(dt)):
             raise InvalidParameter(f"dt: expected seconds > 0, got {dt!r}")
         a_d = _alpha(self.d_cutoff, dt)
-        dx_hat = self._dx + a_d * ((value - self._x) / dt - self._dx)
-        speed = np.abs(dx_hat)
         base = self._x
-        if c is not None and self._c is not None and self._dc is not None:
-            dc_hat = self._dc + a_d * ((c - self._c) / dt - self._dc)
-            rows = value.ndim >= 1 and value.shape[-1] == dc_hat.shape[-1]
-            if rows:
-                own = np.linalg.norm(dx_hat - dc_hat, axis=-1, keepdims=True)
-                base = self._x + dc_hat * dt
-            else:
-                own = speed
-            speed = np.maximum(self.keypoint_speed * own, float(np.linalg.norm(dc_hat)))
-            self._c, self._dc = c, dc_hat
+        if shared is None:
+            self._dx = self._dx + a_d * ((value - self._x) / dt - self._dx)
+            speed = np.abs(self._dx)
+        else:
+            t = np.asarray(shared, np.float64)
+            dc = np.zeros_like(t) if self._dc is None or self._dc.shape != t.shape else self._dc
+            self._dc = dc + a_d * (t / dt - dc)
+            self._dx = self._dx + a_d * ((value - self._raw - t) / dt - self._dx)
+            own = (
+                np.abs(self._dx)
+                if t.ndim == 0
+                else np.linalg.norm(self._dx, axis=-1, keepdims=True)
+            )
+            speed = np.maximum(self.keypoint_speed * own, float(np.linalg.norm(self._dc)))
+            base = self._x + t
         a = _alpha(self.min_cutoff + self.beta * speed / max(float(scale), 1e-9), dt)
         out = base + a * (value - base)  # base + a (x - base): exact for a constant x and base
-        self._x, self._dx = out, dx_hat
+        self._x, self._raw = out, value.copy()
         return out.copy()

@@ -5,9 +5,9 @@ Three layers, all per stream (no global state), pure numpy + scipy:
 * :class:`~darkpose.service.core.smoothing.OneEuroFilter` — the One-Euro low-pass filter
   (Casiez et al., CHI 2012) on an array of any shape, frame-rate aware (it takes the time
   between samples).  Speeds are measured in box diagonals per second (one ``beta`` fits
-  persons of any size), and the speed of the pose's centre opens the cutoff of all its
-  keypoints: a moving person or camera is followed without
-  lag (the centre's velocity moves the filter's prediction), a still one is smoothed.
+  persons of any size); the keypoints' median motion moves the filter's prediction of all of
+  them, so a moving person or camera is followed without lag, and the keypoints' own noise is
+  smoothed; the shared speed opens the cutoff of all keypoints.
 * :class:`Tracker` — assigns the persons of each frame to tracks: similarity = max(OKS, box IoU)
   (:func:`darkpose.service.core.association.similarity`) against each track's pose and box
   predicted at constant velocity (the keypoints' median motion,
@@ -80,7 +80,7 @@ class TrackerConfig:
     every frame a detection frame);
     smoothing: One-Euro smoothing of the reported keypoints (:meth:`Tracker._smoothed`);
     min_cutoff (Hz), beta (per box diagonal per second), d_cutoff (Hz): its parameters;
-    keypoint_speed: weight of a keypoint's own speed (relative to the pose's centre) in
+    keypoint_speed: weight of a keypoint's own speed (relative to the pose's median motion) in
     opening its cutoff (:class:`~darkpose.service.core.smoothing.OneEuroFilter`).
     """
 
@@ -330,21 +330,21 @@ class Tracker:
         self.tracks.append(track)
         return track
 
-    def _smoothed(self, track: Track, person: Person, dt: float = 1.0) -> Person:
+    def _smoothed(
+        self, track: Track, person: Person, dt: float = 1.0, shift: F64 | None = None
+    ) -> Person:
         """``person`` as this frame reports it: its keypoints smoothed by the track's filter
-        when smoothing is on (speeds in box diagonals per second; the keypoints' score-weighted
-        mean is the filter's ``centre``).  The track matches on the unsmoothed keypoints and
-        derives the next frame's box from the smoothed ones (a box that follows the keypoints'
-        noise would feed it back into the next crop)."""
+        when smoothing is on (speeds in box diagonals per second; ``shift``, the keypoints'
+        median motion since the track's previous keypoints, followed without lag:
+        :class:`OneEuroFilter`'s ``shared``).  The track matches on the unsmoothed keypoints,
+        and its box moves with them (:meth:`_advance`)."""
         raw = np.asarray(person.keypoints, np.float64).copy()
         track.keypoints = raw
         kp = raw.copy()
         if track.smoother is not None:
             b = np.asarray(person.bbox, np.float64)
             diag = max(float(math.hypot(b[2] - b[0], b[3] - b[1])), 1.0)
-            w = np.clip(raw[:, 2], 0.0, 1.0) + 1e-6
-            centre = (w[:, None] * raw[:, :2]).sum(0) / w.sum()
-            kp[:, :2] = track.smoother.filter(raw[:, :2], dt, scale=diag, centre=centre)
+            kp[:, :2] = track.smoother.filter(raw[:, :2], dt, scale=diag, shared=shift)
             track.smoothed = kp
         return Person(
             bbox=np.asarray(person.bbox, np.float32),
@@ -376,7 +376,7 @@ class Tracker:
         gap = dt * steps
         track.missed = 0
         track.age += 1
-        return self._smoothed(track, person, gap)
+        return self._smoothed(track, person, gap, None if motion is None else motion[0])
 
     def live_boxes(self) -> tuple[F64, F64]:
         """Boxes (M, 4) xyxy and detector scores (M,) of the tracks seen on the last frame,

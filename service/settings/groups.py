@@ -374,8 +374,9 @@ class VideoSettings(BaseModel):
     smooth_keypoint_speed: float = Field(
         _TRACK.keypoint_speed,
         ge=0.0,
-        description="weight of a keypoint's own speed (relative to the person's centre) in "
-        "opening its smoothing cutoff; 0 = the centre's speed alone (smoother, limbs lag)",
+        description="weight of a keypoint's own speed (relative to the person's median "
+        "motion) in opening its smoothing cutoff; 0 = the shared speed alone (smoother, limbs "
+        "lag)",
     )
     video_max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest video upload")
     video_max_duration_s: float = Field(
