@@ -227,17 +227,18 @@ def evaluate(
             else:
                 boxes, scores = pipeline.person_boxes(image, run_opts)
             pending[source].append((image, run_opts, boxes, scores, image_id))
-            if sum(len(b) for _, _, b, _, _ in pending[source]) >= batch_crops:
+            if sum(len(b) * o.crops_per_person for _, o, b, _, _ in pending[source]) >= batch_crops:
                 flush(source)
     for source in sources:
         flush(source)
     elapsed = time.perf_counter() - t0
     logger.info(
-        "evaluated %d images (%d missing) × %d configurations in %.1f s",
+        "evaluated %d images (%d missing) × %d configurations in %.1f s (%.2f images/s)",
         len(img_ids) - missing,
         missing,
         len(configs),
         elapsed,
+        (len(img_ids) - missing) / max(elapsed, 1e-9),
     )
     rows = [EvalRow(c, coco_keypoint_metrics(coco, results[c]), len(results[c])) for c in configs]
     return rows, results
