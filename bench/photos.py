@@ -9,8 +9,10 @@ persons are as small in the big photo as in COCO, and prints in one run:
 2. end-to-end server ms (``timings_ms.total`` of ``POST /pose``: decode + pipeline) of the
    12 MP mosaics and of the same photos at 3 MP (2016×1512), and their ratio;
 3. peak request memory of one 12 MP request: the server process's RSS growth (peak RSS reset
-   before the request, a fresh process per configuration) and the admission estimate (read
-   from the service's own 413 answer under a 1 MB memory budget);
+   before the request, a fresh process per configuration), the memory the admission reserved
+   for it (before decoding, then grown by the persons the detector found) and the bound it
+   refuses at (413: the request with ``max_persons`` persons, read from the service's own 413
+   under a budget just above the query's own part);
 4. COCO keypoint AP on the mosaics (detector at the evaluation threshold, and GT boxes),
    full resolution against each working side, with the number of annotated persons.
 
@@ -203,22 +205,32 @@ def _status_kb(field: str) -> int:
 
 
 def memory_child(path: Path, side: int) -> None:
-    """In a fresh process: RSS growth of one request for ``path`` and the admission estimate."""
+    """In a fresh process: RSS growth of one request for ``path``, the memory the admission
+    reserved for it and the bound (max_persons) of its 413."""
     data = path.read_bytes()
     warm = next(iter(sorted((VAL / "images").glob("*.jpg")))).read_bytes()
     client = app_client(working_side=side)
+    state = client.app.state.service
     headers = {"Content-Type": "image/jpeg"}
     for _ in range(2):
         client.post("/pose", content=warm, headers=headers)
+    reserved = [0]
+    reserve = state.memory.reserve
+
+    def counting(nbytes: int) -> None:
+        reserve(nbytes)
+        reserved[0] = max(reserved[0], state.memory.used)
+
+    state.memory.reserve = counting
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
     rss0 = _status_kb("VmRSS")
     r = client.post("/pose", content=data, headers=headers)
     peak = _status_kb("VmHWM")
     if r.status_code != 200:
         raise SystemExit(f"POST /pose: expected 200, got {r.status_code}")
+    persons = len(r.json()["persons"])
     # a budget just above the query's own part (crops, heatmaps, detector, base): the image's
-    # size then decides, and the 413 names the whole estimate
-    state = client.app.state.service
+    # size then decides, and the 413 names the whole bound
     query_mb = -(
         -state.request_cost(state.pipeline, state.pipeline.options, False).without_image // MB
     )
@@ -226,9 +238,15 @@ def memory_child(path: Path, side: int) -> None:
     r = tight.post("/pose", content=data, headers=headers)
     tight.__exit__(None, None, None)
     m = re.search(r"got (\d+) MB", r.text)
-    estimate = int(m.group(1)) if r.status_code == 413 and m else -1
+    bound = int(m.group(1)) if r.status_code == 413 and m else -1
     client.__exit__(None, None, None)
-    print(json.dumps({"rss_growth_mb": (peak - rss0) / 1024, "estimate_mb": estimate}))
+    out = {
+        "rss_growth_mb": (peak - rss0) / 1024,
+        "reserved_mb": reserved[0] / MB,
+        "bound_mb": bound,
+        "persons": persons,
+    }
+    print(json.dumps(out))
 
 
 def memory(path: Path, side: int) -> dict[str, float]:
@@ -349,11 +367,14 @@ def memory_part(photo: bytes, sides: list[int]) -> None:
     finally:
         tmp.unlink()
     for side, m in mem.items():
+        full = mem[0]
         print(
             f"   side {side or 'full':<6} RSS growth {m['rss_growth_mb']:7.1f}  "
-            f"admission estimate {m['estimate_mb']:5.0f}  (full/this: "
-            f"{mem[0]['rss_growth_mb'] / max(m['rss_growth_mb'], 1e-9):.1f}x, "
-            f"{mem[0]['estimate_mb'] / max(m['estimate_mb'], 1e-9):.1f}x)"
+            f"admission reserved {m['reserved_mb']:6.1f} ({m['persons']} persons)  "
+            f"413 bound {m['bound_mb']:5.0f}  (full/this: "
+            f"{full['rss_growth_mb'] / max(m['rss_growth_mb'], 1e-9):.1f}x, "
+            f"{full['reserved_mb'] / max(m['reserved_mb'], 1e-9):.1f}x, "
+            f"{full['bound_mb'] / max(m['bound_mb'], 1e-9):.1f}x)"
         )
 
 

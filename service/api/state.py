@@ -277,12 +277,13 @@ class ServiceState:
         width: int = 0,
         height: int = 0,
         mode: str = "RGB",
+        persons: int | None = None,
     ) -> RequestCost:
         """The estimated memory of one request on ``pipeline`` per stage
         (:func:`~darkpose.service.api.work.estimate_request_cost`): an image of ``width`` ×
-        ``height`` (0 × 0: the query's part alone), ``options.max_persons`` ×
-        ``options.crops_per_person`` crops per pose model, the detector's input and
-        candidates, the overlay with ``render``."""
+        ``height`` (0 × 0: the query's part alone), ``persons`` (default
+        ``options.max_persons``) × ``options.crops_per_person`` crops per pose model, the
+        detector's input and candidates, the overlay with ``render``."""
         spec = pipeline.spec
         detector = pipeline.detector
         det_input = getattr(detector, "input_size", None) or DEFAULT_DETECTOR_INPUT
@@ -292,7 +293,7 @@ class ServiceState:
             width,
             height,
             mode,
-            persons=options.max_persons,
+            persons=options.max_persons if persons is None else persons,
             crops_per_person=options.crops_per_person,
             crop_size=spec.input_size,
             heatmap_size=spec.heatmap_size,
@@ -320,18 +321,33 @@ class ServiceState:
             f"(memory_budget_mb={self.memory.limit // MB}), got {options.max_persons}"
         )
 
-    def reserve_memory(self, cost: RequestCost, width: int, height: int) -> int:
-        """Reserve ``cost.total`` bytes of the memory budget (returned: release them when the
-        work has stopped).  Refuses with 413 naming the image size when the request can never
-        fit, with ``Overloaded`` (503) while others hold the budget."""
+    def reserve_memory(
+        self, cost: RequestCost, width: int, height: int, now: RequestCost | None = None
+    ) -> int:
+        """Reserve ``now.total`` bytes of the memory budget (default ``cost.total``; returned:
+        release them when the work has stopped).  Refuses with 413 naming the image size when
+        ``cost`` (the request at its most persons) can never fit, with ``Overloaded`` (503)
+        while others hold the budget.  ``now``: the part needed before the persons are counted
+        (:meth:`grow_memory` adds theirs)."""
         if cost.total > self.memory.limit:
             raise PayloadTooLarge(
                 f"image: expected one whose estimated request memory fits memory_budget_mb "
                 f"({self.memory.limit // MB} MB; {-(-cost.image_decode // MB)} MB of it for "
                 f"{width}×{height} pixels), got {-(-cost.total // MB)} MB"
             )
-        self.memory.reserve(cost.total)
-        return cost.total
+        nbytes = (now or cost).total
+        self.memory.reserve(nbytes)
+        return nbytes
+
+    def grow_memory(self, reserved: int, cost: RequestCost) -> int:
+        """Grow a reservation of ``reserved`` bytes to ``cost.total`` (the request with its
+        persons counted): ``Overloaded`` (503) while others hold the budget; the new reserved
+        bytes are returned (release them when the work has stopped)."""
+        extra = cost.total - reserved
+        if extra <= 0:
+            return reserved
+        self.memory.reserve(extra)
+        return reserved + extra
 
     # --- description ------------------------------------------------------------------------
     def response_model_info(self) -> dict[str, Any]:

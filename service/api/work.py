@@ -220,9 +220,11 @@ def _decoder_bytes_per_pixel(mode: str) -> int:
     return 4
 
 
+#: Bytes per pixel of the BGR image the pipeline works on (held until the answer is made).
+BGR_BYTES_PER_PIXEL = 3
 #: Bytes per pixel of the decoded image beyond the decoder's own: one array copy (≤ 4 B) and
-#: the BGR image (3 B).
-DECODE_COPY_BYTES_PER_PIXEL = 4 + 3
+#: the BGR image.
+DECODE_COPY_BYTES_PER_PIXEL = 4 + BGR_BYTES_PER_PIXEL
 #: Bytes per detector input pixel: the letterboxed/resized uint8 canvas (3 B), the float32
 #: blob and its normalised copy (2 × 12 B) and the raw head (YOLOX: 85 float32 per anchor,
 #: ~1/48 anchor per pixel: 7 B).
@@ -244,9 +246,12 @@ DEFAULT_DETECTOR_INPUT = (640, 640)
 
 @dataclass(frozen=True)
 class RequestCost:
-    """Estimated peak bytes of one ``POST /pose`` per stage (:func:`estimate_request_cost`)."""
+    """Estimated bytes of one ``POST /pose`` per stage (:func:`estimate_request_cost`) and its
+    peak, :attr:`total`: the larger of its two phases (the decoder's temporaries are freed
+    before the pipeline runs)."""
 
     image_decode: int
+    image_held: int
     detect: int
     crops: int
     heatmaps: int
@@ -254,10 +259,18 @@ class RequestCost:
     base: int = BASE_BYTES
 
     @property
+    def decode_phase(self) -> int:
+        """Decoding: the decoder's image, its array copy and the BGR image."""
+        return self.image_decode + self.base
+
+    @property
+    def pipeline_phase(self) -> int:
+        """Detection, crops, heatmaps and the overlay, next to the BGR image."""
+        return self.image_held + self.detect + self.crops + self.heatmaps + self.render + self.base
+
+    @property
     def total(self) -> int:
-        return (
-            self.image_decode + self.detect + self.crops + self.heatmaps + self.render + (self.base)
-        )
+        return max(self.decode_phase, self.pipeline_phase)
 
     @property
     def without_image(self) -> int:
@@ -283,9 +296,12 @@ def estimate_request_cost(
     detector_input: tuple[int, int] = DEFAULT_DETECTOR_INPUT,
     candidates: int = DEFAULT_PRE_NMS_TOPK,
 ) -> RequestCost:
-    """Peak bytes one request may hold, per stage:
+    """Bytes one request may hold, per stage (its peak: :attr:`RequestCost.total`):
 
-    * ``image_decode`` — width × height × (PIL's 1-4 B + :data:`DECODE_COPY_BYTES_PER_PIXEL`);
+    * ``image_decode`` — width × height × (PIL's 1-4 B + :data:`DECODE_COPY_BYTES_PER_PIXEL`),
+      while decoding;
+    * ``image_held`` — width × height × :data:`BGR_BYTES_PER_PIXEL`, the image the pipeline
+      works on;
     * ``detect`` — the detector input (W × H of ``detector_input`` ×
       :data:`DETECT_BYTES_PER_INPUT_PIXEL`) and ``candidates`` × :data:`CANDIDATE_BYTES` (NMS);
     * ``crops`` — ``persons`` × ``crops_per_person`` crops (one per padding, twice with the
@@ -307,6 +323,7 @@ def estimate_request_cost(
         image_decode=int(width)
         * int(height)
         * (_decoder_bytes_per_pixel(mode) + DECODE_COPY_BYTES_PER_PIXEL),
+        image_held=int(width) * int(height) * BGR_BYTES_PER_PIXEL,
         detect=int(dw) * int(dh) * DETECT_BYTES_PER_INPUT_PIXEL + int(candidates) * CANDIDATE_BYTES,
         crops=crops * models * CROP_COPIES * 3 * cw * ch * 4,
         heatmaps=crops * models * HEATMAP_COPIES * int(keypoints) * hw * hh * 4,

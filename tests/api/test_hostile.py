@@ -180,7 +180,7 @@ def test_abandoned_request_stops_before_the_models(srv: ServerProcess) -> None:
 
 # --- 3. memory-aware admission ------------------------------------------------------------------
 def test_request_over_the_memory_budget_is_refused_before_decoding(srv: ServerProcess) -> None:
-    webp = hp.webp_lossless(4000)  # ~200 bytes on the wire, 16 MP decoded
+    webp = hp.webp_lossless(4500)  # ~200 bytes on the wire, 20 MP decoded: 220+ MB to decode
     assert len(webp) < 10_000
     _error(_post(srv, webp, "image/webp"), 413, "payload_too_large", "memory_budget_mb")
     _served(srv)

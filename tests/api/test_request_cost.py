@@ -151,7 +151,54 @@ def test_estimate_bounds_what_the_pipeline_allocates() -> None:
         state.close()
     assert b'"persons":[{' in body
     assert state.memory.used == 0  # released when the work stopped
-    assert 0 < peak <= reserved[-1], f"traced {peak / 2**20:.1f} MB > {reserved[-1] / 2**20:.1f}"
+    # reserved: before decoding, then the persons found; the last request's two
+    held = sum(reserved[len(reserved) // 2 :])
+    assert len(reserved) == 4, reserved
+    assert 0 < peak <= held, f"traced {peak / 2**20:.1f} MB > {held / 2**20:.1f}"
+
+
+def test_admission_reserves_the_image_first_then_the_persons_found() -> None:
+    """Before decoding the admission reserves the image's part (no persons); once the detector
+    has counted the persons their crops and heatmaps join it: a photo without persons never
+    holds memory for ``max_persons`` crops, a crowd photo holds exactly its persons'."""
+    from darkpose.service.api.routes.pose import PoseQuery, run_pose
+    from darkpose.service.api.state import ServiceState
+    from darkpose.service.api.work import Job
+    from darkpose.service.core.io import decode_image
+
+    state = ServiceState(api_settings(warmup=False))
+    state.start_loading()
+    assert state.wait_ready(120), state.load_error
+    pipeline = state.pipeline
+    assert pipeline is not None
+    query = PoseQuery(flip=True, max_persons=20)
+    options = pipeline.resolve_options(query.options(state.options(), 20))
+    reserved: list[int] = []
+    reserve = state.memory.reserve
+    state.memory.reserve = lambda n: (reserved.append(n), reserve(n))[1]  # type: ignore[method-assign]
+    blank = io.BytesIO()
+    Image.new("RGB", (640, 480), (128, 128, 128)).save(blank, "JPEG")
+    try:
+        body, _ = run_pose(state, pipeline, blank.getvalue(), options, query, "a", Job(120))
+        assert b'"persons":[]' in body
+        assert len(reserved) == 1  # no person: nothing more than the image's part
+        empty = state.request_cost(pipeline, options, False, 640, 480, "RGB", persons=0)
+        assert reserved == [empty.total]
+        reserved.clear()
+        crowd = CROWD_IMAGE.read_bytes()
+        with Image.open(io.BytesIO(crowd)) as im:
+            w, h = im.size
+        body, _ = run_pose(state, pipeline, crowd, options, query, "b", Job(120))
+        image = decode_image(crowd, exif_orientation=True)
+        n = len(pipeline.person_boxes(image, options)[0])  # the boxes the pose model got
+        assert n >= 3 and b'"persons":[{' in body
+        found = state.request_cost(pipeline, options, False, w, h, "RGB", persons=n)
+        at_most = state.request_cost(pipeline, options, False, w, h, "RGB")
+        assert sum(reserved) == found.total < at_most.total
+        assert len(reserved) == 2
+    finally:
+        state.close()
+    assert state.memory.used == 0
 
 
 # --- attack 2: hanging up to dodge the per-client cap -------------------------------------------

@@ -61,6 +61,10 @@ def test_estimate_covers_every_stage_and_follows_the_parameters() -> None:
     assert flip.crops == 2 * small.crops and flip.heatmaps == 2 * small.heatmaps
     assert more.crops * 30 == small.crops * 100
     assert big.image_decode - small.image_decode == (6000 * 6000 - 640 * 480) * 11  # 4+4+3 B/px
+    assert big.image_held - small.image_held == (6000 * 6000 - 640 * 480) * 3  # BGR
+    # the peak is the larger phase: decoding (a big image) or the pipeline (many crops)
+    assert big.total == big.decode_phase > big.pipeline_phase
+    assert small.total == small.pipeline_phase > small.decode_phase
     assert render.total - small.total == render.render > 0
     assert big.without_image == small.without_image  # the query's part does not see the image
     same = estimate_request_bytes(640, 480, "RGB", persons=30, crops_per_person=1, **SHAPE)  # type: ignore[arg-type]

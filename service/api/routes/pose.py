@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import enum
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import cv2
@@ -147,15 +147,20 @@ def run_pose(
     s = state.settings
     check = job.check if job is not None else (lambda: None)
     reserved = 0
+    size = (0, 0, "RGB")  # the pixels the decoder holds (admit)
     crops = crops_upper_bound(options)
 
     def admit(width: int, height: int, mode: str) -> None:
         # width × height: the pixels the decoder will hold (a JPEG's working size when it is
         # decoded at a reduced scale, else the full size; see decode_working)
-        nonlocal reserved
+        # refused (413) when it could never fit with max_persons; reserved without persons
+        # until the detector has counted them (grow_memory)
+        nonlocal reserved, size
         check()
+        size = (width, height, mode)
         cost = state.request_cost(pipeline, options, query.render, width, height, mode)
-        reserved = state.reserve_memory(cost, width, height)
+        now = state.request_cost(pipeline, options, query.render, width, height, mode, 0)
+        reserved = state.reserve_memory(cost, width, height, now)
 
     # an overlay is drawn at up to max_render_side: it is not worked on at fewer pixels
     working_side = s.working_side
@@ -185,8 +190,19 @@ def run_pose(
             )
         else:
             state.check_queue_room(pipeline, crops)
+            t1 = time.perf_counter()
+            boxes, box_scores = pipeline.person_boxes(image, options)
+            detect_s = time.perf_counter() - t1
+            check()
+            if reserved:  # the persons found: their crops and heatmaps join the reservation
+                cost = state.request_cost(
+                    pipeline, options, query.render, *size, persons=len(boxes)
+                )
+                reserved = state.grow_memory(reserved, cost)
             # found on the working image, answered in the original image's coordinates
-            result = pipeline(image, options=options).to_original(
+            found = pipeline(image, options=options, boxes=boxes, box_scores=box_scores)
+            timings = {**found.timings, "detect": detect_s + found.timings.get("detect", 0.0)}
+            result = replace(found, timings=timings).to_original(
                 decoded.scale, decoded.original_size
             )
         total_s = time.perf_counter() - t0
