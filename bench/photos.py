@@ -171,29 +171,44 @@ def app_client(**overrides: Any) -> Any:
 
 
 def server_ms(big: list[bytes], small: list[bytes], side: int) -> dict[str, float]:
-    """Median over the photos of the best of 3 posts (a first post of each warms up), for the
-    12 MP and the 3 MP photos: ``timings_ms.total`` (wall) and the process CPU ms of the post
-    (every thread: robust to other load on a shared machine)."""
+    """Per photo, the 12 MP and the 3 MP version posted in turn (4 posts each, the first of each
+    a warm-up; best of the other 3): ``timings_ms.total`` (wall) and the process CPU ms of the
+    post (every thread: robust to other load on a shared machine), medians over the photos; and
+    the median of the per-photo CPU ratios, over all photos and over those whose two versions
+    gave the same number of persons (the pose model's work then is the same: what is left is
+    the cost of the pixels)."""
     client = app_client(working_side=side)
+
+    def post(data: bytes) -> tuple[float, float, int]:
+        c0 = time.process_time()
+        r = client.post("/pose", content=data, headers={"Content-Type": "image/jpeg"})
+        cpu = 1000 * (time.process_time() - c0)
+        if r.status_code != 200:
+            raise SystemExit(f"POST /pose: expected 200, got {r.status_code} {r.text}")
+        body = r.json()
+        return float(body["timings_ms"]["total"]), cpu, len(body["persons"])
+
     try:
-        out = {}
-        for name, photos in (("12MP", big), ("3MP", small)):
-            totals, cpus = [], []
-            for data in photos:
-                best = best_cpu = float("inf")
-                for i in range(4):
-                    c0 = time.process_time()
-                    r = client.post("/pose", content=data, headers={"Content-Type": "image/jpeg"})
-                    cpu = 1000 * (time.process_time() - c0)
-                    if r.status_code != 200:
-                        raise SystemExit(f"POST /pose: expected 200, got {r.status_code} {r.text}")
+        rows = []
+        for photo12, photo3 in zip(big, small, strict=True):
+            best = {"12MP": [float("inf")] * 2, "3MP": [float("inf")] * 2}
+            persons = {}
+            for i in range(4):
+                for name, data in (("12MP", photo12), ("3MP", photo3)):
+                    wall, cpu, n = post(data)
+                    persons[name] = n
                     if i:
-                        best = min(best, float(r.json()["timings_ms"]["total"]))
-                        best_cpu = min(best_cpu, cpu)
-                totals.append(best)
-                cpus.append(best_cpu)
-            out[name] = statistics.median(totals)
-            out[f"{name} cpu"] = statistics.median(cpus)
+                        best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+            rows.append((best, persons))
+        out: dict[str, float] = {}
+        for name in ("12MP", "3MP"):
+            out[name] = statistics.median(b[name][0] for b, _ in rows)
+            out[f"{name} cpu"] = statistics.median(b[name][1] for b, _ in rows)
+        ratios = [b["12MP"][1] / b["3MP"][1] for b, _ in rows]
+        same = [r for r, (_, n) in zip(ratios, rows, strict=True) if n["12MP"] == n["3MP"]]
+        out["ratio"] = statistics.median(ratios)
+        out["ratio same"] = statistics.median(same) if same else float("nan")
+        out["same"] = len(same)
         return out
     finally:
         client.__exit__(None, None, None)
@@ -354,7 +369,9 @@ def server_part(big: list[bytes], small: list[bytes], sides: list[int]) -> None:
         print(
             f"   side {side or 'full':<6} wall 12MP {t['12MP']:6.1f}  3MP {t['3MP']:6.1f}  "
             f"ratio {t['12MP'] / t['3MP']:.2f} | CPU 12MP {t['12MP cpu']:6.1f}  "
-            f"3MP {t['3MP cpu']:6.1f}  ratio {t['12MP cpu'] / t['3MP cpu']:.2f}"
+            f"3MP {t['3MP cpu']:6.1f}  ratio {t['12MP cpu'] / t['3MP cpu']:.2f} | per-photo "
+            f"CPU ratio {t['ratio']:.2f}, with the same persons found {t['ratio same']:.2f} "
+            f"({t['same']:.0f} of {len(big)} photos)"
         )
 
 
