@@ -54,11 +54,14 @@ def _threads_env(threads: int) -> dict[str, str]:
 
 class Ceiling:
     """The models' own throughput: detector + pose sessions back to back, no HTTP, no JSON,
-    crops prepared once outside the timed region."""
+    crops prepared once outside the timed region (the crops the service runs: one per
+    person and padding, twice with the flip test)."""
 
     def __init__(self, images: list[bytes], threads: int) -> None:
+        from darkpose.service.core.flip import flip_batch
         from darkpose.service.core.io import decode_image
-        from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops
+        from darkpose.service.core.pipeline import crop_geometry
+        from darkpose.service.core.transforms import warp_crops
         from darkpose.service.runtime.factory import build_detector, build_pose_models
 
         s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
@@ -70,11 +73,13 @@ class Ceiling:
             det = self.detector.detect(img)
             keep = np.asarray(det.scores) >= s.pipeline.det_score_threshold
             boxes = np.asarray(det.boxes, np.float32)[keep][: s.pipeline.max_persons]
-            c, sc = boxes_to_center_scale(
-                boxes, self.pose.spec.aspect_ratio, s.pipeline.box_padding
-            )
+            # the crops the server's pose model gets: each padding, and mirrored with flip
+            c, sc = crop_geometry(boxes, self.pose.spec.aspect_ratio, s.pipeline)
             spec = self.pose.spec
-            self.crops.append(warp_crops(img, c, sc, spec.input_size, spec=spec))
+            batch = warp_crops(img, c, sc, spec.input_size, spec=spec)
+            if s.pipeline.flip:
+                batch = np.concatenate([batch, flip_batch(batch)])
+            self.crops.append(batch)
         for img, batch in zip(self.decoded[:3], self.crops[:3], strict=False):  # warm-up
             self.detector.detect(img)
             self.pose.infer(batch)
