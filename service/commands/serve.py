@@ -106,9 +106,9 @@ def epilog() -> str:
     for name in HELP_SETTINGS + tuple(n for n in governed if n not in HELP_SETTINGS):
         env = "DARKPOSE_" + name.upper()
         if name in from_profile:
-            line = f"  {env:<34} {_shown(from_profile[name], name)} from profile {chosen}"
+            line = f"  {env:<34} {_shown(from_profile[name], name) or 'none'} from profile {chosen}"
         else:
-            line = f"  {env:<34} default {_shown(_default(name), name)}"
+            line = f"  {env:<34} default {_shown(_default(name), name) or 'none'}"
         if env in os.environ:
             line += f"  (set here: {os.environ[env]})"
         lines.append(line)
