@@ -58,28 +58,24 @@ class Ceiling:
     person and padding, twice with the flip test)."""
 
     def __init__(self, images: list[bytes], threads: int) -> None:
-        from darkpose.service.core.flip import flip_batch
         from darkpose.service.core.io import decode_image
         from darkpose.service.core.pipeline import crop_geometry
-        from darkpose.service.core.transforms import warp_crops
+        from darkpose.service.core.pose_stage import ModelPose, preprocess_key
         from darkpose.service.runtime.factory import build_detector, build_pose_models
 
         s = Settings(providers="cpu", intra_op_threads=threads)  # type: ignore[call-arg]
         self.detector = build_detector(s)
         self.pose = build_pose_models(s)[0]
         self.decoded = [decode_image(b) for b in images]
+        stage, key = ModelPose(self.pose), preprocess_key(self.pose.spec)
         self.crops = []
         for img in self.decoded:
             det = self.detector.detect(img)
             keep = np.asarray(det.scores) >= s.pipeline.det_score_threshold
             boxes = np.asarray(det.boxes, np.float32)[keep][: s.pipeline.max_persons]
-            # the crops the server's pose model gets: each padding, and mirrored with flip
+            # the network input the server's pose stage makes: each padding, mirrored with flip
             c, sc = crop_geometry(boxes, self.pose.spec.aspect_ratio, s.pipeline)
-            spec = self.pose.spec
-            batch = warp_crops(img, c, sc, spec.input_size, spec=spec)
-            if s.pipeline.flip:
-                batch = np.concatenate([batch, flip_batch(batch)])
-            self.crops.append(batch)
+            self.crops.append(stage.inputs(img, c, sc, s.pipeline.flip)[key])
         for img, batch in zip(self.decoded[:3], self.crops[:3], strict=False):  # warm-up
             self.detector.detect(img)
             self.pose.infer(batch)
