@@ -188,10 +188,7 @@ def crop_geometry(boxes: F32, aspect_ratio: float, options: PipelineOptions) -> 
     parts = [boxes_to_center_scale(boxes, aspect_ratio, p) for p in paddings]
     if len(parts) == 1:
         return parts[0]
-    return (
-        np.concatenate([c for c, _ in parts]).astype(np.float32),
-        np.concatenate([sc for _, sc in parts]).astype(np.float32),
-    )
+    return np.concatenate([c for c, _ in parts]), np.concatenate([sc for _, sc in parts])
 
 
 def merge_passes(kpts: F32, persons: int) -> F32:
