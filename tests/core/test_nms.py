@@ -172,9 +172,13 @@ def test_soft_oks_nms_matches_the_loop(data: tuple, sigma: float, thr: float) ->
         best = int(np.argmax(scores))
         assert keep[0] == best and new[best] == scores[best]
         assert np.all(np.diff(new[keep]) <= 1e-12)
-    # every person the hard OKS-NMS keeps at the same threshold is kept too
-    hard = set(oks_nms(kpts, scores, areas, threshold=thr, sigmas=COCO_SIGMAS).tolist())
-    assert hard <= set(keep.tolist())
+    # no two persons kept are the same person by the hard rule (OKS above the threshold); the
+    # hard OKS-NMS's kept set need not be a subset: a decayed score can change which of two
+    # overlapping persons is taken first
+    kept = keep.tolist()
+    if len(kept) > 1:
+        sim = oks_iou(kpts[kept], areas[kept], sigmas=COCO_SIGMAS)
+        assert np.all(sim[~np.eye(len(kept), dtype=bool)] <= thr)
 
 
 def test_soft_oks_nms_ranks_a_duplicate_below_another_person() -> None:
