@@ -7,7 +7,11 @@ keeps every address on 127.0.0.1 (otherwise Ray swaps loopback for the host's in
 address).  Serve's HTTP proxies listen on a free 127.0.0.1 port: by default one per node
 (``EveryNode``, as in production), all on the same port — Ray binds it with ``SO_REUSEPORT``,
 so the kernel spreads connections over the nodes' proxies like a load balancer in front of a
-cluster would, and each proxy prefers its own node's replicas.
+cluster would, and each proxy prefers its own node's replicas.  With Ray's HAProxy ingress
+(``RAY_SERVE_ENABLE_HA_PROXY=1`` in ``env``) each node's HAProxy shares that port the same way,
+and the ports Ray otherwise binds at one fixed number per node (:data:`PER_NODE_PORTS`) are
+free ports of each node's own: on one machine a second node's HAProxy would fail to bind them,
+and Serve would restart that node's proxy every few seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +36,20 @@ RAY_ENV = {
     # 100 kB default) ride inline in the proxy ↔ replica RPCs instead of the object store.
     "RAY_max_direct_call_object_size": str(1024 * 1024),
 }
+
+
+#: Ports Ray 2.60 binds at a fixed default on every node (HAProxy's stats page and metrics,
+#: the fallback Python proxy's HTTP and gRPC): each local node gets free ones of its own.
+PER_NODE_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
+
+#: HAProxy ingress: every node's HAProxy binds Serve's one HTTP port with SO_REUSEPORT
+#: (Ray's default for its Python proxies, not for HAProxy).
+SHARED_PORT_ENV = {"SERVE_SOCKET_REUSE_PORT_ENABLED": "1"}
 
 
 def free_port() -> int:
@@ -71,7 +89,13 @@ def local_ray_cluster(
     from ray.cluster_utils import Cluster
 
     root = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**RAY_ENV, "HOME": root, "RAY_TMPDIR": os.path.join(root, "t"), **dict(env or {})}
+    env = {
+        **RAY_ENV,
+        **SHARED_PORT_ENV,
+        "HOME": root,
+        "RAY_TMPDIR": os.path.join(root, "t"),
+        **dict(env or {}),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     # Read once at import: when Ray was imported before this call, the env var alone is late.
@@ -80,6 +104,21 @@ def local_ray_cluster(
     ray_dir = os.path.join(env["RAY_TMPDIR"], "ray")  # Ray's layout: $RAY_TMPDIR/ray/session_*
     os.makedirs(ray_dir, exist_ok=True)
     cluster = None
+    taken: set[int] = set()
+
+    def node_env() -> dict[str, str]:
+        """Free ports of the node's own for :data:`PER_NODE_PORTS` (unless ``env`` sets them)."""
+        out: dict[str, str] = {}
+        for name in PER_NODE_PORTS:
+            if name in env:
+                continue
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            out[name] = str(port)
+        return out
+
     try:
         cluster = Cluster(
             initialize_head=True,
@@ -89,6 +128,7 @@ def local_ray_cluster(
                 "include_dashboard": False,
                 "temp_dir": ray_dir,
                 "node_ip_address": "127.0.0.1",
+                "env_vars": node_env(),
             },
         )
         for _ in range(num_nodes - 1):
@@ -96,6 +136,7 @@ def local_ray_cluster(
                 num_cpus=cpus_per_node,
                 object_store_memory=object_store_mb * 1024 * 1024,
                 node_ip_address="127.0.0.1",
+                env_vars=node_env(),
             )
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)

@@ -1,9 +1,9 @@
 """The shipped ingress, Ray's HAProxy (Ray 2.60, ``RAY_SERVE_ENABLE_HA_PROXY=1`` and the
 ``RAY_SERVE_HAPROXY_*`` limits of deploy/kuberay/rayservice.yaml), in front of the ``pipeline``
-topology on a real local 1-node × 2-CPU cluster: HAProxy forwards HTTP straight to the
-replicas' own HTTP servers, the answers stay equal to the single-process service's, request
-heads up to the service's ``max_headers_bytes`` pass, and streamed NDJSON answers and WebSockets
-go through it (what the Serve configs say).
+topology on a real local 2-node × 1-CPU cluster: every node runs its own HAProxy (healthy, not
+restarted), HAProxy forwards HTTP straight to the replicas' own HTTP servers, the answers stay
+equal to the single-process service's, request heads up to the service's ``max_headers_bytes``
+pass, and streamed NDJSON answers and WebSockets go through it (what the Serve configs say).
 
 Needs the ``haproxy`` executable (Debian package ``haproxy``; the Ray image has it): skipped
 without it unless ``DARKPOSE_REQUIRE_TOOLS=1``.
@@ -110,19 +110,35 @@ def _post_empty(url: str) -> int:
         return int(resp.status)
 
 
-def _haproxy_running_with(directory: str) -> bool:
-    """An ``haproxy`` process runs with a config file under ``directory`` (Ray puts one per
-    node in a sub-directory named after the node)."""
+def _haproxy_nodes(directory: str) -> set[str]:
+    """Nodes whose ``haproxy`` process runs with a config file under ``directory`` (Ray puts
+    one per node in a sub-directory named after the node id)."""
+    nodes: set[str] = set()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"haproxy") and directory.encode() in b" ".join(argv):
-            return True
-    return False
+        if not argv or not argv[0].endswith("haproxy") or "-f" not in argv[:-1]:
+            continue
+        config = Path(argv[argv.index("-f") + 1])
+        if config.parent.parent == Path(directory):
+            nodes.add(config.parent.name)
+    return nodes
+
+
+def _wait_for(what: str, check: Any, seconds: float = 120.0) -> Any:
+    """``check()``'s first truthy value, polled until ``seconds`` pass (then fail)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected {what} within {seconds:g} s, got {got!r}")
+        time.sleep(0.25)
 
 
 def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
@@ -160,8 +176,14 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{root}/server-state",
     }
     try:
-        with local_ray_cluster(num_nodes=1, cpus_per_node=2, env=env) as lr:
-            options = {"Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}}
+        with local_ray_cluster(num_nodes=2, cpus_per_node=1, env=env) as lr:
+            options = {
+                "Ingress": {
+                    "num_replicas": 2,
+                    "max_replicas_per_node": 1,
+                    "ray_actor_options": {"num_cpus": 0.5},
+                }
+            }
             serve.run(build_app(SETTINGS, options), name=APP_NAME, route_prefix="/")
             deadline = time.monotonic() + 120
             while _get(lr.url + "/readyz")[0] != 200 and time.monotonic() < deadline:
@@ -174,8 +196,19 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
                 _assert_same_persons(body, reference[i], f"image #{i}")
             got = serve.get_deployment_handle(INGRESS_NAME, APP_NAME).broadcast("stats").results()
             stats = list(got.values()) if isinstance(got, dict) else list(got)
-            # The HAProxy of this cluster (its config under our directory) served them ...
-            assert _haproxy_running_with(root)
+
+            # Each node runs its own HAProxy (a config under our directory per node id), and
+            # Serve reports both nodes' proxies healthy: the nodes share this machine, and a
+            # node whose HAProxy could not bind its ports would be restarted every few seconds.
+            def healthy() -> list[str]:
+                proxies = serve.status().proxies
+                ok = [n for n, st in proxies.items() if st == "HEALTHY"]
+                return ok if len(ok) == 2 and len(proxies) == 2 else []
+
+            assert set(_wait_for("both nodes' proxies healthy", healthy)) == set(lr.node_ids)
+            assert _wait_for("an HAProxy per node", lambda: _haproxy_nodes(root)) == set(
+                lr.node_ids
+            )
             # ... and spread the requests over both replicas (no Python proxy in between).
             assert sorted(s["requests_ok"] > 0 for s in stats) == [True, True], stats
 
