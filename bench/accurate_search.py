@@ -44,7 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.profiles import COCO_MAX_DETS, VAL_DEV, Matches, bootstrap, cpu_line, read  # noqa: E402
+from bench.machine import cpu_line  # noqa: E402
+from bench.profiles import COCO_MAX_DETS, VAL_DEV, Matches, bootstrap, read  # noqa: E402
 from darkpose.service.core.options import PipelineOptions  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline, merge_passes  # noqa: E402
 from darkpose.service.core.transforms import boxes_to_center_scale  # noqa: E402

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.codec import DECODERS, decode_heatmaps  # noqa: E402
 
 GOLDEN = ROOT.parent / "shared" / "golden" / "mmpose_decode_coco_mini_train.npz"
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, _ = decode_heatmaps(hm, "dark", args.kernel)
     ref, _ = mmpose_decode_loop(hm, "dark", args.kernel)
 
+    print(f"# CPU: {cpu_line()}")
     print(f"batch (N, K, H, W) = {hm.shape} float32, blur kernel {args.kernel}, {args.repeat} runs")
     print(f"{'':28s} {'median ms':>10s} {'min ms':>8s} {'persons/s (median)':>19s}")
     for name, v in ts.items():

@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.commands.eval_det import (  # noqa: E402
     DEFAULT_DETECTORS,
     coco_box_metrics,
@@ -91,6 +92,7 @@ def main() -> int:
                 results[c].append({"image_id": image_id, "category_id": 1,
                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})  # fmt: skip
 
+    print(f"# CPU: {cpu_line()}")
     print(f"{len(img_ids)} images, {args.threads} thread(s), det threshold {args.det_threshold}")
     head = f"{'detector':<34}{'ms/img med':>11}{'mean':>8}{'x base':>8}{'AP':>7}{'AP50':>7}"
     head += f"{'APS':>7}{'APM':>7}{'APL':>7}{'AR':>7}" + (

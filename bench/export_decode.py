@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from darkpose.exporters import export_decoder
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-GOLDEN = (
-    Path(__file__).resolve().parents[1].parent / "shared/golden/mmpose_decode_coco_mini_train.npz"
-)
+from bench.machine import cpu_line  # noqa: E402
+from darkpose.exporters import export_decoder  # noqa: E402
+
+GOLDEN = REPO.parent / "shared/golden/mmpose_decode_coco_mini_train.npz"
 
 
 def _time(fn: object, repeats: int) -> float:
@@ -49,6 +52,7 @@ def main() -> None:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     kp = sess.run(None, {"heatmaps": g["heatmaps"]})[0]
     diff = np.abs(kp[..., :2] - g["dark_k11"]).max()
+    print(f"# CPU: {cpu_line()}")
     print(f"onnx DARK vs mmpose dark_k11: max |xy| diff {diff:.2e} px")
     t_onnx = _time(lambda: sess.run(None, {"heatmaps": hm}), args.repeats)
     print(f"onnx decode, batch {args.batch}: {t_onnx * 1e3:.2f} ms")

@@ -40,6 +40,7 @@ from bench.load import (  # noqa: E402
     summarize,
 )
 from bench.load import client_loop as load_client_loop  # noqa: E402
+from bench.machine import cpu_line  # noqa: E402
 
 GREEDY_KEY = "bench-greedy-key-0123456789"
 POLITE_KEY = "bench-polite-key-9876543210"
@@ -130,7 +131,7 @@ def main() -> int:
     args = ap.parse_args()
     images = load_images(args.images)
     backoff = args.greedy_backoff_ms / 1000.0
-    print(f"cpu cores: {os.cpu_count()}  load average: {os.getloadavg()}")
+    print(f"# CPU: {cpu_line()}; load average {os.getloadavg()}")
 
     def capped(port: int) -> Any:
         yield run_phase(port, images, 0, args.duration, backoff)

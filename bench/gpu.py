@@ -34,6 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
+
 MODELS = REPO.parent / "shared" / "models"
 POSE = ("pose_simplepose_256x192.onnx", "pp_tinypose_256x192.onnx")
 DETECTORS = ("yolox", "picodet")
@@ -79,6 +81,7 @@ def pose_section(repeats: int) -> np.ndarray:
     from darkpose.service.runtime.pose import OnnxPoseModel
 
     heatmaps = np.zeros((0,), np.float32)
+    print(f"# CPU: {cpu_line()}")
     print("pose models, CUDA EP, ms/crop (median)")
     for name in POSE:
         pose = OnnxPoseModel(MODELS / name, providers="cuda", max_batch=0)

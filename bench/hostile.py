@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.load import cpu_seconds, free_port, rss_mb  # noqa: E402
+from bench.machine import cpu_line  # noqa: E402
 from tests import hostile_payloads as hp  # noqa: E402
 
 PHOTO = REPO.parent / "shared" / "data" / "coco-mini" / "train2017" / "000000129648.jpg"
@@ -726,6 +727,7 @@ def main() -> int:
     unknown = set(names) - set(every)
     if unknown:
         raise SystemExit(f"--only: expected names from {', '.join(every)}, got {sorted(unknown)}")
+    print(f"# CPU: {cpu_line()}")
     results = []
     # an attack that needs settings of its own (ATTACK_ENV) gets a server of its own
     plain = [n for n in names if n in ATTACKS and (args.url or n not in ATTACK_ENV)]

@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions, PoseStage  # noqa: E402
 from darkpose.service.evaluation import coco_keypoint_metrics, gt_boxes, load_coco  # noqa: E402
 from darkpose.service.runtime.detector_build import build_detector_from_config  # noqa: E402
@@ -72,6 +73,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
+    print(f"# CPU: {cpu_line()}")
     settings = Settings(providers="cpu", intra_op_threads=args.threads)  # type: ignore[call-arg]
     coco = load_coco(args.ann)
     parts = splits(coco)

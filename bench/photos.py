@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.api.work import MB  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 
@@ -53,19 +53,6 @@ CANVAS = (4032, 3024)
 SMALL = (2016, 1512)
 QUALITY = 92
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-
-
-def cpu_line() -> str:
-    """CPU model and SIMD flags of this machine (for the table's header)."""
-    model, flags = platform.processor() or "unknown", ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        model = m.group(1) if m else model
-        wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni")
-        flags = " ".join(x for x in (f.group(1).split() if f else []) if x in wanted)
-    return f"{model}, {os.cpu_count()} cores, flags: {flags}"
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:
@@ -333,7 +320,7 @@ def main() -> int:
     if args.memory_child is not None:
         memory_child(args.memory_child, sides[0])
         return 0
-    print(f"cpu: {cpu_line()}")
+    print(f"# CPU: {cpu_line()}")
     print(f"date: {time.strftime('%Y-%m-%d')}  load average: {os.getloadavg()}")
     big, small, coco = make_mosaics(args.canvases)
     persons = sum(1 for a in coco["annotations"] if a.get("num_keypoints", 0) > 0)

@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.cards import ZOO_DIR  # noqa: E402
 from darkpose.service.core.codec import decode_heatmaps  # noqa: E402
 from darkpose.service.core.nms import oks_nms, rescore  # noqa: E402
@@ -150,6 +151,7 @@ def main() -> int:
                 times[name].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
 
+    print(f"# CPU: {cpu_line()}")
     print(f"image {args.image.name}: {image.shape[1]}x{image.shape[0]}, {n} persons detected")
     print(
         f"onnxruntime providers={pose.providers} intra_op_threads={args.threads} "

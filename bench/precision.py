@@ -43,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from darkpose.service.core.transforms import boxes_to_center_scale, warp_crops  # noqa: E402
 from darkpose.service.evaluation import evaluate, expand_configs, load_coco  # noqa: E402
@@ -339,6 +340,7 @@ def main() -> int:
         bf16, openvino = has_native_bf16(), True
     except Exception:  # no openvino extra
         bf16 = openvino = False
+    logger.info("CPU: %s", cpu_line())
     logger.info("openvino: %s, native bf16: %s", openvino, bf16)
     vs = variants(args.int8, bf16, openvino)
     det_precisions = ["fp32"] + (["bf16"] if bf16 else [])

@@ -27,8 +27,6 @@ import contextlib
 import io
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from darkpose.service.core.profiles import profile_names  # noqa: E402
 from darkpose.service.evaluation import gt_boxes, load_coco  # noqa: E402
@@ -69,19 +68,6 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 #: COCO keypoint AP scores at most this many detections per image (COCOeval maxDets): the
 #: end-to-end AP runs keep the highest-scoring 20 boxes, which also bounds the pose work.
 COCO_MAX_DETS = 20
-
-
-def cpu_line() -> str:
-    """CPU model and flags (lscpu), for the table's header."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    info = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
-    )
-    flags = [f for f in info.get("Flags", "").split() if f.startswith(("avx", "sse4", "fma"))]
-    return f"{info.get('Model name', '?')}; {info.get('CPU(s)', '?')} CPUs; flags {' '.join(flags)}"
 
 
 def settings_for(name: str) -> Settings:

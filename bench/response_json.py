@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.api.schemas import PersonOut, PoseResponse  # noqa: E402
 from darkpose.service.core.poses import Poses  # noqa: E402
 
@@ -116,6 +117,7 @@ def main() -> int:
                 fn(poses)
             times[name].append((time.perf_counter() - t0) / args.number)
     base = statistics.median(times["json.dumps nested+flat"])
+    print(f"# CPU: {cpu_line()}")
     print(f"{args.persons} persons, median of {args.rounds} rounds × {args.number} calls")
     print("| body | µs / response | bytes | vs 0.1 body |")
     print("|---|---:|---:|---:|")

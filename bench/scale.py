@@ -23,7 +23,12 @@ In each Ray cluster every ``--topologies`` entry is deployed in turn:
 
 Per measurement: ``--clients`` keep-alive clients POST coco-mini images for ``--duration`` s
 after ``--warmup`` s (images/s, p50/p99, errors), then ``--seq-requests`` requests from one
-client (unloaded median latency).  The Ray apps run with ``measure_bytes``: each ``Ingress``
+client (unloaded median latency).  Ray's unloaded overhead is paired: once a Ray app's load is
+measured, a single process starts beside it and one client sends each image to both in turn
+(``--seq-requests`` pairs, which one goes first alternating); the overhead is the median of
+the per-pair differences, so the neighbours' load, which drifts over the minutes between
+phases, cancels (the difference of the phases' own unloaded medians is shown as "unpaired").
+The Ray apps run with ``measure_bytes``: each ``Ingress``
 replica counts the pickled size of every message crossing the proxy → replica hop (the
 request's scope and body messages in, the response messages out) and, in ``split``, the
 ``PoseJob``/``PoseAnswer`` of every pose call; they are printed per image next to the mean
@@ -66,6 +71,9 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
+
+from bench.machine import cpu_line  # noqa: E402
+
 sys.path.insert(0, str(BENCH))
 # Before Ray is imported anywhere: keep every Ray address on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -147,26 +155,65 @@ def load(port: int, images: list[bytes], clients: int, seconds: float) -> dict[s
     return summarize(results, time.perf_counter() - t0)
 
 
+def _post_ms(conn: http.client.HTTPConnection, body: bytes) -> float | None:
+    """Latency (ms) of one ``POST /pose`` on ``conn``; ``None`` unless it answered 200."""
+    t0 = time.perf_counter()
+    conn.request("POST", "/pose", body=body, headers={"Content-Type": "image/jpeg"})
+    r = conn.getresponse()
+    r.read()
+    return (time.perf_counter() - t0) * 1000 if r.status == 200 else None
+
+
 def sequential(port: int, images: list[bytes], n: int) -> float:
     """Median latency (ms) of ``n`` requests from one keep-alive client, nothing else running."""
     lat: list[float] = []
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         for k in range(n):
-            t0 = time.perf_counter()
-            conn.request(
-                "POST",
-                "/pose",
-                body=images[k % len(images)],
-                headers={"Content-Type": "image/jpeg"},
-            )
-            r = conn.getresponse()
-            r.read()
-            if r.status == 200:
-                lat.append(time.perf_counter() - t0)
+            ms = _post_ms(conn, images[k % len(images)])
+            if ms is not None:
+                lat.append(ms)
     finally:
         conn.close()
-    return float(np.median(lat) * 1000) if lat else float("nan")
+    return float(np.median(lat)) if lat else float("nan")
+
+
+def paired_overhead(
+    ray_port: int, single_port: int, images: list[bytes], n: int
+) -> dict[str, float]:
+    """Unloaded latency of the Ray app against a single process that is up (idle) at the same
+    time: ``n`` pairs of one-client requests, the same image to both, which goes first
+    alternating; the overhead is the median of the per-pair differences (Ray − single), so
+    the neighbours' load, which drifts over the minutes between phases, cancels out."""
+    conns = {
+        name: http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for name, port in (("ray", ray_port), ("single", single_port))
+    }
+    lat: dict[str, list[float]] = {"ray": [], "single": []}
+    diffs: list[float] = []
+    try:
+        for name in conns:  # one warm request each (connections, first-call caches)
+            _post_ms(conns[name], images[0])
+        for k in range(n):
+            body = images[k % len(images)]
+            order = ("ray", "single") if k % 2 == 0 else ("single", "ray")
+            got = {name: _post_ms(conns[name], body) for name in order}
+            ray_ms, single_ms = got["ray"], got["single"]
+            if ray_ms is None or single_ms is None:
+                continue
+            lat["ray"].append(ray_ms)
+            lat["single"].append(single_ms)
+            diffs.append(ray_ms - single_ms)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    nan = float("nan")
+    return {
+        "ray_p50_ms": float(np.median(lat["ray"])) if diffs else nan,
+        "single_p50_ms": float(np.median(lat["single"])) if diffs else nan,
+        "overhead_ms": float(np.median(diffs)) if diffs else nan,
+        "pairs": float(len(diffs)),
+    }
 
 
 #: Ray's spare worker processes (no task, so no request): a 2-node cluster still starts some
@@ -343,10 +390,15 @@ def boundary_bytes() -> dict[str, float]:
     return out
 
 
-def run_single(images: list[bytes], args: argparse.Namespace, cores: list[int] | None) -> Any:
+def start_single(args: argparse.Namespace, cores: list[int] | None) -> Any:
+    """``darkpose serve`` as the ``single`` phase runs it: (process, port)."""
     os.environ["DARKPOSE_BATCH_WORKERS"] = str(args.cpus)
     with pinned(cores):
-        proc, port = start_server(True, args.threads)
+        return start_server(True, args.threads)
+
+
+def run_single(images: list[bytes], args: argparse.Namespace, cores: list[int] | None) -> Any:
+    proc, port = start_single(args, cores)
     try:
         return measure(port, images, args, proc.pid)
     finally:
@@ -388,6 +440,12 @@ def run_ray(
             res = measure(lr.port, images, args)
             res["startup_s"] = time.perf_counter() - t0
             res["bytes"] = boundary_bytes()
+            # The reference process starts once the load is measured (its CPU is not Ray's).
+            proc, single_port = start_single(args, cores)
+            try:
+                res["paired"] = paired_overhead(lr.port, single_port, images, args.seq_requests)
+            finally:
+                stop_server(proc)
             out[topology] = res
             serve.delete(APP_NAME)
     finally:
@@ -401,6 +459,14 @@ def line(name: str, r: dict[str, Any]) -> str:
         f"  {name:15s} {r['images_per_s']:7.2f} img/s  p50 {r['p50_ms']:7.1f} ms  "
         f"p99 {r['p99_ms']:7.1f} ms  errors {errors}  unloaded p50 {r['seq_p50_ms']:6.1f} ms"
     )
+    pair = r.get("paired")
+    if pair:
+        text += (
+            f"\n  {'':15s} unloaded, paired with a single process up at the same time "
+            f"({pair['pairs']:.0f} pairs): p50 {pair['ray_p50_ms']:.1f} vs "
+            f"{pair['single_p50_ms']:.1f} ms, overhead (median of differences) "
+            f"{pair['overhead_ms']:+.1f} ms"
+        )
     cpu = r.get("cpu_ms_per_image")
     if cpu:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
@@ -489,6 +555,7 @@ def main() -> int:
     ncores = os.cpu_count() or 1
     server_cores = list(range(args.cpus)) if ncores > args.cpus else None
     images = load_images(args.images)
+    print(f"# CPU: {cpu_line()}")
     print(
         f"{args.clients} clients, {args.duration:g} s per measurement (+{args.warmup:g} s "
         f"warm-up), {len(images)} images, N = {args.cpus} CPUs per phase on a {ncores}-core "
@@ -537,11 +604,12 @@ def main() -> int:
                 if rnd["single"]:
                     base = around(rnd, (phase, ingress))
                     add(f"{key} vs single", r["images_per_s"] / base["images_per_s"])
-                    add(f"{key} overhead ms", r["seq_p50_ms"] - base["seq_p50_ms"])
+                    add(f"{key} overhead ms (unpaired)", r["seq_p50_ms"] - base["seq_p50_ms"])
                     # What the throughput ratio is on N otherwise idle cores, where CPU time
                     # per image decides: single's marginal CPU per image / all Ray processes'.
                     ray_cpu = request_cpu_ms(r["marginal_cpu_ms_per_image"])
                     add(f"{key} cpu-bound vs single", base["cpu_ms"] / ray_cpu)
+                add(f"{key} overhead ms", r["paired"]["overhead_ms"])
                 add(f"{key} bytes vs payload", r["bytes"]["crossing_vs_payload"])
         if "ray1" in ray_phases and "ray2" in ray_phases:
             for ingress in ingresses:

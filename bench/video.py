@@ -34,8 +34,6 @@ import contextlib
 import io
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_line  # noqa: E402
 from darkpose.service.core.association import track_oks  # noqa: E402
 from darkpose.service.core.pipeline import Pipeline  # noqa: E402
 from darkpose.service.core.tracking import PoseTracker, TrackerConfig  # noqa: E402
@@ -291,18 +290,6 @@ def evaluate(
         for config, score in zip(configs, scores, strict=True):
             score.add(kind, frames, *run_clip(pipeline, frames, config))
     return [score.figures() for score in scores]
-
-
-def cpu_line() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor()
-    fields = dict(
-        (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in out.splitlines())
-    )
-    flags = [f for f in fields.get("Flags", "").split() if f.startswith(("avx", "fma", "amx"))]
-    return f"{fields.get('Model name', '?')}, {fields.get('CPU(s)', '?')} CPUs, {' '.join(flags)}"
 
 
 def smoke(videos: Path, settings: Settings) -> None:

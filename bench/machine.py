@@ -1,0 +1,30 @@
+"""The machine a benchmark runs on, printed with each of its tables: CPU model, cores (usable by
+this process / the machine's) and the SIMD flags that change the speed of the models."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+#: /proc/cpuinfo flag prefixes shown: the vector extensions onnxruntime and OpenCV dispatch on
+#: (AVX2 vs AVX-512, VNNI for int8, BF16/AMX for reduced precision).
+FLAG_PREFIXES = ("sse4", "avx", "fma", "amx")
+
+
+def cpu_line(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``"<model>; <usable>/<all> cores; flags <…>"`` (platform.processor() without cpuinfo)."""
+    model, flags = platform.processor() or "unknown CPU", ""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        text = ""
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    if m:
+        model = m.group(1).strip()
+    if f:
+        flags = " ".join(x for x in f.group(1).split() if x.startswith(FLAG_PREFIXES))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}; {usable}/{os.cpu_count()} cores; flags {flags or 'unknown'}"
