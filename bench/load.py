@@ -286,9 +286,18 @@ def summarize(results: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
 
 
 def run_mode(
-    batching: bool, images: list[bytes], clients: int, duration: float, warmup: float, threads: int
+    batching: bool,
+    images: list[bytes],
+    clients: int,
+    duration: float,
+    warmup: float,
+    threads: int,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    proc, port = start_server(batching, threads)
+    """One server (``extra_env``: more of its environment, e.g. ``DARKPOSE_BATCH_WORKERS``)
+    under ``clients`` clients for ``duration`` s after ``warmup`` s: throughput, CPU, cores
+    used, latency, errors, RSS and batching figures."""
+    proc, port = start_server(batching, threads, extra_env)
     try:
         warm: list[dict[str, Any]] = [{} for _ in range(clients)]
         stop = time.perf_counter() + warmup
