@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from darkpose.service.core.nms import box_iou
+from darkpose.service.core.nms import box_iou, oks_between
 
 __all__ = [
     "KEYPOINT_BOX_ENLARGE",
@@ -81,12 +81,9 @@ def track_oks(
     persons' keypoints (P, K, 3), over the keypoints whose score is >= ``threshold`` in both
     (0 when none are): COCO's ``exp(-d² / (2 s² (2σ)²))`` with s² the track's area."""
     var = (2.0 * np.asarray(sigmas, np.float64)) ** 2  # (K,)
-    d2 = ((track_kpts[:, None, :, :2] - kpts[None, :, :, :2]) ** 2).sum(-1)  # (T, P, K)
-    e = d2 / var[None, None, :] / (2.0 * np.maximum(track_areas, 1.0)[:, None, None])
+    scale = np.broadcast_to(np.maximum(track_areas, 1.0)[:, None], (len(track_kpts), len(kpts)))
     both = (track_kpts[:, None, :, 2] >= threshold) & (kpts[None, :, :, 2] >= threshold)
-    n = both.sum(-1)
-    total = np.where(both, np.exp(-e), 0.0).sum(-1)
-    return np.asarray(np.where(n > 0, total / np.maximum(n, 1), 0.0), np.float64)
+    return oks_between(track_kpts, kpts, var, scale, both)
 
 
 def similarity(track_kpts: F64, track_boxes: F64, kpts: F64, boxes: F64, sigmas: F64) -> F64:

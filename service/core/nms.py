@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PRE_NMS_TOPK",
     "box_iou",
     "nms_boxes",
+    "oks_between",
     "oks_iou",
     "oks_nms",
     "rescore",
@@ -125,19 +126,38 @@ def _checked_kpts(kpts: npt.ArrayLike, areas: npt.ArrayLike) -> tuple[F64, F64]:
     return kp, a
 
 
-def _oks(kp_a: F64, a_a: F64, kp_b: F64, a_b: F64, var: F64, vis_thr: float | None) -> F64:
-    """OKS of instances a: (Na, K, 3), areas (Na,) against b: (Nb, K, 3), (Nb,) → (Na, Nb)."""
-    na, k = kp_a.shape[:2]
+def oks_between(
+    kp_a: F64, kp_b: F64, var: F64, scale: F64, visible: npt.NDArray[np.bool_] | None
+) -> F64:
+    """The object keypoint similarity formula, the one definition every OKS here uses.
+
+    kp_a: (Na, K, 3) and kp_b: (Nb, K, 3) x, y, score; var: (K,) ``(2 σ)²``; scale: (Na, Nb)
+    the object scale s² of each pair (an area); visible: (Na, Nb, K) the keypoints that count,
+    or ``None`` for all.  ``e = (dx² + dy²) / var / s² / 2`` (COCO's ``exp(-d² / (2 s² (2σ)²))``);
+    OKS = mean of ``exp(-e)`` over the counted keypoints, 0 where none count.  Returns
+    ``(Na, Nb) float64``.  Callers choose the scale and the visibility rule (mmpose's OKS-NMS:
+    the pair's mean area, scores above a threshold; tracking: the track's own area).
+    """
     d2 = ((kp_a[:, None, :, :2] - kp_b[None, :, :, :2]) ** 2).sum(-1)  # (Na, Nb, K)
-    denom = (a_a[:, None] + a_b[None]) / 2.0 + np.spacing(1)
-    e = d2 / var / denom[..., None] / 2.0
-    ex = np.exp(-e)
-    if vis_thr is None:
-        return ex.mean(-1) if k else np.zeros((na, kp_b.shape[0]))
-    both = (kp_a[:, None, :, 2] > vis_thr) & (kp_b[None, :, :, 2] > vis_thr)
-    cnt = both.sum(-1)
-    tot = np.where(both, ex, 0.0).sum(-1)
-    return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
+    ex = np.exp(-(d2 / var / scale[..., None] / 2.0))
+    if visible is None:
+        return np.asarray(ex.mean(-1), np.float64) if kp_a.shape[1] else np.zeros(scale.shape)
+    cnt = visible.sum(-1)
+    tot = np.where(visible, ex, 0.0).sum(-1)
+    return np.asarray(np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0), np.float64)
+
+
+def _oks(kp_a: F64, a_a: F64, kp_b: F64, a_b: F64, var: F64, vis_thr: float | None) -> F64:
+    """mmpose's OKS of instances a: (Na, K, 3), areas (Na,) against b: (Nb, K, 3), (Nb,) →
+    (Na, Nb): the pair's mean area (+ eps) as the scale; with ``vis_thr`` only keypoints scored
+    ``> vis_thr`` in both count."""
+    scale = (a_a[:, None] + a_b[None]) / 2.0 + np.spacing(1)
+    visible = (
+        None
+        if vis_thr is None
+        else (kp_a[:, None, :, 2] > vis_thr) & (kp_b[None, :, :, 2] > vis_thr)
+    )
+    return oks_between(kp_a, kp_b, var, scale, visible)
 
 
 def oks_iou(
