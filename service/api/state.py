@@ -316,9 +316,11 @@ class ServiceState:
         per_person = self.request_cost(pipeline, options.replace(max_persons=1), render)
         fixed = per_person.without_image - (per_person.crops + per_person.heatmaps)
         fits = max(0, (self.memory.limit - fixed) // max(1, per_person.crops + per_person.heatmaps))
+        paddings = ",".join(f"{p:g}" for p in options.test_paddings) or "none"
         raise InvalidParameter(
             f"max_persons: expected at most {fits} with flip={str(bool(options.flip)).lower()} "
-            f"(memory_budget_mb={self.memory.limit // MB}), got {options.max_persons}"
+            f"and test_paddings={paddings} ({options.crops_per_person} crops per person; "
+            f"memory_budget_mb={self.memory.limit // MB}), got {options.max_persons}"
         )
 
     def reserve_memory(

@@ -113,8 +113,37 @@ def test_noise_png_asking_for_everything_is_refused_or_cheap(srv: ServerProcess)
 def test_query_that_can_never_fit_the_budget_is_422_naming_max_persons(srv: ServerProcess) -> None:
     r = _post(srv.base, JPEG, "image/jpeg", "?max_persons=100&flip=true")
     _error(r, 422, "max_persons: expected at most")
-    assert "flip=true" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert "flip=true and test_paddings=none (2 crops per person" in message
     assert _post(srv.base, JPEG, "image/jpeg", "?max_persons=100").status_code == 200
+
+
+def test_query_that_can_never_fit_names_the_test_paddings_that_multiply_its_crops() -> None:
+    from darkpose.service.api.routes.pose import PoseQuery
+    from darkpose.service.api.state import ServiceState
+    from darkpose.service.core.errors import InvalidParameter
+
+    state = ServiceState(
+        api_settings(warmup=False, memory_budget_mb=300, test_paddings=[1.05, 1.25])
+    )
+    state.start_loading()
+    try:
+        assert state.wait_ready(120), state.load_error
+        pipeline = state.pipeline
+        assert pipeline is not None
+        query = PoseQuery(flip=True, max_persons=100)
+        options = pipeline.resolve_options(query.options(state.options(), 100))
+        with pytest.raises(InvalidParameter) as err:
+            state.check_parameters_fit(pipeline, options, False)
+        message = str(err.value)
+        assert "flip=true and test_paddings=1.05,1.25 (6 crops per person;" in message
+        fits = int(message.split("expected at most ")[1].split()[0])
+        ok = pipeline.resolve_options(
+            PoseQuery(flip=True, max_persons=fits).options(state.options(), fits)
+        )
+        state.check_parameters_fit(pipeline, ok, False)  # the count it names does fit
+    finally:
+        state.close()
 
 
 def test_estimate_bounds_what_the_pipeline_allocates() -> None:
