@@ -221,6 +221,14 @@ def test_pipeline_serves_the_same_routes_and_metrics_per_replica(
     from darkpose.service.settings import Settings
 
     app = deploy("pipeline")
+    # A replica's registry has the stage metrics once it has served a request: post until
+    # both have (this test does not rely on the load of another).
+    images, deadline, k = _images(), time.monotonic() + 120, 0
+    while not all(s["requests_ok"] > 0 for s in _stats("Ingress")):
+        assert time.monotonic() < deadline, "expected both replicas to serve a request"
+        status, _ = _post(app.url, images[k % len(images)])
+        assert status == 200
+        k += 1
     status, body = _get(app.url + "/v1/models")
     assert status == 200
     names = [Path(p).stem for p in Settings(**SETTINGS).pose_models]
