@@ -118,7 +118,7 @@ def make_runner(
     thread: each frame gets ``work_timeout_s`` from its start and is retried (after
     ``retry_after_s``) while the pose queue is full, up to :data:`OVERLOAD_RETRIES` times."""
     s = state.settings
-    crops = options.max_persons * options.crops_per_person
+    crops = options.max_crops
 
     def run(image: Any, boxes: Any = None, box_scores: Any = None) -> PoseResult:
         for attempt in range(OVERLOAD_RETRIES + 1):

@@ -115,6 +115,12 @@ class PipelineOptions(BaseModel):
         ``test_paddings``), twice that with ``flip``."""
         return (1 + len(self.test_paddings)) * (2 if self.flip else 1)
 
+    @property
+    def max_crops(self) -> int:
+        """Most pose-model crops one image may send to each pose model: ``max_persons`` ×
+        :attr:`crops_per_person`."""
+        return self.max_persons * self.crops_per_person
+
     def __init__(self, **data: Any) -> None:
         """Strict validation; :class:`InvalidParameter` ("expected X, got Y") on a bad value."""
         try:

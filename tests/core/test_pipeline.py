@@ -132,6 +132,7 @@ def test_multi_scale_test_is_the_median_of_the_padding_passes_in_one_call(
     counting.calls.clear()
     multi = plain.replace(box_padding=1.25, test_paddings=(1.1, 1.4))
     assert multi.crops_per_person == 6
+    assert multi.max_crops == 6 * multi.max_persons
     got = pipe(crowd, multi, boxes)
     assert counting.calls == [6 * len(boxes)]  # every padding and its mirror in one call
     stage = pipe.run_models(crowd, multi, boxes)

@@ -114,11 +114,6 @@ def render_overlay(
     return enc.tobytes(), media
 
 
-def crops_upper_bound(options: PipelineOptions) -> int:
-    """Most crops one request may send to each pose model."""
-    return options.max_persons * options.crops_per_person
-
-
 def run_pose(
     state: ServiceState,
     pipeline: Pipeline,
@@ -148,7 +143,7 @@ def run_pose(
     check = job.check if job is not None else (lambda: None)
     reserved = 0
     size = (0, 0, "RGB")  # the pixels the decoder holds (admit)
-    crops = crops_upper_bound(options)
+    crops = options.max_crops
 
     def admit(width: int, height: int, mode: str) -> None:
         # width × height: the pixels the decoder will hold (a JPEG's working size when it is
