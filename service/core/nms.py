@@ -147,6 +147,17 @@ def oks_between(
     return np.asarray(np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0), np.float64)
 
 
+def _kpts_and_scores(kpts: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[F64, F64]:
+    """The keypoints (N, K, 3) and scores (N,) of an OKS-NMS call, checked to have the same N."""
+    s = _array(scores, "scores", "(N,)", 1)
+    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
+    if kp.shape[0] != s.shape[0]:
+        raise InvalidParameter(
+            f"kpts/scores: expected the same N, got {kp.shape[0]} and {s.shape[0]}"
+        )
+    return kp, s
+
+
 def _oks(kp_a: F64, a_a: F64, kp_b: F64, a_b: F64, var: F64, vis_thr: float | None) -> F64:
     """mmpose's OKS of instances a: (Na, K, 3), areas (Na,) against b: (Nb, K, 3), (Nb,) →
     (Na, Nb): the pair's mean area (+ eps) as the scale; with ``vis_thr`` only keypoints scored
@@ -192,12 +203,7 @@ def oks_nms(
     kept, higher-scored instance is ``> threshold``.  Returns kept indices ``(M,) int64``
     ordered by score descending; memory O(N × K) (one OKS row per kept instance).
     """
-    s = _array(scores, "scores", "(N,)", 1)
-    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
-    if kp.shape[0] != s.shape[0]:
-        raise InvalidParameter(
-            f"kpts/scores: expected the same N, got {kp.shape[0]} and {s.shape[0]}"
-        )
+    kp, s = _kpts_and_scores(kpts, scores)
     if kp.shape[0] == 0:
         return np.zeros((0,), np.int64)
     kp, a = _checked_kpts(kp, areas)
@@ -229,12 +235,8 @@ def soft_oks_nms(
     by their new score descending and the new scores ``(N,) float64`` (0 for dropped ones).
     Memory O(N × K): one OKS row per kept instance.
     """
-    s = _array(scores, "scores", "(N,)", 1).copy()
-    kp = _array(kpts, "kpts", "(N, K, 3)", 3)
-    if kp.shape[0] != s.shape[0]:
-        raise InvalidParameter(
-            f"kpts/scores: expected the same N, got {kp.shape[0]} and {s.shape[0]}"
-        )
+    kp, s = _kpts_and_scores(kpts, scores)
+    s = s.copy()
     if not (np.isfinite(sigma) and sigma > 0):
         raise InvalidParameter(f"sigma: expected a number > 0, got {sigma}")
     kp, a = _checked_kpts(kp, areas)
