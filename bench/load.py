@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import cpu_line  # noqa: E402
+from bench.machine import cpu_line, usable_cores  # noqa: E402
 from darkpose.service.settings import Settings  # noqa: E402
 
 IMAGES = REPO.parent / "shared" / "data" / "coco-mini" / "train2017"
@@ -373,7 +373,7 @@ def main() -> int:
     ceiling_s = args.ceiling_seconds or min(args.duration, 20.0)
     print(f"# CPU: {cpu_line()}; load average {os.getloadavg()}")
     ceiling = Ceiling(images, args.threads)
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     # Measured before and after the HTTP runs (their mean is used) to even out the drift of a
     # shared machine: one thread (the models back to back), one per core (independent
     # single-thread pipelines, the target's ceiling) and one per client.

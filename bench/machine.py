@@ -13,6 +13,13 @@ from pathlib import Path
 FLAG_PREFIXES = ("sse4", "avx", "fma", "amx")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity; the machine's count without one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_line(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """``"<model>; <usable>/<all> cores; flags <…>"`` (platform.processor() without cpuinfo)."""
     model, flags = platform.processor() or "unknown CPU", ""
@@ -26,5 +33,4 @@ def cpu_line(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         model = m.group(1).strip()
     if f:
         flags = " ".join(x for x in f.group(1).split() if x.startswith(FLAG_PREFIXES))
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}; {usable}/{os.cpu_count()} cores; flags {flags or 'unknown'}"
+    return f"{model}; {usable_cores()}/{os.cpu_count()} cores; flags {flags or 'unknown'}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.load import Ceiling, load_images, run_mode  # noqa: E402
-from bench.machine import cpu_line  # noqa: E402
+from bench.machine import cpu_line, usable_cores  # noqa: E402
 
 #: served / ceiling the thread and worker defaults are held to.
 TARGET = 0.85
@@ -57,7 +56,7 @@ def main() -> int:
     if 0 in args.workers_grid:
         ap.error("--workers-grid: expected workers > 0, got 0")
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     images = load_images(args.images)
     print(f"# CPU: {cpu_line()}")
     print(f"{args.clients} clients, {args.duration:g} s per combination, {len(images)} images")
