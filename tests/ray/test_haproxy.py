@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from tests.conftest import IMAGES, MODELS, REPO, missing_requirement
+from tests.conftest import IMAGES, MODELS, REPO, missing_requirement, wait_until
 from tests.ray.test_cluster import _assert_same_persons, _get, _post
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -129,18 +129,6 @@ def _haproxy_nodes(directory: str) -> set[str]:
     return nodes
 
 
-def _wait_for(what: str, check: Any, seconds: float = 120.0) -> Any:
-    """``check()``'s first truthy value, polled until ``seconds`` pass (then fail)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"expected {what} within {seconds:g} s, got {got!r}")
-        time.sleep(0.25)
-
-
 def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
     pytest.importorskip("ray.serve", reason="needs the optional `ray` extra (ray[serve])")
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
@@ -200,15 +188,11 @@ def test_haproxy_ingress_serves_pipeline_replicas_with_equal_answers() -> None:
             # Each node runs its own HAProxy (a config under our directory per node id), and
             # Serve reports both nodes' proxies healthy: the nodes share this machine, and a
             # node whose HAProxy could not bind its ports would be restarted every few seconds.
-            def healthy() -> list[str]:
-                proxies = serve.status().proxies
-                ok = [n for n, st in proxies.items() if st == "HEALTHY"]
-                return ok if len(ok) == 2 and len(proxies) == 2 else []
+            def healthy() -> set[str]:
+                return {n for n, st in serve.status().proxies.items() if st == "HEALTHY"}
 
-            assert set(_wait_for("both nodes' proxies healthy", healthy)) == set(lr.node_ids)
-            assert _wait_for("an HAProxy per node", lambda: _haproxy_nodes(root)) == set(
-                lr.node_ids
-            )
+            wait_until(lambda: healthy() == set(lr.node_ids), 120, "both nodes' proxies healthy")
+            wait_until(lambda: _haproxy_nodes(root) == set(lr.node_ids), 120, "an HAProxy per node")
             # ... and spread the requests over both replicas (no Python proxy in between).
             assert sorted(s["requests_ok"] > 0 for s in stats) == [True, True], stats
 
